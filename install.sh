@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Install pnp-service.
+#
+#   ./install.sh                 embedded mode: a virtualenv in .venv, and pnp-datastore.xml from the example
+#   ./install.sh --dev           the same plus what the tests need (pytest, hypothesis, pyang, yanglint)
+#   sudo ./install.sh --controller --python /usr/bin/python3
+#                                controller mode: the package into the Python that runs clixon_server.py,
+#                                the YANG into the controller's main YANG dir, the service module into
+#                                the pyapi modules path
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+venv="$here/.venv"
+python=""
+dev=0
+controller=0
+yang_dir=/usr/local/share/controller/main
+modules_dir=/usr/local/share/controller/modules
+datastore=pnp-datastore.xml
+
+usage() {
+  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<TXT
+Options:
+  --venv DIR          virtualenv to create and install into (default: $venv)
+  --python PY         install into this existing Python instead of a virtualenv
+                      (with --controller: the Python that runs clixon_server.py)
+  --dev               also install the test needs
+  --controller        also install into a Clixon controller (YANG + service module)
+  --yang-dir DIR      controller main YANG dir (default: $yang_dir)
+  --modules-dir DIR   clixon_server.py modules path (default: $modules_dir)
+  --datastore FILE    embedded datastore to create from the example if missing (default: $datastore)
+  -h, --help          this text
+TXT
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --venv) venv=$2; shift 2 ;;
+    --python) python=$2; shift 2 ;;
+    --dev) dev=1; shift ;;
+    --controller) controller=1; shift ;;
+    --yang-dir) yang_dir=$2; shift 2 ;;
+    --modules-dir) modules_dir=$2; shift 2 ;;
+    --datastore) datastore=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '==> %s\n' "$*"; }
+
+if [ -z "$python" ]; then
+  if [ ! -x "$venv/bin/python" ]; then
+    say "creating virtualenv $venv"
+    python3 -m venv "$venv" || { echo "install.sh: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
+  fi
+  python="$venv/bin/python"
+fi
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "install.sh: $python is older than Python 3.11" >&2; exit 1; }
+
+say "installing pnp-service into $("$python" -c 'import sys; print(sys.prefix)')"
+"$python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+if [ "$dev" = 1 ]; then
+  "$python" -m pip install --quiet -e "$here[test]"
+  if ! command -v yanglint >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing yanglint (Debian libyang2-tools)"
+      (apt-get install -y -q libyang2-tools >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libyang2-tools >/dev/null 2>&1; }) \
+        || echo "install.sh: could not install libyang2-tools; the yanglint checks will be skipped" >&2
+    else
+      echo "install.sh: yanglint not found (apt-get install libyang2-tools); its checks will be skipped" >&2
+    fi
+  fi
+else
+  "$python" -m pip install --quiet "$here"
+fi
+
+if [ "$controller" = 1 ]; then
+  "$python" -c 'import clixon' 2>/dev/null \
+    || echo "install.sh: warning: clixon-pyapi is not importable by $python; install it there (pip install <clixon-pyapi source dir>)" >&2
+  say "installing YANG into $yang_dir"
+  install -d "$yang_dir"
+  install -m 0644 "$here"/yang/pnp-service@*.yang "$yang_dir/"
+  say "installing the service module into $modules_dir"
+  install -d "$modules_dir"
+  install -m 0644 "$here/pnp_service/clixon_module/pnp_service_module.py" "$modules_dir/pnp_service_module.py"
+  cat <<TXT
+==> done. Now restart the controller so it loads the YANG, and the service server so it loads the module:
+      clixon_backend -f /usr/local/etc/clixon/controller.xml -z    # stop
+      clixon_backend -f /usr/local/etc/clixon/controller.xml -s running
+    (or your service manager's restart), then from clixon_cli:  processes services restart
+    Serve the devices from the controller:
+      $(dirname "$python")/pnp-service serve --clixon-socket /usr/local/var/run/controller/controller.sock
+TXT
+else
+  if [ ! -e "$datastore" ]; then
+    cp "$here/examples/datastore.xml" "$datastore"
+    say "created $datastore from examples/datastore.xml"
+  fi
+  say "done. Serve it:  $(dirname "$python")/pnp-service serve --datastore $datastore --host 127.0.0.1 --port 8080"
+fi

@@ -1,0 +1,580 @@
+"""Cisco PnP protocol core: parse what agents send, build what the server sends.
+
+Theory of operation
+-------------------
+A PnP agent is always the HTTP client. It sends a WORK-REQUEST (``<info>`` in the
+``work-info`` namespace, carrying a correlator it generated); the server answers
+with one service request (``<request xmlns="urn:cisco:pnp:SERVICE">``) that copies
+that correlator.  The agent does the work and posts a WORK-RESPONSE
+(``<response>`` with the same correlator, ``success`` and maybe ``errorInfo``), or a
+fault when it could not understand the request; the server always answers that
+with a Bye.
+
+The rule of this file: it knows bytes, XML and the PnP schemas, nothing else.  No
+HTTP, no Flask, no Clixon, no files, no clock.  Parsing is liberal in what it
+accepts (real devices send extra elements) and strict about safety: the parser
+refuses DTDs and entities, never touches the network and bounds size and depth.
+Builders emit elements in the order the schemas require.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable, Mapping
+
+from lxml import etree
+
+PNP_NS = "urn:cisco:pnp"
+PROTOCOL_VERSION = "1.0"
+
+#: Largest agent message accepted, in bytes.  Real device-info responses with a
+#: long file-system list stay well below this.
+MAX_MESSAGE_BYTES = 256 * 1024
+#: Deepest element nesting accepted; PnP messages are about six levels deep.
+MAX_DEPTH = 32
+#: Most elements accepted in one message.
+MAX_ELEMENTS = 5000
+
+
+def service_ns(service: str) -> str:
+    """Namespace of a PnP service, e.g. ``urn:cisco:pnp:device-info``."""
+    return f"{PNP_NS}:{service}"
+
+
+def _q(ns: str, name: str) -> str:
+    return f"{{{ns}}}{name}"
+
+
+class ProtocolError(ValueError):
+    """An agent message that is not well-formed, not safe, or not PnP."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+_PARSER = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    dtd_validation=False,
+    huge_tree=False,
+    remove_comments=True,
+    remove_pis=True,
+    collect_ids=False,
+)
+
+
+def parse_xml(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> etree._Element:
+    """Parse untrusted XML safely and return its root element.
+
+    Refuses documents over ``max_bytes``, any DOCTYPE (so no entity can be
+    declared, internal or external), nesting deeper than :data:`MAX_DEPTH` and
+    more than :data:`MAX_ELEMENTS` elements.
+    """
+    if not isinstance(data, (bytes, bytearray)):
+        raise ProtocolError("message must be bytes")
+    if len(data) > max_bytes:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
+    if not data.strip():
+        raise ProtocolError("empty message")
+    # A DTD is never legitimate in PnP.  Look before parsing so that no entity
+    # declaration is ever processed, whatever its encoding tricks.
+    probe = bytes(data).replace(b"\x00", b"").upper()
+    if b"<!DOCTYPE" in probe or b"<!ENTITY" in probe:
+        raise ProtocolError("DTDs and entity declarations are not allowed")
+    try:
+        root = etree.fromstring(bytes(data), _PARSER)
+    except (etree.XMLSyntaxError, ValueError) as exc:
+        raise ProtocolError(f"malformed XML: {exc}") from None
+    if root is None:
+        raise ProtocolError("malformed XML: no root element")
+    tree = root.getroottree()
+    if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
+        raise ProtocolError("DTDs and entity declarations are not allowed")
+    count = 0
+    for element in root.iter():
+        count += 1
+        if count > MAX_ELEMENTS:
+            raise ProtocolError(f"message has more than {MAX_ELEMENTS} elements")
+        if not isinstance(element.tag, str):  # entity references survive as nodes
+            raise ProtocolError("entity references are not allowed")
+    if _depth(root) > MAX_DEPTH:
+        raise ProtocolError(f"message nests deeper than {MAX_DEPTH} levels")
+    return root
+
+
+def _depth(root: etree._Element) -> int:
+    deepest, stack = 0, [(root, 1)]
+    while stack:
+        element, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in element)
+    return deepest
+
+
+# --------------------------------------------------------------------------- UDI
+
+
+@dataclasses.dataclass(frozen=True)
+class Udi:
+    """Unique device identifier: product id, version id, serial number."""
+
+    pid: str
+    vid: str
+    serial: str
+
+    def __str__(self) -> str:
+        return f"PID:{self.pid},VID:{self.vid},SN:{self.serial}"
+
+
+def parse_udi(text: str) -> Udi:
+    """Parse ``PID:C9300-24P,VID:V01,SN:FOC1234X0AB``.
+
+    VID may be empty and PIDs contain ``/`` and ``-``: split on ``,`` then on the
+    first ``:``; unknown fields are ignored.  SN is required.
+    """
+    fields: dict[str, str] = {}
+    for part in (text or "").split(","):
+        name, sep, value = part.partition(":")
+        if sep:
+            fields[name.strip().upper()] = value.strip()
+    serial = fields.get("SN", "")
+    if not serial:
+        raise ProtocolError(f"UDI {text!r} has no serial number (SN)")
+    return Udi(pid=fields.get("PID", ""), vid=fields.get("VID", ""), serial=serial)
+
+
+# --------------------------------------------------------------------------- agent messages
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorInfo:
+    severity: str = ""
+    code: str = ""
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkRequest:
+    """An agent asking for work."""
+
+    udi: Udi
+    correlator: str
+    hostname: str = ""
+    auth_required: bool = False
+    mac_address: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkResponse:
+    """An agent reporting the result of a service request.
+
+    ``details`` holds what the service reported, flattened to strings (for
+    device-info: ``platform``, ``version``, ``hostname``, ``image-file``,
+    ``flash-free``; for cli-exec: ``output``).
+    """
+
+    udi: Udi
+    service: str
+    correlator: str
+    success: bool
+    error: ErrorInfo | None = None
+    details: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """The agent could not parse, or does not know, a request it was sent."""
+
+    udi: Udi
+    code: str
+    string: str
+    detail: str = ""
+
+
+def _text(element: etree._Element | None, path: str, ns: str) -> str:
+    if element is None:
+        return ""
+    found = element.find("/".join(_q(ns, p) for p in path.split("/")))
+    if found is None or found.text is None:
+        return ""
+    return found.text.strip()
+
+
+def _is_true(text: str) -> bool:
+    return text.strip().lower() in ("true", "1", "yes")
+
+
+def _envelope(data: bytes) -> tuple[etree._Element, Udi, etree._Element]:
+    root = parse_xml(data)
+    if root.tag != _q(PNP_NS, "pnp"):
+        raise ProtocolError(f"root element is {root.tag!r}, expected {{{PNP_NS}}}pnp")
+    body = [child for child in root if isinstance(child.tag, str)]
+    if len(body) != 1:
+        raise ProtocolError(f"<pnp> must have exactly one child, has {len(body)}")
+    udi_text = root.get("udi", "")
+    if not udi_text:
+        raise ProtocolError("<pnp> has no udi attribute")
+    return root, parse_udi(udi_text), body[0]
+
+
+def parse_work_request(data: bytes) -> WorkRequest:
+    """Parse the body of ``POST /pnp/WORK-REQUEST``."""
+    _, udi, body = _envelope(data)
+    ns = service_ns("work-info")
+    if body.tag != _q(ns, "info"):
+        raise ProtocolError(f"WORK-REQUEST body is {body.tag!r}, expected work-info <info>")
+    correlator = body.get("correlator", "").strip()
+    if not correlator:
+        raise ProtocolError("WORK-REQUEST has no correlator")
+    device = body.find(_q(ns, "deviceId"))
+    return WorkRequest(
+        udi=udi,
+        correlator=correlator,
+        hostname=_text(device, "hostname", ns),
+        auth_required=_is_true(_text(device, "authRequired", ns)),
+        mac_address=_text(device, "macAddress", ns) or _text(body, "macAddress", ns),
+    )
+
+
+def parse_work_response(data: bytes) -> WorkResponse | Fault:
+    """Parse the body of ``POST /pnp/WORK-RESPONSE``: a service response or a fault."""
+    _, udi, body = _envelope(data)
+    namespace, _, local = body.tag[1:].partition("}") if body.tag.startswith("{") else ("", "", body.tag)
+    if local != "response" or not namespace.startswith(PNP_NS + ":"):
+        raise ProtocolError(f"WORK-RESPONSE body is {body.tag!r}, expected a PnP service <response>")
+    service = namespace[len(PNP_NS) + 1 :]
+    if service == "fault":
+        fault = body.find(_q(namespace, "fault"))
+        return Fault(
+            udi=udi,
+            code=_text(fault, "faultcode", namespace),
+            string=_text(fault, "faultstring", namespace),
+            detail=_text(fault, "detail", namespace),
+        )
+    correlator = body.get("correlator", "").strip()
+    if not correlator:
+        raise ProtocolError(f"{service} response has no correlator")
+    success_text = body.get("success", "")
+    if success_text not in ("0", "1", "true", "false"):
+        raise ProtocolError(f"{service} response has success={success_text!r}, expected 1 or 0")
+    success = success_text in ("1", "true")
+    error = None
+    info = body.find(_q(namespace, "errorInfo"))
+    if info is not None:
+        error = ErrorInfo(
+            severity=_text(info, "errorSeverity", namespace),
+            code=_text(info, "errorCode", namespace),
+            message=_text(info, "errorMessage", namespace),
+        )
+    extractor = _DETAIL_EXTRACTORS.get(service)
+    details = extractor(body, namespace) if extractor and success else {}
+    return WorkResponse(udi, service, correlator, success, error, details)
+
+
+def _device_info_details(body: etree._Element, ns: str) -> dict[str, str]:
+    details = {
+        "platform": _text(body, "hardwareInfo/platformName", ns),
+        "hostname": _text(body, "hardwareInfo/hostname", ns),
+        "version": _text(body, "imageInfo/versionString", ns),
+        "image-file": _text(body, "imageInfo/imageFile", ns),
+        "udi": _text(body, "udi/primary-chassis", ns),
+    }
+    for fs in body.iterfind(f"{_q(ns, 'fileSystemList')}/{_q(ns, 'fileSystem')}"):
+        # Agents report file systems as attributes; tolerate child elements too.
+        name = fs.get("name") or _text(fs, "name", ns)
+        free = fs.get("freespace") or _text(fs, "freespace", ns)
+        if name and free:
+            details[f"free:{name.rstrip(':')}"] = free
+    return {key: value for key, value in details.items() if value}
+
+
+def _cli_exec_details(body: etree._Element, ns: str) -> dict[str, str]:
+    texts = [
+        element.text or ""
+        for element in body.iterfind(
+            "/".join(_q(ns, p) for p in ("execLog", "dialogueLog", "received", "text"))
+        )
+    ]
+    return {"output": "\n".join(texts)} if texts else {}
+
+
+_DETAIL_EXTRACTORS = {"device-info": _device_info_details, "cli-exec": _cli_exec_details}
+
+
+# --------------------------------------------------------------------------- server messages
+
+
+@dataclasses.dataclass(frozen=True)
+class Reload:
+    """The ``<reload>`` sibling of config-upgrade and image-install requests."""
+
+    reason: str = "pnp-service"
+    delay_in: int = 0
+    user: str = "pnp-service"
+    save_config: bool = False
+
+
+def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrib: str) -> etree._Element:
+    element = etree.SubElement(parent, _q(parent.nsmap[None], tag), attrib)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _body(kind: str, service: str, correlator: str) -> etree._Element:
+    ns = service_ns(service)
+    return etree.Element(_q(ns, kind), {"correlator": correlator}, nsmap={None: ns})
+
+
+def _serialize(udi: Udi | str, body: etree._Element, username: str | None, password: str | None) -> bytes:
+    attrib = {"version": PROTOCOL_VERSION, "udi": str(udi)}
+    if username is not None and password is not None:
+        attrib["usr"] = username
+        attrib["pwd"] = password
+    root = etree.Element(_q(PNP_NS, "pnp"), attrib, nsmap={None: PNP_NS})
+    root.append(body)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def _add_reload(request: etree._Element, reload: Reload | None) -> None:
+    if reload is None:
+        _sub(request, "noReload")
+        return
+    element = _sub(request, "reload")
+    _sub(element, "reason", reload.reason)
+    _sub(element, "delayIn", str(reload.delay_in))
+    _sub(element, "user", reload.user)
+    _sub(element, "saveConfig", "true" if reload.save_config else "false")
+
+
+@dataclasses.dataclass(frozen=True)
+class Envelope:
+    """Who a server message is for, and the login it carries when the agent asked."""
+
+    udi: Udi | str
+    correlator: str
+    username: str | None = None
+    password: str | None = None
+
+    def wrap(self, body: etree._Element) -> bytes:
+        return _serialize(self.udi, body, self.username, self.password)
+
+
+def device_info(env: Envelope, info_type: str = "all") -> bytes:
+    request = _body("request", "device-info", env.correlator)
+    _sub(request, "deviceInfo", type=info_type)
+    return env.wrap(request)
+
+
+def config_upgrade(
+    env: Envelope,
+    location: str,
+    *,
+    checksum: str | None = None,
+    apply_to: str = "startup",
+    abort_on_syntax_fault: bool = True,
+    reload: Reload | None = None,
+) -> bytes:
+    """Ask the agent to copy a configuration from ``location``.
+
+    ``reload=None`` sends ``<noReload/>``; either it or ``<reload>`` is required,
+    as a sibling of ``<config>``.
+    """
+    request = _body("request", "config-upgrade", env.correlator)
+    copy = _sub(_sub(request, "config", details="all"), "copy")
+    source = _sub(copy, "source")
+    _sub(source, "location", location)
+    if checksum:
+        _sub(source, "checksum", checksum)
+    _sub(copy, "applyTo", apply_to)
+    _sub(copy, "abortOnSyntaxFault", "true" if abort_on_syntax_fault else "false")
+    _add_reload(request, reload)
+    return env.wrap(request)
+
+
+def image_install(
+    env: Envelope,
+    location: str,
+    checksum: str,
+    *,
+    destination: str | None = "flash:",
+    reload: Reload | None = Reload(reason="pnp-service image install"),
+) -> bytes:
+    request = _body("request", "image-install", env.correlator)
+    copy = _sub(_sub(request, "image"), "copy")
+    source = _sub(copy, "source")
+    _sub(source, "location", location)
+    _sub(source, "checksum", checksum.lower())
+    if destination:
+        _sub(_sub(copy, "destination"), "location", destination)
+    _add_reload(request, reload)
+    return env.wrap(request)
+
+
+def cli_exec(env: Envelope, command: str, max_wait: str = "PT60S") -> bytes:
+    request = _body("request", "cli-exec", env.correlator)
+    execcli = _sub(request, "execCLI", maxWait=max_wait, xsd="false")
+    _sub(execcli, "cmd", command)
+    return env.wrap(request)
+
+
+def cli_config_apply(env: Envelope, lines: Iterable[str], action_on_fail: str = "stop") -> bytes:
+    request = _body("request", "cli-config", env.correlator)
+    apply = _sub(request, "configApply", **{"action-on-fail": action_on_fail})
+    _sub(_sub(apply, "config-data"), "cli-config-data-block", "\n".join(lines))
+    return env.wrap(request)
+
+
+def cli_config_persist(env: Envelope) -> bytes:
+    request = _body("request", "cli-config", env.correlator)
+    _sub(request, "configPersist")
+    return env.wrap(request)
+
+
+def capability(env: Envelope) -> bytes:
+    return env.wrap(_body("request", "capability", env.correlator))
+
+
+def backoff(
+    env: Envelope,
+    reason: str,
+    *,
+    seconds: int | None = None,
+    default_minutes: int | None = None,
+    terminate: bool = False,
+) -> bytes:
+    """Tell the agent to call back later, in one of the three schema forms.
+
+    Exactly one of ``seconds`` (callbackAfter), ``default_minutes`` (1..2880) or
+    ``terminate`` must be given.
+    """
+    chosen = sum((seconds is not None, default_minutes is not None, terminate))
+    if chosen != 1:
+        raise ValueError("backoff takes exactly one of seconds, default_minutes, terminate")
+    request = _body("request", "backoff", env.correlator)
+    element = _sub(request, "backoff")
+    _sub(element, "reason", reason)
+    if seconds is not None:
+        seconds = max(1, int(seconds))
+        after = _sub(element, "callbackAfter")
+        _sub(after, "hours", str(seconds // 3600))
+        _sub(after, "minutes", str(seconds % 3600 // 60))
+        _sub(after, "seconds", str(seconds % 60))
+    elif default_minutes is not None:
+        if not 1 <= default_minutes <= 2880:
+            raise ValueError("defaultMinutes must be within 1..2880")
+        _sub(element, "defaultMinutes", str(default_minutes))
+    else:
+        _sub(element, "terminate")
+    return env.wrap(request)
+
+
+def bye(env: Envelope) -> bytes:
+    info = _body("info", "work-info", env.correlator)
+    _sub(_sub(info, "workInfo"), "bye")
+    return env.wrap(info)
+
+
+# ----------------------------------------------------------------- reading server messages
+# The agent simulator (and tests) read what the server sent with these.
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerMessage:
+    """A server message as an agent sees it: the service and its request element."""
+
+    service: str
+    correlator: str
+    body: etree._Element
+    username: str | None = None
+    password: str | None = None
+
+    def find_text(self, path: str) -> str:
+        return _text(self.body, path, service_ns(self.service))
+
+    def find(self, path: str) -> etree._Element | None:
+        ns = service_ns(self.service)
+        return self.body.find("/".join(_q(ns, p) for p in path.split("/")))
+
+
+def parse_server_message(data: bytes) -> ServerMessage:
+    root, _, body = _envelope(data)
+    namespace = body.tag[1:].partition("}")[0]
+    if not namespace.startswith(PNP_NS + ":"):
+        raise ProtocolError(f"unexpected body {body.tag!r}")
+    service = namespace[len(PNP_NS) + 1 :]
+    if service == "work-info" and body.find(f"{_q(namespace, 'workInfo')}/{_q(namespace, 'bye')}") is not None:
+        service = "bye"
+        return ServerMessage(service, body.get("correlator", ""), body)
+    return ServerMessage(service, body.get("correlator", ""), body, root.get("usr"), root.get("pwd"))
+
+
+# -------------------------------------------------------------------- agent-side builders
+# What an IOS-XE agent sends; used by the simulator and the tests.
+
+
+def agent_work_request(udi: Udi | str, correlator: str, hostname: str = "Switch", auth_required: bool = False) -> bytes:
+    ns = service_ns("work-info")
+    info = etree.Element(_q(ns, "info"), {"correlator": correlator}, nsmap={None: ns})
+    device = _sub(info, "deviceId")
+    _sub(device, "udi", str(udi))
+    _sub(device, "hostname", hostname)
+    _sub(device, "authRequired", "true" if auth_required else "false")
+    _sub(device, "viaProxy", "false")
+    _sub(device, "securityAdvise", "false")
+    return _serialize(udi, info, None, None)
+
+
+def agent_response(
+    udi: Udi | str,
+    service: str,
+    correlator: str,
+    success: bool = True,
+    error: ErrorInfo | None = None,
+    build: Callable[[etree._Element], None] | None = None,
+) -> bytes:
+    response = _body("response", service, correlator)
+    response.set("success", "1" if success else "0")
+    if error is not None:
+        info = _sub(response, "errorInfo")
+        _sub(info, "errorSeverity", error.severity or "ERROR")
+        _sub(info, "errorCode", error.code)
+        _sub(info, "errorMessage", error.message)
+    if build is not None:
+        build(response)
+    return _serialize(udi, response, None, None)
+
+
+def agent_device_info(udi: Udi, correlator: str, *, platform: str, version: str, hostname: str, flash_free: int) -> bytes:
+    def build(response: etree._Element) -> None:
+        _sub(_sub(response, "udi"), "primary-chassis", str(udi))
+        image = _sub(response, "imageInfo")
+        _sub(image, "versionString", version)
+        _sub(image, "imageFile", "flash:packages.conf")
+        hardware = _sub(response, "hardwareInfo")
+        _sub(hardware, "hostname", hostname)
+        _sub(hardware, "vendorString", "Cisco")
+        _sub(hardware, "platformName", platform)
+        fs_list = _sub(response, "fileSystemList")
+        _sub(fs_list, "fileSystem", name="flash", type="disk", size=str(flash_free * 2), freespace=str(flash_free))
+
+    return agent_response(udi, "device-info", correlator, True, None, build)
+
+
+def agent_cli_exec(udi: Udi, correlator: str, command: str, output: str) -> bytes:
+    def build(response: etree._Element) -> None:
+        log = _sub(_sub(response, "execLog"), "dialogueLog")
+        _sub(_sub(log, "sent"), "text", command)
+        _sub(_sub(log, "received"), "text", output)
+
+    return agent_response(udi, "cli-exec", correlator, True, None, build)
+
+
+def agent_fault(udi: Udi | str, code: str, string: str) -> bytes:
+    ns = service_ns("fault")
+    response = etree.Element(_q(ns, "response"), nsmap={None: ns})
+    fault = _sub(response, "fault")
+    _sub(fault, "faultcode", code)
+    _sub(fault, "faultstring", string)
+    _sub(fault, "detail", "")
+    return _serialize(udi, response, None, None)

@@ -1,0 +1,286 @@
+"""The embedded datastore: one XML file in the YANG's shape, no controller needed.
+
+Owns reading and writing that file.  The root is ``<config>``; the operator's
+declarations sit under ``<services xmlns="http://clicon.org/controller">`` and
+are never rewritten; what the software writes sits under
+``<pnp xmlns="urn:pnp-service:pnp">``.  Here the listener plans the work
+itself (the service module's job under a controller) whenever a declaration
+changes.
+
+Every write replaces the file atomically (temporary file, fsync, rename) under
+an exclusive lock on ``FILE.lock``, so several listener processes can share one
+file.  A file the operator left malformed is never overwritten: the last good
+copy keeps serving reads and writes are refused until it is fixed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import tempfile
+import threading
+from typing import Callable, Iterator
+
+from lxml import etree
+
+from .. import model
+from ..model import DeviceRecord, Status, Unclaimed, Work, q
+from ..planner import PlanningError, TemplateLoader, file_template_loader, plan
+from .base import D, Snapshot, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+EMPTY_DATASTORE = f"""<?xml version='1.0' encoding='UTF-8'?>
+<config>
+  <services xmlns="{model.CONTROLLER_NS}"/>
+  <pnp xmlns="{model.PNP_NS}"/>
+</config>
+"""
+
+# The file is the operator's own, but still parsed without entities or network.
+_FILE_PARSER = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True
+)
+
+
+class _Index:
+    """A parsed datastore file and lookups into it."""
+
+    def __init__(self, tree: etree._ElementTree):
+        self.tree = tree
+        root = tree.getroot()
+        if root.tag != "config" and etree.QName(root).localname != "config":
+            raise StoreError(f"root element is <{etree.QName(root).localname}>, expected <config>")
+        self.pnp = root.find(q("pnp"))
+        if self.pnp is None:
+            self.pnp = etree.SubElement(root, q("pnp"), nsmap={None: model.PNP_NS})
+        self.declarations = model.declarations_from_services(root.find(q("services", model.CONTROLLER_NS)))
+        self.devices = {model._child_text(d, "serial"): d for d in self.pnp.iterfind(q("device"))}
+        self.unclaimed = {model._child_text(u, "serial"): u for u in self.pnp.iterfind(q("unclaimed"))}
+
+    def record(self, serial: str) -> DeviceRecord:
+        device = self.devices.get(serial)
+        unclaimed = self.unclaimed.get(serial)
+        return DeviceRecord(
+            serial=serial,
+            declaration=self.declarations.get(serial),
+            work=model.work_from_xml(device.find(q("work"))) if device is not None else None,
+            status=model.status_from_xml(device.find(q("status"))) if device is not None else None,
+            unclaimed=model.unclaimed_from_xml(unclaimed) if unclaimed is not None else None,
+        )
+
+    def device(self, serial: str) -> etree._Element:
+        device = self.devices.get(serial)
+        if device is None:
+            device = etree.SubElement(self.pnp, q("device"))
+            etree.SubElement(device, q("serial")).text = serial
+            # Keep devices before unclaimed entries, as the YANG lists them.
+            first_unclaimed = self.pnp.find(q("unclaimed"))
+            if first_unclaimed is not None:
+                first_unclaimed.addprevious(device)
+            self.devices[serial] = device
+        return device
+
+    def set_child(self, parent: etree._Element, element: etree._Element | None, name: str) -> None:
+        old = parent.find(q(name))
+        if old is not None:
+            parent.remove(old)
+        if element is not None:
+            parent.append(element)
+
+
+class EmbeddedStore:
+    """Store backed by one XML file; see the module docstring."""
+
+    def __init__(self, path: str, load_template: TemplateLoader | None = None, create: bool = True):
+        self.path = os.path.abspath(path)
+        self._load_template = load_template or file_template_loader(
+            (os.path.join(os.path.dirname(self.path), "templates"),)
+        )
+        self._thread_lock = threading.RLock()
+        self._index: _Index | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._broken: str = ""
+        self._plans: dict[model.Declaration, Work | PlanningError] = {}
+        if not os.path.exists(self.path):
+            if not create:
+                raise StoreError(f"datastore {self.path} does not exist")
+            log.info("creating empty datastore %s", self.path)
+            with self._locked():
+                if not os.path.exists(self.path):
+                    self._atomic_write(EMPTY_DATASTORE.encode())
+        with self._locked():
+            self._fresh()
+            if self._broken:
+                raise StoreError(self._broken)
+
+    # ------------------------------------------------------------------ the Store interface
+
+    def load(self, serial: str) -> DeviceRecord:
+        with self._locked():
+            return self._fresh().record(serial)
+
+    def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
+        with self._locked():
+            index = self._fresh()
+            decision = decide(index.record(serial))
+            if decision.status is None and decision.unclaimed is None:
+                return decision
+            if self._broken:
+                raise StoreUnavailable(self._broken)
+            if decision.status is not None:
+                self._put_status(index, serial, decision.status)
+            if decision.unclaimed is not None:
+                old = index.unclaimed.get(serial)
+                new = model.unclaimed_to_xml(decision.unclaimed)
+                if old is not None:
+                    old.addnext(new)
+                    index.pnp.remove(old)
+                else:
+                    index.pnp.append(new)
+                index.unclaimed[serial] = new
+            self._save(index)
+            return decision
+
+    def snapshot(self) -> Snapshot:
+        with self._locked():
+            index = self._fresh()
+            serials = sorted(set(index.declarations) | set(index.devices))
+            unclaimed = tuple(model.unclaimed_from_xml(u) for u in index.unclaimed.values())
+            problems = (self._broken,) if self._broken else ()
+            return Snapshot(tuple(index.record(s) for s in serials), unclaimed, problems)
+
+    def reset(self, serial: str) -> bool:
+        """Forget a device's status, so its next poll starts over; False when it had none."""
+        with self._locked():
+            index = self._fresh()
+            device = index.devices.get(serial)
+            if device is None or device.find(q("status")) is None:
+                return False
+            index.set_child(device, None, "status")
+            self._save(index)
+            return True
+
+    def close(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ internals
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            with open(self.path + ".lock", "a+b") as lock_file:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _fresh(self) -> _Index:
+        """The parsed file, re-read only when it changed on disk; work re-planned when needed."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            raise StoreUnavailable(f"datastore {self.path} was removed") from None
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp and self._index is not None:
+            return self._index
+        try:
+            index = _Index(etree.parse(self.path, _FILE_PARSER))
+        except (etree.XMLSyntaxError, StoreError, OSError) as exc:
+            self._broken = f"datastore {self.path} is not usable, fix it: {exc}"
+            log.error("%s (serving the last good copy, writes refused)", self._broken)
+            self._stamp = stamp
+            if self._index is None:
+                return _Index(etree.ElementTree(etree.fromstring(EMPTY_DATASTORE.encode())))
+            return self._index
+        self._broken = ""
+        self._index, self._stamp = index, stamp
+        if self._replan(index):
+            self._save(index)
+        return index
+
+    def _plan(self, declaration: model.Declaration) -> Work | PlanningError:
+        cached = self._plans.get(declaration)
+        if cached is None:
+            try:
+                cached = plan(declaration, self._load_template)
+            except PlanningError as exc:
+                cached = exc
+            self._plans[declaration] = cached
+        return cached
+
+    def _replan(self, index: _Index) -> bool:
+        """Bring ``pnp/device/work`` in line with the declarations; True when anything changed."""
+        changed = False
+        for serial, declaration in index.declarations.items():
+            planned = self._plan(declaration)
+            device = index.devices.get(serial)
+            current = model.work_from_xml(device.find(q("work"))) if device is not None else None
+            if isinstance(planned, PlanningError):
+                status = model.status_from_xml(device.find(q("status"))) if device is not None else None
+                if current is not None or status is None or status.error_message != str(planned):
+                    log.error("%s", planned)
+                    device = index.device(serial)
+                    index.set_child(device, None, "work")
+                    failed = Status(state="error", error_code="planning-error", error_message=str(planned))
+                    self._put_status(index, serial, failed)
+                    changed = True
+                continue
+            if current != planned:
+                log.info("pnp-device %s: planned %d steps, revision %s", serial, len(planned.steps), planned.revision)
+                device = index.device(serial)
+                work = model.work_to_xml(serial, planned, creator=False).find(q("work"))
+                old = device.find(q("work"))
+                if old is not None:
+                    old.addnext(work)
+                    device.remove(old)
+                else:
+                    device.find(q("serial")).addnext(work)
+                changed = True
+        for serial, device in list(index.devices.items()):
+            if serial not in index.declarations and device.find(q("work")) is not None:
+                log.info("pnp-device %s: declaration removed, work removed", serial)
+                index.set_child(device, None, "work")
+                changed = True
+        return changed
+
+    def _put_status(self, index: _Index, serial: str, status: Status) -> None:
+        device = index.device(serial)
+        index.set_child(device, model.status_to_xml(status), "status")
+        claimed = index.unclaimed.pop(serial, None)
+        if claimed is not None:
+            index.pnp.remove(claimed)
+
+    def _save(self, index: _Index) -> None:
+        if self._broken:
+            raise StoreUnavailable(self._broken)
+        # Only our own subtree is re-indented: the operator's declarations keep their layout.
+        etree.indent(index.pnp, space="  ", level=1)
+        data = etree.tostring(index.tree, xml_declaration=True, encoding="UTF-8")
+        self._atomic_write(data)
+        stat = os.stat(self.path)
+        self._stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def _atomic_write(self, data: bytes) -> None:
+        directory = os.path.dirname(self.path)
+        mode = os.stat(self.path).st_mode & 0o777 if os.path.exists(self.path) else 0o644
+        handle, temporary = tempfile.mkstemp(prefix=".pnp-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temporary, mode)
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        directory_handle = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(directory_handle)
+        finally:
+            os.close(directory_handle)

@@ -1,0 +1,85 @@
+"""Shared test helpers: a controllable clock, datastore files, a listener on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from pnp_service.app import create_app
+from pnp_service.listener import Listener, ListenerSettings
+from pnp_service.provisioner import Settings
+from pnp_service.stores.embedded import EmbeddedStore
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_DATASTORE = os.path.join(REPO, "examples", "datastore.xml")
+SECRET = b"test-secret-0123456789abcdef"
+
+
+class FakeClock:
+    """Seconds since the epoch that move only when a test (or the simulator's sleep) says so."""
+
+    def __init__(self, start: float = 1_800_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def datastore_xml(*devices: str) -> str:
+    """A datastore file with the given ``<pnp-device>`` bodies declared."""
+    declared = "".join(f'<pnp-device xmlns="urn:pnp-service:pnp">{body}</pnp-device>' for body in devices)
+    return (
+        "<?xml version='1.0' encoding='UTF-8'?>\n<config>\n"
+        f'  <services xmlns="http://clicon.org/controller">{declared}</services>\n'
+        '  <pnp xmlns="urn:pnp-service:pnp"/>\n</config>\n'
+    )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def example_path(tmp_path) -> str:
+    path = tmp_path / "datastore.xml"
+    shutil.copy(EXAMPLE_DATASTORE, path)
+    return str(path)
+
+
+class RunningListener:
+    def __init__(self, store: EmbeddedStore, clock: FakeClock, settings: ListenerSettings):
+        self.store = store
+        self.listener = Listener(store, settings, clock=clock)
+        self.app = create_app(store, settings, listener=self.listener)
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def serve(clock):
+    """Start a real HTTP listener on a loopback port over a datastore file."""
+    started = []
+
+    def start(path: str, **provisioning) -> RunningListener:
+        settings = ListenerSettings(provisioning=Settings(**provisioning), secret=SECRET)
+        running = RunningListener(EmbeddedStore(path), clock, settings)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

@@ -1,0 +1,229 @@
+"""The sans-I/O protocol core: UDIs, agent messages, server messages, hostile XML."""
+
+from __future__ import annotations
+
+import pytest
+from lxml import etree
+
+from pnp_service import protocol
+from pnp_service.protocol import Envelope, ProtocolError, Udi
+
+UDI = Udi("C9300-24P", "V01", "FOC1234X0AB")
+ENV = Envelope(UDI, "CiscoPnP-1.0-1-abc")
+
+
+def children(element) -> list[str]:
+    return [etree.QName(child).localname for child in element]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("PID:C9300-24P,VID:V01,SN:FOC1234X0AB", Udi("C9300-24P", "V01", "FOC1234X0AB")),
+        ("PID:7206VXR,VID:,SN:34835437", Udi("7206VXR", "", "34835437")),
+        ("PID:ISR4451-X/K9,VID:V05,SN:FDO21:X", Udi("ISR4451-X/K9", "V05", "FDO21:X")),
+        ("SN:ABC,PID:C1111-8P", Udi("C1111-8P", "", "ABC")),
+    ],
+)
+def test_parse_udi(text, expected):
+    assert protocol.parse_udi(text) == expected
+
+
+def test_udi_without_serial_is_an_error():
+    with pytest.raises(ProtocolError, match="no serial"):
+        protocol.parse_udi("PID:C9300-24P,VID:V01,SN:")
+
+
+def test_udi_round_trips():
+    assert protocol.parse_udi(str(UDI)) == UDI
+
+
+def test_parse_work_request():
+    request = protocol.parse_work_request(protocol.agent_work_request(UDI, "corr-1", "sw1", auth_required=True))
+    assert request == protocol.WorkRequest(UDI, "corr-1", "sw1", True, "")
+
+
+def test_work_request_tolerates_missing_optional_children():
+    body = (
+        b'<pnp xmlns="urn:cisco:pnp" version="1.0" udi="PID:X,VID:,SN:S1">'
+        b'<info xmlns="urn:cisco:pnp:work-info" correlator="c"><extra>1</extra></info></pnp>'
+    )
+    request = protocol.parse_work_request(body)
+    assert (request.udi.serial, request.hostname, request.auth_required) == ("S1", "", False)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"", "empty"),
+        (b"<pnp", "malformed"),
+        (b'<foo xmlns="urn:cisco:pnp" udi="SN:1"/>', "root element"),
+        (b'<pnp xmlns="urn:cisco:pnp" version="1.0"><info xmlns="urn:cisco:pnp:work-info" correlator="c"/></pnp>', "udi"),
+        (b'<pnp xmlns="urn:cisco:pnp" udi="SN:1"><info xmlns="urn:cisco:pnp:work-info"/></pnp>', "correlator"),
+        (b'<pnp xmlns="urn:cisco:pnp" udi="SN:1"><request xmlns="urn:cisco:pnp:backoff" correlator="c"/></pnp>', "expected work-info"),
+        (b'<pnp xmlns="urn:cisco:pnp" udi="SN:1"/>', "exactly one child"),
+    ],
+)
+def test_bad_work_requests_are_rejected_with_a_reason(body, message):
+    with pytest.raises(ProtocolError, match=message):
+        protocol.parse_work_request(body)
+
+
+HOSTILE = {
+    "billion-laughs": b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
+    b'<pnp xmlns="urn:cisco:pnp" udi="SN:1">&lol2;</pnp>',
+    "external-entity": b'<?xml version="1.0"?><!DOCTYPE pnp [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+    b'<pnp xmlns="urn:cisco:pnp" udi="SN:&xxe;"/>',
+    "parameter-entity": b'<?xml version="1.0"?><!DOCTYPE pnp [<!ENTITY % p SYSTEM "http://127.0.0.1:1/x.dtd"> %p;]><pnp/>',
+    "utf16-doctype": '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "b">]><pnp/>'.encode("utf-16"),
+    "undeclared-entity": b'<pnp xmlns="urn:cisco:pnp" udi="SN:&undeclared;"/>',
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_xml_is_refused(name):
+    with pytest.raises(ProtocolError):
+        protocol.parse_xml(HOSTILE[name])
+
+
+def test_deep_nesting_is_refused():
+    body = b"<a>" * (protocol.MAX_DEPTH + 5) + b"</a>" * (protocol.MAX_DEPTH + 5)
+    with pytest.raises(ProtocolError, match="deeper|malformed"):
+        protocol.parse_xml(body)
+
+
+def test_oversized_message_is_refused():
+    with pytest.raises(ProtocolError, match="exceeds"):
+        protocol.parse_xml(b"<a>" + b"x" * protocol.MAX_MESSAGE_BYTES + b"</a>")
+
+
+def test_too_many_elements_are_refused():
+    with pytest.raises(ProtocolError, match="elements"):
+        protocol.parse_xml(b"<a>" + b"<b/>" * (protocol.MAX_ELEMENTS + 1) + b"</a>")
+
+
+def test_parse_device_info_response_extracts_facts():
+    data = protocol.agent_device_info(UDI, "c1", platform="C9300-24P", version="17.3.1", hostname="sw", flash_free=1000)
+    response = protocol.parse_work_response(data)
+    assert response.service == "device-info" and response.success and response.correlator == "c1"
+    assert response.details["version"] == "17.3.1"
+    assert response.details["platform"] == "C9300-24P"
+    assert response.details["free:flash"] == "1000"
+
+
+def test_parse_failed_response_keeps_error_info():
+    error = protocol.ErrorInfo("ERROR", "PnP Service Error 1806", "packages.conf not supported")
+    response = protocol.parse_work_response(protocol.agent_response(UDI, "image-install", "c2", False, error))
+    assert not response.success
+    assert response.error == error
+
+
+def test_parse_fault():
+    fault = protocol.parse_work_response(protocol.agent_fault(UDI, "Client", "unknown request"))
+    assert isinstance(fault, protocol.Fault)
+    assert (fault.code, fault.string) == ("Client", "unknown request")
+
+
+def test_response_with_bad_success_value_is_refused():
+    body = b'<pnp xmlns="urn:cisco:pnp" udi="SN:1"><response xmlns="urn:cisco:pnp:cli-exec" correlator="c" success="maybe"/></pnp>'
+    with pytest.raises(ProtocolError, match="success"):
+        protocol.parse_work_response(body)
+
+
+def test_cli_exec_output_is_extracted():
+    response = protocol.parse_work_response(protocol.agent_cli_exec(UDI, "c", "show version", "Version 17"))
+    assert response.details["output"] == "Version 17"
+
+
+# --------------------------------------------------------------------------- server messages
+
+
+def parse(data: bytes):
+    assert data.startswith(b"<?xml version='1.0' encoding='UTF-8'?>")
+    root = etree.fromstring(data)
+    assert root.tag == "{urn:cisco:pnp}pnp" and root.get("udi") == str(UDI) and root.get("version") == "1.0"
+    (body,) = root
+    return root, body
+
+
+def test_device_info_request_shape():
+    _, body = parse(protocol.device_info(ENV))
+    assert body.tag == "{urn:cisco:pnp:device-info}request" and body.get("correlator") == ENV.correlator
+    assert body[0].tag == "{urn:cisco:pnp:device-info}deviceInfo" and body[0].get("type") == "all"
+
+
+def test_config_upgrade_request_shape_and_order():
+    _, body = parse(protocol.config_upgrade(ENV, "http://h/c.cfg", apply_to="running"))
+    ns = "{urn:cisco:pnp:config-upgrade}"
+    assert children(body) == ["config", "noReload"]
+    config = body[0]
+    assert config.get("details") == "all"
+    copy = config.find(ns + "copy")
+    assert children(copy) == ["source", "applyTo", "abortOnSyntaxFault"]
+    assert copy.findtext(f"{ns}source/{ns}location") == "http://h/c.cfg"
+    assert copy.findtext(ns + "applyTo") == "running"
+    assert copy.findtext(ns + "abortOnSyntaxFault") == "true"
+
+
+def test_config_upgrade_with_reload_has_reload_as_sibling_of_config():
+    _, body = parse(protocol.config_upgrade(ENV, "http://h/c.cfg", reload=protocol.Reload(reason="day0")))
+    assert children(body) == ["config", "reload"]
+    assert children(body[1]) == ["reason", "delayIn", "user", "saveConfig"]
+
+
+def test_image_install_request_shape():
+    _, body = parse(protocol.image_install(ENV, "http://h/i.bin", "ABCDEF0123456789ABCDEF0123456789"))
+    ns = "{urn:cisco:pnp:image-install}"
+    assert children(body) == ["image", "reload"]
+    copy = body.find(f"{ns}image/{ns}copy")
+    assert children(copy) == ["source", "destination"]
+    assert children(copy.find(ns + "source")) == ["location", "checksum"]
+    assert copy.findtext(f"{ns}source/{ns}checksum") == "abcdef0123456789abcdef0123456789"
+
+
+def test_cli_exec_and_cli_config_shapes():
+    _, body = parse(protocol.cli_exec(ENV, "show version"))
+    assert children(body) == ["execCLI"] and body[0].findtext("{urn:cisco:pnp:cli-exec}cmd") == "show version"
+    _, body = parse(protocol.cli_config_apply(ENV, ["hostname a", "end"]))
+    assert children(body) == ["configApply"] and children(body[0]) == ["config-data"]
+    _, body = parse(protocol.cli_config_persist(ENV))
+    assert children(body) == ["configPersist"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, shape",
+    [
+        ({"seconds": 3725}, ["reason", "callbackAfter"]),
+        ({"default_minutes": 10}, ["reason", "defaultMinutes"]),
+        ({"terminate": True}, ["reason", "terminate"]),
+    ],
+)
+def test_backoff_forms(kwargs, shape):
+    _, body = parse(protocol.backoff(ENV, "later", **kwargs))
+    assert children(body[0]) == shape
+    if "seconds" in kwargs:
+        ns = "{urn:cisco:pnp:backoff}"
+        after = body[0].find(ns + "callbackAfter")
+        assert [after.findtext(ns + u) for u in ("hours", "minutes", "seconds")] == ["1", "2", "5"]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"seconds": 1, "terminate": True}, {"default_minutes": 0}])
+def test_backoff_needs_exactly_one_valid_form(kwargs):
+    with pytest.raises(ValueError):
+        protocol.backoff(ENV, "x", **kwargs)
+
+
+def test_bye_shape():
+    _, body = parse(protocol.bye(ENV))
+    assert body.tag == "{urn:cisco:pnp:work-info}info" and body.get("correlator") == ENV.correlator
+    assert body.find("{urn:cisco:pnp:work-info}workInfo/{urn:cisco:pnp:work-info}bye") is not None
+
+
+def test_credentials_go_on_the_envelope():
+    root, _ = parse(protocol.device_info(Envelope(UDI, "c", "admin", "s3cret")))
+    assert (root.get("usr"), root.get("pwd")) == ("admin", "s3cret")
+
+
+def test_text_is_escaped_in_server_messages():
+    message = protocol.parse_server_message(protocol.cli_exec(ENV, "show run | include <a&b>"))
+    assert message.find_text("execCLI/cmd") == "show run | include <a&b>"
