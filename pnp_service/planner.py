@@ -74,7 +74,7 @@ def template_source(declaration: Declaration, load_template: TemplateLoader = _n
     if declaration.template is not None:
         return declaration.template
     if declaration.template_lines:
-        return "\n".join(text for _, text in declaration.template_lines) + "\n"
+        return "\n".join(text for _, text in sorted(declaration.template_lines)) + "\n"
     if declaration.template_file:
         try:
             return load_template(declaration.template_file)
@@ -112,7 +112,7 @@ def _steps(declaration: Declaration, config: str | None) -> Iterable[Step]:
                 "reload-wait": str(declaration.image_reload_wait),
             },
         )
-    for seq, command in declaration.commands:
+    for seq, command in sorted(declaration.commands):
         yield Step(f"cli-exec-{seq}", "cli-exec", {"command": command})
     if config is not None or declaration.config_url:
         params = {"apply-to": declaration.apply_to, "reload": "true" if declaration.reload else "false"}

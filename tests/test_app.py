@@ -1,0 +1,128 @@
+"""The Flask listener through its test client: routes, status codes, and that bad input changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import SECRET, FakeClock
+from pnp_service import protocol
+from pnp_service.app import create_app
+from pnp_service.listener import Listener, ListenerSettings
+from pnp_service.stores.embedded import EmbeddedStore
+
+UDI = protocol.Udi("C9300-24P", "V01", "FOC2001X0AB")
+
+
+@pytest.fixture
+def setup(example_path):
+    clock = FakeClock()
+    store = EmbeddedStore(example_path)
+    settings = ListenerSettings(secret=SECRET, max_body_bytes=64 * 1024)
+    listener = Listener(store, settings, clock=clock)
+    client = create_app(store, settings, listener=listener).test_client()
+    return client, example_path, clock
+
+
+def file_bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+def test_hello(setup, method):
+    client, _, _ = setup
+    assert client.open("/pnp/HELLO", method=method).status_code == 200
+
+
+def test_work_request_gets_xml(setup):
+    client, _, _ = setup
+    response = client.post("/pnp/WORK-REQUEST", data=protocol.agent_work_request(UDI, "c1"))
+    assert response.status_code == 200 and response.content_type == "application/xml"
+    assert protocol.parse_server_message(response.data).service == "device-info"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not xml",
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><pnp xmlns="urn:cisco:pnp" udi="SN:FOC2001X0AB">&a;</pnp>',
+        b'<pnp xmlns="urn:cisco:pnp" udi="PID:X,VID:,SN:"><info xmlns="urn:cisco:pnp:work-info" correlator="c"/></pnp>',
+        "<pnp>\udc80</pnp>".encode("utf-8", "surrogateescape"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/pnp/WORK-REQUEST", "/pnp/WORK-RESPONSE"])
+def test_bad_bodies_get_400_and_change_nothing(setup, body, path):
+    client, datastore, _ = setup
+    before = file_bytes(datastore)
+    response = client.post(path, data=body)
+    assert response.status_code == 400
+    assert b"bad WORK-" in response.data
+    assert file_bytes(datastore) == before
+
+
+def test_oversized_body_gets_413_and_changes_nothing(setup):
+    client, datastore, _ = setup
+    before = file_bytes(datastore)
+    response = client.post("/pnp/WORK-REQUEST", data=b"<a>" + b"x" * 70_000 + b"</a>")
+    assert response.status_code == 413
+    assert file_bytes(datastore) == before
+
+
+def test_wrong_method_gets_405(setup):
+    client, _, _ = setup
+    assert client.get("/pnp/WORK-REQUEST").status_code == 405
+
+
+def config_url(client) -> str:
+    client.post("/pnp/WORK-REQUEST", data=protocol.agent_work_request(UDI, "c1"))
+    info = protocol.agent_device_info(UDI, "c1", platform="C9300-24P", version="17.3.1", hostname="s", flash_free=1)
+    client.post("/pnp/WORK-RESPONSE", data=info)
+    reply = protocol.parse_server_message(client.post("/pnp/WORK-REQUEST", data=protocol.agent_work_request(UDI, "c2")).data)
+    assert reply.service == "config-upgrade"
+    return reply.find_text("config/copy/source/location")
+
+
+def test_config_download_with_a_signed_url(setup):
+    client, _, _ = setup
+    url = config_url(client)
+    assert url.startswith("http://localhost/pnp/download/config/FOC2001X0AB/")
+    response = client.get(url)
+    assert response.status_code == 200 and b"hostname access-sw-01" in response.data
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda url: url.replace("FOC2001X0AB", "FOC2001X0CD"),
+        lambda url: url[:-3] + ("000" if not url.endswith("000") else "111"),
+        lambda url: url.split("?")[0],
+    ],
+)
+def test_altered_download_urls_are_refused(setup, tamper):
+    client, _, _ = setup
+    assert client.get(tamper(config_url(client))).status_code == 403
+
+
+def test_expired_download_url_is_refused(setup):
+    client, _, clock = setup
+    url = config_url(client)
+    clock.advance(3601)
+    assert client.get(url).status_code == 403
+
+
+def test_download_for_old_revision_is_gone(setup, example_path):
+    client, _, _ = setup
+    url = config_url(client)
+    text = open(example_path).read().replace("access-sw-01", "access-sw-99")
+    with open(example_path, "w") as handle:
+        handle.write(text)
+    assert client.get(url).status_code == 404
+
+
+def test_config_text_is_never_logged(setup, caplog):
+    client, _, _ = setup
+    caplog.set_level("DEBUG")
+    client.get(config_url(client))
+    assert "change-me" not in caplog.text and "hostname access-sw-01" not in caplog.text
+    assert "event=download kind=config" in caplog.text

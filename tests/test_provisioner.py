@@ -1,0 +1,315 @@
+"""The per-device state machine on its own: records in, replies and status changes out."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pytest
+
+from pnp_service import protocol
+from pnp_service.model import Declaration, DeviceRecord, Status
+from pnp_service.planner import plan
+from pnp_service.provisioner import Contact, Provisioner, Settings
+from pnp_service.steps import StepRegistry, advance
+
+T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.timezone.utc)
+UDI = protocol.Udi("C9300-24P", "V01", "SN1")
+
+
+def declared(**fields) -> Declaration:
+    base = dict(serial="SN1", pid="C9300-24P", hostname="sw1", template="hostname {{ hostname }}\n")
+    base.update(fields)
+    return Declaration(**base)
+
+
+class Device:
+    """Drives one serial through the provisioner, keeping the record as a store would."""
+
+    def __init__(self, declaration: Declaration | None, settings: Settings | None = None, udi=UDI, registry=None):
+        self.provisioner = Provisioner(settings or Settings(), registry)
+        work = plan(declaration) if declaration else None
+        self.record = DeviceRecord(udi.serial, declaration, work, None)
+        self.udi = udi
+        self.now = T0
+        self.count = 0
+        self.writes = 0
+
+    def contact(self) -> Contact:
+        return Contact(self.now, "192.0.2.50", lambda kind, serial, rev: f"http://pnp/dl/{kind}/{serial}/{rev}")
+
+    def _apply(self, decision):
+        if decision.status is not None:
+            self.record = dataclasses.replace(self.record, status=decision.status)
+            self.writes += 1
+        if decision.unclaimed is not None:
+            self.record = dataclasses.replace(self.record, unclaimed=decision.unclaimed)
+            self.writes += 1
+        return decision
+
+    def poll(self, auth_required=False):
+        self.count += 1
+        self.correlator = f"corr-{self.count}"
+        request = protocol.WorkRequest(self.udi, self.correlator, "Switch", auth_required)
+        decision = self._apply(self.provisioner.on_work_request(self.record, request, self.contact()))
+        return decision, protocol.parse_server_message(decision.reply)
+
+    def respond(self, data: bytes):
+        response = protocol.parse_work_response(data)
+        decision = self._apply(self.provisioner.on_work_response(self.record, response, self.contact()))
+        assert protocol.parse_server_message(decision.reply).service == "bye"
+        return decision
+
+    def answer_device_info(self, version="17.3.1", pid="C9300-24P"):
+        udi = protocol.Udi(pid, "V01", self.udi.serial)
+        return self.respond(protocol.agent_device_info(udi, self.correlator, platform=pid, version=version, hostname="s", flash_free=1))
+
+    def ok(self, service):
+        return self.respond(protocol.agent_response(self.udi, service, self.correlator))
+
+    def fail(self, service, code="PnP Service Error 1410", message="copy failed"):
+        error = protocol.ErrorInfo("ERROR", code, message)
+        return self.respond(protocol.agent_response(self.udi, service, self.correlator, False, error))
+
+    @property
+    def status(self) -> Status:
+        return self.record.status
+
+    def wait(self, seconds):
+        self.now += dt.timedelta(seconds=seconds)
+
+
+def test_declared_device_is_provisioned():
+    device = Device(declared())
+    decision, message = device.poll()
+    assert message.service == "device-info" and message.correlator == "corr-1"
+    assert device.status.state == "onboarding" and device.status.correlator == "corr-1"
+    device.answer_device_info()
+    assert device.status.step == "config-upgrade" and device.status.version == "17.3.1"
+    _, message = device.poll()
+    assert message.service == "config-upgrade"
+    assert message.find_text("config/copy/source/location") == f"http://pnp/dl/config/SN1/{device.record.work.revision}"
+    assert message.find("reload") is not None
+    device.ok("config-upgrade")
+    assert device.status.state == "provisioned"
+    _, message = device.poll()
+    assert message.service == "backoff" and message.find_text("backoff/defaultMinutes") == "60"
+
+
+def test_unknown_serial_is_unclaimed_and_backed_off():
+    device = Device(None)
+    decision, message = device.poll()
+    assert message.service == "backoff" and message.find("backoff/callbackAfter") is not None
+    assert decision.status is None
+    entry = device.record.unclaimed
+    assert (entry.serial, entry.pid, entry.address, entry.first_seen) == ("SN1", "C9300-24P", "192.0.2.50", T0)
+
+
+def test_unclaimed_last_seen_is_refreshed_but_not_on_every_poll():
+    device = Device(None)
+    device.poll()
+    device.wait(10)
+    assert device.poll()[0].unclaimed is None
+    device.wait(100)
+    decision, _ = device.poll()
+    assert decision.unclaimed.last_seen == device.now and decision.unclaimed.first_seen == T0
+
+
+def test_pid_mismatch_is_an_error_and_nothing_is_served():
+    device = Device(declared(pid="C9300-48P"))
+    device.poll()
+    device.answer_device_info(pid="C9300-24P")
+    assert device.status.state == "error" and device.status.error_code == "pid-mismatch"
+    assert "C9300-48P" in device.status.error_message and "C9300-24P" in device.status.error_message
+    for _ in range(3):
+        _, message = device.poll()
+        assert message.service == "backoff"
+
+
+def test_failing_step_retries_with_growing_backoff_then_errors():
+    device = Device(declared(), Settings(max_attempts=3, retry_base_seconds=30))
+    device.poll()
+    device.answer_device_info()
+    delays = []
+    for attempt in (1, 2):
+        _, message = device.poll()
+        assert message.service == "config-upgrade"
+        device.fail("config-upgrade")
+        assert device.status.attempts == attempt and device.status.state == "onboarding"
+        delays.append((device.status.retry_at - device.now).total_seconds())
+        _, message = device.poll()  # too early: backoff, same step
+        assert message.service == "backoff"
+        device.wait(delays[-1])
+    assert delays == [30, 60]
+    device.poll()
+    device.fail("config-upgrade", message="no space")
+    status = device.status
+    assert status.state == "error" and status.error_code == "PnP Service Error 1410"
+    assert "no space" in status.error_message and status.error_step == "config-upgrade"
+
+
+def test_stale_correlator_is_acknowledged_and_changes_nothing():
+    device = Device(declared())
+    device.poll()
+    before = device.status
+    stale = protocol.agent_response(UDI, "device-info", "corr-old")
+    decision = device.respond(stale)
+    assert decision.event == "stale" and decision.status is None and device.status == before
+
+
+def test_response_of_the_wrong_service_changes_nothing():
+    device = Device(declared())
+    device.poll()
+    decision = device.ok("config-upgrade")  # right correlator, but device-info was asked
+    assert decision.event == "stale" and device.status.step == "device-info"
+
+
+def test_duplicate_response_is_stale():
+    device = Device(declared())
+    device.poll()
+    device.answer_device_info()
+    assert device.answer_device_info().event in ("stale", "unexpected")
+    assert device.status.step == "config-upgrade"
+
+
+def test_fault_changes_nothing():
+    device = Device(declared())
+    device.poll()
+    before = device.status
+    decision = device.respond(protocol.agent_fault(UDI, "Client", "cannot parse"))
+    assert decision.event == "fault" and device.status == before
+
+
+def test_response_when_nothing_was_sent_changes_nothing():
+    device = Device(declared())
+    device.correlator = "corr-x"
+    assert device.ok("device-info").event == "unexpected" and device.status is None
+
+
+def test_image_is_installed_verified_then_config():
+    device = Device(declared(image_version="17.9.4a", image_url="http://i/cat9k.bin", image_md5="b" * 32, image_reload_wait=120))
+    device.poll()
+    device.answer_device_info(version="17.3.1")
+    _, message = device.poll()
+    assert message.service == "image-install"
+    assert message.find_text("image/copy/source/checksum") == "b" * 32
+    device.ok("image-install")
+    assert device.status.phase == "verify"
+    _, message = device.poll()  # during the reload
+    assert message.service == "backoff" and "reload" in message.find_text("backoff/reason")
+    device.wait(120)
+    _, message = device.poll()
+    assert message.service == "device-info"
+    device.answer_device_info(version="17.9.4a")
+    assert device.status.step == "config-upgrade" and device.status.version == "17.9.4a"
+
+
+def test_image_still_old_after_reload_is_retried():
+    device = Device(declared(image_version="17.9.4a", image_url="http://i/x.bin", image_md5="b" * 32), Settings(max_attempts=2))
+    device.poll()
+    device.answer_device_info(version="17.3.1")
+    device.poll()
+    device.ok("image-install")
+    device.wait(60)
+    device.poll()
+    device.answer_device_info(version="17.3.1")
+    assert device.status.attempts == 1 and device.status.phase == "" and device.status.error_code == "image-version-mismatch"
+    device.wait(30)
+    _, message = device.poll()
+    assert message.service == "image-install"
+
+
+def test_image_already_running_is_skipped():
+    device = Device(declared(image_version="17.3.1", image_url="http://i/x.bin", image_md5="b" * 32))
+    device.poll()
+    device.answer_device_info(version="17.3.1")
+    _, message = device.poll()
+    assert message.service == "config-upgrade"
+
+
+def test_credentials_only_when_the_agent_asks():
+    device = Device(declared(username="admin", password="pw"))
+    _, message = device.poll()
+    assert message.username is None
+    _, message = device.poll(auth_required=True)
+    assert (message.username, message.password) == ("admin", "pw")
+
+
+def test_changed_declaration_starts_over():
+    device = Device(declared())
+    device.poll()
+    device.answer_device_info()
+    device.poll()
+    device.ok("config-upgrade")
+    assert device.status.state == "provisioned"
+    device.record = dataclasses.replace(device.record, work=plan(declared(hostname="renamed")))
+    _, message = device.poll()
+    assert message.service == "device-info" and device.status.state == "onboarding"
+    assert device.status.revision == device.record.work.revision
+
+
+def test_error_is_cleared_by_a_new_revision():
+    device = Device(declared(pid="WRONG"))
+    device.poll()
+    device.answer_device_info()
+    assert device.status.state == "error"
+    device.record = dataclasses.replace(device.record, work=plan(declared()))
+    _, message = device.poll()
+    assert message.service == "device-info" and device.status.state == "onboarding"
+
+
+def test_idle_polls_do_not_write_every_time():
+    device = Device(declared(pid="WRONG"))
+    device.poll()
+    device.answer_device_info()
+    writes = device.writes
+    for _ in range(5):
+        device.wait(5)
+        device.poll()
+    assert device.writes == writes
+    device.wait(120)
+    device.poll()
+    assert device.writes == writes + 1 and device.status.last_contact == device.now
+
+
+def test_unknown_step_type_is_an_error_not_a_crash():
+    device = Device(declared(), registry=StepRegistry({}, load_entry_points=False))
+    _, message = device.poll()
+    assert message.service == "backoff" and device.status.error_code == "unknown-step-type"
+
+
+def test_a_registered_step_type_is_used():
+    class Inventory:
+        name = "inventory"
+
+        def service(self, step, phase):
+            return "cli-exec"
+
+        def is_done(self, step, status):
+            return False
+
+        def request(self, step, status, ctx):
+            return protocol.cli_exec(ctx.envelope, "show inventory")
+
+        def on_response(self, step, status, response):
+            return advance()
+
+    registry = StepRegistry(load_entry_points=False)
+    registry.register("inventory", Inventory())
+    device = Device(declared(), registry=registry)
+    from pnp_service.model import Step, Work
+
+    device.record = dataclasses.replace(device.record, work=Work("0" * 16, (Step("inv", "inventory"),)))
+    _, message = device.poll()
+    assert message.find_text("execCLI/cmd") == "show inventory"
+    device.respond(protocol.agent_cli_exec(UDI, device.correlator, "show inventory", "x"))
+    assert device.status.state == "provisioned"
+
+
+def test_builtin_step_types_are_registered_through_entry_points():
+    import importlib.metadata
+
+    names = {ep.name for ep in importlib.metadata.entry_points(group="pnp_service.steps")}
+    if not names:
+        pytest.skip("package not installed (pip install -e .): no entry points")
+    assert {"device-info", "image-install", "config-upgrade", "cli-exec"} <= names

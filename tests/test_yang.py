@@ -1,0 +1,86 @@
+"""The YANG module and instance files, checked by real YANG tools (pyang, yanglint)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import threading
+
+import pytest
+from lxml import etree
+from werkzeug.serving import make_server
+
+from conftest import REPO, SECRET, FakeClock
+from pnp_service.app import create_app
+from pnp_service.listener import Listener, ListenerSettings
+from pnp_service.simulator import AgentSimulator, SimulatedDevice
+from pnp_service.stores.embedded import EmbeddedStore
+
+(MODULE,) = glob.glob(os.path.join(REPO, "yang", "pnp-service@*.yang"))
+PATHS = ["-p", os.path.join(REPO, "yang"), "-p", os.path.join(REPO, "tests", "yang")]
+
+
+def tool(name):
+    found = shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} is not installed (./install.sh --dev installs it)")
+    return found
+
+
+def data_file(datastore: str, out) -> str:
+    """yanglint reads top-level data nodes: unwrap the datastore's <config>."""
+    root = etree.parse(datastore).getroot()
+    out.write_bytes(b"".join(etree.tostring(child) for child in root if isinstance(child.tag, str)))
+    return str(out)
+
+
+def yanglint(data: str) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("yanglint"), *PATHS, "-t", "config", MODULE, data], capture_output=True, text=True)
+
+
+def test_pyang_strict_lint():
+    result = subprocess.run([tool("pyang"), "--strict", "--lint", *PATHS, MODULE], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_yanglint_module():
+    result = subprocess.run([tool("yanglint"), *PATHS, MODULE], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_example_datastore_is_valid(tmp_path):
+    result = yanglint(data_file(os.path.join(REPO, "examples", "datastore.xml"), tmp_path / "d.xml"))
+    assert result.returncode == 0, result.stderr
+
+
+def test_datastore_written_by_the_listener_is_valid(tmp_path):
+    """Work, status and unclaimed as the software writes them must match the YANG."""
+    path = tmp_path / "ds.xml"
+    shutil.copy(os.path.join(REPO, "examples", "datastore.xml"), path)
+    store = EmbeddedStore(str(path))
+    settings = ListenerSettings(secret=SECRET)
+    clock = FakeClock()
+    app = create_app(store, settings, listener=Listener(store, settings, clock=clock))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sim = AgentSimulator(f"http://127.0.0.1:{server.server_port}", sleep=clock.advance, max_polls=30)
+        sim.run(SimulatedDevice("FOC2001X0AB"))
+        sim.run(SimulatedDevice("FOC2001X0CD", pid="WRONG-PID"))
+        sim.run(SimulatedDevice("UNKNOWN9"))
+    finally:
+        server.shutdown()
+    result = yanglint(data_file(str(path), tmp_path / "d.xml"))
+    assert result.returncode == 0, result.stderr
+
+
+def test_yanglint_rejects_a_bad_instance(tmp_path):
+    """The check above can fail: a bad enumeration value is caught."""
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<pnp xmlns="urn:pnp-service:pnp"><device><serial>S</serial><status><state>bogus</state></status></device></pnp>')
+    assert yanglint(str(bad)).returncode != 0
+    bad.write_text('<services xmlns="http://clicon.org/controller"><pnp-device xmlns="urn:pnp-service:pnp">'
+                   "<serial>bad serial!</serial></pnp-device></services>")
+    assert yanglint(str(bad)).returncode != 0
