@@ -61,9 +61,15 @@ fi
   || { echo "install.sh: $python is older than Python 3.11" >&2; exit 1; }
 
 say "installing pnp-service into $("$python" -c 'import sys; print(sys.prefix)')"
-"$python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+pip_flags=(--quiet)
+# Debian marks its Python as externally managed; installing into it was asked for explicitly
+# (the Python that runs clixon_server.py), so say so to pip.
+if "$python" -c 'import sys, sysconfig, os; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))' 2>/dev/null \
+   && [ "$python" != "$venv/bin/python" ]; then
+  pip_flags+=(--break-system-packages)
+fi
 if [ "$dev" = 1 ]; then
-  "$python" -m pip install --quiet -e "$here[test]"
+  "$python" -m pip install "${pip_flags[@]}" -e "$here[test]"
   if ! command -v yanglint >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       say "installing yanglint (Debian libyang2-tools)"
@@ -74,7 +80,7 @@ if [ "$dev" = 1 ]; then
     fi
   fi
 else
-  "$python" -m pip install --quiet "$here"
+  "$python" -m pip install "${pip_flags[@]}" "$here"
 fi
 
 if [ "$controller" = 1 ]; then
