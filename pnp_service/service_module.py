@@ -42,9 +42,9 @@ def read_from_controller(instance: str | None) -> Mapping[str, Declaration]:
     """The declarations of ``instance`` (or all), read raw from the actions datastore."""
     from clixon.args import get_sockpath  # the socket clixon_server.py itself was started with
 
-    from .stores.clixon import fetch_declarations, session
+    from .stores.clixon import DEFAULT_SOCKET, fetch_declarations, session
 
-    with session(get_sockpath()) as opened:
+    with session(get_sockpath() or DEFAULT_SOCKET) as opened:
         return fetch_declarations(opened, "actions", instance)
 
 

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Callable, Iterator
@@ -57,7 +58,10 @@ class ClixonSession:
     """One NETCONF session on the controller socket (framing by clixon-pyapi)."""
 
     def __init__(self, sockpath: str, user: str | None = None):
-        os.environ.setdefault("NO_CLIXON_ARGS", "1")  # importing pyapi must not parse our argv
+        if "clixon" not in sys.modules:
+            # Importing pyapi in our own process must not parse our argv.  Inside
+            # clixon_server.py it is already imported, and this would hide its arguments.
+            os.environ.setdefault("NO_CLIXON_ARGS", "1")
         try:
             from clixon.sock import create_socket, read, send
         except ImportError as exc:

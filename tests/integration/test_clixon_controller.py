@@ -1,0 +1,241 @@
+"""The whole loop on a real Clixon controller: CLI set and commit, service module, listener, agent.
+
+Needs a running controller with pnp-service installed into it (``./install.sh --controller``), found
+through ``PNP_CLIXON_CONFIG`` (its config file, e.g. /usr/local/etc/clixon/controller.xml) and, optionally,
+``PNP_CLIXON_SOCKET`` (default: CLICON_SOCK of that file) and ``PNP_CLIXON_RESTART`` (a shell command that
+restarts the controller and reconnects its devices; default: clixon_backend -z / -s running, connection open).
+Skipped, with the reason, when they are absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+from lxml import etree
+from werkzeug.serving import make_server
+
+CONFIG = os.environ.get("PNP_CLIXON_CONFIG", "")
+
+pytestmark = pytest.mark.skipif(
+    not CONFIG or not os.path.exists(CONFIG) or not shutil.which("clixon_cli"),
+    reason="no Clixon controller: set PNP_CLIXON_CONFIG to a running controller's config file "
+    "(with clixon_cli on PATH and pnp-service installed into it by ./install.sh --controller)",
+)
+
+
+def socket_path() -> str:
+    if os.environ.get("PNP_CLIXON_SOCKET"):
+        return os.environ["PNP_CLIXON_SOCKET"]
+    found = etree.parse(CONFIG).getroot().findtext("{http://clicon.org/config}CLICON_SOCK")
+    return found or "/usr/local/var/run/controller/controller.sock"
+
+
+def cli(*words: str, configure: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+    command = ["clixon_cli", "-f", CONFIG, "-1"] + (["-m", "configure"] if configure else []) + list(words)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, f"{' '.join(words)}: {result.stdout}{result.stderr}"
+    return result
+
+
+def commit() -> str:
+    """Commit; the CLI exits 0 even when a service fails, so the verdict is on stderr."""
+    result = cli("commit", configure=True, check=False)
+    return result.stdout + result.stderr
+
+
+def show_pnp(serial: str) -> etree._Element | None:
+    result = cli("show", "configuration", "pnp", check=False)
+    if result.returncode != 0 or "<pnp" not in result.stdout:
+        return None
+    root = etree.fromstring(result.stdout.strip().encode())
+    for device in root.iter("{urn:pnp-service:pnp}device"):
+        if device.findtext("{urn:pnp-service:pnp}serial") == serial:
+            return device
+    return None
+
+
+def text(element, path):
+    if element is None:
+        return None
+    return element.findtext("/".join(f"{{urn:pnp-service:pnp}}{p}" for p in path.split("/")))
+
+
+def wait_for(predicate, timeout=20.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def yang_loaded():
+    result = cli("show", "configuration", "services", check=False)
+    if result.returncode != 0:
+        pytest.skip(f"controller not usable: {result.stderr.strip()}")
+    probe = cli("set", "services", "pnp-device", "PROBE0", "hostname", "probe", configure=True, check=False)
+    cli("discard", configure=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("the pnp-service YANG is not loaded in the controller (./install.sh --controller, then restart it)")
+
+
+@pytest.fixture
+def serial():
+    value = "IT" + uuid.uuid4().hex[:8].upper()
+    yield value
+    cli("discard", configure=True, check=False)
+    for words in (("services", "pnp-device", value), ("pnp", "device", value), ("pnp", "unclaimed", value)):
+        cli("delete", *words, configure=True, check=False)
+    commit()
+
+
+def declare(serial: str, hostname: str = "it-switch", template_line: str = "hostname {{ hostname }}") -> None:
+    cli("set", "services", "pnp-device", serial, "pid", "C9300-24P", configure=True)
+    cli("set", "services", "pnp-device", serial, "hostname", hostname, configure=True)
+    cli("set", "services", "pnp-device", serial, "config", "line", "10", "text", f'"{template_line}"', configure=True)
+    cli("set", "services", "pnp-device", serial, "config", "line", "20", "text", '"ip domain name {{ domain }}"', configure=True)
+    cli("set", "services", "pnp-device", serial, "variable", "domain", "value", "campus.example.net", configure=True)
+
+
+@pytest.fixture
+def listener(tmp_path):
+    from pnp_service.app import create_app
+    from pnp_service.listener import ListenerSettings
+    from pnp_service.stores.clixon import ClixonStore
+
+    store = ClixonStore(socket_path(), journal_path=str(tmp_path / "journal"), refresh_seconds=0.5, retry_max_seconds=2)
+    app = create_app(store, ListenerSettings(secret=b"integration-secret-0123456789"))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield store, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    store.close()
+
+
+def run_agent(url: str, serial: str, **kwargs):
+    from pnp_service.simulator import AgentSimulator, SimulatedDevice
+
+    return AgentSimulator(url, time_scale=0, max_polls=30).run(SimulatedDevice(serial, **kwargs))
+
+
+def test_declare_commit_provision_delete(serial, listener):
+    store, url = listener
+    declare(serial)
+    assert "Failed" not in commit()
+    device = show_pnp(serial)
+    assert text(device, "work/revision"), "work not planned into the controller"
+    configs = [s for s in device.iter("{urn:pnp-service:pnp}value") if "hostname it-switch" in (s.text or "")]
+    assert configs and configs[0].text == "hostname it-switch\nip domain name campus.example.net\n"
+
+    wait_for(lambda: store.refresh() or store.load(serial).work, what="the listener to see the work")
+    device_sim = run_agent(url, serial)
+    assert device_sim.outcome == "configured", device_sim
+    assert wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", what="status in the CLI")
+
+    cli("delete", "services", "pnp-device", serial, configure=True)
+    assert "Failed" not in commit()
+    device = show_pnp(serial)
+    assert text(device, "work/revision") is None
+    assert text(device, "status/state") == "provisioned"  # the listener's status stays, the work is gone
+
+
+def test_changed_declaration_replaces_work(serial):
+    declare(serial)
+    commit()
+    first = text(show_pnp(serial), "work/revision")
+    cli("set", "services", "pnp-device", serial, "hostname", "renamed", configure=True)
+    commit()
+    device = show_pnp(serial)
+    assert text(device, "work/revision") not in (None, first)
+    assert len(device.findall("{urn:pnp-service:pnp}work")) == 1
+
+
+def test_commit_diff_commits_nothing(serial):
+    declare(serial)
+    result = cli("commit", "diff", configure=True, check=False)
+    assert "Failed" not in result.stderr
+    assert show_pnp(serial) is None or text(show_pnp(serial), "work/revision") is None
+
+
+def test_template_error_fails_the_commit_with_its_message(serial):
+    declare(serial, template_line="hostname {{ no_such_variable }}")
+    output = commit()
+    assert "Failed" in output and "no_such_variable" in output and serial in output
+    cli("discard", configure=True)
+    assert show_pnp(serial) is None
+
+
+def test_unknown_device_is_unclaimed_in_the_controller(serial, listener):
+    _, url = listener
+    assert run_agent(url, serial).outcome == "backed-off"
+
+    def unclaimed():
+        result = cli("show", "configuration", "pnp", check=False)
+        return serial in result.stdout and "<unclaimed>" in result.stdout
+
+    wait_for(unclaimed, what="the unclaimed entry in the CLI")
+
+
+def test_writes_wait_while_an_operator_has_uncommitted_edits(serial, listener):
+    store, url = listener
+    declare(serial)
+    commit()
+    wait_for(lambda: store.refresh() or store.load(serial).work, what="work")
+    cli("set", "services", "pnp-device", serial, "hostname", "pending-edit", configure=True)  # not committed
+    assert run_agent(url, serial).outcome == "configured"
+    time.sleep(2)
+    assert text(show_pnp(serial), "status/state") is None, "status committed the operator's edits too"
+    assert "candidate" in store.last_error or store.last_error
+    cli("discard", configure=True)
+    assert wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", what="status after discard")
+    assert "pending-edit" not in cli("show", "configuration", "services").stdout
+
+
+def restart_controller():
+    command = os.environ.get("PNP_CLIXON_RESTART")
+    if command:
+        subprocess.run(command, shell=True, check=True, timeout=120, capture_output=True)
+        return
+    subprocess.run(["clixon_backend", "-f", CONFIG, "-z"], capture_output=True, timeout=30)
+    time.sleep(1)
+    subprocess.run(["clixon_backend", "-f", CONFIG, "-s", "running"], check=True, capture_output=True, timeout=30)
+    wait_for(lambda: cli("show", "version", check=False).returncode == 0, what="the controller to start")
+    cli("connection", "open", check=False)
+
+
+def test_listener_survives_a_controller_restart(serial, listener):
+    store, url = listener
+    declare(serial)
+    commit()
+    wait_for(lambda: store.refresh() or store.load(serial).work, what="work")
+    subprocess.run(["clixon_backend", "-f", CONFIG, "-z"], capture_output=True, timeout=30)
+    try:
+        # The controller is down: the device is still served from memory, its progress journaled.
+        assert run_agent(url, serial).outcome == "configured"
+        assert store.load(serial).status.state == "provisioned"
+    finally:
+        restart_controller()
+    assert wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", timeout=40,
+                    what="journaled status committed after the restart")
+
+
+def test_operator_reset_of_a_device_in_error(serial, listener):
+    store, url = listener
+    declare(serial)
+    commit()
+    wait_for(lambda: store.refresh() or store.load(serial).work, what="work")
+    assert run_agent(url, serial, pid="C9500-24Y4C").outcome == "backed-off"
+    assert wait_for(lambda: text(show_pnp(serial), "status/state") == "error", what="error state")
+    cli("delete", "pnp", "device", serial, "status", configure=True)
+    assert "Failed" not in commit()
+    wait_for(lambda: (store.refresh() or True) and store.load(serial).status is None, what="reset seen by the listener")
+    assert run_agent(url, serial).outcome == "configured"

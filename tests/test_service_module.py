@@ -1,0 +1,128 @@
+"""The service module's logic, without clixon-pyapi: a small stand-in for pyapi's Element tree."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from lxml import etree
+
+from pnp_service import model
+from pnp_service.model import Declaration
+from pnp_service.planner import PlanningError, plan
+from pnp_service.service_module import SERVICE, SERVICE_NAMESPACES, SERVICE_XPATH, setup
+
+
+class Element:
+    """What the module uses of clixon.element.Element: create, get_elements, delete, get_data, dumps."""
+
+    def __init__(self, name="", attributes=None, data=""):
+        self.name, self.attributes, self.cdata, self.children = name, dict(attributes or {}), data, []
+
+    def create(self, name, attributes={}, data=""):
+        child = Element(name, attributes, data)
+        self.children.append(child)
+        return child
+
+    def get_elements(self, name=None):
+        return [c for c in self.children if name is None or c.name == name]
+
+    def delete(self, name="", element=None):
+        self.children.remove(element)
+
+    def get_data(self):
+        return self.cdata
+
+    def dumps(self):
+        out = ""
+        for child in self.children:
+            attributes = "".join(f' {k}="{v}"' for k, v in child.attributes.items())
+            out += f"<{child.name}{attributes}>{child.cdata}{child.dumps()}</{child.name}>"
+        return out
+
+
+LOG = logging.getLogger("test")
+TEMPLATE = 'hostname {{ hostname }}\nbanner motd "<{{ site }} & co>"\n'
+
+
+def declared(serial="SN1", **fields):
+    base = dict(serial=serial, pid="C9300-24P", hostname=f"h-{serial}", template=TEMPLATE, variables=(("site", "HQ"),))
+    base.update(fields)
+    return Declaration(**base)
+
+
+def reader(*declarations):
+    table = {d.serial: d for d in declarations}
+    return lambda instance: table if instance is None else {k: v for k, v in table.items() if k == instance}
+
+
+def written(root) -> dict[str, etree._Element]:
+    """Parse what pyapi would send: the dumped tree, with the namespaces it declares."""
+    xml = f'<data xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">{root.dumps()}</data>'
+    data = etree.fromstring(xml)
+    return {d.findtext(model.q("serial")): d for d in data.iter(model.q("device"))}
+
+
+def test_host_conventions():
+    assert SERVICE == "pnp-device"
+    assert SERVICE_XPATH.startswith("/pnp:") and SERVICE_NAMESPACES == {"pnp": model.PNP_NS}
+
+
+def test_changed_instance_gets_its_work_with_a_creator_tag():
+    root = Element()
+    setup(root, LOG, instance="SN1", read_declarations=reader(declared("SN1"), declared("SN2")))
+    devices = written(root)
+    assert list(devices) == ["SN1"]
+    work = devices["SN1"].find(model.q("work"))
+    assert work.get(f"{{{model.CLIXON_LIB_NS}}}creator") == "pnp-device[serial='SN1']"
+    parsed = model.work_from_xml(work)
+    assert parsed == plan(declared("SN1"))
+    assert 'banner motd "<HQ & co>"' in parsed.steps[-1].params["config"]  # escaped on the way, intact after
+
+
+def test_instance_none_replans_all():
+    root = Element()
+    setup(root, LOG, instance=None, read_declarations=reader(declared("SN1"), declared("SN2")))
+    assert sorted(written(root)) == ["SN1", "SN2"]
+
+
+def test_rerun_is_idempotent_and_keeps_other_nodes():
+    root = Element()
+    pnp = root.create("pnp", {"xmlns": model.PNP_NS})
+    device = pnp.create("device")
+    device.create("serial", data="SN1")
+    device.create("status").create("state", data="provisioned")
+    device.create("work").create("revision", data="0" * 16)
+    read = reader(declared("SN1"))
+    setup(root, LOG, instance="SN1", read_declarations=read)
+    setup(root, LOG, instance="SN1", read_declarations=read)
+    assert len(root.get_elements("pnp")) == 1 and len(pnp.get_elements("device")) == 1
+    entry = written(root)["SN1"]
+    assert len(entry.findall(model.q("work"))) == 1
+    assert entry.findtext(f"{model.q('status')}/{model.q('state')}") == "provisioned"
+    assert entry.findtext(f"{model.q('work')}/{model.q('revision')}") == plan(declared("SN1")).revision
+
+
+def test_deleted_instance_writes_nothing():
+    root = Element()
+    setup(root, LOG, instance="GONE", read_declarations=reader(declared("SN1")))
+    assert root.dumps() == ""
+
+
+def test_template_error_raises_with_the_device_and_variable():
+    root = Element()
+    with pytest.raises(PlanningError) as raised:
+        setup(root, LOG, instance="SN1", read_declarations=reader(declared("SN1", template="{{ undefined_thing }}")))
+    assert "SN1" in str(raised.value) and "undefined_thing" in str(raised.value)
+    assert root.dumps() == ""
+
+
+def test_drop_in_file_only_imports_the_package():
+    import os
+
+    from conftest import REPO
+
+    path = os.path.join(REPO, "pnp_service", "clixon_module", "pnp_service_module.py")
+    namespace = {}
+    exec(compile(open(path).read(), path, "exec"), namespace)
+    assert namespace["SERVICE"] == "pnp-device" and namespace["setup"] is setup
