@@ -14,7 +14,7 @@ setup(
     install_requires=["flask>=2.3", "lxml>=4.9", "jinja2>=3.1", "gunicorn>=21"],
     # clixon-pyapi is needed only inside the controller (service module, --clixon-socket);
     # it is not on PyPI: install.sh --clixon installs it from its source tree.
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "pyang>=2.5"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "pyang>=2.5", "cryptography>=41"]},
     entry_points={
         "console_scripts": ["pnp-service = pnp_service.cli:main"],
         "pnp_service.steps": [

@@ -6,11 +6,18 @@ message means is decided by :class:`pnp_service.listener.Listener`.
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+import logging
+
+from flask import Flask, Response, request, send_file
 from werkzeug.exceptions import HTTPException
 
 from .listener import Listener, ListenerSettings, Reply
 from .stores.base import Store
+
+log = logging.getLogger("pnp_service.listener")
+
+#: What agents send (and no content type at all); text/plain is tolerated for hand-made requests.
+ACCEPTED_TYPES = {"", "application/xml", "text/xml", "text/plain"}
 
 
 def create_app(store: Store, settings: ListenerSettings | None = None, listener: Listener | None = None) -> Flask:
@@ -21,6 +28,8 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
     app.extensions["pnp_listener"] = listener
 
     def respond(reply: Reply) -> Response:
+        if reply.file_path:
+            return send_file(reply.file_path, mimetype=reply.content_type, conditional=True)
         response = Response(reply.body, status=reply.status, content_type=reply.content_type)
         for name, value in reply.headers:
             response.headers[name] = value
@@ -33,12 +42,26 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
     def hello() -> Response:
         return Response(b"", status=200, content_type="text/plain")
 
+    def unacceptable_type() -> Response | None:
+        """Agents send XML (application/xml or text/xml); refuse bodies that say they are something else."""
+        mimetype = request.mimetype
+        if mimetype in ACCEPTED_TYPES or mimetype.endswith("+xml"):
+            return None
+        log.warning("address=%s event=bad-content-type %s %r", address(), request.path, mimetype)
+        return Response(f"415 Unsupported Media Type: send XML, not {mimetype}\n", status=415, content_type="text/plain")
+
     @app.post("/pnp/WORK-REQUEST")
     def work_request() -> Response:
+        refused = unacceptable_type()
+        if refused is not None:
+            return refused
         return respond(listener.work_request(request.get_data(cache=False), address(), request.host_url))
 
     @app.post("/pnp/WORK-RESPONSE")
     def work_response() -> Response:
+        refused = unacceptable_type()
+        if refused is not None:
+            return refused
         return respond(listener.work_response(request.get_data(cache=False), address(), request.host_url))
 
     @app.get("/pnp/download/<kind>/<serial>/<revision>")
@@ -49,6 +72,8 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
         # Plain text, no HTML page: agents and curl users read this.
+        if error.code and error.code >= 400:
+            log.warning("address=%s event=http-%d %s %s", address(), error.code, request.method, request.path)
         return Response(f"{error.code} {error.name}: {error.description}\n", status=error.code, content_type="text/plain")
 
     return app

@@ -71,11 +71,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .listener import ListenerSettings
     from .provisioner import Settings
 
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise StoreError("--tls-cert and --tls-key go together")
+    for path in filter(None, (args.tls_cert, args.tls_key)):
+        if not os.path.isfile(path):
+            raise StoreError(f"TLS file {path} not found")
+    if args.image_dir and not os.path.isdir(args.image_dir):
+        raise StoreError(f"--image-dir {args.image_dir} is not a folder")
     settings = ListenerSettings(
         provisioning=Settings(max_attempts=args.max_attempts, retry_base_seconds=args.retry_seconds),
         max_body_bytes=args.max_body,
         public_url=args.public_url or "",
         secret=_secret(args),
+        image_dir=args.image_dir or "",
     )
     open_store(args).close()  # fail early, with the store's message, before forking workers
     log.info(
@@ -85,6 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.host,
         args.port,
     )
+    if args.tls_cert:
+        log.info("HTTPS with certificate %s; devices need DHCP option 43 with K5 (pnp-service option43 --https)", args.tls_cert)
 
     def make_app():
         from .app import create_app
@@ -92,7 +102,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return create_app(open_store(args), settings)
 
     if args.dev:
-        make_app().run(host=args.host, port=args.port, threaded=True)
+        tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+        make_app().run(host=args.host, port=args.port, threaded=True, ssl_context=tls)
         return 0
     from .serving import run_gunicorn
 
@@ -206,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: the URL each device called)")
     serve.add_argument("--secret-file", help="file with the shared secret that signs download URLs "
                        "(default: DATASTORE.secret, created on first start)")
+    serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM); needs --tls-key")
+    serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+    serve.add_argument("--image-dir", help="folder of image files served to devices whose image/url is a bare file name")
     serve.add_argument("--journal", default="pnp-service.journal",
                        help="with --clixon-socket: where writes wait while the controller is busy or down")
     serve.add_argument("--max-attempts", type=int, default=3, help="tries of a failing step before error (default: 3)")

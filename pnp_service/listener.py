@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import time
 from typing import Callable
 
@@ -36,6 +37,8 @@ class ListenerSettings:
     public_url: str = ""
     secret: bytes = b""
     download_lifetime_seconds: int = 3600
+    #: Folder of image files served to devices whose ``image/url`` is a bare file name.
+    image_dir: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,8 @@ class Reply:
     body: bytes = b""
     content_type: str = TEXT
     headers: tuple[tuple[str, str], ...] = ()
+    #: A file to stream instead of ``body`` (image downloads).
+    file_path: str = ""
 
 
 def _error(status: int, message: str) -> Reply:
@@ -120,19 +125,37 @@ class Listener:
         if refused:
             log.warning("serial=%s address=%s event=download-refused kind=%s %s", serial, address, kind, refused)
             return _error(403, f"download refused: {refused}")
-        if kind != "config":
-            return _error(404, f"nothing to download of kind {kind!r}")
         work = self.store.load(serial).work
         if work is None or work.revision != revision:
-            log.warning("serial=%s address=%s event=download-refused revision %s is not current", serial, address, revision)
-            return _error(404, "no such configuration (the work changed; the device will be sent a new URL)")
+            log.warning("serial=%s address=%s event=download-refused kind=%s revision %s is not current",
+                        serial, address, kind, revision)
+            return _error(404, "no such download (the work changed; the device will be sent a new URL)")
+        if kind == "config":
+            for step in work.steps:
+                if step.type == "config-upgrade" and "config" in step.params:
+                    # The configuration carries secrets: log its size, never its text.
+                    config = step.params["config"].encode()
+                    log.info("serial=%s address=%s event=download kind=config bytes=%d", serial, address, len(config))
+                    return Reply(200, config, TEXT)
+        if kind == "image":
+            path = self._image_path(work)
+            if path:
+                log.info("serial=%s address=%s event=download kind=image file=%s", serial, address, os.path.basename(path))
+                return Reply(200, content_type="application/octet-stream", file_path=path)
+        return _error(404, f"this device's work has no {kind} to download here")
+
+    def _image_path(self, work) -> str:
+        """The local file of the work's image, when it is a bare name inside ``image_dir``."""
+        if not self.settings.image_dir:
+            return ""
         for step in work.steps:
-            if step.type == "config-upgrade" and "config" in step.params:
-                # The configuration carries secrets: log its size, never its text.
-                config = step.params["config"].encode()
-                log.info("serial=%s address=%s event=download kind=config bytes=%d", serial, address, len(config))
-                return Reply(200, config, TEXT)
-        return _error(404, "this device's work has no configuration to download")
+            name = step.params.get("location", "") if step.type == "image-install" else ""
+            if name and "://" not in name and os.path.basename(name) == name and not name.startswith("."):
+                root = os.path.realpath(self.settings.image_dir)
+                path = os.path.realpath(os.path.join(root, name))
+                if os.path.dirname(path) == root and os.path.isfile(path):
+                    return path
+        return ""
 
 
 def utcnow_from(seconds: float) -> dt.datetime:

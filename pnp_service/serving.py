@@ -26,6 +26,8 @@ def run_gunicorn(make_app: Callable[[], Flask], args: argparse.Namespace) -> int
         "errorlog": "-",
         "loglevel": args.log_level,
     }
+    if args.tls_cert:
+        options.update(certfile=args.tls_cert, keyfile=args.tls_key)
 
     class PnpApplication(BaseApplication):
         def load_config(self) -> None:

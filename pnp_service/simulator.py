@@ -10,6 +10,7 @@ per device: a service that always fails, a fault instead of an answer.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import http.client
 import itertools
 import logging
@@ -212,6 +213,12 @@ class AgentSimulator:
         if service == "image-install":
             location = request.find_text("image/copy/source/location")
             version = _version_from_image(location)
+            if "/pnp/download/" in location:  # served by the listener itself: copy and check it
+                status, body = http.request("GET", location)
+                checksum = request.find_text("image/copy/source/checksum")
+                if status != 200 or hashlib.md5(body).hexdigest() != checksum:
+                    error = protocol.ErrorInfo("ERROR", "PnP Service Error 1803", f"copy {location} failed: HTTP {status}")
+                    return protocol.agent_response(udi, service, correlator, False, error), False
             device.installed_image = location
             if request.find("reload") is not None and version:
                 device.version = version  # the reload boots the new image

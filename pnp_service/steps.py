@@ -147,9 +147,12 @@ class ImageInstallStep:
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
         if status.phase == "verify":
             return protocol.device_info(ctx.envelope, "all")
+        location = step.param("location")
+        if "://" not in location:  # a file name: the listener serves it from its image folder
+            location = ctx.download_url("image", ctx.serial, ctx.revision)
         return protocol.image_install(
             ctx.envelope,
-            step.param("location"),
+            location,
             step.param("checksum"),
             reload=protocol.Reload(reason="pnp-service image install"),
         )

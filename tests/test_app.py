@@ -61,12 +61,13 @@ def test_bad_bodies_get_400_and_change_nothing(setup, body, path):
     assert file_bytes(datastore) == before
 
 
-def test_oversized_body_gets_413_and_changes_nothing(setup):
+def test_oversized_body_gets_413_and_changes_nothing(setup, caplog):
     client, datastore, _ = setup
     before = file_bytes(datastore)
     response = client.post("/pnp/WORK-REQUEST", data=b"<a>" + b"x" * 70_000 + b"</a>")
     assert response.status_code == 413
     assert file_bytes(datastore) == before
+    assert "event=http-413" in caplog.text
 
 
 def test_wrong_method_gets_405(setup):
