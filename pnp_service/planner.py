@@ -9,6 +9,7 @@ controller's service module and in the embedded-datastore listener.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -62,6 +63,12 @@ _ENVIRONMENT = jinja2.sandbox.SandboxedEnvironment(
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(source: str) -> jinja2.Template:
+    # Many devices share one template: compile it once.
+    return _ENVIRONMENT.from_string(source)
+
+
 def template_variables(declaration: Declaration) -> dict[str, str]:
     """Declared variables, then the built-ins ``hostname``, ``serial`` and ``pid``, which win."""
     variables = dict(declaration.variables)
@@ -90,7 +97,7 @@ def render_config(declaration: Declaration, load_template: TemplateLoader = _no_
         return None
     where = f"pnp-device {declaration.serial}"
     try:
-        return _ENVIRONMENT.from_string(source).render(template_variables(declaration))
+        return _compiled(source).render(template_variables(declaration))
     except jinja2.UndefinedError as exc:
         raise PlanningError(f"{where}: template variable {exc.message} (declare it under variable)") from None
     except jinja2.TemplateSyntaxError as exc:

@@ -90,15 +90,19 @@ def parse_xml(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> etree._Element
     tree = root.getroottree()
     if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
         raise ProtocolError("DTDs and entity declarations are not allowed")
-    count = 0
-    for element in root.iter():
-        count += 1
-        if count > MAX_ELEMENTS:
-            raise ProtocolError(f"message has more than {MAX_ELEMENTS} elements")
-        if not isinstance(element.tag, str):  # entity references survive as nodes
-            raise ProtocolError("entity references are not allowed")
-    if _depth(root) > MAX_DEPTH:
-        raise ProtocolError(f"message nests deeper than {MAX_DEPTH} levels")
+    # Every element costs at least one "<": small messages (every real agent message)
+    # cannot break the bounds, so only larger ones are walked.
+    tags = data.count(b"<")
+    if tags > MAX_DEPTH:
+        count = 0
+        for element in root.iter():
+            count += 1
+            if count > MAX_ELEMENTS:
+                raise ProtocolError(f"message has more than {MAX_ELEMENTS} elements")
+            if not isinstance(element.tag, str):  # entity references survive as nodes
+                raise ProtocolError("entity references are not allowed")
+        if _depth(root) > MAX_DEPTH:
+            raise ProtocolError(f"message nests deeper than {MAX_DEPTH} levels")
     return root
 
 

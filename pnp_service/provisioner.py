@@ -99,11 +99,10 @@ class Provisioner:
 
         work = record.work
         previous = record.status
-        status = self._current(previous, work, request, contact)
-        if previous is not None and status.revision == previous.revision and self._idle(previous, status, contact):
-            quiet = None  # only the contact time changed, and recently: write nothing
+        if self._idle(previous, work, request, contact):
+            status, quiet = previous, None  # only the contact time changed, and recently: write nothing
         else:
-            quiet = status
+            status = quiet = self._current(previous, work, request, contact)
 
         if status.state == "error":
             return Decision(
@@ -145,7 +144,9 @@ class Provisioner:
             next_id = work.steps[position].id if position < len(work.steps) else ""
             status = replace(status, step=next_id, phase="", attempts=0)
         else:
-            done = replace(status, state="provisioned", step="", phase="", correlator="", retry_at=None)
+            done = replace(
+                status, state="provisioned", step="", phase="", correlator="", retry_at=None, last_contact=contact.now
+            )
             return Decision(
                 protocol.backoff(envelope, "provisioned", default_minutes=self.settings.provisioned_backoff_minutes),
                 "provisioned",
@@ -158,7 +159,16 @@ class Provisioner:
             envelope = replace(envelope, username=declaration.username, password=declaration.password)
         context = RequestContext(envelope, record.serial, work.revision, contact.download_url)
         reply = step_type.request(step, status, context)
-        sent = replace(status, state="onboarding", step=step.id, correlator=request.correlator, retry_at=None)
+        sent = replace(
+            status,
+            state="onboarding",
+            step=step.id,
+            correlator=request.correlator,
+            retry_at=None,
+            last_contact=contact.now,
+            address=contact.address,
+            udi=str(request.udi),
+        )
         service = step_type.service(step, status.phase)
         phase = f" ({status.phase})" if status.phase else ""
         return Decision(reply, "request", f"step {step.id}{phase}: sent {service} request", sent)
@@ -201,12 +211,16 @@ class Provisioner:
             )
         return replace(status, last_contact=contact.now, address=contact.address, udi=str(request.udi))
 
-    def _idle(self, before: Status, after: Status, contact: Contact) -> bool:
-        if before.last_contact is None:
-            return False
-        if replace(before, last_contact=None) != replace(after, last_contact=None):
-            return False
-        return (contact.now - before.last_contact).total_seconds() < self.settings.contact_refresh_seconds
+    def _idle(self, status: Status | None, work: Work, request: protocol.WorkRequest, contact: Contact) -> bool:
+        """True when this poll would change nothing but a recently written contact time."""
+        return (
+            status is not None
+            and status.revision == work.revision
+            and status.last_contact is not None
+            and (contact.now - status.last_contact).total_seconds() < self.settings.contact_refresh_seconds
+            and status.address == contact.address
+            and status.udi == str(request.udi)
+        )
 
     # ------------------------------------------------------------------ WORK-RESPONSE
 

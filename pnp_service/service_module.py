@@ -12,8 +12,9 @@ commits nothing.
 The declarations are read raw from the controller's ``actions`` datastore
 rather than from ``root``: clixon-pyapi's XML parser drops the newlines of
 multi-line text (a ``config/template``).  For the same reason ``SERVICE_XPATH``
-keeps ``root`` down to the device serials: pyapi writes ``root`` back whole, and
-nothing with multi-line text may pass through it.
+selects nothing: pyapi writes ``root`` back whole, so nothing read through its
+parser may pass through it, and an empty ``root`` keeps the cost of a commit
+that changes one device independent of how many are declared.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from .model import PNP_NS, SERVICE_NAME, Declaration, Work, creator_tag
 from .planner import DEFAULT_TEMPLATE_DIRS, PlanningError, file_template_loader, plan
 
 SERVICE = SERVICE_NAME
-SERVICE_XPATH = "/pnp:pnp/pnp:device/pnp:serial"
+# Matches no node (a serial is never empty): the module reads nothing from root.
+SERVICE_XPATH = "/pnp:pnp/pnp:device[pnp:serial='']"
 SERVICE_NAMESPACES = {"pnp": PNP_NS}
 
 CLIXON_LIB_NS = "http://clicon.org/lib"

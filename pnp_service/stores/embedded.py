@@ -59,8 +59,19 @@ class _Index:
         self.declarations = model.declarations_from_services(root.find(q("services", model.CONTROLLER_NS)))
         self.devices = {model._child_text(d, "serial"): d for d in self.pnp.iterfind(q("device"))}
         self.unclaimed = {model._child_text(u, "serial"): u for u in self.pnp.iterfind(q("unclaimed"))}
+        # Parsed records, so a poll does not re-read XML; dropped whenever their elements change.
+        self._records: dict[str, DeviceRecord] = {}
+
+    def forget(self, serial: str) -> None:
+        self._records.pop(serial, None)
 
     def record(self, serial: str) -> DeviceRecord:
+        cached = self._records.get(serial)
+        if cached is None:
+            cached = self._records[serial] = self._parse_record(serial)
+        return cached
+
+    def _parse_record(self, serial: str) -> DeviceRecord:
         device = self.devices.get(serial)
         unclaimed = self.unclaimed.get(serial)
         return DeviceRecord(
@@ -84,11 +95,22 @@ class _Index:
         return device
 
     def set_child(self, parent: etree._Element, element: etree._Element | None, name: str) -> None:
+        self._records.clear() if parent is self.pnp else self.forget(model._child_text(parent, "serial"))
         old = parent.find(q(name))
         if old is not None:
             parent.remove(old)
         if element is not None:
             parent.append(element)
+
+
+class _Job:
+    """One thread's change waiting for the next group commit."""
+
+    def __init__(self, serial: str, decide: Callable):
+        self.serial, self.decide = serial, decide
+        self.decision = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
 
 
 class EmbeddedStore:
@@ -100,6 +122,9 @@ class EmbeddedStore:
             (os.path.join(os.path.dirname(self.path), "templates"),)
         )
         self._thread_lock = threading.RLock()
+        self._flush_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Job] = []
         self._index: _Index | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._broken: str = ""
@@ -119,30 +144,66 @@ class EmbeddedStore:
     # ------------------------------------------------------------------ the Store interface
 
     def load(self, serial: str) -> DeviceRecord:
-        with self._locked():
-            return self._fresh().record(serial)
+        with self._thread_lock:
+            return self._current().record(serial)
 
     def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
-        with self._locked():
-            index = self._fresh()
-            decision = decide(index.record(serial))
-            if decision.status is None and decision.unclaimed is None:
-                return decision
-            if self._broken:
-                raise StoreUnavailable(self._broken)
-            if decision.status is not None:
-                self._put_status(index, serial, decision.status)
-            if decision.unclaimed is not None:
-                old = index.unclaimed.get(serial)
-                new = model.unclaimed_to_xml(decision.unclaimed)
-                if old is not None:
-                    old.addnext(new)
-                    index.pnp.remove(old)
-                else:
-                    index.pnp.append(new)
-                index.unclaimed[serial] = new
-            self._save(index)
+        # Most polls change nothing: decide on the cached copy, without the file lock.
+        with self._thread_lock:
+            decision = decide(self._current().record(serial))
+        if decision.status is None and decision.unclaimed is None:
             return decision
+        # A change: decide again under the file lock, batched with other threads' changes into
+        # one file write (group commit); each caller returns only once its change is on disk.
+        job = _Job(serial, decide)
+        with self._queue_lock:
+            self._queue.append(job)
+        while not job.done.is_set():
+            with self._flush_lock:
+                if not job.done.is_set():
+                    self._drain()
+        if job.error is not None:
+            raise job.error
+        return job.decision
+
+    def _drain(self) -> None:
+        with self._queue_lock:
+            jobs, self._queue = self._queue, []
+        if not jobs:
+            return
+        try:
+            with self._locked():
+                index = self._fresh()
+                if self._broken:
+                    raise StoreUnavailable(self._broken)
+                changed = False
+                for job in jobs:
+                    job.decision = job.decide(index.record(job.serial))
+                    changed |= self._apply(index, job.serial, job.decision)
+                if changed:
+                    self._save(index)
+        except BaseException as exc:
+            self._stamp = None  # the tree may hold unsaved changes: re-read the file next time
+            for job in jobs:
+                job.error = exc
+        finally:
+            for job in jobs:
+                job.done.set()
+
+    def _apply(self, index: _Index, serial: str, decision) -> bool:
+        if decision.status is not None:
+            self._put_status(index, serial, decision.status)
+        if decision.unclaimed is not None:
+            old = index.unclaimed.get(serial)
+            new = model.unclaimed_to_xml(decision.unclaimed)
+            if old is not None:
+                old.addnext(new)
+                index.pnp.remove(old)
+            else:
+                index.pnp.append(new)
+            index.unclaimed[serial] = new
+            index.forget(serial)
+        return decision.status is not None or decision.unclaimed is not None
 
     def snapshot(self) -> Snapshot:
         with self._locked():
@@ -177,6 +238,21 @@ class EmbeddedStore:
                     yield
                 finally:
                     fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _stat_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def _current(self) -> _Index:
+        """The parsed file; the lock is taken only when it must be re-read (and maybe re-planned)."""
+        with self._thread_lock:
+            if self._index is not None and self._stamp is not None and self._stamp == self._stat_stamp():
+                return self._index
+        with self._locked():
+            return self._fresh()
 
     def _fresh(self) -> _Index:
         """The parsed file, re-read only when it changed on disk; work re-planned when needed."""
@@ -253,6 +329,7 @@ class EmbeddedStore:
         claimed = index.unclaimed.pop(serial, None)
         if claimed is not None:
             index.pnp.remove(claimed)
+        index.forget(serial)
 
     def _save(self, index: _Index) -> None:
         if self._broken:

@@ -1,0 +1,378 @@
+"""pnp-service benchmark: the listener and the service module against their baselines, in one run.
+
+    python bench/run.py                 # 10,000 devices, ~2 minutes on 2 cores
+    python bench/run.py --devices 2000 --seconds 5    # quicker
+
+Prints a table; --json FILE also writes the numbers.  Every ratio compares with a baseline measured in the
+same run on the same server settings: for the listener, a bare Flask app that answers every WORK-REQUEST with
+a fixed bye (bench/baseline_app.py), served by the same gunicorn configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from pnp_service import protocol  # noqa: E402
+from pnp_service.model import Declaration  # noqa: E402
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_datastore(path: str, count: int) -> list[str]:
+    serials = [f"BENCH{i:05d}" for i in range(count)]
+    with open(path, "w") as out:
+        out.write('<config><services xmlns="http://clicon.org/controller">')
+        for index, serial in enumerate(serials):
+            out.write(
+                f'<pnp-device xmlns="urn:pnp-service:pnp"><serial>{serial}</serial><pid>C9300-24P</pid>'
+                f"<hostname>sw{index}</hostname><config><template>hostname {{{{ hostname }}}}\n"
+                "interface Vlan1\n ip address {{ ip }} 255.255.255.0\nend\n</template></config>"
+                f"<variable><name>ip</name><value>10.{index // 65536}.{index // 256 % 256}.{index % 256}</value></variable>"
+                "</pnp-device>"
+            )
+        out.write('</services><pnp xmlns="urn:pnp-service:pnp"/></config>')
+    return serials
+
+
+def start(command: list[str], port: int, env=None) -> subprocess.Popen:
+    server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/pnp/HELLO")
+            connection.getresponse().read()
+            return server
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    raise RuntimeError(f"server did not start: {' '.join(command)}")
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def peak_rss_kib(pid: int) -> int:
+    """Largest resident set (VmHWM) of a process and its children (gunicorn workers)."""
+    total = 0
+    pids = [pid]
+    try:
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        pids += [int(child) for child in children]
+    except FileNotFoundError:
+        pass
+    for each in pids:
+        try:
+            with open(f"/proc/{each}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def poll_load(port: int, serials: list[str], clients: int, seconds: float) -> dict:
+    """Concurrent agents polling WORK-REQUEST over keep-alive connections for ``seconds``."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    stop_at = time.perf_counter() + seconds
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = serials[index::clients] or serials
+        bodies = [protocol.agent_work_request(protocol.Udi("C9300-24P", "V01", s), f"c-{s}") for s in mine]
+        position = 0
+        while time.perf_counter() < stop_at:
+            body = bodies[position % len(bodies)]
+            position += 1
+            began = time.perf_counter()
+            try:
+                connection.request("POST", "/pnp/WORK-REQUEST", body=body, headers={"Content-Type": "text/xml"})
+                response = connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    errors[index] += 1
+            except (OSError, http.client.HTTPException):
+                errors[index] += 1
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                continue
+            latencies[index].append(time.perf_counter() - began)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    began = time.perf_counter()
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    elapsed = time.perf_counter() - began
+    flat = sorted(x for per in latencies for x in per)
+    return {
+        "requests": len(flat),
+        "rps": len(flat) / elapsed,
+        "p50_ms": 1000 * flat[len(flat) // 2] if flat else 0,
+        "p99_ms": 1000 * flat[int(len(flat) * 0.99)] if flat else 0,
+        "errors": sum(errors),
+    }
+
+
+def provision_load(port: int, serials: list[str], clients: int) -> dict:
+    from pnp_service.simulator import AgentSimulator, SimulatedDevice
+
+    simulator = AgentSimulator(f"http://127.0.0.1:{port}", time_scale=0, max_polls=20)
+    devices = [SimulatedDevice(serial) for serial in serials]
+    began = time.perf_counter()
+    results = simulator.run_many(devices, concurrency=clients)
+    elapsed = time.perf_counter() - began
+    configured = sum(r.outcome == "configured" for r in results)
+    return {"devices": len(devices), "configured": configured, "devices_per_s": configured / elapsed, "seconds": elapsed}
+
+
+# --------------------------------------------------------------------------- the listener
+
+
+def serve_command(app_args: list[str], port: int, workers: int, threads: int) -> list[str]:
+    return [sys.executable, "-m", "pnp_service.cli", "--log-level", "error", "serve", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers), "--threads", str(threads), *app_args]
+
+
+def baseline_command(port: int, workers: int, threads: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--chdir", HERE, "-b", f"127.0.0.1:{port}", "-w", str(workers),
+            "--threads", str(threads), "-k", "gthread", "--log-level", "error", "baseline_app:create_app()"]
+
+
+def bench_listener(args, workdir: str) -> list[dict]:
+    rows = []
+    port = free_port()
+    baseline = start(baseline_command(port, args.workers, args.threads), port)
+    try:
+        base_poll = poll_load(port, [f"X{i}" for i in range(args.devices)], args.clients, args.seconds)
+        base_rss = peak_rss_kib(baseline.pid)
+    finally:
+        stop(baseline)
+    rows.append({"what": "baseline: bare Flask, fixed bye", **base_poll, "rss_mib": base_rss / 1024})
+
+    datastore = os.path.join(workdir, "bench.xml")
+    serials = write_datastore(datastore, args.devices)
+    port = free_port()
+    began = time.perf_counter()
+    server = start(serve_command(["--datastore", datastore], port, args.workers, args.threads), port)
+    startup = time.perf_counter() - began
+    try:
+        provisioned = provision_load(port, serials[: args.provision], args.clients)
+        unclaimed = [f"NEW{i:05d}" for i in range(args.devices)]
+        first_polls = poll_load(port, serials, args.clients, args.seconds)  # planned devices: device-info, a write each
+        steady = poll_load(port, serials[: args.provision], args.clients, args.seconds)  # provisioned: no write
+        strangers = poll_load(port, unclaimed, args.clients, args.seconds)
+        rss = peak_rss_kib(server.pid)
+    finally:
+        stop(server)
+    base = base_poll["rps"]
+    rows.append({"what": f"embedded, {args.devices} declared: poll of a provisioned device", **steady,
+                 "ratio": steady["rps"] / base, "rss_mib": rss / 1024})
+    rows.append({"what": "embedded: poll that sends the next step (writes)", **first_polls, "ratio": first_polls["rps"] / base})
+    rows.append({"what": "embedded: poll of an unclaimed device", **strangers, "ratio": strangers["rps"] / base})
+    rows.append({"what": f"embedded: full provisioning of {provisioned['devices']} devices", "rps": provisioned["devices_per_s"],
+                 "unit": "devices/s", "configured": provisioned["configured"], "seconds": provisioned["seconds"],
+                 "startup_s": startup})
+    if args.clixon_socket:
+        rows += bench_clixon(args, base)
+    return rows
+
+
+def bench_clixon(args, base_rps: float) -> list[dict]:
+    """Poll throughput on the Clixon store, for the devices already declared in the controller."""
+    from pnp_service.stores.clixon import ClixonStore
+
+    store = ClixonStore(args.clixon_socket, journal_path=os.path.join(tempfile.gettempdir(), f"bench-{uuid.uuid4().hex}.journal"),
+                        start_threads=False)
+    serials = sorted(store.snapshot_serials()) if hasattr(store, "snapshot_serials") else [r.serial for r in store.snapshot().devices]
+    store.close()
+    if not serials:
+        return [{"what": "clixon: no pnp-device declared in the controller; skipped"}]
+    port = free_port()
+    server = start(serve_command(["--clixon-socket", args.clixon_socket, "--journal",
+                                  os.path.join(tempfile.gettempdir(), "bench-serve.journal")], port, args.workers, args.threads), port)
+    try:
+        polls = poll_load(port, serials, args.clients, args.seconds)
+        rss = peak_rss_kib(server.pid)
+    finally:
+        stop(server)
+    return [{"what": f"clixon, {len(serials)} declared: poll", **polls, "ratio": polls["rps"] / base_rps, "rss_mib": rss / 1024}]
+
+
+# --------------------------------------------------------------------------- the service module
+
+
+class _Element:
+    """A minimal stand-in for clixon.element.Element when clixon-pyapi is not installed."""
+
+    def __init__(self, name="", attributes=None, data=""):
+        self.name, self.attributes, self.cdata, self.children = name, attributes or {}, data, []
+
+    def create(self, name, attributes={}, data=""):
+        child = _Element(name, dict(attributes), data)
+        self.children.append(child)
+        return child
+
+    def get_elements(self, name=None):
+        return [c for c in self.children if name is None or c.name == name]
+
+    def delete(self, name="", element=None):
+        self.children.remove(element)
+
+    def get_data(self):
+        return self.cdata
+
+
+def element_class():
+    try:
+        os.environ.setdefault("NO_CLIXON_ARGS", "1")
+        from clixon.element import Element
+
+        return Element, "clixon-pyapi Element"
+    except ImportError:
+        return _Element, "stand-in Element"
+
+
+def declarations(count: int) -> dict[str, Declaration]:
+    return {
+        f"SVC{i:05d}": Declaration(
+            serial=f"SVC{i:05d}", pid="C9300-24P", hostname=f"sw{i}",
+            template="hostname {{ hostname }}\ninterface Vlan1\n ip address {{ ip }} 255.255.255.0\nend\n",
+            variables=(("ip", f"10.0.{i // 256 % 256}.{i % 256}"),),
+        )
+        for i in range(count)
+    }
+
+
+def bench_service_module(sizes: list[int]) -> list[dict]:
+    import logging
+
+    from pnp_service.service_module import setup
+
+    Element, kind = element_class()
+    log = logging.getLogger("bench")
+    rows = []
+    one_change = {}
+    for size in sizes:
+        table = declarations(size)
+        tracemalloc.start()
+        began = time.perf_counter()
+        root = Element()
+        setup(root, log, instance=None, read_declarations=lambda instance: table)
+        elapsed = time.perf_counter() - began
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        rows.append({"what": f"service module: plan all {size} declarations ({kind})", "seconds": elapsed,
+                     "per_device_ms": 1000 * elapsed / size, "peak_mib": peak / 2**20})
+        # One changed instance with `size` declared: root holds what SERVICE_XPATH fetches (the serials).
+        root = Element()
+        pnp = root.create("pnp", {"xmlns": "urn:pnp-service:pnp"})
+        for serial in table:
+            pnp.create("device").create("serial", data=serial)
+        changed = next(iter(table))
+        times = []
+        for _ in range(20):
+            began = time.perf_counter()
+            setup(root, log, instance=changed, read_declarations=lambda instance: {changed: table[changed]})
+            times.append(time.perf_counter() - began)
+        one_change[size] = statistics.median(times)
+        rows.append({"what": f"service module: commit changing 1 of {size}", "seconds": one_change[size]})
+    if len(sizes) >= 2:
+        small, large = sizes[0], sizes[-1]
+        rows.append({"what": f"one-change time, {large} vs {small} declared", "ratio": one_change[large] / one_change[small]})
+    return rows
+
+
+# --------------------------------------------------------------------------- main
+
+
+def machine() -> str:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| measurement | throughput | p50 ms | p99 ms | ratio to baseline | memory MiB |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        rate = f"{row['rps']:.0f} {row.get('unit', 'req/s')}" if "rps" in row else (f"{row['seconds']*1000:.2f} ms" if "seconds" in row else "")
+        memory = row.get("rss_mib", row.get("peak_mib"))
+        lines.append(
+            f"| {row['what']} | {rate} | {row.get('p50_ms', 0):.2f} | {row.get('p99_ms', 0):.2f} | "
+            f"{row['ratio']:.2f} | {memory:.0f} |".replace("| 0.00 | 0.00 |", "| | |")
+            if "ratio" in row and memory is not None
+            else f"| {row['what']} | {rate} | {row.get('p50_ms', 0):.2f} | {row.get('p99_ms', 0):.2f} | "
+            f"{row['ratio']:.2f} | |".replace("| 0.00 | 0.00 |", "| | |")
+            if "ratio" in row
+            else f"| {row['what']} | {rate} | {row.get('p50_ms', 0):.2f} | {row.get('p99_ms', 0):.2f} | | "
+            f"{'' if memory is None else f'{memory:.0f}'} |".replace("| 0.00 | 0.00 |", "| | |")
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=10_000, help="declared devices in the store (default: %(default)s)")
+    parser.add_argument("--provision", type=int, default=500, help="devices driven to provisioned (default: %(default)s)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent simulated agents (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=10, help="length of each poll measurement (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, for both servers (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker (default: %(default)s)")
+    parser.add_argument("--plan-sizes", default="1000,10000", help="declaration counts for the service module")
+    parser.add_argument("--clixon-socket", help="also measure the Clixon store on this controller")
+    parser.add_argument("--json", help="write the results here too")
+    args = parser.parse_args()
+
+    workdir = tempfile.mkdtemp(prefix="pnp-bench-")
+    try:
+        rows = bench_listener(args, workdir)
+        rows += bench_service_module([int(n) for n in args.plan_sizes.split(",")])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"pnp-service benchmark on {machine()}")
+    print(f"{args.devices} devices, {args.clients} clients, gunicorn {args.workers} workers x {args.threads} threads, "
+          f"{args.seconds:.0f} s per poll measurement\n")
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"machine": machine(), "args": vars(args), "rows": rows}, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
