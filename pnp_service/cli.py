@@ -85,7 +85,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         secret=_secret(args),
         image_dir=args.image_dir or "",
     )
-    open_store(args).close()  # fail early, with the store's message, before forking workers
+    # Fail early, with the store's message, before forking workers (and without holding the store here).
+    if args.clixon_socket:
+        open_store(args).close()
+    else:
+        from .stores.embedded import check_datastore
+
+        check_datastore(args.datastore or "pnp-datastore.xml")
     log.info(
         "pnp-service %s serving %s on %s:%d",
         __version__,

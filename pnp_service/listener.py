@@ -102,6 +102,10 @@ class Listener:
     def _decide(self, serial: str, decide: Callable[[DeviceRecord], Decision], address: str) -> Reply:
         try:
             decision = self.store.update(serial, decide)
+            if decision.event in ("stale", "unexpected"):
+                # Another listener may have sent that request: look again at the store, once.
+                self.store.reload(serial)
+                decision = self.store.update(serial, decide)
         except StoreUnavailable as exc:
             log.error("serial=%s address=%s event=store-unavailable %s", serial, address, exc)
             return Reply(503, b"store unavailable, retry later\n", TEXT, (("Retry-After", "30"),))

@@ -20,6 +20,7 @@ Builders emit elements in the order the schemas require.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Iterable, Mapping
 
 from lxml import etree
@@ -195,10 +196,15 @@ class Fault:
     detail: str = ""
 
 
+@functools.lru_cache(maxsize=512)
+def _qualified_path(path: str, ns: str) -> str:
+    return "/".join(_q(ns, p) for p in path.split("/"))
+
+
 def _text(element: etree._Element | None, path: str, ns: str) -> str:
     if element is None:
         return ""
-    found = element.find("/".join(_q(ns, p) for p in path.split("/")))
+    found = element.find(_qualified_path(path, ns))
     if found is None or found.text is None:
         return ""
     return found.text.strip()
@@ -319,7 +325,8 @@ class Reload:
 
 
 def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrib: str) -> etree._Element:
-    element = etree.SubElement(parent, _q(parent.nsmap[None], tag), attrib)
+    # Children share their parent's namespace; read it from the tag (nsmap builds a dict each call).
+    element = etree.SubElement(parent, parent.tag[: parent.tag.index("}") + 1] + tag, attrib)
     if text is not None:
         element.text = text
     return element

@@ -48,9 +48,10 @@ class Settings:
     unplanned_backoff_seconds: int = 60
     error_backoff_minutes: int = 10
     provisioned_backoff_minutes: int = 60
-    #: A poll that changes nothing but the contact time is written only when the
-    #: recorded time is older than this, so idle polls cost no write.
-    contact_refresh_seconds: int = 60
+    #: A poll that changes nothing but the contact time (or an unclaimed device's
+    #: last-seen) is written only when the recorded time is older than this, so idle
+    #: polls cost no write.
+    contact_refresh_seconds: int = 300
 
     def retry_delay(self, attempts: int) -> int:
         return min(self.retry_max_seconds, self.retry_base_seconds * 2 ** max(0, attempts - 1))

@@ -239,3 +239,32 @@ def test_missing_pyapi_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_clixon)
     with pytest.raises(StoreError, match="clixon-pyapi is not installed"):
         clixon.ClixonSession("/nowhere.sock")
+
+
+def test_two_listeners_on_one_controller_need_no_sticky_sessions(controller, tmp_path):
+    """A device's request served by one listener and its response by another: the second reloads and advances."""
+    from conftest import SECRET
+    from pnp_service import protocol
+    from pnp_service.listener import Listener, ListenerSettings
+
+    def listener(name):
+        store = ClixonStore("/fake.sock", journal_path=str(tmp_path / name), session_factory=controller.session, start_threads=False)
+        return store, Listener(store, ListenerSettings(secret=SECRET))
+
+    store_a, listener_a = listener("a")
+    store_b, listener_b = listener("b")  # its copy of running predates what A writes
+    udi = protocol.Udi("C9300-24P", "V01", "SN1")
+    reply = listener_a.work_request(protocol.agent_work_request(udi, "c1"), "192.0.2.9", "http://pnp/")
+    assert protocol.parse_server_message(reply.body).service == "device-info"
+    assert store_a.flush() is True
+    info = protocol.agent_device_info(udi, "c1", platform="C9300-24P", version="17", hostname="h", flash_free=1)
+    reply = listener_b.work_response(info, "192.0.2.9", "http://pnp/")
+    assert protocol.parse_server_message(reply.body).service == "bye"
+    assert store_b.load("SN1").status.step == "config-upgrade"
+
+
+def test_reload_ignores_serials_that_are_not_serials(open_store, controller):
+    store = open_store()
+    gets = controller.gets
+    store.reload("x'] | /ctrl:devices | /pnp:pnp[x='")
+    assert controller.gets == gets

@@ -110,7 +110,7 @@ def test_unclaimed_last_seen_is_refreshed_but_not_on_every_poll():
     device.poll()
     device.wait(10)
     assert device.poll()[0].unclaimed is None
-    device.wait(100)
+    device.wait(400)
     decision, _ = device.poll()
     assert decision.unclaimed.last_seen == device.now and decision.unclaimed.first_seen == T0
 
@@ -267,7 +267,7 @@ def test_idle_polls_do_not_write_every_time():
         device.wait(5)
         device.poll()
     assert device.writes == writes
-    device.wait(120)
+    device.wait(400)
     device.poll()
     assert device.writes == writes + 1 and device.status.last_contact == device.now
 

@@ -44,6 +44,9 @@ class Store(Protocol):
         once cannot both act on the same status.
         """
 
+    def reload(self, serial: str) -> None:
+        """Make sure the record of ``serial`` is current (stores that cache: one round trip)."""
+
     def snapshot(self) -> Snapshot:
         """Everything, for ``pnp-service status``."""
 

@@ -5,8 +5,13 @@ imported lazily: this module and the service module are the only ones that
 touch it) and the write path: lock(candidate) -> edit-config -> commit -> unlock.
 
 Reads come from an in-memory copy of ``running`` (``/pnp`` and the
-``pnp-device`` declarations), refreshed in the background every
-``refresh_seconds``: an agent poll never waits for a NETCONF round trip.
+``pnp-device`` declarations): an agent poll never waits for a NETCONF round
+trip.  The copy is refreshed in the background when the controller announces a
+transaction (a subscription to its ``controller-transaction`` stream: an
+operator's commit), every ``refresh_seconds`` as a safety net (other
+listeners' plain commits announce nothing), and for one serial on demand
+(:meth:`ClixonStore.reload`) when a device answers a request this listener
+does not know about, as happens with several listeners behind a balancer.
 
 Writes (status, unclaimed devices) are appended to a local journal and fsynced
 before the agent gets its answer, then applied to the in-memory copy and
@@ -27,6 +32,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -42,6 +48,9 @@ log = logging.getLogger(__name__)
 
 NETCONF_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 DEFAULT_SOCKET = "/usr/local/var/run/controller/controller.sock"
+# Clixon's namespace for create-subscription (pyapi uses the same).
+NOTIFICATION_NS = "urn:ietf:params:xml:ns:netmod:notification"
+_SAFE_SERIAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 _REPLY_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True)
 
@@ -126,6 +135,17 @@ class ClixonSession:
     def commit(self) -> None:
         self.rpc("<commit/>")
 
+    def subscribe(self, stream: str) -> None:
+        self.rpc(f'<create-subscription xmlns="{NOTIFICATION_NS}"><stream>{_escape(stream)}</stream></create-subscription>')
+
+    def next_notification(self) -> str:
+        """Block until the controller sends something on this session; its raw text."""
+        try:
+            data = self._read(self.sock)
+        except Exception as exc:
+            raise StoreUnavailable(f"controller connection lost: {exc}") from None
+        return data if isinstance(data, str) else data.decode()
+
     def discard_changes(self) -> None:
         self.rpc("<discard-changes/>")
 
@@ -150,6 +170,8 @@ def fetch_declarations(session: ClixonSession, source: str, serial: str | None =
     """Declarations from a datastore, all or one serial's."""
     xpath = "/ctrl:services/pnp:pnp-device"
     if serial is not None:
+        if not _SAFE_SERIAL.fullmatch(serial):
+            raise StoreError(f"serial {serial!r} is not a valid serial number")
         xpath += f"[pnp:serial='{serial}']"
     data = session.get_config(source, xpath, NAMESPACES)
     return model.declarations_from_services(data.find(q("services", model.CONTROLLER_NS)))
@@ -303,7 +325,7 @@ class ClixonStore:
         self,
         sockpath: str = DEFAULT_SOCKET,
         journal_path: str | None = "pnp-service.journal",
-        refresh_seconds: float = 5.0,
+        refresh_seconds: float = 30.0,
         retry_max_seconds: float = 30.0,
         session_factory: Callable[[str], ClixonSession] | None = None,
         start_threads: bool = True,
@@ -323,11 +345,14 @@ class ClixonStore:
         self._view: _View | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._refresh_due = threading.Event()
         self.last_error = ""
         self.refresh()  # fails here, with the reason, when the controller cannot be reached at start
         self._threads: list[threading.Thread] = []
         if start_threads:
-            for name, target in (("pnp-clixon-refresh", self._refresh_loop), ("pnp-clixon-flush", self._flush_loop)):
+            loops = (("pnp-clixon-refresh", self._refresh_loop), ("pnp-clixon-flush", self._flush_loop),
+                     ("pnp-clixon-watch", self._watch_loop))
+            for name, target in loops:
                 thread = threading.Thread(target=target, name=name, daemon=True)
                 thread.start()
                 self._threads.append(thread)
@@ -355,8 +380,28 @@ class ClixonStore:
             self._reader.close()
             self._reader = None
 
+    def reload(self, serial: str) -> None:
+        """Bring one serial's record up to date now (one round trip); quiet when it cannot."""
+        if not _SAFE_SERIAL.fullmatch(serial):
+            return
+        xpath = f"/pnp:pnp/pnp:device[pnp:serial='{serial}'] | /ctrl:services/pnp:pnp-device[pnp:serial='{serial}']"
+        try:
+            with self._lock:
+                fresh = _view_from(self._session().get_config("running", xpath, NAMESPACES))
+                for table in ("declarations", "work", "status"):
+                    current = getattr(self._view, table)
+                    current.pop(serial, None)
+                    current.update(getattr(fresh, table))
+        except StoreUnavailable as exc:
+            self._drop_reader()
+            log.warning("cannot reload %s from the controller: %s", serial, exc)
+
     def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.refresh_seconds):
+        while not self._stop.is_set():
+            self._refresh_due.wait(self.refresh_seconds)
+            self._refresh_due.clear()
+            if self._stop.is_set():
+                break
             try:
                 self.refresh()
                 if self.last_error:
@@ -366,6 +411,29 @@ class ClixonStore:
                 if str(exc) != self.last_error:
                     log.warning("cannot refresh from the controller, serving the last copy: %s", exc)
                 self.last_error = str(exc)
+
+    def _watch_loop(self) -> None:
+        """Refresh when the controller announces a transaction; reconnect when it restarts."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                watcher = self._session_factory(self.sockpath)
+            except StoreUnavailable:
+                self._stop.wait(delay)
+                delay = min(self.retry_max_seconds, delay * 2)
+                continue
+            try:
+                watcher.subscribe("controller-transaction")
+                self._refresh_due.set()  # (re)connected: whatever happened meanwhile is read now
+                delay = 1.0
+                while not self._stop.is_set():
+                    if "controller-transaction" in watcher.next_notification():
+                        self._refresh_due.set()
+            except StoreUnavailable as exc:
+                log.info("controller notifications interrupted (%s); reconnecting", exc)
+                self._stop.wait(delay)
+            finally:
+                watcher.close()
 
     def _record(self, serial: str) -> DeviceRecord:
         view = self._view
@@ -467,6 +535,7 @@ class ClixonStore:
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._refresh_due.set()
         for thread in self._threads:
             thread.join(timeout=5)
         self.flush()

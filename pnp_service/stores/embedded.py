@@ -61,6 +61,8 @@ class _Index:
         self.unclaimed = {model._child_text(u, "serial"): u for u in self.pnp.iterfind(q("unclaimed"))}
         # Parsed records, so a poll does not re-read XML; dropped whenever their elements change.
         self._records: dict[str, DeviceRecord] = {}
+        # Children of <pnp> changed since the last save: only they are re-indented.
+        self.touched: list[etree._Element] = []
 
     def forget(self, serial: str) -> None:
         self._records.pop(serial, None)
@@ -92,15 +94,46 @@ class _Index:
             if first_unclaimed is not None:
                 first_unclaimed.addprevious(device)
             self.devices[serial] = device
+        self.touched.append(device)
         return device
 
+    def tidy(self) -> None:
+        """Indent what changed like the rest of the file, without walking all of it."""
+        inner, outer = "\n    ", "\n  "
+        for element in self.touched:
+            if element.getparent() is not self.pnp:
+                continue
+            etree.indent(element, space="  ", level=2)
+            previous = element.getprevious()
+            if previous is None:
+                self.pnp.text = inner
+            else:
+                previous.tail = inner
+            element.tail = inner
+        if len(self.pnp):
+            self.pnp[-1].tail = outer
+        self.touched.clear()
+
     def set_child(self, parent: etree._Element, element: etree._Element | None, name: str) -> None:
-        self._records.clear() if parent is self.pnp else self.forget(model._child_text(parent, "serial"))
+        self.touched.append(parent)
+        self.forget(model._child_text(parent, "serial"))
         old = parent.find(q(name))
         if old is not None:
             parent.remove(old)
         if element is not None:
             parent.append(element)
+
+
+def check_datastore(path: str) -> None:
+    """Fail early, with what to fix, when ``path`` cannot be a datastore; streams, so it costs little memory."""
+    if not os.path.exists(path):
+        return  # created empty on first use
+    try:
+        for _, element in etree.iterparse(path, events=("end",), resolve_entities=False, no_network=True, huge_tree=True):
+            if element.getparent() is not None and element.getparent().getparent() is not None:
+                element.clear()
+    except (etree.XMLSyntaxError, OSError) as exc:
+        raise StoreError(f"datastore {path} is not usable, fix it: {exc}") from None
 
 
 class _Job:
@@ -202,6 +235,7 @@ class EmbeddedStore:
             else:
                 index.pnp.append(new)
             index.unclaimed[serial] = new
+            index.touched.append(new)
             index.forget(serial)
         return decision.status is not None or decision.unclaimed is not None
 
@@ -212,6 +246,9 @@ class EmbeddedStore:
             unclaimed = tuple(model.unclaimed_from_xml(u) for u in index.unclaimed.values())
             problems = (self._broken,) if self._broken else ()
             return Snapshot(tuple(index.record(s) for s in serials), unclaimed, problems)
+
+    def reload(self, serial: str) -> None:
+        """Nothing to do: every request already sees the file as it is on disk."""
 
     def reset(self, serial: str) -> bool:
         """Forget a device's status, so its next poll starts over; False when it had none."""
@@ -334,8 +371,8 @@ class EmbeddedStore:
     def _save(self, index: _Index) -> None:
         if self._broken:
             raise StoreUnavailable(self._broken)
-        # Only our own subtree is re-indented: the operator's declarations keep their layout.
-        etree.indent(index.pnp, space="  ", level=1)
+        # Only what we changed is re-indented: the operator's declarations keep their layout.
+        index.tidy()
         data = etree.tostring(index.tree, xml_declaration=True, encoding="UTF-8")
         self._atomic_write(data)
         stat = os.stat(self.path)

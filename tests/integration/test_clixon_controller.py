@@ -112,7 +112,7 @@ def listener(tmp_path):
     from pnp_service.listener import ListenerSettings
     from pnp_service.stores.clixon import ClixonStore
 
-    store = ClixonStore(socket_path(), journal_path=str(tmp_path / "journal"), refresh_seconds=0.5, retry_max_seconds=2)
+    store = ClixonStore(socket_path(), journal_path=str(tmp_path / "journal"), retry_max_seconds=2)
     app = create_app(store, ListenerSettings(secret=b"integration-secret-0123456789"))
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -136,7 +136,7 @@ def test_declare_commit_provision_delete(serial, listener):
     configs = [s for s in device.iter("{urn:pnp-service:pnp}value") if "hostname it-switch" in (s.text or "")]
     assert configs and configs[0].text == "hostname it-switch\nip domain name campus.example.net\n"
 
-    wait_for(lambda: store.refresh() or store.load(serial).work, what="the listener to see the work")
+    wait_for(lambda: store.load(serial).work, what="the listener to see the work")
     device_sim = run_agent(url, serial)
     assert device_sim.outcome == "configured", device_sim
     assert wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", what="status in the CLI")
@@ -189,7 +189,7 @@ def test_writes_wait_while_an_operator_has_uncommitted_edits(serial, listener):
     store, url = listener
     declare(serial)
     commit()
-    wait_for(lambda: store.refresh() or store.load(serial).work, what="work")
+    wait_for(lambda: store.load(serial).work, what="work")
     cli("set", "services", "pnp-device", serial, "hostname", "pending-edit", configure=True)  # not committed
     assert run_agent(url, serial).outcome == "configured"
     time.sleep(2)
@@ -216,7 +216,7 @@ def test_listener_survives_a_controller_restart(serial, listener):
     store, url = listener
     declare(serial)
     commit()
-    wait_for(lambda: store.refresh() or store.load(serial).work, what="work")
+    wait_for(lambda: store.load(serial).work, what="work")
     subprocess.run(["clixon_backend", "-f", CONFIG, "-z"], capture_output=True, timeout=30)
     try:
         # The controller is down: the device is still served from memory, its progress journaled.
@@ -232,10 +232,10 @@ def test_operator_reset_of_a_device_in_error(serial, listener):
     store, url = listener
     declare(serial)
     commit()
-    wait_for(lambda: store.refresh() or store.load(serial).work, what="work")
+    wait_for(lambda: store.load(serial).work, what="work")
     assert run_agent(url, serial, pid="C9500-24Y4C").outcome == "backed-off"
     assert wait_for(lambda: text(show_pnp(serial), "status/state") == "error", what="error state")
     cli("delete", "pnp", "device", serial, "status", configure=True)
     assert "Failed" not in commit()
-    wait_for(lambda: (store.refresh() or True) and store.load(serial).status is None, what="reset seen by the listener")
+    wait_for(lambda: store.load(serial).status is None, what="reset seen by the listener")
     assert run_agent(url, serial).outcome == "configured"
