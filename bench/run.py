@@ -11,6 +11,7 @@ a fixed bye (bench/baseline_app.py), served by the same gunicorn configuration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -30,9 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from pnp_service import protocol  # noqa: E402
-from pnp_service.model import Declaration  # noqa: E402
-
+from pnp_service import protocol
+from pnp_service.model import Declaration
 
 # --------------------------------------------------------------------------- helpers
 
@@ -204,30 +204,118 @@ def bench_listener(args, workdir: str) -> list[dict]:
     rows.append({"what": f"embedded: full provisioning of {provisioned['devices']} devices", "rps": provisioned["devices_per_s"],
                  "unit": "devices/s", "configured": provisioned["configured"], "seconds": provisioned["seconds"],
                  "startup_s": startup})
-    if args.clixon_socket:
+    if args.clixon_config:
         rows += bench_clixon(args, base)
     return rows
 
 
-def bench_clixon(args, base_rps: float) -> list[dict]:
-    """Poll throughput on the Clixon store, for the devices already declared in the controller."""
-    from pnp_service.stores.clixon import ClixonStore
+def clixon_cli(config: str, *words: str) -> tuple[float, str]:
+    began = time.perf_counter()
+    result = subprocess.run(["clixon_cli", "-f", config, "-1", "-m", "configure", *words], capture_output=True, text=True, timeout=1800)
+    output = result.stdout + result.stderr
+    if result.returncode != 0 or "Failed" in output:
+        subprocess.run(["clixon_cli", "-f", config, "-1", "-m", "configure", "discard"], capture_output=True, timeout=60)
+        raise RuntimeError(f"clixon_cli {' '.join(words)} failed: {output.strip()}")
+    return time.perf_counter() - began, output
 
-    store = ClixonStore(args.clixon_socket, journal_path=os.path.join(tempfile.gettempdir(), f"bench-{uuid.uuid4().hex}.journal"),
-                        start_threads=False)
-    serials = sorted(store.snapshot_serials()) if hasattr(store, "snapshot_serials") else [r.serial for r in store.snapshot().devices]
-    store.close()
-    if not serials:
-        return [{"what": "clixon: no pnp-device declared in the controller; skipped"}]
-    port = free_port()
-    server = start(serve_command(["--clixon-socket", args.clixon_socket, "--journal",
-                                  os.path.join(tempfile.gettempdir(), "bench-serve.journal")], port, args.workers, args.threads), port)
+
+def clixon_declare(sockpath: str, serials: list[str], remove: bool = False) -> None:
+    """Write (or remove) bench declarations into the candidate in one edit."""
+    from pnp_service.stores.clixon import ClixonSession
+
+    entries = []
+    for index, serial in enumerate(serials):
+        if remove:
+            entries.append(f'<pnp-device nc:operation="remove"><serial>{serial}</serial></pnp-device>')
+        else:
+            entries.append(
+                f"<pnp-device><serial>{serial}</serial><pid>C9300-24P</pid><hostname>sw{index}</hostname>"
+                "<config><template>hostname {{ hostname }}&#10;interface Vlan1&#10; ip address {{ ip }} 255.255.255.0&#10;end&#10;</template></config>"
+                f"<variable><name>ip</name><value>10.{index // 65536}.{index // 256 % 256}.{index % 256}</value></variable></pnp-device>"
+            )
+    body = f'<services xmlns="http://clicon.org/controller" xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">' \
+        f'<pnp-device-wrapper/>{"".join(entries)}</services>'.replace("<pnp-device-wrapper/>", "")
+    body = body.replace("<pnp-device", '<pnp-device xmlns="urn:pnp-service:pnp"')
+    if remove:
+        pnp = "".join(f'<device nc:operation="remove"><serial>{s}</serial></device>' for s in serials)
+        body += f'<pnp xmlns="urn:pnp-service:pnp" xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">{pnp}</pnp>'
+    session = ClixonSession(sockpath)
     try:
-        polls = poll_load(port, serials, args.clients, args.seconds)
-        rss = peak_rss_kib(server.pid)
+        session.lock()
+        try:
+            session.edit_config(body)
+        finally:
+            session.unlock()
     finally:
-        stop(server)
-    return [{"what": f"clixon, {len(serials)} declared: poll", **polls, "ratio": polls["rps"] / base_rps, "rss_mib": rss / 1024}]
+        session.close()
+
+
+def clixon_commit(config: str, *how: str) -> float:
+    return clixon_cli(config, "commit", *how)[0]
+
+
+def bench_clixon(args, base_rps: float) -> list[dict]:
+    """The service module inside the controller and the listener on the Clixon store, with N declared."""
+    from lxml import etree
+
+    config = args.clixon_config
+    sockpath = etree.parse(config).getroot().findtext("{http://clicon.org/config}CLICON_SOCK") or \
+        "/usr/local/var/run/controller/controller.sock"
+    rows = []
+    small = [f"CLXB{i:05d}" for i in range(100)]
+    large = [f"CLXB{i:05d}" for i in range(max(args.devices, len(small)))]
+    added = {}
+    try:
+        declared = 0
+        batches = [small] + [large[i : i + args.clixon_batch] for i in range(len(small), len(large), args.clixon_batch)]
+        for number, batch in enumerate(batches):
+            clixon_declare(sockpath, batch)
+            elapsed = clixon_commit(config)
+            declared += len(batch)
+            if number in (1, len(batches) - 1) and number:
+                rows.append({"what": f"controller commit adding {len(batch)} declarations to {declared - len(batch)}",
+                             "seconds": elapsed, "per_device_ms": 1000 * elapsed / len(batch)})
+            if declared in (len(small), len(large)):
+                ours = statistics.median(one_change_commit(config, batch[0], f"{declared}-{n}") for n in range(4))
+                theirs = statistics.median(unrelated_commit(config, f"{declared}-{n}") for n in range(1, 5))
+                added[declared] = max(ours - theirs, 0.0)
+                rows.append({"what": f"controller commit changing 1 pnp-device, {declared} declared", "seconds": ours})
+                rows.append({"what": f"controller commit changing no service, {declared} declared", "seconds": theirs})
+        rows.append({"what": f"what the service adds to a one-device commit, {len(large)} vs {len(small)} declared",
+                     "seconds": added[len(large)], "ratio": added[len(large)] / max(added[len(small)], 1e-3)})
+        port = free_port()
+        journal = os.path.join(tempfile.gettempdir(), f"bench-{uuid.uuid4().hex}.journal")
+        server = start(serve_command(["--clixon-socket", sockpath, "--journal", journal], port, args.workers, args.threads), port)
+        try:
+            provisioned = provision_load(port, large[: args.provision], args.clients)
+            steady = poll_load(port, large[: args.provision], args.clients, args.seconds)
+            first = poll_load(port, large[args.provision:], args.clients, args.seconds)
+            rss = peak_rss_kib(server.pid)
+        finally:
+            stop(server)
+            with contextlib.suppress(OSError):
+                os.unlink(journal)
+        rows.append({"what": f"clixon, {len(large)} declared: poll of a provisioned device", **steady,
+                     "ratio": steady["rps"] / base_rps, "rss_mib": rss / 1024})
+        rows.append({"what": "clixon: poll that sends the next step (journaled write)", **first, "ratio": first["rps"] / base_rps})
+        rows.append({"what": f"clixon: full provisioning of {provisioned['devices']} devices", "rps": provisioned["devices_per_s"],
+                     "unit": "devices/s"})
+    finally:
+        for start_at in range(0, len(large), args.clixon_batch):
+            clixon_declare(sockpath, large[start_at : start_at + args.clixon_batch], remove=True)
+            clixon_commit(config)
+    return rows
+
+
+def one_change_commit(config: str, serial: str, tag: str) -> float:
+    clixon_cli(config, "set", "services", "pnp-device", serial, "hostname", f"changed{tag}")
+    return clixon_commit(config)
+
+
+def unrelated_commit(config: str, tag: str) -> float:
+    """A controller commit that changes no service instance (services/service-timeout): the transaction's own cost."""
+    clixon_cli(config, "set", "services", "service-timeout", str(300 + int(tag.rsplit("-", 1)[1]) % 2))
+    return clixon_commit(config)
 
 
 # --------------------------------------------------------------------------- the service module
@@ -239,8 +327,8 @@ class _Element:
     def __init__(self, name="", attributes=None, data=""):
         self.name, self.attributes, self.cdata, self.children = name, attributes or {}, data, []
 
-    def create(self, name, attributes={}, data=""):
-        child = _Element(name, dict(attributes), data)
+    def create(self, name, attributes=None, data=""):
+        child = _Element(name, dict(attributes or {}), data)
         self.children.append(child)
         return child
 
@@ -289,7 +377,7 @@ def bench_service_module(sizes: list[int]) -> list[dict]:
         tracemalloc.start()
         began = time.perf_counter()
         root = Element()
-        setup(root, log, instance=None, read_declarations=lambda instance: table)
+        setup(root, log, instance=None, read_declarations=lambda instance, table=table: table)
         elapsed = time.perf_counter() - began
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
@@ -302,7 +390,7 @@ def bench_service_module(sizes: list[int]) -> list[dict]:
         for _ in range(20):
             root = Element()
             began = time.perf_counter()
-            setup(root, log, instance=changed, read_declarations=lambda instance: {instance: table[instance]})
+            setup(root, log, instance=changed, read_declarations=lambda instance, table=table: {instance: table[instance]})
             times.append(time.perf_counter() - began)
         one_change[size] = statistics.median(times)
         rows.append({"what": f"service module: commit changing 1 of {size}", "seconds": one_change[size]})
@@ -352,7 +440,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers, for both servers (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker (default: %(default)s)")
     parser.add_argument("--plan-sizes", default="1000,10000", help="declaration counts for the service module")
-    parser.add_argument("--clixon-socket", help="also measure the Clixon store on this controller")
+    parser.add_argument("--clixon-config", help="also measure inside this Clixon controller (its config file; "
+                        "pnp-service installed into it; bench declarations are added and removed again)")
+    parser.add_argument("--clixon-batch", type=int, default=1000,
+                        help="declarations added per controller commit (default: %(default)s; the controller runs the "
+                        "service once per changed instance, and one commit must finish within its service-timeout)")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
 

@@ -44,11 +44,11 @@ def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(datastore=None)
 
 
-def open_store(args: argparse.Namespace, *, create: bool = True) -> Store:
+def open_store(args: argparse.Namespace, *, create: bool = True, read_only: bool = False) -> Store:
     if getattr(args, "clixon_socket", None):
         from .stores.clixon import ClixonStore  # imports clixon-pyapi: only on demand
 
-        return ClixonStore(args.clixon_socket, journal_path=args.journal)
+        return ClixonStore(args.clixon_socket, journal_path=args.journal, read_only=read_only)
     from .stores.embedded import EmbeddedStore
 
     return EmbeddedStore(args.datastore or "pnp-datastore.xml", create=create)
@@ -87,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     # Fail early, with the store's message, before forking workers (and without holding the store here).
     if args.clixon_socket:
-        open_store(args).close()
+        open_store(args, read_only=True).close()
     else:
         from .stores.embedded import check_datastore
 
@@ -120,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    store = open_store(args, create=False)
+    store = open_store(args, create=False, read_only=True)
     snapshot = store.snapshot()
     store.close()
     rows = [("SERIAL", "STATE", "STEP", "ATTEMPTS", "LAST-CONTACT", "ADDRESS", "LAST-ERROR")]
@@ -139,7 +139,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows.append((entry.serial, "unclaimed", entry.pid, "", format_time(entry.last_seen), entry.address, ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
     for problem in snapshot.problems:
         print(f"warning: {problem}", file=sys.stderr)
     return 0

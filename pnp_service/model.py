@@ -158,7 +158,7 @@ class DeviceRecord:
 # --------------------------------------------------------------------------- XML helpers
 
 
-def _child_text(element: etree._Element | None, *path: str) -> str:
+def child_text(element: etree._Element | None, *path: str) -> str:
     for name in path:
         if element is None:
             return ""
@@ -183,7 +183,7 @@ def _add_leaves(parent: etree._Element, leaves: Iterable[tuple[str, str]]) -> No
 
 def _keyed(element: etree._Element, list_name: str, key: str, value: str) -> Iterable[tuple[str, str]]:
     for entry in element.iterfind(q(list_name)):
-        yield _child_text(entry, key), _child_text(entry, value)
+        yield child_text(entry, key), child_text(entry, value)
 
 
 def _number(text: str, default: int = 0) -> int:
@@ -208,23 +208,23 @@ def declaration_from_xml(element: etree._Element) -> Declaration:
     )
     commands = tuple(sorted((_number(seq), cli) for seq, cli in _keyed(element, "command", "seq", "cli")))
     return Declaration(
-        serial=_child_text(element, "serial").strip(),
-        pid=_child_text(element, "pid").strip(),
-        hostname=_child_text(element, "hostname").strip(),
+        serial=child_text(element, "serial").strip(),
+        pid=child_text(element, "pid").strip(),
+        hostname=child_text(element, "hostname").strip(),
         template=(template_element.text or "") if template_element is not None else None,
         template_lines=lines,
-        template_file=_child_text(config, "template-file").strip(),
-        config_url=_child_text(config, "url").strip(),
-        apply_to=_child_text(config, "apply-to").strip() or "startup",
-        reload=_child_text(config, "reload").strip().lower() not in ("false", "0"),
+        template_file=child_text(config, "template-file").strip(),
+        config_url=child_text(config, "url").strip(),
+        apply_to=child_text(config, "apply-to").strip() or "startup",
+        reload=child_text(config, "reload").strip().lower() not in ("false", "0"),
         variables=tuple(_keyed(element, "variable", "name", "value")),
         commands=commands,
-        image_version=_child_text(image, "version").strip(),
-        image_url=_child_text(image, "url").strip(),
-        image_md5=_child_text(image, "md5").strip().lower(),
-        image_reload_wait=_number(_child_text(image, "reload-wait"), 60) or 60,
-        username=_child_text(element, "credentials", "username"),
-        password=_child_text(element, "credentials", "password"),
+        image_version=child_text(image, "version").strip(),
+        image_url=child_text(image, "url").strip(),
+        image_md5=child_text(image, "md5").strip().lower(),
+        image_reload_wait=_number(child_text(image, "reload-wait"), 60) or 60,
+        username=child_text(element, "credentials", "username"),
+        password=child_text(element, "credentials", "password"),
     )
 
 
@@ -266,13 +266,13 @@ def work_from_xml(element: etree._Element | None) -> Work | None:
     """Read a ``work`` element; None when absent or without a revision."""
     if element is None:
         return None
-    revision = _child_text(element, "revision")
+    revision = child_text(element, "revision")
     if not revision:
         return None
     steps = tuple(
         Step(
-            id=_child_text(step, "id"),
-            type=_child_text(step, "type"),
+            id=child_text(step, "id"),
+            type=child_text(step, "type"),
             params=dict(_keyed(step, "param", "name", "value")),
         )
         for step in element.iterfind(q("step"))
@@ -321,17 +321,17 @@ def status_to_xml(status: Status) -> etree._Element:
 def status_from_xml(element: etree._Element | None) -> Status | None:
     if element is None:
         return None
-    values = {attr: _child_text(element, leaf) for leaf, attr in _STATUS_LEAVES}
+    values = {attr: child_text(element, leaf) for leaf, attr in _STATUS_LEAVES}
     values["state"] = values["state"] or "planned"
     return Status(
         **values,
-        attempts=_number(_child_text(element, "attempts")),
-        retry_at=parse_time(_child_text(element, "retry-at")),
-        last_contact=parse_time(_child_text(element, "last-contact")),
-        error_code=_child_text(element, "last-error", "code"),
-        error_message=_child_text(element, "last-error", "message"),
-        error_step=_child_text(element, "last-error", "step"),
-        error_time=parse_time(_child_text(element, "last-error", "time")),
+        attempts=_number(child_text(element, "attempts")),
+        retry_at=parse_time(child_text(element, "retry-at")),
+        last_contact=parse_time(child_text(element, "last-contact")),
+        error_code=child_text(element, "last-error", "code"),
+        error_message=child_text(element, "last-error", "message"),
+        error_step=child_text(element, "last-error", "step"),
+        error_time=parse_time(child_text(element, "last-error", "time")),
     )
 
 
@@ -357,11 +357,11 @@ def unclaimed_to_xml(entry: Unclaimed) -> etree._Element:
 
 def unclaimed_from_xml(element: etree._Element) -> Unclaimed:
     return Unclaimed(
-        serial=_child_text(element, "serial"),
-        udi=_child_text(element, "udi"),
-        pid=_child_text(element, "pid"),
-        hostname=_child_text(element, "hostname"),
-        address=_child_text(element, "address"),
-        first_seen=parse_time(_child_text(element, "first-seen")),
-        last_seen=parse_time(_child_text(element, "last-seen")),
+        serial=child_text(element, "serial"),
+        udi=child_text(element, "udi"),
+        pid=child_text(element, "pid"),
+        hostname=child_text(element, "hostname"),
+        address=child_text(element, "address"),
+        first_seen=parse_time(child_text(element, "first-seen")),
+        last_seen=parse_time(child_text(element, "last-seen")),
     )

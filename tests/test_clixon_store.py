@@ -268,3 +268,17 @@ def test_reload_ignores_serials_that_are_not_serials(open_store, controller):
     gets = controller.gets
     store.reload("x'] | /ctrl:devices | /pnp:pnp[x='")
     assert controller.gets == gets
+
+
+def test_read_only_store_never_touches_the_listeners_journal(open_store, controller, tmp_path):
+    from pnp_service.stores.base import StoreError
+
+    listener_store = open_store()
+    controller.candidate_modified = True
+    listener_store.update("SN1", change(status=Status(state="onboarding", attempts=5)))
+    controller.candidate_modified = False
+    viewer = ClixonStore("/fake.sock", journal_path=str(tmp_path / "journal"), session_factory=controller.session, read_only=True)
+    with pytest.raises(StoreError, match="read-only"):
+        viewer.update("SN1", change(status=Status(state="error")))
+    viewer.close()
+    assert controller.commits == 0 and "attempts" in (tmp_path / "journal").read_text()

@@ -19,7 +19,7 @@ class Element:
     def __init__(self, name="", attributes=None, data=""):
         self.name, self.attributes, self.cdata, self.children = name, dict(attributes or {}), data, []
 
-    def create(self, name, attributes={}, data=""):
+    def create(self, name, attributes=None, data=""):
         child = Element(name, attributes, data)
         self.children.append(child)
         return child

@@ -33,9 +33,9 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import threading
-import time
 from typing import Callable, Iterator
 
 from lxml import etree
@@ -150,6 +150,9 @@ class ClixonSession:
         self.rpc("<discard-changes/>")
 
     def close(self) -> None:
+        # shutdown() first: it wakes a thread blocked reading this socket.
+        with contextlib.suppress(Exception):
+            self.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(Exception):
             self.sock.close()
 
@@ -283,7 +286,7 @@ def _view_from(data: etree._Element) -> _View:
     view = _View(model.declarations_from_services(data.find(q("services", model.CONTROLLER_NS))), {}, {}, {})
     if pnp is not None:
         for device in pnp.iterfind(q("device")):
-            serial = model._child_text(device, "serial")
+            serial = model.child_text(device, "serial")
             work = model.work_from_xml(device.find(q("work")))
             status = model.status_from_xml(device.find(q("status")))
             if work is not None:
@@ -325,6 +328,7 @@ class ClixonStore:
         self,
         sockpath: str = DEFAULT_SOCKET,
         journal_path: str | None = "pnp-service.journal",
+        read_only: bool = False,
         refresh_seconds: float = 30.0,
         retry_max_seconds: float = 30.0,
         session_factory: Callable[[str], ClixonSession] | None = None,
@@ -334,10 +338,12 @@ class ClixonStore:
         self.refresh_seconds = refresh_seconds
         self.retry_max_seconds = retry_max_seconds
         self._session_factory = session_factory or ClixonSession
+        # A read-only store (pnp-service status) has no journal: it must never commit a listener's writes.
+        self.read_only = read_only
         self._journal = Journal(journal_path or "pnp-service.journal")
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
-        self._pending = self._journal.replay()
+        self._pending = _Pending() if read_only else self._journal.replay()
         if self._pending:
             log.info("journal %s: %d writes from before a restart wait to be committed", self._journal.path,
                      len(self._pending.status) + len(self._pending.unclaimed))
@@ -346,10 +352,11 @@ class ClixonStore:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._refresh_due = threading.Event()
+        self._watcher: ClixonSession | None = None
         self.last_error = ""
         self.refresh()  # fails here, with the reason, when the controller cannot be reached at start
         self._threads: list[threading.Thread] = []
-        if start_threads:
+        if start_threads and not read_only:
             loops = (("pnp-clixon-refresh", self._refresh_loop), ("pnp-clixon-flush", self._flush_loop),
                      ("pnp-clixon-watch", self._watch_loop))
             for name, target in loops:
@@ -417,7 +424,7 @@ class ClixonStore:
         delay = 1.0
         while not self._stop.is_set():
             try:
-                watcher = self._session_factory(self.sockpath)
+                watcher = self._watcher = self._session_factory(self.sockpath)
             except StoreUnavailable:
                 self._stop.wait(delay)
                 delay = min(self.retry_max_seconds, delay * 2)
@@ -449,6 +456,8 @@ class ClixonStore:
             return self._record(serial)
 
     def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
+        if self.read_only:
+            raise StoreError("this Clixon store was opened read-only")
         with self._lock:
             decision = decide(self._record(serial))
             if decision.status is None and decision.unclaimed is None:
@@ -536,6 +545,8 @@ class ClixonStore:
         self._stop.set()
         self._wake.set()
         self._refresh_due.set()
+        if self._watcher is not None:
+            self._watcher.close()
         for thread in self._threads:
             thread.join(timeout=5)
         self.flush()

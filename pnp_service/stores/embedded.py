@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 from lxml import etree
 
 from .. import model
-from ..model import DeviceRecord, Status, Unclaimed, Work, q
+from ..model import DeviceRecord, Status, Work, q
 from ..planner import PlanningError, TemplateLoader, file_template_loader, plan
 from .base import D, Snapshot, StoreError, StoreUnavailable
 
@@ -57,8 +57,8 @@ class _Index:
         if self.pnp is None:
             self.pnp = etree.SubElement(root, q("pnp"), nsmap={None: model.PNP_NS})
         self.declarations = model.declarations_from_services(root.find(q("services", model.CONTROLLER_NS)))
-        self.devices = {model._child_text(d, "serial"): d for d in self.pnp.iterfind(q("device"))}
-        self.unclaimed = {model._child_text(u, "serial"): u for u in self.pnp.iterfind(q("unclaimed"))}
+        self.devices = {model.child_text(d, "serial"): d for d in self.pnp.iterfind(q("device"))}
+        self.unclaimed = {model.child_text(u, "serial"): u for u in self.pnp.iterfind(q("unclaimed"))}
         # Parsed records, so a poll does not re-read XML; dropped whenever their elements change.
         self._records: dict[str, DeviceRecord] = {}
         # Children of <pnp> changed since the last save: only they are re-indented.
@@ -116,7 +116,7 @@ class _Index:
 
     def set_child(self, parent: etree._Element, element: etree._Element | None, name: str) -> None:
         self.touched.append(parent)
-        self.forget(model._child_text(parent, "serial"))
+        self.forget(model.child_text(parent, "serial"))
         old = parent.find(q(name))
         if old is not None:
             parent.remove(old)

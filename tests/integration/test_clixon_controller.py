@@ -239,3 +239,19 @@ def test_operator_reset_of_a_device_in_error(serial, listener):
     assert "Failed" not in commit()
     wait_for(lambda: store.load(serial).status is None, what="reset seen by the listener")
     assert run_agent(url, serial).outcome == "configured"
+
+
+def test_status_command_shows_the_controller(serial, listener):
+    import sys
+
+    store, url = listener
+    declare(serial)
+    commit()
+    wait_for(lambda: store.load(serial).work, what="work")
+    run_agent(url, serial)
+    wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", what="status")
+    result = subprocess.run([sys.executable, "-m", "pnp_service.cli", "status", "--clixon-socket", socket_path()],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith(serial))
+    assert row.split()[1] == "provisioned"
