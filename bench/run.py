@@ -103,7 +103,38 @@ def peak_rss_kib(pid: int) -> int:
 
 
 def poll_load(port: int, serials: list[str], clients: int, seconds: float) -> dict:
-    """Concurrent agents polling WORK-REQUEST over keep-alive connections for ``seconds``."""
+    """Concurrent agents polling WORK-REQUEST over keep-alive connections for ``seconds``.
+
+    With wrk installed (Debian: apt-get install wrk) the load comes from it: a C client leaves the CPU to the
+    server, which matters on a small machine.  Otherwise from Python threads.
+    """
+    if shutil.which("wrk") and serials:
+        return wrk_load(port, serials, clients, seconds)
+    return python_load(port, serials, clients, seconds)
+
+
+def wrk_load(port: int, serials: list[str], clients: int, seconds: float) -> dict:
+    prefix = serials[0].rstrip("0123456789")
+    indexes = [int(s[len(prefix):]) for s in serials]
+    env = {**os.environ, "PNP_PREFIX": prefix, "PNP_FIRST": str(min(indexes)), "PNP_COUNT": str(len(serials))}
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{seconds:.0f}s", "--latency", "-s", os.path.join(HERE, "work_request.lua"),
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, env=env, timeout=seconds + 60, check=True,
+    )
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    numbers = json.loads(line[len("RESULT "):])
+    return {
+        "requests": numbers["requests"],
+        "rps": numbers["requests"] / (numbers["duration_us"] / 1e6),
+        "p50_ms": numbers["p50_us"] / 1000,
+        "p99_ms": numbers["p99_us"] / 1000,
+        "errors": numbers["errors"],
+        "client": "wrk",
+    }
+
+
+def python_load(port: int, serials: list[str], clients: int, seconds: float) -> dict:
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     stop_at = time.perf_counter() + seconds
@@ -142,6 +173,7 @@ def poll_load(port: int, serials: list[str], clients: int, seconds: float) -> di
         "p50_ms": 1000 * flat[len(flat) // 2] if flat else 0,
         "p99_ms": 1000 * flat[int(len(flat) * 0.99)] if flat else 0,
         "errors": sum(errors),
+        "client": "python",
     }
 
 
@@ -170,42 +202,65 @@ def baseline_command(port: int, workers: int, threads: int) -> list[str]:
             "--threads", str(threads), "-k", "gthread", "--log-level", "error", "baseline_app:create_app()"]
 
 
+def interleaved(base_port: int, port: int, base_serials: list[str], serials: list[str], args) -> tuple[dict, dict, float]:
+    """Baseline and listener polled in alternating rounds; medians, and the median of the paired ratios.
+
+    On a shared machine the speed drifts from one minute to the next; pairing each measurement of the
+    listener with a baseline measured right before it keeps that drift out of the ratio.
+    """
+    rounds = max(1, args.rounds)
+    seconds = max(2.0, args.seconds / rounds)
+    pairs = []
+    for _ in range(rounds):
+        base = poll_load(base_port, base_serials, args.clients, seconds)
+        ours = poll_load(port, serials, args.clients, seconds)
+        pairs.append((base, ours))
+
+    def median_of(results: list[dict]) -> dict:
+        middle = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
+        return {**middle, "rounds": len(results)}
+
+    ratio = statistics.median(ours["rps"] / base["rps"] for base, ours in pairs)
+    return median_of([b for b, _ in pairs]), median_of([o for _, o in pairs]), ratio
+
+
 def bench_listener(args, workdir: str) -> list[dict]:
     rows = []
-    port = free_port()
-    baseline = start(baseline_command(port, args.workers, args.threads), port)
+    base_port = free_port()
+    baseline = start(baseline_command(base_port, args.workers, args.threads), base_port)
+    base_serials = [f"BASE{i:05d}" for i in range(args.devices)]
     try:
-        base_poll = poll_load(port, [f"X{i}" for i in range(args.devices)], args.clients, args.seconds)
+        datastore = os.path.join(workdir, "bench.xml")
+        serials = write_datastore(datastore, args.devices)
+        port = free_port()
+        began = time.perf_counter()
+        server = start(serve_command(["--datastore", datastore], port, args.workers, args.threads), port)
+        startup = time.perf_counter() - began
+        try:
+            provisioned = provision_load(port, serials[: args.provision], args.clients)
+            # Provisioned devices: the steady state, no write.
+            base, steady, steady_ratio = interleaved(base_port, port, base_serials, serials[: args.provision], args)
+            # Planned devices: each poll sends the next step and writes (a new correlator each time).
+            _, writes, writes_ratio = interleaved(base_port, port, base_serials, serials[args.provision :], args)
+            # Unknown devices: the first poll of each records it as unclaimed.
+            _, strangers, strangers_ratio = interleaved(
+                base_port, port, base_serials, [f"NEW{i:05d}" for i in range(args.devices)], args)
+            rss = peak_rss_kib(server.pid)
+        finally:
+            stop(server)
         base_rss = peak_rss_kib(baseline.pid)
     finally:
         stop(baseline)
-    rows.append({"what": "baseline: bare Flask, fixed bye", **base_poll, "rss_mib": base_rss / 1024})
-
-    datastore = os.path.join(workdir, "bench.xml")
-    serials = write_datastore(datastore, args.devices)
-    port = free_port()
-    began = time.perf_counter()
-    server = start(serve_command(["--datastore", datastore], port, args.workers, args.threads), port)
-    startup = time.perf_counter() - began
-    try:
-        provisioned = provision_load(port, serials[: args.provision], args.clients)
-        unclaimed = [f"NEW{i:05d}" for i in range(args.devices)]
-        first_polls = poll_load(port, serials, args.clients, args.seconds)  # planned devices: device-info, a write each
-        steady = poll_load(port, serials[: args.provision], args.clients, args.seconds)  # provisioned: no write
-        strangers = poll_load(port, unclaimed, args.clients, args.seconds)
-        rss = peak_rss_kib(server.pid)
-    finally:
-        stop(server)
-    base = base_poll["rps"]
+    rows.append({"what": "baseline: bare Flask, fixed bye", **base, "rss_mib": base_rss / 1024})
     rows.append({"what": f"embedded, {args.devices} declared: poll of a provisioned device", **steady,
-                 "ratio": steady["rps"] / base, "rss_mib": rss / 1024})
-    rows.append({"what": "embedded: poll that sends the next step (writes)", **first_polls, "ratio": first_polls["rps"] / base})
-    rows.append({"what": "embedded: poll of an unclaimed device", **strangers, "ratio": strangers["rps"] / base})
+                 "ratio": steady_ratio, "rss_mib": rss / 1024})
+    rows.append({"what": "embedded: poll that sends the next step (writes)", **writes, "ratio": writes_ratio})
+    rows.append({"what": "embedded: poll of an unclaimed device", **strangers, "ratio": strangers_ratio})
     rows.append({"what": f"embedded: full provisioning of {provisioned['devices']} devices", "rps": provisioned["devices_per_s"],
                  "unit": "devices/s", "configured": provisioned["configured"], "seconds": provisioned["seconds"],
                  "startup_s": startup})
     if args.clixon_config:
-        rows += bench_clixon(args, base)
+        rows += bench_clixon(args, base_serials)
     return rows
 
 
@@ -254,7 +309,7 @@ def clixon_commit(config: str, *how: str) -> float:
     return clixon_cli(config, "commit", *how)[0]
 
 
-def bench_clixon(args, base_rps: float) -> list[dict]:
+def bench_clixon(args, base_serials: list[str]) -> list[dict]:
     """The service module inside the controller and the listener on the Clixon store, with N declared."""
     from lxml import etree
 
@@ -281,29 +336,33 @@ def bench_clixon(args, base_rps: float) -> list[dict]:
                 added[declared] = max(ours - theirs, 0.0)
                 rows.append({"what": f"controller commit changing 1 pnp-device, {declared} declared", "seconds": ours})
                 rows.append({"what": f"controller commit changing no service, {declared} declared", "seconds": theirs})
-        rows.append({"what": f"what the service adds to a one-device commit, {len(large)} vs {len(small)} declared",
-                     "seconds": added[len(large)], "ratio": added[len(large)] / max(added[len(small)], 1e-3)})
+        for declared in (len(small), len(large)):
+            rows.append({"what": f"what running the service adds to a one-device commit, {declared} declared",
+                         "seconds": added[declared]})
         port = free_port()
         journal = os.path.join(tempfile.gettempdir(), f"bench-{uuid.uuid4().hex}.journal")
+        base_port = free_port()
+        baseline = start(baseline_command(base_port, args.workers, args.threads), base_port)
         server = start(serve_command(["--clixon-socket", sockpath, "--journal", journal], port, args.workers, args.threads), port)
         try:
             provisioned = provision_load(port, large[: args.provision], args.clients)
-            steady = poll_load(port, large[: args.provision], args.clients, args.seconds)
-            first = poll_load(port, large[args.provision:], args.clients, args.seconds)
+            _, steady, steady_ratio = interleaved(base_port, port, base_serials, large[: args.provision], args)
+            _, first, first_ratio = interleaved(base_port, port, base_serials, large[args.provision :], args)
             rss = peak_rss_kib(server.pid)
         finally:
             stop(server)
+            stop(baseline)
             with contextlib.suppress(OSError):
                 os.unlink(journal)
         rows.append({"what": f"clixon, {len(large)} declared: poll of a provisioned device", **steady,
-                     "ratio": steady["rps"] / base_rps, "rss_mib": rss / 1024})
-        rows.append({"what": "clixon: poll that sends the next step (journaled write)", **first, "ratio": first["rps"] / base_rps})
+                     "ratio": steady_ratio, "rss_mib": rss / 1024})
+        rows.append({"what": "clixon: poll that sends the next step (journaled write)", **first, "ratio": first_ratio})
         rows.append({"what": f"clixon: full provisioning of {provisioned['devices']} devices", "rps": provisioned["devices_per_s"],
                      "unit": "devices/s"})
     finally:
-        for start_at in range(0, len(large), args.clixon_batch):
-            clixon_declare(sockpath, large[start_at : start_at + args.clixon_batch], remove=True)
-            clixon_commit(config)
+        # Declarations and their work go in one edit; a local commit runs no service for them.
+        clixon_declare(sockpath, large, remove=True)
+        clixon_commit(config, "local")
     return rows
 
 
@@ -321,27 +380,6 @@ def unrelated_commit(config: str, tag: str) -> float:
 # --------------------------------------------------------------------------- the service module
 
 
-class _Element:
-    """A minimal stand-in for clixon.element.Element when clixon-pyapi is not installed."""
-
-    def __init__(self, name="", attributes=None, data=""):
-        self.name, self.attributes, self.cdata, self.children = name, attributes or {}, data, []
-
-    def create(self, name, attributes=None, data=""):
-        child = _Element(name, dict(attributes or {}), data)
-        self.children.append(child)
-        return child
-
-    def get_elements(self, name=None):
-        return [c for c in self.children if name is None or c.name == name]
-
-    def delete(self, name="", element=None):
-        self.children.remove(element)
-
-    def get_data(self):
-        return self.cdata
-
-
 def element_class():
     try:
         os.environ.setdefault("NO_CLIXON_ARGS", "1")
@@ -349,7 +387,9 @@ def element_class():
 
         return Element, "clixon-pyapi Element"
     except ImportError:
-        return _Element, "stand-in Element"
+        from pnp_service.element_standin import Element
+
+        return Element, "stand-in Element"
 
 
 def declarations(count: int) -> dict[str, Declaration]:
@@ -436,7 +476,9 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=10_000, help="declared devices in the store (default: %(default)s)")
     parser.add_argument("--provision", type=int, default=500, help="devices driven to provisioned (default: %(default)s)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent simulated agents (default: %(default)s)")
-    parser.add_argument("--seconds", type=float, default=10, help="length of each poll measurement (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=15, help="length of each poll measurement (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating baseline/listener rounds each measurement is split into (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers, for both servers (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker (default: %(default)s)")
     parser.add_argument("--plan-sizes", default="1000,10000", help="declaration counts for the service module")
@@ -456,7 +498,8 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"pnp-service benchmark on {machine()}")
     print(f"{args.devices} devices, {args.clients} clients, gunicorn {args.workers} workers x {args.threads} threads, "
-          f"{args.seconds:.0f} s per poll measurement\n")
+          f"{args.seconds:.0f} s per poll measurement in {args.rounds} alternating rounds, load from "
+          f"{'wrk' if shutil.which('wrk') else 'Python threads'}\n")
     print(table(rows))
     if args.json:
         with open(args.json, "w") as out:

@@ -50,19 +50,22 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
         log.warning("address=%s event=bad-content-type %s %r", address(), request.path, mimetype)
         return Response(f"415 Unsupported Media Type: send XML, not {mimetype}\n", status=415, content_type="text/plain")
 
+    def host_url() -> str:
+        return request.host_url
+
     @app.post("/pnp/WORK-REQUEST")
     def work_request() -> Response:
         refused = unacceptable_type()
         if refused is not None:
             return refused
-        return respond(listener.work_request(request.get_data(cache=False), address(), request.host_url))
+        return respond(listener.work_request(request.get_data(cache=False), address(), host_url))
 
     @app.post("/pnp/WORK-RESPONSE")
     def work_response() -> Response:
         refused = unacceptable_type()
         if refused is not None:
             return refused
-        return respond(listener.work_response(request.get_data(cache=False), address(), request.host_url))
+        return respond(listener.work_response(request.get_data(cache=False), address(), host_url))
 
     @app.get("/pnp/download/<kind>/<serial>/<revision>")
     def download(kind: str, serial: str, revision: str) -> Response:

@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="gunicorn worker processes (default: 1)")
     serve.add_argument("--threads", type=int, default=8, help="threads per worker (default: 8)")
     serve.add_argument("--timeout", type=int, default=30, help="worker request timeout in seconds (default: 30)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="also write gunicorn's access log (paths only, never download signatures)")
     serve.add_argument("--dev", action="store_true", help="use Flask's development server instead of gunicorn")
     serve.set_defaults(func=cmd_serve)
 

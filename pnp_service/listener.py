@@ -28,6 +28,10 @@ XML = "application/xml"
 TEXT = "text/plain; charset=utf-8"
 
 
+#: The URL the device called us at (or a function returning it, evaluated only when needed).
+BaseUrl = str | Callable[[], str]
+
+
 @dataclasses.dataclass(frozen=True)
 class ListenerSettings:
     provisioning: Settings = Settings()
@@ -73,7 +77,7 @@ class Listener:
 
     # ------------------------------------------------------------------ PnP endpoints
 
-    def work_request(self, body: bytes, address: str, base_url: str) -> Reply:
+    def work_request(self, body: bytes, address: str, base_url: BaseUrl) -> Reply:
         try:
             request = protocol.parse_work_request(body)
         except protocol.ProtocolError as exc:
@@ -86,7 +90,7 @@ class Listener:
             address,
         )
 
-    def work_response(self, body: bytes, address: str, base_url: str) -> Reply:
+    def work_response(self, body: bytes, address: str, base_url: BaseUrl) -> Reply:
         try:
             response = protocol.parse_work_response(body)
         except protocol.ProtocolError as exc:
@@ -113,12 +117,13 @@ class Listener:
         log.log(level, "serial=%s address=%s event=%s %s", serial, address, decision.event, decision.detail)
         return Reply(200, decision.reply, XML)
 
-    def _contact(self, address: str, base_url: str) -> Contact:
-        root = (self.settings.public_url or base_url).rstrip("/")
+    def _contact(self, address: str, base_url: BaseUrl) -> Contact:
         now = self.clock()
 
         def download_url(kind: str, serial: str, revision: str) -> str:
-            return root + self.signer.path(kind, serial, revision, now)
+            # The base URL is worked out only when a download URL is needed, not on every poll.
+            root = self.settings.public_url or (base_url() if callable(base_url) else base_url)
+            return root.rstrip("/") + self.signer.path(kind, serial, revision, now)
 
         return Contact(now=utcnow_from(now), address=address, download_url=download_url)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from typing import Callable, Iterable, Mapping
 
 from lxml import etree
@@ -52,7 +53,7 @@ class ProtocolError(ValueError):
 
 # --------------------------------------------------------------------------- parsing
 
-_PARSER = etree.XMLParser(
+_PARSER_OPTIONS = dict(
     resolve_entities=False,
     no_network=True,
     load_dtd=False,
@@ -62,6 +63,15 @@ _PARSER = etree.XMLParser(
     remove_pis=True,
     collect_ids=False,
 )
+# One parser per thread: an lxml parser shared between threads serialises them on a lock.
+_parsers = threading.local()
+
+
+def _parser() -> etree.XMLParser:
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = etree.XMLParser(**_PARSER_OPTIONS)
+    return parser
 
 
 def parse_xml(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> etree._Element:
@@ -83,7 +93,7 @@ def parse_xml(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> etree._Element
     if b"<!DOCTYPE" in probe or b"<!ENTITY" in probe:
         raise ProtocolError("DTDs and entity declarations are not allowed")
     try:
-        root = etree.fromstring(bytes(data), _PARSER)
+        root = etree.fromstring(bytes(data), _parser())
     except (etree.XMLSyntaxError, ValueError) as exc:
         raise ProtocolError(f"malformed XML: {exc}") from None
     if root is None:
@@ -446,6 +456,34 @@ def capability(env: Envelope) -> bytes:
     return env.wrap(_body("request", "capability", env.correlator))
 
 
+# Backoffs and byes answer most polls.  Each distinct message is built once with
+# lxml around two marks, and later calls only fill in the escaped UDI and
+# correlator: the same bytes, without building a tree per poll.
+_UDI_MARK, _CORRELATOR_MARK = "pnp-udi-mark-5f1c", "pnp-correlator-mark-5f1c"
+
+
+def _escape_attribute(value: str) -> str:
+    return (
+        value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+        .replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#9;")
+    )
+
+
+@functools.lru_cache(maxsize=512)
+def _stamp(kind: str, *args) -> tuple[str, str, str]:
+    marked = Envelope(_UDI_MARK, _CORRELATOR_MARK)
+    data = (_build_bye(marked) if kind == "bye" else _build_backoff(marked, *args)).decode("utf-8")
+    head, rest = data.split(_UDI_MARK)
+    middle, tail = rest.split(_CORRELATOR_MARK)
+    return head, middle, tail
+
+
+def _stamped(env: Envelope, kind: str, *args) -> bytes:
+    head, middle, tail = _stamp(kind, *args)
+    udi, correlator = _escape_attribute(str(env.udi)), _escape_attribute(env.correlator)
+    return f"{head}{udi}{middle}{correlator}{tail}".encode("utf-8")
+
+
 def backoff(
     env: Envelope,
     reason: str,
@@ -459,6 +497,14 @@ def backoff(
     Exactly one of ``seconds`` (callbackAfter), ``default_minutes`` (1..2880) or
     ``terminate`` must be given.
     """
+    if env.username is None:
+        return _stamped(env, "backoff", reason, seconds, default_minutes, terminate)
+    return _build_backoff(env, reason, seconds, default_minutes, terminate)
+
+
+def _build_backoff(
+    env: Envelope, reason: str, seconds: int | None, default_minutes: int | None, terminate: bool
+) -> bytes:
     chosen = sum((seconds is not None, default_minutes is not None, terminate))
     if chosen != 1:
         raise ValueError("backoff takes exactly one of seconds, default_minutes, terminate")
@@ -481,6 +527,10 @@ def backoff(
 
 
 def bye(env: Envelope) -> bytes:
+    return _stamped(env, "bye") if env.username is None else _build_bye(env)
+
+
+def _build_bye(env: Envelope) -> bytes:
     info = _body("info", "work-info", env.correlator)
     _sub(_sub(info, "workInfo"), "bye")
     return env.wrap(info)

@@ -22,7 +22,10 @@ def run_gunicorn(make_app: Callable[[], Flask], args: argparse.Namespace) -> int
         # Headers are small in PnP; keep the request line and header limits tight.
         "limit_request_line": 4094,
         "limit_request_fields": 50,
-        "accesslog": "-",
+        # Every PnP request already gets a structured line (serial=... event=...); the access log is extra.
+        "accesslog": "-" if args.access_log else None,
+        # The path only: download URLs carry their signature in the query, which must not land in logs.
+        "access_log_format": '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
         "errorlog": "-",
         "loglevel": args.log_level,
     }

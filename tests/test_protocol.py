@@ -227,3 +227,26 @@ def test_credentials_go_on_the_envelope():
 def test_text_is_escaped_in_server_messages():
     message = protocol.parse_server_message(protocol.cli_exec(ENV, "show run | include <a&b>"))
     assert message.find_text("execCLI/cmd") == "show run | include <a&b>"
+
+
+@pytest.mark.parametrize(
+    "udi, correlator",
+    [(str(UDI), "CiscoPnP-1.0-1-abc"), ('PID:A&B,VID:"<x>",SN:1', "c&<>\"'\n\t"), ("SN:é", "ü")],
+)
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda env: protocol.bye(env),
+        lambda env: protocol.backoff(env, "wait & see <now>", seconds=90),
+        lambda env: protocol.backoff(env, "provisioned", default_minutes=60),
+        lambda env: protocol.backoff(env, "done", terminate=True),
+    ],
+)
+def test_stamped_messages_equal_the_built_ones(build, udi, correlator):
+    """The fast path for byes and backoffs yields exactly what building the tree yields."""
+    fast = build(Envelope(udi, correlator))
+    built = build(Envelope(udi, correlator, "u", "p"))  # credentials take the lxml path
+    root = etree.fromstring(built)
+    del root.attrib["usr"], root.attrib["pwd"]
+    assert fast == etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    assert etree.fromstring(fast).get("udi") == udi and etree.fromstring(fast)[0].get("correlator") == correlator

@@ -246,7 +246,7 @@ def test_https_serving_and_download_urls_follow_the_scheme(example_path, tmp_pat
 
     cert, key = self_signed(tmp_path)
     port = free_port()
-    server = start_server(["--datastore", example_path, "--tls-cert", cert, "--tls-key", key], port)
+    server = start_server(["--datastore", example_path, "--tls-cert", cert, "--tls-key", key, "--access-log"], port)
     try:
         device = SimulatedDevice("FOC2001X0AB")
         result = AgentSimulator(f"https://127.0.0.1:{port}", time_scale=0, verify_tls=False).run(device)
@@ -255,7 +255,8 @@ def test_https_serving_and_download_urls_follow_the_scheme(example_path, tmp_pat
     finally:
         server.terminate()
         output = server.communicate(timeout=20)[0]
-    assert "Day-0" not in output and "change-me" not in output  # configurations never reach the log
+    assert "change-me" not in output and "hostname access-sw-01" not in output  # configurations never reach the log
+    assert "/pnp/download/config/FOC2001X0AB/" in output and "sig=" not in output  # nor do download signatures
 
 
 def test_tls_cert_without_key_is_refused(example_path):

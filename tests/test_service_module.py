@@ -1,4 +1,4 @@
-"""The service module's logic, without clixon-pyapi: a small stand-in for pyapi's Element tree."""
+"""The service module's logic, without clixon-pyapi: on the stand-in for pyapi's Element tree."""
 
 from __future__ import annotations
 
@@ -8,37 +8,10 @@ import pytest
 from lxml import etree
 
 from pnp_service import model
+from pnp_service.element_standin import Element
 from pnp_service.model import Declaration
 from pnp_service.planner import PlanningError, plan
 from pnp_service.service_module import SERVICE, SERVICE_NAMESPACES, SERVICE_XPATH, setup
-
-
-class Element:
-    """What the module uses of clixon.element.Element: create, get_elements, delete, get_data, dumps."""
-
-    def __init__(self, name="", attributes=None, data=""):
-        self.name, self.attributes, self.cdata, self.children = name, dict(attributes or {}), data, []
-
-    def create(self, name, attributes=None, data=""):
-        child = Element(name, attributes, data)
-        self.children.append(child)
-        return child
-
-    def get_elements(self, name=None):
-        return [c for c in self.children if name is None or c.name == name]
-
-    def delete(self, name="", element=None):
-        self.children.remove(element)
-
-    def get_data(self):
-        return self.cdata
-
-    def dumps(self):
-        out = ""
-        for child in self.children:
-            attributes = "".join(f' {k}="{v}"' for k, v in child.attributes.items())
-            out += f"<{child.name}{attributes}>{child.cdata}{child.dumps()}</{child.name}>"
-        return out
 
 
 LOG = logging.getLogger("test")

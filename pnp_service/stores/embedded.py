@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from typing import Callable, Iterator
 
 from lxml import etree
@@ -45,6 +46,10 @@ _FILE_PARSER = etree.XMLParser(
 )
 
 
+#: How long a poll that changes nothing trusts the parsed file without a stat.
+STAT_INTERVAL = 0.2
+
+
 class _Index:
     """A parsed datastore file and lookups into it."""
 
@@ -66,6 +71,9 @@ class _Index:
 
     def forget(self, serial: str) -> None:
         self._records.pop(serial, None)
+
+    def cached(self, serial: str) -> DeviceRecord | None:
+        return self._records.get(serial)
 
     def record(self, serial: str) -> DeviceRecord:
         cached = self._records.get(serial)
@@ -160,6 +168,7 @@ class EmbeddedStore:
         self._queue: list[_Job] = []
         self._index: _Index | None = None
         self._stamp: tuple[int, int, int] | None = None
+        self._stat_time = 0.0
         self._broken: str = ""
         self._plans: dict[model.Declaration, Work | PlanningError] = {}
         if not os.path.exists(self.path):
@@ -177,13 +186,21 @@ class EmbeddedStore:
     # ------------------------------------------------------------------ the Store interface
 
     def load(self, serial: str) -> DeviceRecord:
-        with self._thread_lock:
-            return self._current().record(serial)
+        return self._record(serial, trust_seconds=0.0)
+
+    def _record(self, serial: str, trust_seconds: float) -> DeviceRecord:
+        index = self._current(trust_seconds)
+        # Parsed records are immutable and a dict lookup is atomic: a cached one needs no lock.
+        cached = index.cached(serial)
+        if cached is not None:
+            return cached
+        with self._thread_lock:  # parsing reads the tree, which a group commit may be changing
+            return index.record(serial)
 
     def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
-        # Most polls change nothing: decide on the cached copy, without the file lock.
-        with self._thread_lock:
-            decision = decide(self._current().record(serial))
+        # Most polls change nothing: decide on the cached copy (records are immutable, so
+        # the decision runs outside every lock).
+        decision = decide(self._record(serial, trust_seconds=STAT_INTERVAL))
         if decision.status is None and decision.unclaimed is None:
             return decision
         # A change: decide again under the file lock, batched with other threads' changes into
@@ -200,21 +217,27 @@ class EmbeddedStore:
         return job.decision
 
     def _drain(self) -> None:
+        """Decide and apply every queued change, then write the file once (the caller holds the flush lock)."""
         with self._queue_lock:
             jobs, self._queue = self._queue, []
         if not jobs:
             return
         try:
-            with self._locked():
-                index = self._fresh()
-                if self._broken:
-                    raise StoreUnavailable(self._broken)
-                changed = False
-                for job in jobs:
-                    job.decision = job.decide(index.record(job.serial))
-                    changed |= self._apply(index, job.serial, job.decision)
-                if changed:
-                    self._save(index)
+            with self._file_lock():
+                with self._thread_lock:
+                    index = self._fresh()
+                    if self._broken:
+                        raise StoreUnavailable(self._broken)
+                    changed = False
+                    for job in jobs:
+                        job.decision = job.decide(index.record(job.serial))
+                        changed |= self._apply(index, job.serial, job.decision)
+                    data = self._serialize(index) if changed else b""
+                if data:
+                    # Polls go on reading the (already updated) copy while the bytes reach the disk.
+                    self._atomic_write(data)
+                    with self._thread_lock:
+                        self._stamp = self._stat_stamp()
         except BaseException as exc:
             self._stamp = None  # the tree may hold unsaved changes: re-read the file next time
             for job in jobs:
@@ -268,13 +291,23 @@ class EmbeddedStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with self._thread_lock:
-            with open(self.path + ".lock", "a+b") as lock_file:
-                fcntl.flock(lock_file, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+        """This process's threads and other processes both kept out.
+
+        Lock order: the file lock, then the thread lock; never the file lock while
+        holding the thread lock.
+        """
+        with self._file_lock(), self._thread_lock:
+            yield
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """Other processes sharing the file kept out (``FILE.lock``)."""
+        with open(self.path + ".lock", "a+b") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     def _stat_stamp(self) -> tuple[int, int, int] | None:
         try:
@@ -283,11 +316,21 @@ class EmbeddedStore:
             return None
         return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
-    def _current(self) -> _Index:
-        """The parsed file; the lock is taken only when it must be re-read (and maybe re-planned)."""
-        with self._thread_lock:
-            if self._index is not None and self._stamp is not None and self._stamp == self._stat_stamp():
-                return self._index
+    def _current(self, trust_seconds: float = 0.0) -> _Index:
+        """The parsed file; the file lock is taken only when it must be re-read (and maybe re-planned).
+
+        A copy checked (one stat) less than ``trust_seconds`` ago is used as it is: polls that change
+        nothing see an edit up to ``STAT_INTERVAL`` later; every change is decided on the file as it
+        is on disk.
+        """
+        index, stamp, now = self._index, self._stamp, time.monotonic()
+        if index is not None and stamp is not None:
+            # Reading these attributes needs no lock; at worst a poll looks at the file once more.
+            if now - self._stat_time < trust_seconds:
+                return index
+            if stamp == self._stat_stamp():
+                self._stat_time = now
+                return index
         with self._locked():
             return self._fresh()
 
@@ -369,14 +412,15 @@ class EmbeddedStore:
         index.forget(serial)
 
     def _save(self, index: _Index) -> None:
+        self._atomic_write(self._serialize(index))
+        self._stamp = self._stat_stamp()
+
+    def _serialize(self, index: _Index) -> bytes:
         if self._broken:
             raise StoreUnavailable(self._broken)
         # Only what we changed is re-indented: the operator's declarations keep their layout.
         index.tidy()
-        data = etree.tostring(index.tree, xml_declaration=True, encoding="UTF-8")
-        self._atomic_write(data)
-        stat = os.stat(self.path)
-        self._stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        return etree.tostring(index.tree, xml_declaration=True, encoding="UTF-8")
 
     def _atomic_write(self, data: bytes) -> None:
         directory = os.path.dirname(self.path)
