@@ -32,10 +32,6 @@ def creator_tag(serial: str) -> str:
 # --------------------------------------------------------------------------- time
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-
-
 def format_time(value: dt.datetime | None) -> str:
     if value is None:
         return ""

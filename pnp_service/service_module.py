@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from typing import Callable, Mapping
+from xml.sax.saxutils import escape as xml_escape
 
 from .model import PNP_NS, SERVICE_NAME, Declaration, Work, creator_tag
 from .planner import DEFAULT_TEMPLATE_DIRS, PlanningError, file_template_loader, plan
@@ -72,7 +73,7 @@ def setup(root, log, instance=None, diff=False, read_declarations: ReadDeclarati
 
 def _escape(text: str) -> str:
     # pyapi writes element text as given: escape it here.
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return xml_escape(text)
 
 
 def _child(element, name: str):

@@ -41,7 +41,6 @@ class SimulatedDevice:
     fault_service: str = ""
     # What happened to it:
     config: str | None = None
-    installed_image: str | None = None
     credentials: tuple[str, str] | None = None
 
     @property
@@ -219,7 +218,6 @@ class AgentSimulator:
                 if status != 200 or hashlib.md5(body).hexdigest() != checksum:
                     error = protocol.ErrorInfo("ERROR", "PnP Service Error 1803", f"copy {location} failed: HTTP {status}")
                     return protocol.agent_response(udi, service, correlator, False, error), False
-            device.installed_image = location
             if request.find("reload") is not None and version:
                 device.version = version  # the reload boots the new image
             return protocol.agent_response(udi, service, correlator), False

@@ -239,7 +239,7 @@ class StepRegistry:
         try:
             return self._types[name]
         except KeyError:
-            known = ", ".join(sorted(self._types))
+            known = ", ".join(self.names())
             raise UnknownStepType(f"unknown step type {name!r} (known: {known})") from None
 
     def names(self) -> list[str]:

@@ -159,3 +159,11 @@ def test_status_of_a_missing_datastore_says_so(tmp_path):
 def test_option43():
     assert cli("option43", "192.0.2.10").stdout.strip() == "5A1N;B2;K4;I192.0.2.10;J80"
     assert cli("option43", "pnp.example.net", "--https").stdout.strip() == "5A1N;B1;K5;Ipnp.example.net;J443"
+
+
+def test_credentials_reach_an_agent_that_asks(serve, clock, tmp_path):
+    body = BASE.format(sn="SN9", host="i") + "<credentials><username>netops</username><password>s3cret</password></credentials>"
+    running = serve(declare(tmp_path, body))
+    asking = SimulatedDevice("SN9", auth_required=True)
+    assert simulator(running, clock).run(asking).outcome == "configured"
+    assert asking.credentials == ("netops", "s3cret")

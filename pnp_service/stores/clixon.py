@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ import socket
 import sys
 import threading
 from typing import Callable, Iterator
+from xml.sax.saxutils import escape as xml_escape
 
 from lxml import etree
 
@@ -60,7 +62,7 @@ class ClixonRpcError(StoreUnavailable):
 
 
 def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    return xml_escape(text, {'"': "&quot;"})
 
 
 class ClixonSession:
@@ -194,26 +196,20 @@ class _Pending:
         return bool(self.status or self.unclaimed)
 
 
-def _status_json(status: Status) -> dict:
-    return {k: (model.format_time(v) if k in ("retry_at", "last_contact", "error_time") else v)
-            for k, v in dataclasses.asdict(status).items()}
+def _to_json(record: Status | Unclaimed) -> dict:
+    return {
+        name: model.format_time(value) if isinstance(value, dt.datetime) else value
+        for name, value in dataclasses.asdict(record).items()
+    }
 
 
-def _status_from_json(data: dict) -> Status:
-    for key in ("retry_at", "last_contact", "error_time"):
-        data[key] = model.parse_time(data.get(key) or "")
-    return Status(**data)
+def _from_json(cls: type, data: dict):
+    times = {field.name for field in dataclasses.fields(cls) if "datetime" in str(field.type)}
+    return cls(**{name: model.parse_time(value or "") if name in times else value for name, value in data.items()})
 
 
-def _unclaimed_json(entry: Unclaimed) -> dict:
-    return {k: (model.format_time(v) if k in ("first_seen", "last_seen") else v)
-            for k, v in dataclasses.asdict(entry).items()}
-
-
-def _unclaimed_from_json(data: dict) -> Unclaimed:
-    for key in ("first_seen", "last_seen"):
-        data[key] = model.parse_time(data.get(key) or "")
-    return Unclaimed(**data)
+def _journal_line(kind: str, serial: str, record: Status | Unclaimed) -> str:
+    return json.dumps({"kind": kind, "serial": serial, "value": _to_json(record)}, separators=(",", ":")) + "\n"
 
 
 class Journal:
@@ -232,10 +228,10 @@ class Journal:
                     try:
                         entry = json.loads(line)
                         if entry["kind"] == "status":
-                            pending.status[entry["serial"]] = _status_from_json(entry["value"])
+                            pending.status[entry["serial"]] = _from_json(Status, entry["value"])
                             pending.unclaimed.pop(entry["serial"], None)
                         else:
-                            pending.unclaimed[entry["serial"]] = _unclaimed_from_json(entry["value"])
+                            pending.unclaimed[entry["serial"]] = _from_json(Unclaimed, entry["value"])
                     except (ValueError, KeyError, TypeError) as exc:
                         # A torn last line from a crash mid-append: it was never acknowledged.
                         log.warning("journal %s line %d unreadable, skipped: %s", self.path, number, exc)
@@ -244,12 +240,10 @@ class Journal:
         return pending
 
     def append(self, serial: str, status: Status | None, unclaimed: Unclaimed | None) -> None:
-        lines = []
-        if unclaimed is not None:
-            lines.append({"kind": "unclaimed", "serial": serial, "value": _unclaimed_json(unclaimed)})
-        if status is not None:
-            lines.append({"kind": "status", "serial": serial, "value": _status_json(status)})
-        data = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+        data = (
+            (_journal_line("unclaimed", serial, unclaimed) if unclaimed is not None else "")
+            + (_journal_line("status", serial, status) if status is not None else "")
+        ).encode()
         descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(descriptor, data)
@@ -262,9 +256,9 @@ class Journal:
         temporary = self.path + ".tmp"
         with open(temporary, "w", encoding="utf-8") as handle:
             for serial, entry in pending.unclaimed.items():
-                handle.write(json.dumps({"kind": "unclaimed", "serial": serial, "value": _unclaimed_json(entry)}) + "\n")
+                handle.write(_journal_line("unclaimed", serial, entry))
             for serial, status in pending.status.items():
-                handle.write(json.dumps({"kind": "status", "serial": serial, "value": _status_json(status)}) + "\n")
+                handle.write(_journal_line("status", serial, status))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)
