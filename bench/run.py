@@ -32,6 +32,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 from pnp_service import protocol
+from pnp_service.simulator import messages
 from pnp_service.model import Declaration
 
 # --------------------------------------------------------------------------- helpers
@@ -142,7 +143,7 @@ def python_load(port: int, serials: list[str], clients: int, seconds: float) -> 
     def client(index: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         mine = serials[index::clients] or serials
-        bodies = [protocol.agent_work_request(protocol.Udi("C9300-24P", "V01", s), f"c-{s}") for s in mine]
+        bodies = [messages.work_request(protocol.Udi("C9300-24P", "V01", s), f"c-{s}") for s in mine]
         position = 0
         while time.perf_counter() < stop_at:
             body = bodies[position % len(bodies)]

@@ -1,4 +1,4 @@
-"""Cisco PnP protocol core: parse what agents send, build what the server sends.
+"""Cisco PnP protocol core, server side: parse what agents send, build what the server sends.
 
 Theory of operation
 -------------------
@@ -12,19 +12,25 @@ with a Bye.
 
 The rule of this file: it knows bytes, XML and the PnP schemas, nothing else.  No
 HTTP, no Flask, no Clixon, no files, no clock.  Parsing is liberal in what it
-accepts (real devices send extra elements) and strict about safety: the parser
-refuses DTDs and entities, never touches the network and bounds size and depth.
-Builders emit elements in the order the schemas require.
+accepts (real devices send extra elements and values outside the schemas'
+enumerations) and strict about safety: the parser refuses DTDs and entities,
+never touches the network and bounds size and depth; every string a device sent
+comes out cleaned of control characters and bounded in length, and a serial
+number outside :data:`SERIAL_PATTERN` is refused.  Builders emit exactly what
+Cisco's XSDs allow, in their order.  The agent's side of the protocol lives with
+the simulator (``pnp_service.simulator.messages``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
-from typing import Callable, Iterable, Mapping
+import re
+from typing import Iterable, Mapping
 
 from lxml import etree
+
+from .xmlsafe import clean_text, escape_attribute, parser, qname
 
 PNP_NS = "urn:cisco:pnp"
 PROTOCOL_VERSION = "1.0"
@@ -36,6 +42,12 @@ MAX_MESSAGE_BYTES = 256 * 1024
 MAX_DEPTH = 32
 #: Most elements accepted in one message.
 MAX_ELEMENTS = 5000
+#: What a serial number may look like; the YANG's ``serial-number`` type says the same.
+SERIAL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: Longest device-reported value kept (hostname, PID, version, error text...).
+MAX_TEXT = 255
+MAX_MESSAGE_TEXT = 1024
+MAX_OUTPUT = 64 * 1024
 
 
 def service_ns(service: str) -> str:
@@ -43,35 +55,11 @@ def service_ns(service: str) -> str:
     return f"{PNP_NS}:{service}"
 
 
-def _q(ns: str, name: str) -> str:
-    return f"{{{ns}}}{name}"
-
-
 class ProtocolError(ValueError):
     """An agent message that is not well-formed, not safe, or not PnP."""
 
 
 # --------------------------------------------------------------------------- parsing
-
-_PARSER_OPTIONS = dict(
-    resolve_entities=False,
-    no_network=True,
-    load_dtd=False,
-    dtd_validation=False,
-    huge_tree=False,
-    remove_comments=True,
-    remove_pis=True,
-    collect_ids=False,
-)
-# One parser per thread: an lxml parser shared between threads serialises them on a lock.
-_parsers = threading.local()
-
-
-def _parser() -> etree.XMLParser:
-    parser = getattr(_parsers, "parser", None)
-    if parser is None:
-        parser = _parsers.parser = etree.XMLParser(**_PARSER_OPTIONS)
-    return parser
 
 
 def parse_xml(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> etree._Element:
@@ -93,7 +81,7 @@ def parse_xml(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> etree._Element
     if b"<!DOCTYPE" in probe or b"<!ENTITY" in probe:
         raise ProtocolError("DTDs and entity declarations are not allowed")
     try:
-        root = etree.fromstring(bytes(data), _parser())
+        root = etree.fromstring(bytes(data), parser())
     except (etree.XMLSyntaxError, ValueError) as exc:
         raise ProtocolError(f"malformed XML: {exc}") from None
     if root is None:
@@ -103,8 +91,7 @@ def parse_xml(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> etree._Element
         raise ProtocolError("DTDs and entity declarations are not allowed")
     # Every element costs at least one "<": small messages (every real agent message)
     # cannot break the bounds, so only larger ones are walked.
-    tags = data.count(b"<")
-    if tags > MAX_DEPTH:
+    if data.count(b"<") > MAX_DEPTH:
         count = 0
         for element in root.iter():
             count += 1
@@ -145,7 +132,8 @@ def parse_udi(text: str) -> Udi:
     """Parse ``PID:C9300-24P,VID:V01,SN:FOC1234X0AB``.
 
     VID may be empty and PIDs contain ``/`` and ``-``: split on ``,`` then on the
-    first ``:``; unknown fields are ignored.  SN is required.
+    first ``:``; unknown fields are ignored.  SN is required and must be a serial
+    number (:data:`SERIAL_PATTERN`): anything else could not be recorded anywhere.
     """
     fields: dict[str, str] = {}
     for part in (text or "").split(","):
@@ -154,8 +142,10 @@ def parse_udi(text: str) -> Udi:
             fields[name.strip().upper()] = value.strip()
     serial = fields.get("SN", "")
     if not serial:
-        raise ProtocolError(f"UDI {text!r} has no serial number (SN)")
-    return Udi(pid=fields.get("PID", ""), vid=fields.get("VID", ""), serial=serial)
+        raise ProtocolError(f"UDI {clean_text(text, 80)!r} has no serial number (SN)")
+    if not SERIAL_PATTERN.fullmatch(serial):
+        raise ProtocolError(f"UDI serial {clean_text(serial, 80)!r} is not a serial number (letters, digits, . _ -)")
+    return Udi(pid=clean_text(fields.get("PID", ""), 64), vid=clean_text(fields.get("VID", ""), 16), serial=serial)
 
 
 # --------------------------------------------------------------------------- agent messages
@@ -183,9 +173,9 @@ class WorkRequest:
 class WorkResponse:
     """An agent reporting the result of a service request.
 
-    ``details`` holds what the service reported, flattened to strings (for
+    ``details`` holds what the service reported, flattened to cleaned strings (for
     device-info: ``platform``, ``version``, ``hostname``, ``image-file``,
-    ``flash-free``; for cli-exec: ``output``).
+    ``free:FS``; for cli-exec: ``output``).
     """
 
     udi: Udi
@@ -208,16 +198,23 @@ class Fault:
 
 @functools.lru_cache(maxsize=512)
 def _qualified_path(path: str, ns: str) -> str:
-    return "/".join(_q(ns, p) for p in path.split("/"))
+    return "/".join(qname(ns, p) for p in path.split("/"))
 
 
-def _text(element: etree._Element | None, path: str, ns: str) -> str:
+def _text(element: etree._Element | None, path: str, ns: str, limit: int = MAX_TEXT) -> str:
     if element is None:
         return ""
     found = element.find(_qualified_path(path, ns))
-    if found is None or found.text is None:
+    if found is None:
         return ""
-    return found.text.strip()
+    return clean_text(found.text, limit)
+
+
+def _all_text(element: etree._Element | None, limit: int) -> str:
+    """Every piece of text under ``element`` (fault details nest in vendor elements)."""
+    if element is None:
+        return ""
+    return clean_text(" ".join(t.strip() for t in element.itertext() if t.strip()), limit)
 
 
 def _is_true(text: str) -> bool:
@@ -226,8 +223,8 @@ def _is_true(text: str) -> bool:
 
 def _envelope(data: bytes) -> tuple[etree._Element, Udi, etree._Element]:
     root = parse_xml(data)
-    if root.tag != _q(PNP_NS, "pnp"):
-        raise ProtocolError(f"root element is {root.tag!r}, expected {{{PNP_NS}}}pnp")
+    if root.tag != qname(PNP_NS, "pnp"):
+        raise ProtocolError(f"root element is {clean_text(str(root.tag), 120)!r}, expected {{{PNP_NS}}}pnp")
     body = [child for child in root if isinstance(child.tag, str)]
     if len(body) != 1:
         raise ProtocolError(f"<pnp> must have exactly one child, has {len(body)}")
@@ -237,54 +234,57 @@ def _envelope(data: bytes) -> tuple[etree._Element, Udi, etree._Element]:
     return root, parse_udi(udi_text), body[0]
 
 
+def _correlator(body: etree._Element, what: str) -> str:
+    correlator = clean_text(body.get("correlator", ""), 128)
+    if not correlator:
+        raise ProtocolError(f"{what} has no correlator")
+    return correlator
+
+
 def parse_work_request(data: bytes) -> WorkRequest:
     """Parse the body of ``POST /pnp/WORK-REQUEST``."""
     _, udi, body = _envelope(data)
     ns = service_ns("work-info")
-    if body.tag != _q(ns, "info"):
-        raise ProtocolError(f"WORK-REQUEST body is {body.tag!r}, expected work-info <info>")
-    correlator = body.get("correlator", "").strip()
-    if not correlator:
-        raise ProtocolError("WORK-REQUEST has no correlator")
-    device = body.find(_q(ns, "deviceId"))
+    if body.tag != qname(ns, "info"):
+        raise ProtocolError(f"WORK-REQUEST body is {clean_text(str(body.tag), 120)!r}, expected work-info <info>")
+    device = body.find(qname(ns, "deviceId"))
     return WorkRequest(
         udi=udi,
-        correlator=correlator,
-        hostname=_text(device, "hostname", ns),
+        correlator=_correlator(body, "WORK-REQUEST"),
+        hostname=_text(device, "hostname", ns, 63),
         auth_required=_is_true(_text(device, "authRequired", ns)),
-        mac_address=_text(device, "macAddress", ns) or _text(body, "macAddress", ns),
+        mac_address=_text(device, "macAddress", ns, 64) or _text(body, "macAddress", ns, 64),
     )
 
 
 def parse_work_response(data: bytes) -> WorkResponse | Fault:
     """Parse the body of ``POST /pnp/WORK-RESPONSE``: a service response or a fault."""
     _, udi, body = _envelope(data)
-    namespace, _, local = body.tag[1:].partition("}") if body.tag.startswith("{") else ("", "", body.tag)
+    tag = etree.QName(body)
+    namespace, local = tag.namespace or "", tag.localname
     if local != "response" or not namespace.startswith(PNP_NS + ":"):
-        raise ProtocolError(f"WORK-RESPONSE body is {body.tag!r}, expected a PnP service <response>")
-    service = namespace[len(PNP_NS) + 1 :]
+        raise ProtocolError(f"WORK-RESPONSE body is {clean_text(str(body.tag), 120)!r}, expected a PnP service <response>")
+    service = clean_text(namespace[len(PNP_NS) + 1 :], 64)
     if service == "fault":
-        fault = body.find(_q(namespace, "fault"))
+        fault = body.find(qname(namespace, "fault"))
         return Fault(
             udi=udi,
             code=_text(fault, "faultcode", namespace),
-            string=_text(fault, "faultstring", namespace),
-            detail=_text(fault, "detail", namespace),
+            string=_text(fault, "faultstring", namespace, MAX_MESSAGE_TEXT),
+            detail=_all_text(fault.find(qname(namespace, "detail")) if fault is not None else None, MAX_MESSAGE_TEXT),
         )
-    correlator = body.get("correlator", "").strip()
-    if not correlator:
-        raise ProtocolError(f"{service} response has no correlator")
-    success_text = body.get("success", "")
+    correlator = _correlator(body, f"{service} response")
+    success_text = body.get("success", "").strip().lower()
     if success_text not in ("0", "1", "true", "false"):
-        raise ProtocolError(f"{service} response has success={success_text!r}, expected 1 or 0")
+        raise ProtocolError(f"{service} response has success={clean_text(success_text, 20)!r}, expected 1 or 0")
     success = success_text in ("1", "true")
     error = None
-    info = body.find(_q(namespace, "errorInfo"))
+    info = body.find(qname(namespace, "errorInfo"))
     if info is not None:
         error = ErrorInfo(
-            severity=_text(info, "errorSeverity", namespace),
-            code=_text(info, "errorCode", namespace),
-            message=_text(info, "errorMessage", namespace),
+            severity=_text(info, "errorSeverity", namespace, 32),
+            code=_text(info, "errorCode", namespace, 64),
+            message=_text(info, "errorMessage", namespace, MAX_MESSAGE_TEXT),
         )
     extractor = _DETAIL_EXTRACTORS.get(service)
     details = extractor(body, namespace) if extractor and success else {}
@@ -293,29 +293,27 @@ def parse_work_response(data: bytes) -> WorkResponse | Fault:
 
 def _device_info_details(body: etree._Element, ns: str) -> dict[str, str]:
     details = {
-        "platform": _text(body, "hardwareInfo/platformName", ns),
-        "hostname": _text(body, "hardwareInfo/hostname", ns),
-        "version": _text(body, "imageInfo/versionString", ns),
+        "platform": _text(body, "hardwareInfo/platformName", ns, 64),
+        "hostname": _text(body, "hardwareInfo/hostname", ns, 63),
+        "version": _text(body, "imageInfo/versionString", ns, 64),
         "image-file": _text(body, "imageInfo/imageFile", ns),
         "udi": _text(body, "udi/primary-chassis", ns),
     }
-    for fs in body.iterfind(f"{_q(ns, 'fileSystemList')}/{_q(ns, 'fileSystem')}"):
+    for fs in body.iterfind(f"{qname(ns, 'fileSystemList')}/{qname(ns, 'fileSystem')}"):
         # Agents report file systems as attributes; tolerate child elements too.
-        name = fs.get("name") or _text(fs, "name", ns)
-        free = fs.get("freespace") or _text(fs, "freespace", ns)
-        if name and free:
+        name = clean_text(fs.get("name"), 32) or _text(fs, "name", ns, 32)
+        free = clean_text(fs.get("freespace"), 20) or _text(fs, "freespace", ns, 20)
+        if name and free.lstrip("-").isdigit():
             details[f"free:{name.rstrip(':')}"] = free
     return {key: value for key, value in details.items() if value}
 
 
 def _cli_exec_details(body: etree._Element, ns: str) -> dict[str, str]:
     texts = [
-        element.text or ""
-        for element in body.iterfind(
-            "/".join(_q(ns, p) for p in ("execLog", "dialogueLog", "received", "text"))
-        )
+        clean_text(element.text, MAX_OUTPUT, multiline=True)
+        for element in body.iterfind(_qualified_path("execLog/dialogueLog/received/text", ns))
     ]
-    return {"output": "\n".join(texts)} if texts else {}
+    return {"output": "\n".join(texts)[:MAX_OUTPUT]} if texts else {}
 
 
 _DETAIL_EXTRACTORS = {"device-info": _device_info_details, "cli-exec": _cli_exec_details}
@@ -344,15 +342,16 @@ def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrib: st
 
 def _body(kind: str, service: str, correlator: str) -> etree._Element:
     ns = service_ns(service)
-    return etree.Element(_q(ns, kind), {"correlator": correlator}, nsmap={None: ns})
+    return etree.Element(qname(ns, kind), {"correlator": correlator}, nsmap={None: ns})
 
 
-def _serialize(udi: Udi | str, body: etree._Element, username: str | None, password: str | None) -> bytes:
+def serialize(udi: Udi | str, body: etree._Element, username: str | None = None, password: str | None = None) -> bytes:
+    """The ``<pnp>`` envelope around one body element, with an XML declaration."""
     attrib = {"version": PROTOCOL_VERSION, "udi": str(udi)}
     if username is not None and password is not None:
         attrib["usr"] = username
         attrib["pwd"] = password
-    root = etree.Element(_q(PNP_NS, "pnp"), attrib, nsmap={None: PNP_NS})
+    root = etree.Element(qname(PNP_NS, "pnp"), attrib, nsmap={None: PNP_NS})
     root.append(body)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
@@ -378,7 +377,7 @@ class Envelope:
     password: str | None = None
 
     def wrap(self, body: etree._Element) -> bytes:
-        return _serialize(self.udi, body, self.username, self.password)
+        return serialize(self.udi, body, self.username, self.password)
 
 
 def device_info(env: Envelope, info_type: str = "all") -> bytes:
@@ -398,8 +397,10 @@ def config_upgrade(
 ) -> bytes:
     """Ask the agent to copy a configuration from ``location``.
 
-    ``reload=None`` sends ``<noReload/>``; either it or ``<reload>`` is required,
-    as a sibling of ``<config>``.
+    ``abortOnSyntaxFault`` is an empty element whose presence means "abort"; Cisco's
+    schema makes it mandatory, so the default (abort) is the only schema-valid form.
+    ``reload=None`` sends ``<noReload/>``; either it or ``<reload>`` is required, as
+    a sibling of ``<config>``.
     """
     request = _body("request", "config-upgrade", env.correlator)
     copy = _sub(_sub(request, "config", details="all"), "copy")
@@ -408,7 +409,8 @@ def config_upgrade(
     if checksum:
         _sub(source, "checksum", checksum)
     _sub(copy, "applyTo", apply_to)
-    _sub(copy, "abortOnSyntaxFault", "true" if abort_on_syntax_fault else "false")
+    if abort_on_syntax_fault:
+        _sub(copy, "abortOnSyntaxFault")
     _add_reload(request, reload)
     return env.wrap(request)
 
@@ -462,13 +464,6 @@ def capability(env: Envelope) -> bytes:
 _UDI_MARK, _CORRELATOR_MARK = "pnp-udi-mark-5f1c", "pnp-correlator-mark-5f1c"
 
 
-def _escape_attribute(value: str) -> str:
-    return (
-        value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-        .replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#9;")
-    )
-
-
 @functools.lru_cache(maxsize=512)
 def _stamp(kind: str, *args) -> tuple[str, str, str]:
     marked = Envelope(_UDI_MARK, _CORRELATOR_MARK)
@@ -480,7 +475,7 @@ def _stamp(kind: str, *args) -> tuple[str, str, str]:
 
 def _stamped(env: Envelope, kind: str, *args) -> bytes:
     head, middle, tail = _stamp(kind, *args)
-    udi, correlator = _escape_attribute(str(env.udi)), _escape_attribute(env.correlator)
+    udi, correlator = escape_attribute(str(env.udi)), escape_attribute(env.correlator)
     return f"{head}{udi}{middle}{correlator}{tail}".encode("utf-8")
 
 
@@ -494,12 +489,16 @@ def backoff(
 ) -> bytes:
     """Tell the agent to call back later, in one of the three schema forms.
 
-    Exactly one of ``seconds`` (callbackAfter), ``default_minutes`` (1..2880) or
-    ``terminate`` must be given.
+    Exactly one of ``seconds`` (callbackAfter, at most 47:59:59), ``default_minutes``
+    (1..2880) or ``terminate`` must be given.
     """
     if env.username is None:
         return _stamped(env, "backoff", reason, seconds, default_minutes, terminate)
     return _build_backoff(env, reason, seconds, default_minutes, terminate)
+
+
+#: callbackAfter allows hours 0..47.
+MAX_CALLBACK_SECONDS = 47 * 3600 + 59 * 60 + 59
 
 
 def _build_backoff(
@@ -512,7 +511,7 @@ def _build_backoff(
     element = _sub(request, "backoff")
     _sub(element, "reason", reason)
     if seconds is not None:
-        seconds = max(1, int(seconds))
+        seconds = min(MAX_CALLBACK_SECONDS, max(1, int(seconds)))
         after = _sub(element, "callbackAfter")
         _sub(after, "hours", str(seconds // 3600))
         _sub(after, "minutes", str(seconds % 3600 // 60))
@@ -534,108 +533,3 @@ def _build_bye(env: Envelope) -> bytes:
     info = _body("info", "work-info", env.correlator)
     _sub(_sub(info, "workInfo"), "bye")
     return env.wrap(info)
-
-
-# ----------------------------------------------------------------- reading server messages
-# The agent simulator (and tests) read what the server sent with these.
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerMessage:
-    """A server message as an agent sees it: the service and its request element."""
-
-    service: str
-    correlator: str
-    body: etree._Element
-    username: str | None = None
-    password: str | None = None
-
-    def find_text(self, path: str) -> str:
-        return _text(self.body, path, service_ns(self.service))
-
-    def find(self, path: str) -> etree._Element | None:
-        ns = service_ns(self.service)
-        return self.body.find("/".join(_q(ns, p) for p in path.split("/")))
-
-
-def parse_server_message(data: bytes) -> ServerMessage:
-    root, _, body = _envelope(data)
-    namespace = body.tag[1:].partition("}")[0]
-    if not namespace.startswith(PNP_NS + ":"):
-        raise ProtocolError(f"unexpected body {body.tag!r}")
-    service = namespace[len(PNP_NS) + 1 :]
-    if service == "work-info" and body.find(f"{_q(namespace, 'workInfo')}/{_q(namespace, 'bye')}") is not None:
-        service = "bye"
-        return ServerMessage(service, body.get("correlator", ""), body)
-    return ServerMessage(service, body.get("correlator", ""), body, root.get("usr"), root.get("pwd"))
-
-
-# -------------------------------------------------------------------- agent-side builders
-# What an IOS-XE agent sends; used by the simulator and the tests.
-
-
-def agent_work_request(udi: Udi | str, correlator: str, hostname: str = "Switch", auth_required: bool = False) -> bytes:
-    ns = service_ns("work-info")
-    info = etree.Element(_q(ns, "info"), {"correlator": correlator}, nsmap={None: ns})
-    device = _sub(info, "deviceId")
-    _sub(device, "udi", str(udi))
-    _sub(device, "hostname", hostname)
-    _sub(device, "authRequired", "true" if auth_required else "false")
-    _sub(device, "viaProxy", "false")
-    _sub(device, "securityAdvise", "false")
-    return _serialize(udi, info, None, None)
-
-
-def agent_response(
-    udi: Udi | str,
-    service: str,
-    correlator: str,
-    success: bool = True,
-    error: ErrorInfo | None = None,
-    build: Callable[[etree._Element], None] | None = None,
-) -> bytes:
-    response = _body("response", service, correlator)
-    response.set("success", "1" if success else "0")
-    if error is not None:
-        info = _sub(response, "errorInfo")
-        _sub(info, "errorSeverity", error.severity or "ERROR")
-        _sub(info, "errorCode", error.code)
-        _sub(info, "errorMessage", error.message)
-    if build is not None:
-        build(response)
-    return _serialize(udi, response, None, None)
-
-
-def agent_device_info(udi: Udi, correlator: str, *, platform: str, version: str, hostname: str, flash_free: int) -> bytes:
-    def build(response: etree._Element) -> None:
-        _sub(_sub(response, "udi"), "primary-chassis", str(udi))
-        image = _sub(response, "imageInfo")
-        _sub(image, "versionString", version)
-        _sub(image, "imageFile", "flash:packages.conf")
-        hardware = _sub(response, "hardwareInfo")
-        _sub(hardware, "hostname", hostname)
-        _sub(hardware, "vendorString", "Cisco")
-        _sub(hardware, "platformName", platform)
-        fs_list = _sub(response, "fileSystemList")
-        _sub(fs_list, "fileSystem", name="flash", type="disk", size=str(flash_free * 2), freespace=str(flash_free))
-
-    return agent_response(udi, "device-info", correlator, True, None, build)
-
-
-def agent_cli_exec(udi: Udi, correlator: str, command: str, output: str) -> bytes:
-    def build(response: etree._Element) -> None:
-        log = _sub(_sub(response, "execLog"), "dialogueLog")
-        _sub(_sub(log, "sent"), "text", command)
-        _sub(_sub(log, "received"), "text", output)
-
-    return agent_response(udi, "cli-exec", correlator, True, None, build)
-
-
-def agent_fault(udi: Udi | str, code: str, string: str) -> bytes:
-    ns = service_ns("fault")
-    response = etree.Element(_q(ns, "response"), nsmap={None: ns})
-    fault = _sub(response, "fault")
-    _sub(fault, "faultcode", code)
-    _sub(fault, "faultstring", string)
-    _sub(fault, "detail", "")
-    return _serialize(udi, response, None, None)

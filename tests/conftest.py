@@ -83,3 +83,13 @@ def serve(clock):
     yield start
     for running in started:
         running.stop()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    validated = config.stash.get("pnp_xsd_validated", None) if hasattr(config, "stash") else None
+    if validated:
+        terminalreporter.write_line(
+            f"Cisco XSDs: {len(validated)} server message builders validated ({', '.join(sorted(validated))})"
+        )
+    elif os.environ.get("PNP_XSD_DIR") is None:
+        terminalreporter.write_line("Cisco XSDs: not validated (PNP_XSD_DIR not set; see tests/test_schemas.py)")

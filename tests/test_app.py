@@ -6,6 +6,7 @@ import pytest
 
 from conftest import SECRET, FakeClock
 from pnp_service import protocol
+from pnp_service.simulator import messages
 from pnp_service.app import create_app
 from pnp_service.listener import Listener, ListenerSettings
 from pnp_service.stores.embedded import EmbeddedStore
@@ -36,9 +37,9 @@ def test_hello(setup, method):
 
 def test_work_request_gets_xml(setup):
     client, _, _ = setup
-    response = client.post("/pnp/WORK-REQUEST", data=protocol.agent_work_request(UDI, "c1"))
+    response = client.post("/pnp/WORK-REQUEST", data=messages.work_request(UDI, "c1"))
     assert response.status_code == 200 and response.content_type == "application/xml"
-    assert protocol.parse_server_message(response.data).service == "device-info"
+    assert messages.parse_server_message(response.data).service == "device-info"
 
 
 @pytest.mark.parametrize(
@@ -76,10 +77,10 @@ def test_wrong_method_gets_405(setup):
 
 
 def config_url(client) -> str:
-    client.post("/pnp/WORK-REQUEST", data=protocol.agent_work_request(UDI, "c1"))
-    info = protocol.agent_device_info(UDI, "c1", platform="C9300-24P", version="17.3.1", hostname="s", flash_free=1)
+    client.post("/pnp/WORK-REQUEST", data=messages.work_request(UDI, "c1"))
+    info = messages.device_info(UDI, "c1", platform="C9300-24P", version="17.3.1", hostname="s", flash_free=1)
     client.post("/pnp/WORK-RESPONSE", data=info)
-    reply = protocol.parse_server_message(client.post("/pnp/WORK-REQUEST", data=protocol.agent_work_request(UDI, "c2")).data)
+    reply = messages.parse_server_message(client.post("/pnp/WORK-REQUEST", data=messages.work_request(UDI, "c2")).data)
     assert reply.service == "config-upgrade"
     return reply.find_text("config/copy/source/location")
 

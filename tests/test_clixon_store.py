@@ -245,6 +245,7 @@ def test_two_listeners_on_one_controller_need_no_sticky_sessions(controller, tmp
     """A device's request served by one listener and its response by another: the second reloads and advances."""
     from conftest import SECRET
     from pnp_service import protocol
+    from pnp_service.simulator import messages
     from pnp_service.listener import Listener, ListenerSettings
 
     def listener(name):
@@ -254,12 +255,12 @@ def test_two_listeners_on_one_controller_need_no_sticky_sessions(controller, tmp
     store_a, listener_a = listener("a")
     store_b, listener_b = listener("b")  # its copy of running predates what A writes
     udi = protocol.Udi("C9300-24P", "V01", "SN1")
-    reply = listener_a.work_request(protocol.agent_work_request(udi, "c1"), "192.0.2.9", "http://pnp/")
-    assert protocol.parse_server_message(reply.body).service == "device-info"
+    reply = listener_a.work_request(messages.work_request(udi, "c1"), "192.0.2.9", "http://pnp/")
+    assert messages.parse_server_message(reply.body).service == "device-info"
     assert store_a.flush() is True
-    info = protocol.agent_device_info(udi, "c1", platform="C9300-24P", version="17", hostname="h", flash_free=1)
+    info = messages.device_info(udi, "c1", platform="C9300-24P", version="17", hostname="h", flash_free=1)
     reply = listener_b.work_response(info, "192.0.2.9", "http://pnp/")
-    assert protocol.parse_server_message(reply.body).service == "bye"
+    assert messages.parse_server_message(reply.body).service == "bye"
     assert store_b.load("SN1").status.step == "config-upgrade"
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO, datastore_xml
 from pnp_service import protocol
+from pnp_service.simulator import messages
 from pnp_service.simulator import AgentSimulator, SimulatedDevice
 
 BASE = "<serial>{sn}</serial><pid>C9300-24P</pid><hostname>{host}</hostname><config><template>hostname {{{{ hostname }}}}\n</template></config>"
@@ -88,13 +89,13 @@ def test_stale_correlator_and_hostile_xml_over_http(serve, tmp_path):
     path = declare(tmp_path, BASE.format(sn="SN3", host="c"))
     running = serve(path)
     udi = protocol.Udi("C9300-24P", "V01", "SN3")
-    status, body = post(running.url + "/pnp/WORK-REQUEST", protocol.agent_work_request(udi, "good-1"))
-    assert status == 200 and protocol.parse_server_message(body).service == "device-info"
+    status, body = post(running.url + "/pnp/WORK-REQUEST", messages.work_request(udi, "good-1"))
+    assert status == 200 and messages.parse_server_message(body).service == "device-info"
     before = open(path, "rb").read()
 
-    stale = protocol.agent_device_info(udi, "old-0", platform="C9300-24P", version="1", hostname="x", flash_free=1)
+    stale = messages.device_info(udi, "old-0", platform="C9300-24P", version="1", hostname="x", flash_free=1)
     status, body = post(running.url + "/pnp/WORK-RESPONSE", stale)
-    assert status == 200 and protocol.parse_server_message(body).service == "bye"
+    assert status == 200 and messages.parse_server_message(body).service == "bye"
     bomb = b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;">]><pnp>&b;</pnp>'
     status, _ = post(running.url + "/pnp/WORK-RESPONSE", bomb)
     assert status == 400

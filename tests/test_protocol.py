@@ -6,6 +6,7 @@ import pytest
 from lxml import etree
 
 from pnp_service import protocol
+from pnp_service.simulator import messages
 from pnp_service.protocol import Envelope, ProtocolError, Udi
 
 UDI = Udi("C9300-24P", "V01", "FOC1234X0AB")
@@ -21,12 +22,32 @@ def children(element) -> list[str]:
     [
         ("PID:C9300-24P,VID:V01,SN:FOC1234X0AB", Udi("C9300-24P", "V01", "FOC1234X0AB")),
         ("PID:7206VXR,VID:,SN:34835437", Udi("7206VXR", "", "34835437")),
-        ("PID:ISR4451-X/K9,VID:V05,SN:FDO21:X", Udi("ISR4451-X/K9", "V05", "FDO21:X")),
+        ("PID:ISR4451-X/K9,VID:V05,SN:FDO2101X0Y1", Udi("ISR4451-X/K9", "V05", "FDO2101X0Y1")),
+        ("PID:C9300-24P, VID:V01 ,SN: FOC1234X0AB ", Udi("C9300-24P", "V01", "FOC1234X0AB")),
         ("SN:ABC,PID:C1111-8P", Udi("C1111-8P", "", "ABC")),
     ],
 )
 def test_parse_udi(text, expected):
     assert protocol.parse_udi(text) == expected
+
+
+@pytest.mark.parametrize("serial", ["BAD$SERIAL!", "FDO21:X", "a b", "x" * 65, "-LEADING", "SN\nINFO forged"])
+def test_udi_serial_outside_the_yang_pattern_is_refused(serial):
+    """Such a serial could be recorded nowhere (the controller rejects it): refused at the edge."""
+    with pytest.raises(ProtocolError, match="not a serial number"):
+        protocol.parse_udi(f"PID:C9300-24P,VID:V01,SN:{serial}")
+
+
+def test_serial_pattern_is_the_yangs():
+    import glob
+    import os
+    import re
+
+    from conftest import REPO
+
+    (module,) = glob.glob(os.path.join(REPO, "yang", "pnp-service@*.yang"))
+    typedef = open(module).read().split("typedef serial-number", 1)[1]
+    assert re.search(r"pattern '([^']*)'", typedef).group(1) == protocol.SERIAL_PATTERN.pattern
 
 
 def test_udi_without_serial_is_an_error():
@@ -39,7 +60,7 @@ def test_udi_round_trips():
 
 
 def test_parse_work_request():
-    request = protocol.parse_work_request(protocol.agent_work_request(UDI, "corr-1", "sw1", auth_required=True))
+    request = protocol.parse_work_request(messages.work_request(UDI, "corr-1", "sw1", auth_required=True))
     assert request == protocol.WorkRequest(UDI, "corr-1", "sw1", True, "")
 
 
@@ -103,7 +124,7 @@ def test_too_many_elements_are_refused():
 
 
 def test_parse_device_info_response_extracts_facts():
-    data = protocol.agent_device_info(UDI, "c1", platform="C9300-24P", version="17.3.1", hostname="sw", flash_free=1000)
+    data = messages.device_info(UDI, "c1", platform="C9300-24P", version="17.3.1", hostname="sw", flash_free=1000)
     response = protocol.parse_work_response(data)
     assert response.service == "device-info" and response.success and response.correlator == "c1"
     assert response.details["version"] == "17.3.1"
@@ -113,13 +134,13 @@ def test_parse_device_info_response_extracts_facts():
 
 def test_parse_failed_response_keeps_error_info():
     error = protocol.ErrorInfo("ERROR", "PnP Service Error 1806", "packages.conf not supported")
-    response = protocol.parse_work_response(protocol.agent_response(UDI, "image-install", "c2", False, error))
+    response = protocol.parse_work_response(messages.response(UDI, "image-install", "c2", False, error))
     assert not response.success
     assert response.error == error
 
 
 def test_parse_fault():
-    fault = protocol.parse_work_response(protocol.agent_fault(UDI, "Client", "unknown request"))
+    fault = protocol.parse_work_response(messages.fault(UDI, "Client", "unknown request"))
     assert isinstance(fault, protocol.Fault)
     assert (fault.code, fault.string) == ("Client", "unknown request")
 
@@ -131,7 +152,7 @@ def test_response_with_bad_success_value_is_refused():
 
 
 def test_cli_exec_output_is_extracted():
-    response = protocol.parse_work_response(protocol.agent_cli_exec(UDI, "c", "show version", "Version 17"))
+    response = protocol.parse_work_response(messages.cli_exec_output(UDI, "c", "show version", "Version 17"))
     assert response.details["output"] == "Version 17"
 
 
@@ -162,7 +183,21 @@ def test_config_upgrade_request_shape_and_order():
     assert children(copy) == ["source", "applyTo", "abortOnSyntaxFault"]
     assert copy.findtext(f"{ns}source/{ns}location") == "http://h/c.cfg"
     assert copy.findtext(ns + "applyTo") == "running"
-    assert copy.findtext(ns + "abortOnSyntaxFault") == "true"
+    abort = copy.find(ns + "abortOnSyntaxFault")
+    assert abort.text is None and len(abort) == 0  # schema: fixed="", presence means abort
+
+
+def test_config_upgrade_without_abort_sends_no_abort_element():
+    _, body = parse(protocol.config_upgrade(ENV, "http://h/c.cfg", abort_on_syntax_fault=False))
+    copy = body.find("{urn:cisco:pnp:config-upgrade}config/{urn:cisco:pnp:config-upgrade}copy")
+    assert children(copy) == ["source", "applyTo"]
+
+
+def test_backoff_seconds_are_capped_to_what_the_schema_allows():
+    _, body = parse(protocol.backoff(ENV, "later", seconds=10 * 24 * 3600))
+    ns = "{urn:cisco:pnp:backoff}"
+    after = body[0].find(ns + "callbackAfter")
+    assert [after.findtext(ns + u) for u in ("hours", "minutes", "seconds")] == ["47", "59", "59"]
 
 
 def test_config_upgrade_with_reload_has_reload_as_sibling_of_config():
@@ -225,7 +260,7 @@ def test_credentials_go_on_the_envelope():
 
 
 def test_text_is_escaped_in_server_messages():
-    message = protocol.parse_server_message(protocol.cli_exec(ENV, "show run | include <a&b>"))
+    message = messages.parse_server_message(protocol.cli_exec(ENV, "show run | include <a&b>"))
     assert message.find_text("execCLI/cmd") == "show run | include <a&b>"
 
 

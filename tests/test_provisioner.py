@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 
 from pnp_service import protocol
+from pnp_service.simulator import messages
 from pnp_service.model import Declaration, DeviceRecord, Status
 from pnp_service.planner import plan
 from pnp_service.provisioner import Contact, Provisioner, Settings
@@ -52,24 +53,24 @@ class Device:
         self.correlator = f"corr-{self.count}"
         request = protocol.WorkRequest(self.udi, self.correlator, "Switch", auth_required)
         decision = self._apply(self.provisioner.on_work_request(self.record, request, self.contact()))
-        return decision, protocol.parse_server_message(decision.reply)
+        return decision, messages.parse_server_message(decision.reply)
 
     def respond(self, data: bytes):
         response = protocol.parse_work_response(data)
         decision = self._apply(self.provisioner.on_work_response(self.record, response, self.contact()))
-        assert protocol.parse_server_message(decision.reply).service == "bye"
+        assert messages.parse_server_message(decision.reply).service == "bye"
         return decision
 
     def answer_device_info(self, version="17.3.1", pid="C9300-24P"):
         udi = protocol.Udi(pid, "V01", self.udi.serial)
-        return self.respond(protocol.agent_device_info(udi, self.correlator, platform=pid, version=version, hostname="s", flash_free=1))
+        return self.respond(messages.device_info(udi, self.correlator, platform=pid, version=version, hostname="s", flash_free=1))
 
     def ok(self, service):
-        return self.respond(protocol.agent_response(self.udi, service, self.correlator))
+        return self.respond(messages.response(self.udi, service, self.correlator))
 
     def fail(self, service, code="PnP Service Error 1410", message="copy failed"):
         error = protocol.ErrorInfo("ERROR", code, message)
-        return self.respond(protocol.agent_response(self.udi, service, self.correlator, False, error))
+        return self.respond(messages.response(self.udi, service, self.correlator, False, error))
 
     @property
     def status(self) -> Status:
@@ -152,7 +153,7 @@ def test_stale_correlator_is_acknowledged_and_changes_nothing():
     device = Device(declared())
     device.poll()
     before = device.status
-    stale = protocol.agent_response(UDI, "device-info", "corr-old")
+    stale = messages.response(UDI, "device-info", "corr-old")
     decision = device.respond(stale)
     assert decision.event == "stale" and decision.status is None and device.status == before
 
@@ -176,7 +177,7 @@ def test_fault_changes_nothing():
     device = Device(declared())
     device.poll()
     before = device.status
-    decision = device.respond(protocol.agent_fault(UDI, "Client", "cannot parse"))
+    decision = device.respond(messages.fault(UDI, "Client", "cannot parse"))
     assert decision.event == "fault" and device.status == before
 
 
@@ -302,7 +303,7 @@ def test_a_registered_step_type_is_used():
     device.record = dataclasses.replace(device.record, work=Work("0" * 16, (Step("inv", "inventory"),)))
     _, message = device.poll()
     assert message.find_text("execCLI/cmd") == "show inventory"
-    device.respond(protocol.agent_cli_exec(UDI, device.correlator, "show inventory", "x"))
+    device.respond(messages.cli_exec_output(UDI, device.correlator, "show inventory", "x"))
     assert device.status.state == "provisioned"
 
 

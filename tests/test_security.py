@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import REPO, SECRET, FakeClock, datastore_xml
 from pnp_service import protocol
+from pnp_service.simulator import messages
 from pnp_service.app import create_app
 from pnp_service.listener import Listener, ListenerSettings
 from pnp_service.simulator import AgentSimulator, SimulatedDevice
@@ -30,10 +31,10 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 def valid_messages() -> list[bytes]:
     return [
-        protocol.agent_work_request(UDI, "c1", "sw", True),
-        protocol.agent_device_info(UDI, "c1", platform="C9300-24P", version="17", hostname="h", flash_free=5),
-        protocol.agent_response(UDI, "config-upgrade", "c1", False, protocol.ErrorInfo("E", "1410", "x")),
-        protocol.agent_fault(UDI, "Client", "bad"),
+        messages.work_request(UDI, "c1", "sw", True),
+        messages.device_info(UDI, "c1", platform="C9300-24P", version="17", hostname="h", flash_free=5),
+        messages.response(UDI, "config-upgrade", "c1", False, protocol.ErrorInfo("E", "1410", "x")),
+        messages.fault(UDI, "Client", "bad"),
     ]
 
 
@@ -68,7 +69,7 @@ XML_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), bla
 @given(XML_TEXT)
 def test_text_in_server_messages_is_escaped_never_injected(text):
     # Whatever a command holds (<, &, quotes, markup), the reply carries it as text, not as XML.
-    parsed = protocol.parse_server_message(protocol.cli_exec(protocol.Envelope(UDI, "c"), text))
+    parsed = messages.parse_server_message(protocol.cli_exec(protocol.Envelope(UDI, "c"), text))
     assert parsed.find_text("execCLI/cmd") == text.strip()
     assert len(parsed.body) == 1
 
@@ -134,7 +135,7 @@ def test_fuzzed_bodies_get_4xx_and_change_nothing(app_setup, body, path):
 def test_wrong_content_type_gets_415_with_a_log_line(app_setup, content_type, caplog):
     app, datastore, _, _ = app_setup
     before = read(datastore)
-    response = app.test_client().post("/pnp/WORK-REQUEST", data=protocol.agent_work_request(UDI, "c"), content_type=content_type)
+    response = app.test_client().post("/pnp/WORK-REQUEST", data=messages.work_request(UDI, "c"), content_type=content_type)
     assert response.status_code == 415
     assert "event=bad-content-type" in caplog.text
     assert read(datastore) == before
@@ -150,23 +151,23 @@ def test_unknown_service_and_unsolicited_responses_get_a_bye_and_change_nothing(
     app, datastore, _, _ = app_setup
     client = app.test_client()
     before = read(datastore)
-    unsolicited = protocol.agent_response(UDI, "config-upgrade", "never-sent")
+    unsolicited = messages.response(UDI, "config-upgrade", "never-sent")
     reply = client.post("/pnp/WORK-RESPONSE", data=unsolicited, content_type="text/xml")
-    assert reply.status_code == 200 and protocol.parse_server_message(reply.data).service == "bye"
-    client.post("/pnp/WORK-REQUEST", data=protocol.agent_work_request(UDI, "c9"), content_type="text/xml")
+    assert reply.status_code == 200 and messages.parse_server_message(reply.data).service == "bye"
+    client.post("/pnp/WORK-REQUEST", data=messages.work_request(UDI, "c9"), content_type="text/xml")
     after_request = read(datastore)
-    made_up = protocol.agent_response(UDI, "made-up-service", "c9")
+    made_up = messages.response(UDI, "made-up-service", "c9")
     reply = client.post("/pnp/WORK-RESPONSE", data=made_up, content_type="text/xml")
-    assert protocol.parse_server_message(reply.data).service == "bye"
+    assert messages.parse_server_message(reply.data).service == "bye"
     assert read(datastore) == after_request != before
 
 
 def image_url(client) -> tuple[str, str]:
     udi = protocol.Udi("C9300-48P", "V01", "FOC2001X0CD")
-    client.post("/pnp/WORK-REQUEST", data=protocol.agent_work_request(udi, "c1"))
-    info = protocol.agent_device_info(udi, "c1", platform="C9300-48P", version="16.12.1", hostname="s", flash_free=1)
+    client.post("/pnp/WORK-REQUEST", data=messages.work_request(udi, "c1"))
+    info = messages.device_info(udi, "c1", platform="C9300-48P", version="16.12.1", hostname="s", flash_free=1)
     client.post("/pnp/WORK-RESPONSE", data=info)
-    reply = protocol.parse_server_message(client.post("/pnp/WORK-REQUEST", data=protocol.agent_work_request(udi, "c2")).data)
+    reply = messages.parse_server_message(client.post("/pnp/WORK-REQUEST", data=messages.work_request(udi, "c2")).data)
     assert reply.service == "image-install"
     return reply.find_text("image/copy/source/location"), reply.find_text("image/copy/source/checksum")
 
@@ -275,9 +276,9 @@ def test_the_same_device_twice_at_the_same_moment(serve, clock, example_path):
 
     def poll(correlator):
         barrier.wait()
-        body = protocol.agent_work_request(UDI, correlator)
+        body = messages.work_request(UDI, correlator)
         request = urllib.request.Request(running.url + "/pnp/WORK-REQUEST", data=body, headers={"Content-Type": "text/xml"})
-        replies[correlator] = protocol.parse_server_message(urllib.request.urlopen(request, timeout=5).read())
+        replies[correlator] = messages.parse_server_message(urllib.request.urlopen(request, timeout=5).read())
 
     threads = [threading.Thread(target=poll, args=(c,)) for c in ("twin-a", "twin-b")]
     [t.start() for t in threads]
@@ -288,7 +289,7 @@ def test_the_same_device_twice_at_the_same_moment(serve, clock, example_path):
     other = ({"twin-a", "twin-b"} - {owed}).pop()
     outcomes = []
     for correlator in (other, owed):
-        info = protocol.agent_device_info(UDI, correlator, platform="C9300-24P", version="17", hostname="h", flash_free=1)
+        info = messages.device_info(UDI, correlator, platform="C9300-24P", version="17", hostname="h", flash_free=1)
         request = urllib.request.Request(running.url + "/pnp/WORK-RESPONSE", data=info, headers={"Content-Type": "text/xml"})
         urllib.request.urlopen(request, timeout=5).read()
         outcomes.append(running.store.load("FOC2001X0AB").status.step)

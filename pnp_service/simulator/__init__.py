@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 from urllib.parse import urljoin, urlsplit
 
-from . import protocol
+from .. import protocol
+from . import messages
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +149,16 @@ class AgentSimulator:
         while result.polls < self.max_polls:
             result.polls += 1
             correlator = f"CiscoPnP-1.0-{next(self._counter)}-{uuid.uuid4().hex[:12]}"
-            message = self._post(http, "pnp/WORK-REQUEST", protocol.agent_work_request(
+            message = self._post(http, "pnp/WORK-REQUEST", messages.work_request(
                 device.udi, correlator, device.hostname, device.auth_required))
-            request = protocol.parse_server_message(message)
+            request = messages.parse_server_message(message)
             result.trace.append(request.service)
             if request.service == "bye":
                 continue
             if request.service == "backoff":
                 wait, terminate = self._backoff_seconds(request)
                 reason = request.find_text("backoff/reason")
-                self._respond(http, device, protocol.agent_response(device.udi, "backoff", request.correlator))
+                self._respond(http, device, messages.response(device.udi, "backoff", request.correlator))
                 if terminate:
                     result.outcome, result.reason = "terminated", reason
                     return
@@ -181,12 +182,12 @@ class AgentSimulator:
         return data
 
     def _respond(self, http: _Http, device: SimulatedDevice, body: bytes) -> None:
-        reply = protocol.parse_server_message(self._post(http, "pnp/WORK-RESPONSE", body))
+        reply = messages.parse_server_message(self._post(http, "pnp/WORK-RESPONSE", body))
         if reply.service != "bye":
             raise HttpError(f"WORK-RESPONSE answered with {reply.service}, expected bye")
 
     @staticmethod
-    def _backoff_seconds(request: protocol.ServerMessage) -> tuple[float, bool]:
+    def _backoff_seconds(request: messages.ServerMessage) -> tuple[float, bool]:
         if request.find("backoff/terminate") is not None:
             return 0, True
         minutes = request.find_text("backoff/defaultMinutes")
@@ -196,16 +197,16 @@ class AgentSimulator:
         hours, mins, secs = (int(p) for p in parts)
         return hours * 3600 + mins * 60 + secs, False
 
-    def _perform(self, device: SimulatedDevice, http: _Http, request: protocol.ServerMessage) -> tuple[bytes, bool]:
+    def _perform(self, device: SimulatedDevice, http: _Http, request: messages.ServerMessage) -> tuple[bytes, bool]:
         """Do what the request asks; the response, and whether the device is now configured and reloading."""
         service, correlator, udi = request.service, request.correlator, device.udi
         if service == device.fault_service:
-            return protocol.agent_fault(udi, "Client", f"simulated fault for {service}"), False
+            return messages.fault(udi, "Client", f"simulated fault for {service}"), False
         if service == device.fail_service:
             error = protocol.ErrorInfo("ERROR", device.fail_code, f"simulated failure of {service}")
-            return protocol.agent_response(udi, service, correlator, False, error), False
+            return messages.response(udi, service, correlator, False, error), False
         if service == "device-info":
-            reply = protocol.agent_device_info(
+            reply = messages.device_info(
                 udi, correlator, platform=device.pid, version=device.version,
                 hostname=device.hostname, flash_free=device.flash_free)
             return reply, False
@@ -217,26 +218,26 @@ class AgentSimulator:
                 checksum = request.find_text("image/copy/source/checksum")
                 if status != 200 or hashlib.md5(body).hexdigest() != checksum:
                     error = protocol.ErrorInfo("ERROR", "PnP Service Error 1803", f"copy {location} failed: HTTP {status}")
-                    return protocol.agent_response(udi, service, correlator, False, error), False
+                    return messages.response(udi, service, correlator, False, error), False
             if request.find("reload") is not None and version:
                 device.version = version  # the reload boots the new image
-            return protocol.agent_response(udi, service, correlator), False
+            return messages.response(udi, service, correlator), False
         if service == "config-upgrade":
             location = request.find_text("config/copy/source/location")
             status, body = http.request("GET", location)
             if status != 200:
                 error = protocol.ErrorInfo("ERROR", "PnP Service Error 1403", f"copy {location} failed: HTTP {status}")
-                return protocol.agent_response(udi, service, correlator, False, error), False
+                return messages.response(udi, service, correlator, False, error), False
             device.config = body.decode("utf-8", "replace")
             reloads = request.find("reload") is not None
-            return protocol.agent_response(udi, service, correlator), reloads
+            return messages.response(udi, service, correlator), reloads
         if service == "cli-exec":
             command = request.find_text("execCLI/cmd")
             output = f"Cisco IOS XE Software, Version {device.version}\n{device.hostname} uptime is 1 minute"
-            return protocol.agent_cli_exec(udi, correlator, command, output), False
+            return messages.cli_exec_output(udi, correlator, command, output), False
         if service in ("cli-config", "capability"):
-            return protocol.agent_response(udi, service, correlator), False
-        return protocol.agent_fault(udi, "Client", f"unknown service {service}"), False
+            return messages.response(udi, service, correlator), False
+        return messages.fault(udi, "Client", f"unknown service {service}"), False
 
 
 class HttpError(RuntimeError):

@@ -1,0 +1,151 @@
+"""The agent's side of the PnP protocol: what an IOS-XE agent sends, and how it reads what the server sent.
+
+Owns the messages the simulator (and the tests) play as a device.  The server
+never uses this module: its side is :mod:`pnp_service.protocol`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+from lxml import etree
+
+from .. import protocol
+from ..protocol import ErrorInfo, Udi, service_ns
+from ..xmlsafe import qname
+
+
+def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrib: str) -> etree._Element:
+    element = etree.SubElement(parent, parent.tag[: parent.tag.index("}") + 1] + tag, attrib)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _body(kind: str, service: str, correlator: str | None) -> etree._Element:
+    ns = service_ns(service)
+    return etree.Element(qname(ns, kind), {"correlator": correlator} if correlator is not None else {}, nsmap={None: ns})
+
+
+# ----------------------------------------------------------------- reading server messages
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerMessage:
+    """A server message as an agent sees it: the service and its request element."""
+
+    service: str
+    correlator: str
+    body: etree._Element
+    username: str | None = None
+    password: str | None = None
+
+    def find_text(self, path: str) -> str:
+        found = self.find(path)
+        return (found.text or "").strip() if found is not None else ""
+
+    def find(self, path: str) -> etree._Element | None:
+        ns = service_ns(self.service)
+        return self.body.find("/".join(qname(ns, p) for p in path.split("/")))
+
+
+def parse_server_message(data: bytes) -> ServerMessage:
+    root = protocol.parse_xml(data)
+    if root.tag != qname(protocol.PNP_NS, "pnp"):
+        raise protocol.ProtocolError(f"unexpected root {root.tag!r}")
+    body = root[0]
+    namespace = etree.QName(body).namespace or ""
+    if not namespace.startswith(protocol.PNP_NS + ":"):
+        raise protocol.ProtocolError(f"unexpected body {body.tag!r}")
+    service = namespace[len(protocol.PNP_NS) + 1 :]
+    if service == "work-info" and body.find(f"{qname(namespace, 'workInfo')}/{qname(namespace, 'bye')}") is not None:
+        return ServerMessage("bye", body.get("correlator", ""), body)
+    return ServerMessage(service, body.get("correlator", ""), body, root.get("usr"), root.get("pwd"))
+
+
+# -------------------------------------------------------------------- what an agent sends
+
+
+def work_request(udi: Udi | str, correlator: str, hostname: str = "Switch", auth_required: bool = False) -> bytes:
+    info = _body("info", "work-info", correlator)
+    device = _sub(info, "deviceId")
+    _sub(device, "udi", str(udi))
+    _sub(device, "hostname", hostname)
+    _sub(device, "authRequired", "true" if auth_required else "false")
+    _sub(device, "viaProxy", "false")
+    _sub(device, "securityAdvise", "false")
+    return protocol.serialize(udi, info)
+
+
+def response(
+    udi: Udi | str,
+    service: str,
+    correlator: str,
+    success: bool = True,
+    error: ErrorInfo | None = None,
+    build: Callable[[etree._Element], None] | None = None,
+) -> bytes:
+    body = _body("response", service, correlator)
+    body.set("success", "1" if success else "0")
+    if error is not None:
+        info = _sub(body, "errorInfo")
+        _sub(info, "errorSeverity", error.severity or "ERROR")
+        _sub(info, "errorCode", error.code)
+        _sub(info, "errorMessage", error.message)
+    if build is not None:
+        build(body)
+    return protocol.serialize(udi, body)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSystem:
+    name: str = "flash"
+    size: int = 16_000_000_000
+    free: int = 8_000_000_000
+    type: str = "disk"
+
+
+def device_info(
+    udi: Udi,
+    correlator: str,
+    *,
+    platform: str,
+    version: str,
+    hostname: str,
+    flash_free: int = 8_000_000_000,
+    image_file: str = "flash:packages.conf",
+    file_systems: Sequence[FileSystem] | None = None,
+) -> bytes:
+    def build(body: etree._Element) -> None:
+        _sub(_sub(body, "udi"), "primary-chassis", str(udi))
+        image = _sub(body, "imageInfo")
+        _sub(image, "versionString", version)
+        _sub(image, "imageFile", image_file)
+        hardware = _sub(body, "hardwareInfo")
+        _sub(hardware, "hostname", hostname)
+        _sub(hardware, "vendorString", "Cisco")
+        _sub(hardware, "platformName", platform)
+        fs_list = _sub(body, "fileSystemList")
+        for fs in file_systems or (FileSystem(size=flash_free * 2, free=flash_free),):
+            _sub(fs_list, "fileSystem", name=fs.name, type=fs.type, size=str(fs.size), freespace=str(fs.free))
+
+    return response(udi, "device-info", correlator, True, None, build)
+
+
+def cli_exec_output(udi: Udi, correlator: str, command: str, output: str) -> bytes:
+    def build(body: etree._Element) -> None:
+        log = _sub(_sub(body, "execLog"), "dialogueLog")
+        _sub(_sub(log, "sent"), "text", command)
+        _sub(_sub(log, "received"), "text", output)
+
+    return response(udi, "cli-exec", correlator, True, None, build)
+
+
+def fault(udi: Udi | str, code: str, string: str) -> bytes:
+    body = _body("response", "fault", None)
+    element = _sub(body, "fault")
+    _sub(element, "faultcode", code)
+    _sub(element, "faultstring", string)
+    _sub(element, "detail", "")
+    return protocol.serialize(udi, body)

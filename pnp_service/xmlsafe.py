@@ -1,0 +1,96 @@
+"""Safe XML and safe text: the one hardened parser factory, the one escaper, the one text cleaner.
+
+Owns how every piece of XML this package reads is parsed (agent messages, the
+operator's declarations file, controller replies) and how untrusted text is
+made harmless before it is stored, logged or sent on.  Everything else asks
+here instead of building its own lxml parser or escaping by hand.
+
+The rule of this file: no knowledge of PnP, YANG, HTTP or stores.
+"""
+
+from __future__ import annotations
+
+import threading
+import unicodedata
+from xml.sax.saxutils import escape as _sax_escape
+
+from lxml import etree
+
+# Never entities, never DTDs, never the network, whoever wrote the document.
+_HARDENED = dict(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False, collect_ids=False)
+
+_local = threading.local()
+
+
+def parser(*, large: bool = False, keep_comments: bool = False) -> etree.XMLParser:
+    """A hardened lxml parser for this thread.
+
+    ``large`` lifts lxml's size limits, for documents we trust to be big (the
+    operator's file, a controller reply); never for what a device sent.  One
+    parser per thread and flavour: a parser shared between threads serialises
+    them on a lock.
+    """
+    key = (large, keep_comments)
+    cache = getattr(_local, "parsers", None)
+    if cache is None:
+        cache = _local.parsers = {}
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = etree.XMLParser(
+            huge_tree=large, remove_comments=not keep_comments, remove_pis=True, **_HARDENED
+        )
+    return found
+
+
+def qname(namespace: str, name: str) -> str:
+    """Clark notation, ``{namespace}name``."""
+    return f"{{{namespace}}}{name}"
+
+
+def escape_text(text: str) -> str:
+    """Element text for XML written as a string."""
+    return _sax_escape(text)
+
+
+def escape_attribute(text: str) -> str:
+    """An attribute value in double quotes, newlines and tabs kept as character references."""
+    return _sax_escape(text, {'"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"})
+
+
+# Unicode categories that can forge a line or reorder what a reader sees: controls
+# (C0, C1, DEL), format characters (bidi overrides, zero-width), line and paragraph
+# separators.
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
+
+
+def _unsafe(char: str) -> bool:
+    return unicodedata.category(char) in _UNSAFE_CATEGORIES
+
+
+def clean_text(text: str | None, limit: int = 255, *, multiline: bool = False) -> str:
+    """Untrusted text made safe to store and show: no control or format characters, at most ``limit`` characters.
+
+    Single-line values lose every such character (a newline becomes a space); with
+    ``multiline`` newlines and tabs are kept (command output).  Surrounding
+    whitespace is stripped.
+    """
+    if not text:
+        return ""
+    if text.isprintable() and len(text) <= limit:
+        return text.strip()  # the common case: nothing to do
+    kept = []
+    for char in text:
+        if multiline and char in "\n\t":
+            kept.append(char)
+        elif char in "\r\n\t\v\f":
+            kept.append(" ")
+        elif not _unsafe(char):
+            kept.append(char)
+    return "".join(kept).strip()[:limit]
+
+
+def visible(text: str) -> str:
+    """A value for a log line or a table cell: control and format characters shown as escapes, never raw."""
+    if text.isprintable():
+        return text
+    return "".join(char if char == " " or not _unsafe(char) else repr(char)[1:-1] for char in text)
