@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install pnp-service.
 #
-#   ./install.sh                 embedded mode: a virtualenv in .venv, and pnp-datastore.xml from the example
-#   ./install.sh --dev           the same plus what the tests need (pytest, hypothesis, pyang, yanglint)
+#   ./install.sh                 embedded mode: a virtualenv in .venv, and an example pnp-datastore.xml (mode 0600)
+#   ./install.sh --dev           the same plus what the tests need (pytest, hypothesis, pyang, mypy, yanglint)
 #   sudo ./install.sh --controller --python /usr/bin/python3
 #                                controller mode: the package into the Python that runs clixon_server.py,
 #                                the YANG into the controller's main YANG dir, the service module into
@@ -29,7 +29,7 @@ Options:
   --controller        also install into a Clixon controller (YANG + service module)
   --yang-dir DIR      controller main YANG dir (default: $yang_dir)
   --modules-dir DIR   clixon_server.py modules path (default: $modules_dir)
-  --datastore FILE    embedded datastore to create from the example if missing (default: $datastore)
+  --datastore FILE    declarations file to create from the example if missing (default: $datastore)
   -h, --help          this text
 TXT
 }
@@ -50,6 +50,22 @@ done
 
 say() { printf '==> %s\n' "$*"; }
 
+# The declarations file is checked against the YANG with libyang's Python bindings, which build against
+# the system's libyang (Debian: libyang2-dev) with a C compiler.
+apt_install() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing $* (Debian packages)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1; }
+  else
+    return 1
+  fi
+}
+if ! pkg-config --exists libyang 2>/dev/null || ! command -v cc >/dev/null 2>&1; then
+  apt_install libyang2-dev pkg-config gcc \
+    || { echo "install.sh: needs libyang's headers and a C compiler: sudo apt-get install libyang2-dev pkg-config gcc (then run me again)" >&2; exit 1; }
+fi
+
 if [ -z "$python" ]; then
   if [ ! -x "$venv/bin/python" ]; then
     say "creating virtualenv $venv"
@@ -68,16 +84,15 @@ if "$python" -c 'import sys, sysconfig, os; sys.exit(not os.path.exists(os.path.
    && [ "$python" != "$venv/bin/python" ]; then
   pip_flags+=(--break-system-packages)
 fi
+# The bindings' releases follow libyang's: 2.8.0 is the last one that builds against libyang 2.1.30 (Debian 12).
+libyang_version=$(pkg-config --modversion libyang)
+if [ "$(printf '%s\n' "$libyang_version" 2.1.111 | sort -V | head -n 1)" != 2.1.111 ]; then
+  "$python" -m pip install "${pip_flags[@]}" "libyang==2.8.0"
+fi
 if [ "$dev" = 1 ]; then
   "$python" -m pip install "${pip_flags[@]}" -e "$here[test]"
   if ! command -v yanglint >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      say "installing yanglint (Debian libyang2-tools)"
-      (apt-get install -y -q libyang2-tools >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libyang2-tools >/dev/null 2>&1; }) \
-        || echo "install.sh: could not install libyang2-tools; the yanglint checks will be skipped" >&2
-    else
-      echo "install.sh: yanglint not found (apt-get install libyang2-tools); its checks will be skipped" >&2
-    fi
+    apt_install libyang2-tools || echo "install.sh: yanglint not found (apt-get install libyang2-tools); its checks will be skipped" >&2
   fi
 else
   "$python" -m pip install "${pip_flags[@]}" "$here"
@@ -88,6 +103,7 @@ if [ "$controller" = 1 ]; then
     || echo "install.sh: warning: clixon-pyapi is not importable by $python; install it there (pip install <clixon-pyapi source dir>)" >&2
   say "installing YANG into $yang_dir"
   install -d "$yang_dir"
+  rm -f "$yang_dir"/pnp-service@*.yang  # one revision only: the controller loads every file there
   install -m 0644 "$here"/yang/pnp-service@*.yang "$yang_dir/"
   say "installing the service module into $modules_dir"
   install -d "$modules_dir"
@@ -102,8 +118,8 @@ if [ "$controller" = 1 ]; then
 TXT
 else
   if [ ! -e "$datastore" ]; then
-    cp "$here/examples/datastore.xml" "$datastore"
-    say "created $datastore from examples/datastore.xml"
+    "$(dirname "$python")/pnp-service" init "$datastore" >/dev/null
+    say "created $datastore (mode 0600: it holds credentials) with two example devices"
   fi
   say "done. Serve it:  $(dirname "$python")/pnp-service serve --datastore $datastore --host 127.0.0.1 --port 8080"
 fi

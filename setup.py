@@ -1,20 +1,33 @@
 """pnp-service: Day-0 provisioning of Cisco devices over PnP from the Clixon controller."""
 
+import glob
+
 from setuptools import find_packages, setup
 
 setup(
     name="pnp-service",
-    version="0.1.0",
-    description="Cisco PnP Day-0 provisioning driven by the Clixon controller (or an embedded XML datastore)",
+    version="0.2.0",
+    description="Cisco PnP Day-0 provisioning driven by the Clixon controller (or a declarations file)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["pnp_service", "pnp_service.*"]),
-    install_requires=["flask>=2.3", "lxml>=4.9", "jinja2>=3.1", "gunicorn>=21"],
-    # clixon-pyapi is needed only inside the controller (service module, --clixon-socket);
-    # it is not on PyPI: install.sh --clixon installs it from its source tree.
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "pyang>=2.5", "cryptography>=41"]},
+    package_data={"pnp_service": ["yang/*.yang", "examples/*.xml"]},
+    # The YANG module, for validating declarations files when installed (not editable).
+    data_files=[("share/pnp-service/yang", glob.glob("yang/pnp-service@*.yang"))],
+    install_requires=[
+        "flask>=2.3",
+        "lxml>=4.9",
+        "jinja2>=3.1",
+        "gunicorn>=21",
+        # libyang's Python bindings need Debian's libyang2-dev to build; install.sh installs it and picks
+        # the binding release that matches the installed libyang (2.8.0 for Debian 12's libyang 2.1.30).
+        "libyang>=2.8,<4",
+    ],
+    # clixon-pyapi is needed only inside the controller (service module, --clixon-socket); it is not on
+    # PyPI: docs/controller.md says how to install it from its git repository.
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "pyang>=2.5", "cryptography>=41", "mypy>=1.8"]},
     entry_points={
         "console_scripts": ["pnp-service = pnp_service.cli:main"],
         "pnp_service.steps": [

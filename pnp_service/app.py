@@ -12,6 +12,7 @@ from flask import Flask, Response, request, send_file
 from werkzeug.exceptions import HTTPException
 
 from .listener import Listener, ListenerSettings, Reply
+from .logs import event
 from .stores.base import Store
 
 log = logging.getLogger("pnp_service.listener")
@@ -47,7 +48,7 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
         mimetype = request.mimetype
         if mimetype in ACCEPTED_TYPES or mimetype.endswith("+xml"):
             return None
-        log.warning("address=%s event=bad-content-type %s %r", address(), request.path, mimetype)
+        event(log, logging.WARNING, "bad-content-type", address=address(), path=request.path, content_type=mimetype)
         return Response(f"415 Unsupported Media Type: send XML, not {mimetype}\n", status=415, content_type="text/plain")
 
     def host_url() -> str:
@@ -68,15 +69,18 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
         return respond(listener.work_response(request.get_data(cache=False), address(), host_url))
 
     @app.get("/pnp/download/<kind>/<serial>/<revision>")
-    def download(kind: str, serial: str, revision: str) -> Response:
+    @app.get("/pnp/download/<kind>/<serial>/<revision>/<name>")
+    def download(kind: str, serial: str, revision: str, name: str = "") -> Response:
         args = request.args
-        return respond(listener.download(kind, serial, revision, args.get("expires", ""), args.get("sig", ""), address()))
+        return respond(listener.download(kind, serial, revision, name, args.get("expires", ""), args.get("sig", ""), address()))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
         # Plain text, no HTML page: agents and curl users read this.
         if error.code and error.code >= 400:
-            log.warning("address=%s event=http-%d %s %s", address(), error.code, request.method, request.path)
+            # Scanners probe every path: a 404 is not worth a warning.
+            level = logging.DEBUG if error.code == 404 else logging.WARNING
+            event(log, level, f"http-{error.code}", address=address(), method=request.method, path=request.path)
         return Response(f"{error.code} {error.name}: {error.description}\n", status=error.code, content_type="text/plain")
 
     return app

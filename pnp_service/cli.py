@@ -1,57 +1,91 @@
-"""The ``pnp-service`` command line: serve, status, reset, agent, option43.
+"""The ``pnp-service`` command line: serve, init, check, render, status, reset, agent, option43.
 
-Owns argument parsing, logging set-up and choosing a store; everything else is
-called from the layers below.
+Owns argument parsing, logging set-up, choosing a store, and turning every
+expected failure into one line that says what to fix (exit status 1, or 2 for
+a bad command line); everything else is called from the layers below.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
+import stat
 import sys
+import time
 from typing import Sequence
 
-from . import __version__
-from .model import format_time
+from . import __version__, logs
 from .stores.base import Store, StoreError
 
 log = logging.getLogger("pnp_service")
 
 DEFAULT_PORT = 8080
+DEFAULT_DATASTORE = "pnp-datastore.xml"
+DEFAULT_JOURNAL = "pnp-service.journal"
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class UsageError(Exception):
+    """A command line that cannot work; the message says what to change."""
 
 
-def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--datastore",
-        metavar="FILE",
-        help="embedded datastore: one XML file in the pnp-service YANG's shape (default: %(default)s)",
-    )
-    group.add_argument(
-        "--clixon-socket",
-        metavar="PATH",
-        help="use a Clixon controller over its UNIX socket instead of a file "
-        "(e.g. /usr/local/var/run/controller/controller.sock; needs clixon-pyapi)",
-    )
-    parser.set_defaults(datastore=None)
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
+    return port
 
 
-def open_store(args: argparse.Namespace, *, create: bool = True, read_only: bool = False) -> Store:
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+# ---------------------------------------------------------------------------- stores
+
+
+def _registry():
+    from .steps import StepRegistry, StepRegistryError
+
+    try:
+        return StepRegistry()
+    except StepRegistryError as exc:
+        raise StoreError(str(exc)) from None
+
+
+def open_store(args: argparse.Namespace, *, read_only: bool = False) -> Store:
     if getattr(args, "clixon_socket", None):
         from .stores.clixon import ClixonStore  # imports clixon-pyapi: only on demand
 
-        return ClixonStore(args.clixon_socket, journal_path=args.journal, read_only=read_only)
+        return ClixonStore(args.clixon_socket, journal_path=getattr(args, "journal", None) or DEFAULT_JOURNAL,
+                           read_only=read_only)
     from .stores.embedded import EmbeddedStore
 
-    return EmbeddedStore(args.datastore or "pnp-datastore.xml", create=create)
+    return EmbeddedStore(args.datastore, getattr(args, "state", None), read_only=read_only,
+                         known_step_types=_registry().names())
+
+
+def _readable_by_others(path: str) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH))
+    except OSError:
+        return False
+
+
+def _warn_if_readable(path: str, what: str) -> None:
+    if _readable_by_others(path):
+        logs.event(log, logging.WARNING, "file-readable-by-others", file=os.path.abspath(path), holds=what,
+                   fix=f"chmod 600 {path}")
 
 
 def _secret(args: argparse.Namespace) -> bytes:
@@ -59,9 +93,28 @@ def _secret(args: argparse.Namespace) -> bytes:
 
     path = args.secret_file
     if not path:
-        base = args.datastore or "pnp-datastore.xml"
-        path = (base if not args.clixon_socket else os.path.join(os.getcwd(), "pnp-service")) + ".secret"
-    return load_or_create_secret(path)
+        path = (args.datastore if not args.clixon_socket else os.path.join(os.getcwd(), "pnp-service")) + ".secret"
+    try:
+        secret = load_or_create_secret(path)
+    except OSError as exc:
+        raise StoreError(f"secret file {path}: {exc.strerror} (choose one with --secret-file)") from None
+    _warn_if_readable(path, "the secret that signs download URLs")
+    return secret
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {port} on {host} is already in use (another listener?): choose another with --port")
+            if exc.errno == errno.EACCES:
+                raise UsageError(f"no permission to listen on port {port}: ports below 1024 need root "
+                                 "(or CAP_NET_BIND_SERVICE); or choose a port above 1023 with --port")
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}")
 
 
 # ---------------------------------------------------------------------------- serve
@@ -72,12 +125,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .provisioner import Settings
 
     if bool(args.tls_cert) != bool(args.tls_key):
-        raise StoreError("--tls-cert and --tls-key go together")
+        raise UsageError("--tls-cert and --tls-key go together")
     for path in filter(None, (args.tls_cert, args.tls_key)):
         if not os.path.isfile(path):
-            raise StoreError(f"TLS file {path} not found")
+            raise UsageError(f"TLS file {path} not found")
     if args.image_dir and not os.path.isdir(args.image_dir):
-        raise StoreError(f"--image-dir {args.image_dir} is not a folder")
+        raise UsageError(f"--image-dir {args.image_dir} is not a folder")
+    # Fail early, with the store's message, before forking workers: the file is checked here.
+    open_store(args, read_only=True).close()
     settings = ListenerSettings(
         provisioning=Settings(max_attempts=args.max_attempts, retry_base_seconds=args.retry_seconds),
         max_body_bytes=args.max_body,
@@ -85,20 +140,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         secret=_secret(args),
         image_dir=args.image_dir or "",
     )
-    # Fail early, with the store's message, before forking workers (and without holding the store here).
-    if args.clixon_socket:
-        open_store(args, read_only=True).close()
-    else:
-        from .stores.embedded import check_datastore
-
-        check_datastore(args.datastore or "pnp-datastore.xml")
-    log.info(
-        "pnp-service %s serving %s on %s:%d",
-        __version__,
-        f"Clixon controller at {args.clixon_socket}" if args.clixon_socket else f"datastore {os.path.abspath(args.datastore or 'pnp-datastore.xml')}",
-        args.host,
-        args.port,
-    )
+    if not args.clixon_socket:
+        _warn_if_readable(args.datastore, "declarations with credentials and configurations")
+    _check_port_free(args.host, args.port)
+    where = (f"Clixon controller at {args.clixon_socket}" if args.clixon_socket
+             else f"declarations {os.path.abspath(args.datastore)}")
+    scheme = "https" if args.tls_cert else "http"
+    logs.event(log, logging.INFO, "serving", version=__version__, store=where, url=f"{scheme}://{args.host}:{args.port}",
+               workers=args.workers, threads=args.threads)
     if args.tls_cert:
         log.info("HTTPS with certificate %s; devices need DHCP option 43 with K5 (pnp-service option43 --https)", args.tls_cert)
 
@@ -116,51 +165,107 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_gunicorn(make_app, args)
 
 
-# ---------------------------------------------------------------------------- status
+# ---------------------------------------------------------------------------- init, check, render
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .stores.embedded import write_example
+
+    try:
+        write_example(args.file)
+    except FileExistsError:
+        raise UsageError(f"{args.file} exists already; pnp-service never overwrites a declarations file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.file}: {exc.strerror}") from None
+    print(f"wrote {args.file} (mode 0600): two example devices; edit it, then: pnp-service check --datastore {args.file}")
+    return 0
+
+
+def _declarations(args: argparse.Namespace):
+    from .stores.embedded import Declarations, default_template_dirs
+    from .validation import DeclarationsError
+
+    try:
+        return Declarations(args.datastore, default_template_dirs(args.datastore), _registry().names()).current()
+    except DeclarationsError as exc:
+        raise StoreError(str(exc)) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    current = _declarations(args)
+    for message in current.errors.values():
+        print(f"{args.datastore}: {message}", file=sys.stderr)
+    ok = len(current.plans)
+    print(f"{args.datastore}: {len(current.declarations)} devices declared, {ok} planned, {len(current.errors)} with errors")
+    return 1 if current.errors else 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    current = _declarations(args)
+    if args.serial not in current.declarations:
+        raise UsageError(f"{args.serial} is not declared in {args.datastore}")
+    if args.serial in current.errors:
+        raise StoreError(current.errors[args.serial])
+    work = current.plans[args.serial]
+    print(f"# {args.serial}: revision {work.revision}, {len(work.steps)} steps")
+    for number, step in enumerate(work.steps, 1):
+        params = {name: value for name, value in step.params.items() if name != "config"}
+        shown = " ".join(f"{name}={value!r}" for name, value in params.items())
+        print(f"{number}. {step.id} ({step.type}) {shown}".rstrip())
+        if "config" in step.params:
+            print(f"   configuration served at the signed download URL:\n")
+            print("\n".join(f"     {line}" for line in step.params["config"].splitlines()))
+            print()
+    return 0
+
+
+# ---------------------------------------------------------------------------- status, reset
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    store = open_store(args, create=False, read_only=True)
-    snapshot = store.snapshot()
-    store.close()
-    rows = [("SERIAL", "STATE", "STEP", "ATTEMPTS", "LAST-CONTACT", "ADDRESS", "LAST-ERROR")]
-    for record in snapshot.devices:
-        status = record.status
-        if status is None:
-            state = "planned" if record.work else "declared"
-            rows.append((record.serial, state, "", "", "", "", ""))
-            continue
-        error = f"{status.error_code}: {status.error_message}" if status.error_code else ""
-        step = status.step + (f" ({status.phase})" if status.phase else "")
-        rows.append(
-            (record.serial, status.state, step, str(status.attempts), format_time(status.last_contact), status.address, error)
-        )
-    for entry in snapshot.unclaimed:
-        rows.append((entry.serial, "unclaimed", entry.pid, "", format_time(entry.last_seen), entry.address, ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
-    for problem in snapshot.problems:
-        print(f"warning: {problem}", file=sys.stderr)
-    return 0
+    from . import views
 
-
-# ---------------------------------------------------------------------------- reset
+    store = open_store(args, read_only=True)
+    try:
+        while True:
+            snapshot = store.snapshot()
+            output = views.render(snapshot, args.format)
+            if args.watch:
+                print("\033[H\033[2J" + time.strftime("%H:%M:%S ") + output, flush=True)
+            else:
+                print(output)
+            for problem in snapshot.problems:
+                print(f"warning: {problem}", file=sys.stderr)
+            if not args.watch:
+                return 0
+            time.sleep(args.watch)
+            refresh = getattr(store, "refresh", None)
+            if refresh is not None:
+                refresh()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        store.close()
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    from .stores.embedded import EmbeddedStore
+    from .stores.base import UnknownSerial
 
-    store = EmbeddedStore(args.datastore or "pnp-datastore.xml", create=False)
-    for serial in args.serial:
-        if store.reset(serial):
-            print(f"{serial}: status cleared; the device starts over at its next poll")
-        else:
-            print(f"{serial}: no status recorded", file=sys.stderr)
-    return 0
+    store = open_store(args)
+    failed = 0
+    try:
+        for serial in args.serial:
+            try:
+                print(store.reset(serial))
+            except UnknownSerial as exc:
+                print(f"pnp-service reset: {exc}", file=sys.stderr)
+                failed += 1
+    finally:
+        store.close()
+    return 1 if failed else 0
 
 
-# ---------------------------------------------------------------------------- agent
+# ---------------------------------------------------------------------------- agent, option43
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -177,8 +282,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.count:
         devices += simulated_fleet(args.serial_prefix, args.count, **common)
     if not devices:
-        print("agent: give --serial SN (repeatable) or --count N", file=sys.stderr)
-        return 2
+        raise UsageError("give --serial SN (repeatable) or --count N")
     simulator = AgentSimulator(
         args.url,
         max_polls=args.max_polls,
@@ -193,67 +297,118 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-# ---------------------------------------------------------------------------- option43
-
-
 def cmd_option43(args: argparse.Namespace) -> int:
     from .discovery import option43
 
-    print(option43(args.server, port=args.port, https=args.https, debug=args.debug))
+    try:
+        print(option43(args.server, port=args.port or DEFAULT_PORT, https=args.https, debug=args.debug))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return 0
 
 
 # ---------------------------------------------------------------------------- parser
 
 
+def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """--log-level and --log-format, accepted before and after the command."""
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--log-level", default=default if suppress else "info",
+                        choices=["debug", "info", "warning", "error"], help="log level (default: info)")
+    parser.add_argument("--log-format", default=default if suppress else "text", choices=list(logs.FORMATS),
+                        help="text lines, or one JSON object per line (default: text)")
+
+
+def _datastore_arguments(parser: argparse.ArgumentParser, *, clixon: bool = True, state: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group() if clixon else parser
+    group.add_argument("--datastore", metavar="FILE", default=DEFAULT_DATASTORE,
+                       help="the declarations file (XML in the YANG's shape; read, never written) "
+                       f"(default: {DEFAULT_DATASTORE} in the current folder)")
+    if clixon:
+        group.add_argument("--clixon-socket", metavar="PATH",
+                           help="serve from a Clixon controller over its UNIX socket instead of a file "
+                           "(e.g. /usr/local/var/run/controller/controller.sock; needs clixon-pyapi)")
+    if state:
+        parser.add_argument("--state", metavar="DB", help="the state database of the embedded mode "
+                            "(default: FILE.state.db beside the declarations file)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pnp-service",
-        description="Day-0 provisioning of Cisco devices over PnP, driven by a YANG controller or an XML file.",
+        description="Day-0 provisioning of Cisco devices over PnP, driven by a YANG controller or a declarations file.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _common(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the PnP listener", description="Run the PnP HTTP listener.")
-    _add_store_arguments(serve)
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=description)
+        _common(sub, suppress=True)
+        return sub
+
+    serve = command("serve", "run the PnP listener", "Run the PnP HTTP listener.")
+    _datastore_arguments(serve)
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)")
     serve.add_argument("--public-url", help="base URL devices reach this listener at, for download URLs "
                        "(default: the URL each device called)")
     serve.add_argument("--secret-file", help="file with the shared secret that signs download URLs "
-                       "(default: DATASTORE.secret, created on first start)")
+                       "(default: DATASTORE.secret, created on first start, mode 0600)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM); needs --tls-key")
     serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     serve.add_argument("--image-dir", help="folder of image files served to devices whose image/url is a bare file name")
-    serve.add_argument("--journal", default="pnp-service.journal",
-                       help="with --clixon-socket: where writes wait while the controller is busy or down")
-    serve.add_argument("--max-attempts", type=int, default=3, help="tries of a failing step before error (default: 3)")
-    serve.add_argument("--retry-seconds", type=int, default=30,
+    serve.add_argument("--journal", default=DEFAULT_JOURNAL,
+                       help="with --clixon-socket: where writes wait while the controller is busy or down "
+                       "(default: %(default)s)")
+    serve.add_argument("--max-attempts", type=positive, default=3, help="tries of a failing step before error (default: 3)")
+    serve.add_argument("--retry-seconds", type=positive, default=30,
                        help="first retry backoff; doubles with each failure (default: 30)")
-    serve.add_argument("--max-body", type=int, default=256 * 1024, help="largest request body in bytes (default: 262144)")
-    serve.add_argument("--workers", type=int, default=1, help="gunicorn worker processes (default: 1)")
-    serve.add_argument("--threads", type=int, default=8, help="threads per worker (default: 8)")
-    serve.add_argument("--timeout", type=int, default=30, help="worker request timeout in seconds (default: 30)")
+    serve.add_argument("--max-body", type=positive, default=256 * 1024,
+                       help="largest request body in bytes (default: 262144)")
+    serve.add_argument("--workers", type=positive, default=1, help="gunicorn worker processes (default: 1)")
+    serve.add_argument("--threads", type=positive, default=8, help="threads per worker (default: 8)")
+    serve.add_argument("--timeout", type=positive, default=30, help="worker request timeout in seconds (default: 30)")
     serve.add_argument("--access-log", action="store_true",
                        help="also write gunicorn's access log (paths only, never download signatures)")
     serve.add_argument("--dev", action="store_true", help="use Flask's development server instead of gunicorn")
     serve.set_defaults(func=cmd_serve)
 
-    status = commands.add_parser("status", help="print each device's state", description="Print a table of "
-                                 "declared devices (state, step, attempts, last contact, last error) and unclaimed ones.")
-    _add_store_arguments(status)
-    status.set_defaults(func=cmd_status, journal=None)
+    init = command("init", "write a commented example declarations file",
+                   "Write a commented example declarations file (never overwrites one).")
+    init.add_argument("file", nargs="?", default=DEFAULT_DATASTORE, help="where (default: %(default)s)")
+    init.set_defaults(func=cmd_init)
 
-    reset = commands.add_parser("reset", help="clear a device's status so it starts over",
-                                description="Clear the status of devices in the embedded datastore (for a "
-                                "controller: delete /pnp/device[serial]/status).")
-    reset.add_argument("--datastore", metavar="FILE", help="embedded datastore file")
+    check = command("check", "validate and render every declaration",
+                    "Check a declarations file against the YANG and render every device's plan; exit 1 on any error.")
+    _datastore_arguments(check, clixon=False, state=False)
+    check.set_defaults(func=cmd_check)
+
+    render = command("render", "print what a device would be sent (a dry run)",
+                     "Print a declared device's planned steps and rendered configuration; nothing is written.")
+    _datastore_arguments(render, clixon=False, state=False)
+    render.add_argument("serial")
+    render.set_defaults(func=cmd_render)
+
+    status = command("status", "print each device's state (read-only)",
+                     "Print declared devices (state, step, attempts, last contact, last error) and unclaimed ones. "
+                     "Reads only; changes nothing.")
+    _datastore_arguments(status)
+    status.add_argument("--format", choices=["table", "json", "xml"], default="table",
+                        help="table, RFC 7951 JSON, or XML in the YANG's shape (default: table)")
+    status.add_argument("--watch", type=positive, nargs="?", const=2, default=0, metavar="SECONDS",
+                        help="redraw every SECONDS (default 2) until Ctrl-C")
+    status.set_defaults(func=cmd_status)
+
+    reset = command("reset", "clear a device's status so it starts over",
+                    "Clear the status of declared devices, so each starts over at its next poll.")
+    _datastore_arguments(reset)
+    reset.add_argument("--journal", default=DEFAULT_JOURNAL, help=argparse.SUPPRESS)
     reset.add_argument("serial", nargs="+")
     reset.set_defaults(func=cmd_reset)
 
-    agent = commands.add_parser("agent", help="simulate PnP agents against a listener",
-                                description="Simulate one or many IOS-XE PnP agents against a listener URL.")
+    agent = command("agent", "simulate PnP agents against a listener",
+                    "Simulate one or many IOS-XE PnP agents against a listener URL.")
     agent.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_PORT}", help="listener base URL (default: %(default)s)")
     agent.add_argument("--serial", action="append", default=[], help="serial of a simulated device (repeatable)")
     agent.add_argument("--count", type=int, default=0, help="also simulate N devices named PREFIX0001...")
@@ -263,8 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--fail-service", help="a PnP service the devices always fail, e.g. config-upgrade")
     agent.add_argument("--fault-service", help="a PnP service the devices answer with a fault")
     agent.add_argument("--auth-required", action="store_true", help="report authRequired, to get credentials")
-    agent.add_argument("--concurrency", type=int, default=10, help="devices run at once (default: %(default)s)")
-    agent.add_argument("--max-polls", type=int, default=100, help="give up after N work requests (default: %(default)s)")
+    agent.add_argument("--concurrency", type=positive, default=10, help="devices run at once (default: %(default)s)")
+    agent.add_argument("--max-polls", type=positive, default=100, help="give up after N work requests (default: %(default)s)")
     agent.add_argument("--max-wait", type=float, default=60,
                        help="stop when told to back off longer than this many seconds (default: %(default)s)")
     agent.add_argument("--time-scale", type=float, default=1.0,
@@ -272,10 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--insecure", action="store_true", help="do not verify the listener's TLS certificate")
     agent.set_defaults(func=cmd_agent)
 
-    option43 = commands.add_parser("option43", help="print the DHCP option 43 string for a listener",
-                                   description="Print the DHCP option 43 string that points PnP agents at a listener.")
-    option43.add_argument("server", help="listener IPv4 address or host name")
-    option43.add_argument("--port", type=int, default=None, help="listener port (default: 80, or 443 with --https)")
+    option43 = command("option43", "print the DHCP option 43 string for a listener",
+                       "Print the DHCP option 43 string that points PnP agents at a listener.")
+    option43.add_argument("server", help="listener IPv4 or IPv6 address, or host name")
+    option43.add_argument("--port", type=port_number, default=None,
+                          help=f"listener port (default: {DEFAULT_PORT}, the port serve listens on)")
     option43.add_argument("--https", action="store_true", help="devices use HTTPS (K5)")
     option43.add_argument("--debug", action="store_true", help="turn agent debug on (D instead of N)")
     option43.set_defaults(func=cmd_option43)
@@ -284,11 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    logs.setup(args.log_level, args.log_format)
     try:
         return args.func(args)
+    except UsageError as exc:
+        print(f"pnp-service {args.command}: {exc}", file=sys.stderr)
+        return 2
     except StoreError as exc:
-        print(f"pnp-service: {exc}", file=sys.stderr)
+        print(f"pnp-service {args.command}: {exc}", file=sys.stderr)
         return 1
 
 

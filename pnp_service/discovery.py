@@ -11,12 +11,14 @@ def option43(server: str, port: int | None = None, https: bool = False, debug: b
     B says what I holds (1 host name, 2 IPv4, 3 IPv6), K the transport
     (4 HTTP, 5 HTTPS), J the port; D/N turns agent debug on or off.
     """
-    if not server or any(c in server for c in ";, \t"):
-        raise ValueError(f"server {server!r} must be an address or a host name")
+    if not server or not all(c.isalnum() or c in ".-:" for c in server):
+        raise ValueError(f"{server!r} is not an IP address or a host name")
     try:
         address = ipaddress.ip_address(server)
         kind = "2" if address.version == 4 else "3"
     except ValueError:
+        if ":" in server:
+            raise ValueError(f"{server!r} is not an IPv6 address") from None
         kind = "1"
     port = port or (443 if https else 80)
     if not 0 < port < 65536:

@@ -22,7 +22,8 @@ class Element:
         return [child for child in self.children if name is None or child.name == name]
 
     def delete(self, name: str = "", element: Element | None = None) -> None:
-        self.children.remove(element)
+        for child in [element] if element is not None else self.get_elements(name):
+            self.children.remove(child)
 
     def get_data(self) -> str:
         return self.cdata

@@ -1,9 +1,12 @@
 """The listener's request handling, independent of the web framework.
 
 Owns the path from an HTTP body to an HTTP answer: parse with the protocol
-core, run the provisioner on the store's record under the store's lock, write
-the change, log one line per device event, and serve signed downloads.  The
-Flask app (``app.py``) only adapts requests and responses to these calls.
+core (a body that is not PnP, or names a serial that cannot exist, is a 400
+and changes nothing), run the state machine on the store's record through
+``store.update`` (which makes any change durable first), log one event line per
+message, and serve signed downloads by asking the work's step types what they
+serve.  The Flask app (``app.py``) only adapts requests and responses to these
+calls.
 """
 
 from __future__ import annotations
@@ -17,15 +20,32 @@ from typing import Callable
 
 from . import protocol
 from .downloads import UrlSigner
+from .logs import event
 from .model import DeviceRecord
-from .provisioner import Contact, Decision, Provisioner, Settings
-from .steps import StepRegistry
+from .provisioner import Contact, Decision, Event, Provisioner, Settings
+from .steps import Download, StepRegistry, UnknownStepType
 from .stores.base import Store, StoreUnavailable
 
 log = logging.getLogger("pnp_service.listener")
 
 XML = "application/xml"
 TEXT = "text/plain; charset=utf-8"
+
+#: How loud each event is.  Anything not listed is INFO.
+EVENT_LEVELS = {
+    Event.STALE: logging.WARNING,
+    Event.UNEXPECTED: logging.WARNING,
+    Event.FAULT: logging.WARNING,
+    Event.WRONG_SERVICE: logging.WARNING,
+    Event.RETRY: logging.WARNING,
+    Event.FAIL: logging.ERROR,
+    Event.GAVE_UP: logging.ERROR,
+    Event.BROKEN_WORK: logging.ERROR,
+    Event.BACKOFF_ACK: logging.DEBUG,
+    Event.WAIT: logging.DEBUG,
+    Event.PROVISIONED_BACKOFF: logging.DEBUG,
+    Event.ERROR_BACKOFF: logging.DEBUG,
+}
 
 
 #: The URL the device called us at (or a function returning it, evaluated only when needed).
@@ -43,6 +63,8 @@ class ListenerSettings:
     download_lifetime_seconds: int = 3600
     #: Folder of image files served to devices whose ``image/url`` is a bare file name.
     image_dir: str = ""
+    #: How long a device is told to wait when the store cannot take its change (HTTP 503 Retry-After).
+    unavailable_retry_seconds: int = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +94,7 @@ class Listener:
         if not self.settings.secret:
             raise ValueError("ListenerSettings.secret is required to sign download URLs")
         self.provisioner = Provisioner(self.settings.provisioning, registry)
+        self.registry = self.provisioner.registry
         self.signer = UrlSigner(self.settings.secret, self.settings.download_lifetime_seconds)
         self.clock = clock
 
@@ -81,20 +104,21 @@ class Listener:
         try:
             request = protocol.parse_work_request(body)
         except protocol.ProtocolError as exc:
-            log.warning("address=%s event=bad-work-request %s", address, exc)
+            event(log, logging.WARNING, "bad-work-request", address=address, reason=str(exc))
             return _error(400, f"bad WORK-REQUEST: {exc}")
         contact = self._contact(address, base_url)
         return self._decide(
             request.udi.serial,
             lambda record: self.provisioner.on_work_request(record, request, contact),
             address,
+            request.hostname,
         )
 
     def work_response(self, body: bytes, address: str, base_url: BaseUrl) -> Reply:
         try:
             response = protocol.parse_work_response(body)
         except protocol.ProtocolError as exc:
-            log.warning("address=%s event=bad-work-response %s", address, exc)
+            event(log, logging.WARNING, "bad-work-response", address=address, reason=str(exc))
             return _error(400, f"bad WORK-RESPONSE: {exc}")
         contact = self._contact(address, base_url)
         return self._decide(
@@ -103,68 +127,80 @@ class Listener:
             address,
         )
 
-    def _decide(self, serial: str, decide: Callable[[DeviceRecord], Decision], address: str) -> Reply:
+    def _decide(self, serial: str, decide: Callable[[DeviceRecord], Decision], address: str, reported: str = "") -> Reply:
         try:
             decision = self.store.update(serial, decide)
-            if decision.event in ("stale", "unexpected"):
-                # Another listener may have sent that request: look again at the store, once.
-                self.store.reload(serial)
-                decision = self.store.update(serial, decide)
         except StoreUnavailable as exc:
-            log.error("serial=%s address=%s event=store-unavailable %s", serial, address, exc)
-            return Reply(503, b"store unavailable, retry later\n", TEXT, (("Retry-After", "30"),))
-        level = logging.WARNING if decision.event in ("stale", "unexpected", "fault", "retry", "fail") else logging.INFO
-        log.log(level, "serial=%s address=%s event=%s %s", serial, address, decision.event, decision.detail)
+            event(log, logging.ERROR, "store-unavailable", serial=serial, address=address, reason=str(exc))
+            retry = str(self.settings.unavailable_retry_seconds)
+            return Reply(503, b"store unavailable, retry later\n", TEXT, (("Retry-After", retry),))
+        status = decision.status
+        event(
+            log,
+            EVENT_LEVELS.get(decision.event, logging.INFO),
+            decision.event,
+            serial=serial,
+            address=address,
+            hostname=reported or None,
+            step=decision.step or None,
+            state=status.state if status is not None else None,
+            detail=decision.detail,
+        )
         return Reply(200, decision.reply, XML)
 
     def _contact(self, address: str, base_url: BaseUrl) -> Contact:
         now = self.clock()
 
-        def download_url(kind: str, serial: str, revision: str) -> str:
+        def download_url(kind: str, serial: str, revision: str, name: str) -> str:
             # The base URL is worked out only when a download URL is needed, not on every poll.
             root = self.settings.public_url or (base_url() if callable(base_url) else base_url)
-            return root.rstrip("/") + self.signer.path(kind, serial, revision, now)
+            return root.rstrip("/") + self.signer.path(kind, serial, revision, name, now)
 
         return Contact(now=utcnow_from(now), address=address, download_url=download_url)
 
     # ------------------------------------------------------------------ downloads
 
-    def download(self, kind: str, serial: str, revision: str, expires: str, signature: str, address: str) -> Reply:
-        refused = self.signer.check(kind, serial, revision, expires, signature, self.clock())
+    def download(self, kind: str, serial: str, revision: str, name: str, expires: str, signature: str, address: str) -> Reply:
+        refused = self.signer.check(kind, serial, revision, name, expires, signature, self.clock())
         if refused:
-            log.warning("serial=%s address=%s event=download-refused kind=%s %s", serial, address, kind, refused)
+            event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind, reason=refused)
             return _error(403, f"download refused: {refused}")
         work = self.store.load(serial).work
         if work is None or work.revision != revision:
-            log.warning("serial=%s address=%s event=download-refused kind=%s revision %s is not current",
-                        serial, address, kind, revision)
+            event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind,
+                  reason=f"revision {revision} is not current")
             return _error(404, "no such download (the work changed; the device will be sent a new URL)")
-        if kind == "config":
-            for step in work.steps:
-                if step.type == "config-upgrade" and "config" in step.params:
-                    # The configuration carries secrets: log its size, never its text.
-                    config = step.params["config"].encode()
-                    log.info("serial=%s address=%s event=download kind=config bytes=%d", serial, address, len(config))
-                    return Reply(200, config, TEXT)
-        if kind == "image":
-            path = self._image_path(work)
-            if path:
-                log.info("serial=%s address=%s event=download kind=image file=%s", serial, address, os.path.basename(path))
-                return Reply(200, content_type="application/octet-stream", file_path=path)
+        for step in work.steps:
+            try:
+                offered = self.registry.get(step.type).download(step, kind)
+            except UnknownStepType:
+                continue
+            if offered is not None:
+                return self._serve(offered, serial, address, kind, name)
         return _error(404, f"this device's work has no {kind} to download here")
 
-    def _image_path(self, work) -> str:
-        """The local file of the work's image, when it is a bare name inside ``image_dir``."""
-        if not self.settings.image_dir:
+    def _serve(self, offered: Download, serial: str, address: str, kind: str, name: str) -> Reply:
+        if offered.text is not None:
+            data = offered.text.encode()
+            # A configuration carries secrets: log its size, never its text.
+            event(log, logging.INFO, "download", serial=serial, address=address, kind=kind, bytes=len(data))
+            return Reply(200, data, offered.content_type)
+        path = self._image_path(offered.file_name)
+        if not path or (name and name != offered.file_name):
+            event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind,
+                  reason=f"{offered.file_name!r} is not a file in the image folder")
+            return _error(404, "no such image here")
+        event(log, logging.INFO, "download", serial=serial, address=address, kind=kind, file=offered.file_name,
+              bytes=os.path.getsize(path))
+        return Reply(200, content_type=offered.content_type, file_path=path)
+
+    def _image_path(self, name: str) -> str:
+        """The file ``name`` inside ``image_dir``, when it is a plain, visible file there."""
+        if not self.settings.image_dir or not name or os.path.basename(name) != name or name.startswith("."):
             return ""
-        for step in work.steps:
-            name = step.params.get("location", "") if step.type == "image-install" else ""
-            if name and "://" not in name and os.path.basename(name) == name and not name.startswith("."):
-                root = os.path.realpath(self.settings.image_dir)
-                path = os.path.realpath(os.path.join(root, name))
-                if os.path.dirname(path) == root and os.path.isfile(path):
-                    return path
-        return ""
+        root = os.path.realpath(self.settings.image_dir)
+        path = os.path.realpath(os.path.join(root, name))
+        return path if os.path.dirname(path) == root and os.path.isfile(path) else ""
 
 
 def utcnow_from(seconds: float) -> dt.datetime:

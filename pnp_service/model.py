@@ -1,27 +1,41 @@
-"""The data model as Python values, and its XML form (the shape of yang/pnp-service).
+"""The data model as Python values, and its XML and JSON forms (the shape of yang/pnp-service).
 
-Owns: the declaration, work, status and unclaimed records, and their
-conversion from and to XML elements in the YANG's namespaces.  Both stores and
-the service module read and write the tree through these functions only, so
-the XML shape lives in one place.  Knows nothing of files, HTTP or Clixon.
+Owns the declaration, work, status and unclaimed records, their conversion from
+and to XML elements in the YANG's namespaces (the only writer of each shape: the
+stores and the service module go through these functions), and their JSON form
+for the embedded database and the Clixon journal.  Knows nothing of files, HTTP
+or Clixon.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Iterable, Mapping
+import json
+from typing import Any, Iterable, Mapping, TypeVar
 
 from lxml import etree
+
+from .protocol import SERIAL_PATTERN
+from .xmlsafe import qname
 
 PNP_NS = "urn:pnp-service:pnp"
 CONTROLLER_NS = "http://clicon.org/controller"
 CLIXON_LIB_NS = "http://clicon.org/lib"
+NETCONF_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 SERVICE_NAME = "pnp-device"
+#: The YANG module name, as RFC 7951 JSON names it.
+MODULE_NAME = "pnp-service"
 
 
-def q(name: str, ns: str = PNP_NS) -> str:
-    return f"{{{ns}}}{name}"
+def q(name: str) -> str:
+    """A name in the pnp-service namespace, in Clark notation."""
+    return qname(PNP_NS, name)
+
+
+def is_serial(text: str) -> bool:
+    """True when ``text`` is a valid serial number (the YANG's ``serial-number``)."""
+    return bool(SERIAL_PATTERN.fullmatch(text or ""))
 
 
 def creator_tag(serial: str) -> str:
@@ -52,6 +66,16 @@ def parse_time(text: str) -> dt.datetime | None:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExtraStep:
+    """A step the operator scheduled beside the built-in ones (``pnp-device/step``)."""
+
+    id: str
+    type: str
+    position: str = "before-config"
+    params: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Declaration:
     """What the operator declared for one device (``/ctrl:services/pnp-device``)."""
 
@@ -72,6 +96,7 @@ class Declaration:
     image_reload_wait: int = 60
     username: str = ""
     password: str = ""
+    steps: tuple[ExtraStep, ...] = ()
 
     @property
     def has_image(self) -> bool:
@@ -106,7 +131,7 @@ class Work:
 
 @dataclasses.dataclass(frozen=True)
 class Status:
-    """A device's progress, as recorded by the listener."""
+    """A device's progress, as recorded by the listener.  ``state`` holds a provisioner ``State``."""
 
     state: str = "planned"
     revision: str = ""
@@ -121,6 +146,7 @@ class Status:
     platform: str = ""
     version: str = ""
     hostname: str = ""
+    started: dt.datetime | None = None
     error_code: str = ""
     error_message: str = ""
     error_step: str = ""
@@ -149,6 +175,50 @@ class DeviceRecord:
     work: Work | None = None
     status: Status | None = None
     unclaimed: Unclaimed | None = None
+    #: Why a declared device has no work (embedded mode: its template did not render).
+    planning_error: str = ""
+
+
+# --------------------------------------------------------------------------- JSON forms
+
+R = TypeVar("R", Status, Unclaimed)
+_TIME_FIELDS = {
+    cls: frozenset(f.name for f in dataclasses.fields(cls) if "datetime" in str(f.type)) for cls in (Status, Unclaimed)
+}
+
+
+def record_to_dict(record: Status | Unclaimed) -> dict[str, Any]:
+    """A status or unclaimed entry as plain JSON values (times as RFC 3339 strings), empty fields left out."""
+    times = _TIME_FIELDS[type(record)]
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
+        if field.name in times:
+            value = format_time(value)
+        if value not in ("", None) and not (field.name == "attempts" and value == 0):
+            out[field.name] = value
+    return out
+
+
+def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
+    """The inverse of :func:`record_to_dict`; unknown keys (from a newer version) are ignored."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    times = _TIME_FIELDS[cls]
+    values: dict[str, Any] = {k: (parse_time(v) if k in times else v) for k, v in data.items() if k in names}
+    return cls(**values)
+
+
+def work_to_json(work: Work) -> str:
+    return json.dumps(
+        {"revision": work.revision, "steps": [[s.id, s.type, dict(s.params)] for s in work.steps]},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def work_from_json(text: str) -> Work:
+    data = json.loads(text)
+    return Work(data["revision"], tuple(Step(i, t, p) for i, t, p in data["steps"]))
 
 
 # --------------------------------------------------------------------------- XML helpers
@@ -177,7 +247,9 @@ def _add_leaves(parent: etree._Element, leaves: Iterable[tuple[str, str]]) -> No
             _add(parent, name, value)
 
 
-def _keyed(element: etree._Element, list_name: str, key: str, value: str) -> Iterable[tuple[str, str]]:
+def _keyed(element: etree._Element | None, list_name: str, key: str, value: str) -> Iterable[tuple[str, str]]:
+    if element is None:
+        return
     for entry in element.iterfind(q(list_name)):
         yield child_text(entry, key), child_text(entry, value)
 
@@ -193,16 +265,21 @@ def _number(text: str, default: int = 0) -> int:
 
 
 def declaration_from_xml(element: etree._Element) -> Declaration:
-    """Read one ``pnp-device`` element."""
+    """Read one ``pnp-device`` element (already valid against the YANG)."""
     config = element.find(q("config"))
     image = element.find(q("image"))
     template_element = config.find(q("template")) if config is not None else None
-    lines = tuple(
-        sorted((_number(number), text) for number, text in _keyed(config, "line", "number", "text"))
-        if config is not None
-        else ()
-    )
+    lines = tuple(sorted((_number(number), text) for number, text in _keyed(config, "line", "number", "text")))
     commands = tuple(sorted((_number(seq), cli) for seq, cli in _keyed(element, "command", "seq", "cli")))
+    steps = tuple(
+        ExtraStep(
+            id=child_text(step, "id").strip(),
+            type=child_text(step, "type").strip(),
+            position=child_text(step, "position").strip() or "before-config",
+            params=tuple(_keyed(step, "param", "name", "value")),
+        )
+        for step in element.iterfind(q("step"))
+    )
     return Declaration(
         serial=child_text(element, "serial").strip(),
         pid=child_text(element, "pid").strip(),
@@ -221,6 +298,7 @@ def declaration_from_xml(element: etree._Element) -> Declaration:
         image_reload_wait=_number(child_text(image, "reload-wait"), 60) or 60,
         username=child_text(element, "credentials", "username"),
         password=child_text(element, "credentials", "password"),
+        steps=steps,
     )
 
 
@@ -245,7 +323,7 @@ def work_to_xml(serial: str, work: Work, *, creator: bool = True) -> etree._Elem
     _add(device, "serial", serial)
     work_element = _add(device, "work")
     if creator:
-        work_element.set(q("creator", CLIXON_LIB_NS), creator_tag(serial))
+        work_element.set(qname(CLIXON_LIB_NS, "creator"), creator_tag(serial))
     _add(work_element, "revision", work.revision)
     for step in work.steps:
         step_element = _add(work_element, "step")
@@ -254,7 +332,8 @@ def work_to_xml(serial: str, work: Work, *, creator: bool = True) -> etree._Elem
         for name, value in step.params.items():
             param = _add(step_element, "param")
             _add(param, "name", name)
-            _add(param, "value", value)
+            if value != "":
+                _add(param, "value", value)
     return device
 
 
@@ -294,11 +373,15 @@ _STATUS_LEAVES = (
 
 def status_to_xml(status: Status) -> etree._Element:
     element = etree.Element(q("status"), nsmap={None: PNP_NS})
-    _add_leaves(element, ((leaf, getattr(status, attr)) for leaf, attr in _STATUS_LEAVES))
+    _add_leaves(element, ((leaf, str(getattr(status, attr))) for leaf, attr in _STATUS_LEAVES))
     _add(element, "attempts", str(status.attempts))
     _add_leaves(
         element,
-        (("retry-at", format_time(status.retry_at)), ("last-contact", format_time(status.last_contact))),
+        (
+            ("retry-at", format_time(status.retry_at)),
+            ("last-contact", format_time(status.last_contact)),
+            ("started", format_time(status.started)),
+        ),
     )
     if status.error_code or status.error_message:
         error = _add(element, "last-error")
@@ -317,13 +400,14 @@ def status_to_xml(status: Status) -> etree._Element:
 def status_from_xml(element: etree._Element | None) -> Status | None:
     if element is None:
         return None
-    values = {attr: child_text(element, leaf) for leaf, attr in _STATUS_LEAVES}
+    values: dict[str, Any] = {attr: child_text(element, leaf) for leaf, attr in _STATUS_LEAVES}
     values["state"] = values["state"] or "planned"
     return Status(
         **values,
         attempts=_number(child_text(element, "attempts")),
         retry_at=parse_time(child_text(element, "retry-at")),
         last_contact=parse_time(child_text(element, "last-contact")),
+        started=parse_time(child_text(element, "started")),
         error_code=child_text(element, "last-error", "code"),
         error_message=child_text(element, "last-error", "message"),
         error_step=child_text(element, "last-error", "step"),
@@ -361,3 +445,16 @@ def unclaimed_from_xml(element: etree._Element) -> Unclaimed:
         first_seen=parse_time(child_text(element, "first-seen")),
         last_seen=parse_time(child_text(element, "last-seen")),
     )
+
+
+def device_to_xml(record: DeviceRecord, *, with_work: bool = False) -> etree._Element:
+    """``/pnp/device`` of one record: serial, its status, and its work when asked (``status --format xml``)."""
+    device = etree.Element(q("device"), nsmap={None: PNP_NS})
+    _add(device, "serial", record.serial)
+    if with_work and record.work is not None:
+        work = work_to_xml(record.serial, record.work, creator=False).find(q("work"))
+        assert work is not None
+        device.append(work)
+    if record.status is not None:
+        device.append(status_to_xml(record.status))
+    return device

@@ -1,31 +1,39 @@
 """Planner: a declaration becomes an ordered list of steps with a revision digest.
 
 Owns template rendering (Jinja2, sandboxed, StrictUndefined) and the order of
-the built-in steps: device-info, image-install, cli-exec commands,
-config-upgrade.  Pure functions: the only input besides the declaration is a
-template loader for ``config/template-file``.  The same code runs in the
-controller's service module and in the embedded-datastore listener.
+the steps: device-info, image-install, the declaration's cli-exec commands,
+config-upgrade, with the operator's extra steps (``pnp-device/step``) at the
+positions they name.  Pure: the only inputs besides the declaration are a
+template loader for ``config/template-file`` and the names of the registered
+step types.  The same code runs in the controller's service module and in the
+embedded store, and the revision is a digest of the declaration and of the
+template text it uses, so every process computes the same revision.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import os
 import re
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Sequence
 
 import jinja2
 import jinja2.sandbox
 
-from .model import Declaration, Step, Work
+from .model import Declaration, ExtraStep, Step, Work
 
 #: Bump when the plan format changes, so every device re-plans.
-PLAN_FORMAT = "1"
+PLAN_FORMAT = "2"
 
 DEFAULT_TEMPLATE_DIRS = ("/usr/local/share/pnp-service/templates",)
 _TEMPLATE_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+#: Where an extra step may go, relative to the built-in steps (the YANG's enumeration).
+POSITIONS = ("after-device-info", "after-image", "before-config", "after-config")
+BUILTIN_STEP_IDS = ("device-info", "image-install", "config-upgrade")
 
 TemplateLoader = Callable[[str], str]
 
@@ -38,16 +46,25 @@ def file_template_loader(directories: Sequence[str] = DEFAULT_TEMPLATE_DIRS) -> 
     """Load ``config/template-file`` names from the first directory that has them."""
 
     def load(name: str) -> str:
-        if not _TEMPLATE_FILE.fullmatch(name):
-            raise LookupError(f"template file name {name!r} is not a plain file name")
-        for directory in directories:
-            path = os.path.join(directory, name)
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as handle:
-                    return handle.read()
-        raise LookupError(f"template file {name!r} not found in {', '.join(directories)}")
+        return read_template_file(find_template_file(name, directories))
 
     return load
+
+
+def find_template_file(name: str, directories: Sequence[str]) -> str:
+    """The path of template file ``name`` in the first directory that has it."""
+    if not _TEMPLATE_FILE.fullmatch(name):
+        raise LookupError(f"template file name {name!r} is not a plain file name")
+    for directory in directories:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    raise LookupError(f"template file {name!r} not found in {', '.join(directories) or 'no directory'}")
+
+
+def read_template_file(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
 
 
 def _no_template_files(name: str) -> str:
@@ -70,9 +87,19 @@ def _compiled(source: str) -> jinja2.Template:
 
 
 def template_variables(declaration: Declaration) -> dict[str, str]:
-    """Declared variables, then the built-ins ``hostname``, ``serial`` and ``pid``, which win."""
+    """Declared variables, then the built-ins ``serial``, ``hostname`` and ``pid``, which win.
+
+    A built-in the declaration leaves out is not defined at all, so a template that
+    uses it fails (StrictUndefined) instead of rendering ``hostname `` with nothing.
+    """
     variables = dict(declaration.variables)
-    variables.update(hostname=declaration.hostname, serial=declaration.serial, pid=declaration.pid)
+    variables["serial"] = declaration.serial
+    for name in ("hostname", "pid"):
+        value = getattr(declaration, name)
+        if value:
+            variables[name] = value
+        else:
+            variables.pop(name, None)
     return variables
 
 
@@ -90,24 +117,34 @@ def template_source(declaration: Declaration, load_template: TemplateLoader = _n
     return None
 
 
-def render_config(declaration: Declaration, load_template: TemplateLoader = _no_template_files) -> str | None:
-    """Render the declaration's template; None when there is none."""
-    source = template_source(declaration, load_template)
-    if source is None:
-        return None
+def _render(declaration: Declaration, source: str, what: str) -> str:
     where = f"pnp-device {declaration.serial}"
     try:
         return _compiled(source).render(template_variables(declaration))
     except jinja2.UndefinedError as exc:
-        raise PlanningError(f"{where}: template variable {exc.message} (declare it under variable)") from None
+        raise PlanningError(f"{where}: {what} variable {exc.message} (declare it under variable)") from None
     except jinja2.TemplateSyntaxError as exc:
-        raise PlanningError(f"{where}: template syntax error on line {exc.lineno}: {exc.message}") from None
+        raise PlanningError(f"{where}: {what} syntax error on line {exc.lineno}: {exc.message}") from None
     except jinja2.TemplateError as exc:
-        raise PlanningError(f"{where}: template error: {exc}") from None
+        raise PlanningError(f"{where}: {what} error: {exc}") from None
+
+
+def render_config(declaration: Declaration, load_template: TemplateLoader = _no_template_files) -> str | None:
+    """Render the declaration's template; None when there is none."""
+    source = template_source(declaration, load_template)
+    return None if source is None else _render(declaration, source, "template")
+
+
+def _extra(declaration: Declaration, position: str) -> Iterable[Step]:
+    for extra in declaration.steps:
+        if extra.position == position:
+            params = {name: _render(declaration, value, f"step {extra.id} param {name}") for name, value in extra.params}
+            yield Step(extra.id, extra.type, params)
 
 
 def _steps(declaration: Declaration, config: str | None) -> Iterable[Step]:
     yield Step("device-info", "device-info", {"expect-pid": declaration.pid} if declaration.pid else {})
+    yield from _extra(declaration, "after-device-info")
     if declaration.has_image:
         yield Step(
             "image-install",
@@ -119,8 +156,10 @@ def _steps(declaration: Declaration, config: str | None) -> Iterable[Step]:
                 "reload-wait": str(declaration.image_reload_wait),
             },
         )
+    yield from _extra(declaration, "after-image")
     for seq, command in sorted(declaration.commands):
         yield Step(f"cli-exec-{seq}", "cli-exec", {"command": command})
+    yield from _extra(declaration, "before-config")
     if config is not None or declaration.config_url:
         params = {"apply-to": declaration.apply_to, "reload": "true" if declaration.reload else "false"}
         if config is not None:
@@ -128,23 +167,65 @@ def _steps(declaration: Declaration, config: str | None) -> Iterable[Step]:
         else:
             params["url"] = declaration.config_url
         yield Step("config-upgrade", "config-upgrade", params)
+    yield from _extra(declaration, "after-config")
 
 
-def revision_of(steps: Sequence[Step]) -> str:
-    """A digest of the plan: equal plans have equal revisions, whatever process made them."""
+def _check_extra_steps(declaration: Declaration, known_step_types: Collection[str] | None) -> None:
+    where = f"pnp-device {declaration.serial}"
+    builtin_ids = set(BUILTIN_STEP_IDS) | {f"cli-exec-{seq}" for seq, _ in declaration.commands}
+    for extra in declaration.steps:
+        if extra.id in builtin_ids:
+            raise PlanningError(f"{where}: step id {extra.id!r} is taken by a built-in step; choose another id")
+        if extra.position not in POSITIONS:
+            raise PlanningError(f"{where}: step {extra.id} position {extra.position!r} is not one of {', '.join(POSITIONS)}")
+        if known_step_types is not None and extra.type not in known_step_types:
+            raise PlanningError(
+                f"{where}: step {extra.id} has type {extra.type!r}, which no installed step type provides "
+                f"(known: {', '.join(sorted(known_step_types))})"
+            )
+    if any(e.position == "after-config" for e in declaration.steps) and declaration.reload and (
+        declaration.template is not None or declaration.template_lines or declaration.template_file or declaration.config_url
+    ):
+        raise PlanningError(
+            f"{where}: a step after the configuration never runs when the configuration reloads the device "
+            "(PnP stops once a startup configuration exists): set config/reload false or move the step before-config"
+        )
+
+
+def _canonical(declaration: Declaration) -> list:
+    return [[field.name, getattr(declaration, field.name)] for field in dataclasses.fields(declaration)]
+
+
+def revision_of(declaration: Declaration, template: str | None, steps: Sequence[Step]) -> str:
+    """A digest of what the plan is made of: equal inputs, equal revisions, in whatever process."""
     canonical = json.dumps(
-        [PLAN_FORMAT, [[step.id, step.type, sorted(step.params.items())] for step in steps]],
+        [PLAN_FORMAT, _canonical(declaration), template, [[s.id, s.type, sorted(s.params.items())] for s in steps]],
         separators=(",", ":"),
         ensure_ascii=False,
+        default=lambda value: dataclasses.astuple(value),
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def plan(declaration: Declaration, load_template: TemplateLoader = _no_template_files) -> Work:
-    """Plan one declaration.  Raises :class:`PlanningError` naming the device."""
+def plan(
+    declaration: Declaration,
+    load_template: TemplateLoader = _no_template_files,
+    known_step_types: Collection[str] | None = None,
+) -> Work:
+    """Plan one declaration.  Raises :class:`PlanningError` naming the device and what to fix.
+
+    ``known_step_types``: the registered step type names, to refuse an extra step
+    nothing can run (None: not checked).
+    """
     if not declaration.serial:
         raise PlanningError("pnp-device without a serial")
     if declaration.has_image and not declaration.image_md5:
         raise PlanningError(f"pnp-device {declaration.serial}: image/md5 is required with image/url")
-    steps = tuple(_steps(declaration, render_config(declaration, load_template)))
-    return Work(revision_of(steps), steps)
+    _check_extra_steps(declaration, known_step_types)
+    template = template_source(declaration, load_template)
+    config = None if template is None else _render(declaration, template, "template")
+    steps = tuple(_steps(declaration, config))
+    return Work(revision_of(declaration, template, steps), steps)
+
+
+__all__ = ["ExtraStep", "PlanningError", "plan", "render_config", "revision_of", "template_variables"]

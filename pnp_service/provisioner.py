@@ -8,33 +8,74 @@ attempts, the correlator of the outstanding request, retry time, facts the
 device reported).  No state lives in this process, so any listener can answer
 any poll.
 
-WORK-REQUEST: an undeclared serial is recorded as unclaimed and told to back
-off.  A status of another revision starts over at the first step.  A device in
-error, provisioned, or before its retry time gets a backoff.  Otherwise steps
-that have nothing to do are skipped, and the current step's request is sent,
-its correlator remembered.
+A message is first *classified*, then the classified case is looked up in a
+table that says what to answer and what to record:
 
-WORK-RESPONSE: always answered with a Bye.  Only a response carrying the
-remembered correlator, of the service the current step expects, can change
-anything; stale ones, faults and backoff acknowledgements never do.  The step
-type judges the response: advance, enter a phase (image-install waits for the
-reload, then verifies), retry with a growing backoff until ``max_attempts``,
-or fail at once (a PID mismatch).
+WORK-REQUEST (:data:`POLL_TABLE`): an undeclared serial is recorded as unclaimed
+and told to back off; a status of another revision starts over at the first
+step; a device in error, provisioned, or before its retry time gets a backoff;
+otherwise steps with nothing to do are skipped and the current step's request
+is sent, its correlator remembered.
+
+WORK-RESPONSE (:data:`RESPONSE_TABLE`): always answered with a Bye.  A response
+that carries the remembered correlator is judged by its step type; a fault, or
+a response of another service, to the outstanding request counts as a failed
+attempt; a stale correlator, a response when nothing is outstanding and a
+backoff acknowledgement change nothing (the first two ask a caching store to
+look again: another listener may have sent that request).
+
+The step's verdict moves the status (:data:`VERDICT_TABLE`): advance to the next
+step or to provisioned, enter a phase, retry with a growing backoff until
+``max_attempts``, or fail at once.
 
 The rule of this file: pure.  Time, the caller's address and the download URL
-builder come in as arguments; no I/O, no HTTP, no store.
+builder come in as arguments; no I/O, no HTTP, no store.  States and verdicts
+are enums whose values are the YANG's enumerations.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable
 
 from . import protocol
-from .model import DeviceRecord, Status, Unclaimed, Work
-from .steps import Outcome, RequestContext, StepRegistry, UnknownStepType
+from .model import DeviceRecord, Status, Step, Unclaimed, Work
+from .steps import Outcome, RequestContext, StepRegistry, StepType, UnknownStepType, Verdict
+
+
+class State(enum.StrEnum):
+    """``/pnp/device/status/state``: the YANG's ``device-state`` enumeration."""
+
+    PLANNED = "planned"
+    ONBOARDING = "onboarding"
+    PROVISIONED = "provisioned"
+    ERROR = "error"
+
+
+class Event(enum.StrEnum):
+    """What one message meant: the ``event=`` of the log line."""
+
+    UNCLAIMED = "unclaimed"
+    NOT_PLANNED = "not-planned"
+    REQUEST = "request"
+    WAIT = "wait"
+    ERROR_BACKOFF = "error-backoff"
+    PROVISIONED_BACKOFF = "provisioned-backoff"
+    PROVISIONED = "provisioned"
+    BROKEN_WORK = "broken-work"
+    ADVANCE = "advance"
+    PHASE = "phase"
+    RETRY = "retry"
+    FAIL = "fail"
+    GAVE_UP = "gave-up"
+    FAULT = "fault"
+    WRONG_SERVICE = "wrong-service"
+    STALE = "stale"
+    UNEXPECTED = "unexpected"
+    BACKOFF_ACK = "backoff-ack"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,21 +104,77 @@ class Contact:
 
     now: dt.datetime
     address: str
-    download_url: Callable[[str, str, str], str] = lambda kind, serial, revision: ""
+    #: ``download_url(kind, serial, revision, name)``: the signed URL of a step's download.
+    download_url: Callable[[str, str, str, str], str] = lambda kind, serial, revision, name: ""
 
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """The reply to send and what to record first (None: nothing)."""
+    """The reply to send, and what to record first (``status`` or ``unclaimed``; None: nothing).
+
+    ``recheck``: the record may be behind the source of truth (a response this
+    process did not expect); a caching store looks again and decides once more.
+    """
 
     reply: bytes
-    event: str
+    event: Event
     detail: str = ""
     status: Status | None = None
     unclaimed: Unclaimed | None = None
+    step: str = ""
+    recheck: bool = False
+
+    @property
+    def changes(self) -> bool:
+        return self.status is not None or self.unclaimed is not None
 
 
 _FACT_FIELDS = ("udi", "platform", "version", "hostname")
+
+
+class Poll(enum.Enum):
+    """The cases of a WORK-REQUEST, in the order :meth:`Provisioner._classify_poll` tests them."""
+
+    UNDECLARED = enum.auto()
+    NOT_PLANNED = enum.auto()
+    IN_ERROR = enum.auto()
+    PROVISIONED = enum.auto()
+    WAITING = enum.auto()
+    DUE = enum.auto()
+
+
+class Answer(enum.Enum):
+    """The cases of a WORK-RESPONSE, in the order :meth:`Provisioner._classify_response` tests them."""
+
+    BACKOFF_ACK = enum.auto()
+    NOTHING_OUTSTANDING = enum.auto()
+    FAULT = enum.auto()
+    STALE = enum.auto()
+    WRONG_SERVICE = enum.auto()
+    ANSWER = enum.auto()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Poll:
+    """A WORK-REQUEST being decided: the record, the message, and the status to act on."""
+
+    record: DeviceRecord
+    request: protocol.WorkRequest
+    contact: Contact
+    envelope: protocol.Envelope
+    status: Status
+    changed: bool  # whether ``status`` differs from the record's beyond what need not be written
+
+
+@dataclasses.dataclass(frozen=True)
+class _Answer:
+    record: DeviceRecord
+    response: protocol.WorkResponse | protocol.Fault
+    contact: Contact
+    reply: bytes
+    position: int = -1
+    step: Step | None = None
+    step_type: StepType | None = None
 
 
 class Provisioner:
@@ -85,98 +182,57 @@ class Provisioner:
         self.settings = settings or Settings()
         self.registry = registry or StepRegistry()
 
-    # ------------------------------------------------------------------ WORK-REQUEST
+    # ================================================================== WORK-REQUEST
 
     def on_work_request(self, record: DeviceRecord, request: protocol.WorkRequest, contact: Contact) -> Decision:
         envelope = protocol.Envelope(request.udi, request.correlator)
-        if record.work is None:
-            if record.declaration is None:
-                return self._unclaimed(record, request, envelope, contact)
-            return Decision(
-                protocol.backoff(envelope, "work not planned yet", seconds=self.settings.unplanned_backoff_seconds),
-                "not-planned",
-                "declared but no work is planned yet (is the service module running?)",
-            )
-
         work = record.work
-        previous = record.status
-        if self._idle(previous, work, request, contact):
-            status, quiet = previous, None  # only the contact time changed, and recently: write nothing
-        else:
-            status = quiet = self._current(previous, work, request, contact)
+        status, changed = (record.status or Status(), False) if work is None else self._current(record, work, request, contact)
+        poll = _Poll(record, request, contact, envelope, status, changed)
+        return POLL_TABLE[self._classify_poll(poll)](self, poll)
 
-        if status.state == "error":
-            return Decision(
-                protocol.backoff(envelope, "provisioning failed; see status", default_minutes=self.settings.error_backoff_minutes),
-                "error-backoff",
-                f"in error ({status.error_code}: {status.error_message})",
-                quiet,
-            )
-        if status.state == "provisioned":
-            return Decision(
-                protocol.backoff(envelope, "provisioned", default_minutes=self.settings.provisioned_backoff_minutes),
-                "provisioned-backoff",
-                "already provisioned",
-                quiet,
-            )
-        if status.retry_at is not None and contact.now < status.retry_at:
-            wait = max(1, int((status.retry_at - contact.now).total_seconds()))
-            reason = "waiting for the reload" if status.phase else f"retrying {status.step} after a failure"
-            return Decision(protocol.backoff(envelope, reason, seconds=wait), "wait", f"{reason}, {wait}s left", quiet)
+    def _classify_poll(self, poll: _Poll) -> Poll:
+        if poll.record.work is None:
+            return Poll.UNDECLARED if poll.record.declaration is None else Poll.NOT_PLANNED
+        if poll.status.state == State.ERROR:
+            return Poll.IN_ERROR
+        if poll.status.state == State.PROVISIONED:
+            return Poll.PROVISIONED
+        if poll.status.retry_at is not None and poll.contact.now < poll.status.retry_at:
+            return Poll.WAITING
+        return Poll.DUE
 
-        position = work.index(status.step)
-        if position is None:
-            position, status = 0, replace(status, step=work.steps[0].id if work.steps else "", phase="", attempts=0)
-        while position < len(work.steps):
-            step = work.steps[position]
-            try:
-                step_type = self.registry.get(step.type)
-            except UnknownStepType as exc:
-                failed = self._error(status, "unknown-step-type", str(exc), step.id, contact.now)
-                return Decision(
-                    protocol.backoff(envelope, "provisioning failed; see status", default_minutes=self.settings.error_backoff_minutes),
-                    "error",
-                    str(exc),
-                    failed,
-                )
-            if not step_type.is_done(step, status):
-                break
-            position += 1
-            next_id = work.steps[position].id if position < len(work.steps) else ""
-            status = replace(status, step=next_id, phase="", attempts=0)
-        else:
-            done = replace(
-                status, state="provisioned", step="", phase="", correlator="", retry_at=None, last_contact=contact.now
-            )
-            return Decision(
-                protocol.backoff(envelope, "provisioned", default_minutes=self.settings.provisioned_backoff_minutes),
-                "provisioned",
-                "nothing left to do",
-                done,
-            )
+    def _current(self, record: DeviceRecord, work: Work, request: protocol.WorkRequest, contact: Contact) -> tuple[Status, bool]:
+        """The status to act on, and whether it must be written even if nothing else changes.
 
-        declaration = record.declaration
-        if request.auth_required and declaration is not None and declaration.username:
-            envelope = replace(envelope, username=declaration.username, password=declaration.password)
-        context = RequestContext(envelope, record.serial, work.revision, contact.download_url)
-        reply = step_type.request(step, status, context)
-        sent = replace(
-            status,
-            state="onboarding",
-            step=step.id,
-            correlator=request.correlator,
-            retry_at=None,
-            last_contact=contact.now,
-            address=contact.address,
-            udi=str(request.udi),
+        A status of another revision (or none) starts over at the first step.  The
+        contact (time, address, UDI) is recorded; a contact within
+        ``contact_refresh_seconds`` that changes nothing else is not worth a write.
+        """
+        status = record.status
+        if status is None or status.revision != work.revision:
+            facts = {name: getattr(status, name) for name in _FACT_FIELDS} if status else {}
+            fresh = Status(
+                state=State.ONBOARDING, revision=work.revision, step=work.steps[0].id if work.steps else "",
+                started=contact.now, **facts,
+            )
+            return replace(fresh, last_contact=contact.now, address=contact.address, udi=str(request.udi)), True
+        recent = (
+            status.last_contact is not None
+            and (contact.now - status.last_contact).total_seconds() < self.settings.contact_refresh_seconds
         )
-        service = step_type.service(step, status.phase)
-        phase = f" ({status.phase})" if status.phase else ""
-        return Decision(reply, "request", f"step {step.id}{phase}: sent {service} request", sent)
+        if recent and status.address == contact.address and status.udi == str(request.udi):
+            return status, False
+        return replace(status, last_contact=contact.now, address=contact.address, udi=str(request.udi)), True
 
-    def _unclaimed(
-        self, record: DeviceRecord, request: protocol.WorkRequest, envelope: protocol.Envelope, contact: Contact
-    ) -> Decision:
+    def _backoff(self, poll: _Poll, event: Event, reason: str, detail: str, *,
+                 seconds: int | None = None, default_minutes: int | None = None) -> Decision:
+        status = poll.status if poll.changed else None
+        reply = protocol.backoff(poll.envelope, reason, seconds=seconds, default_minutes=default_minutes)
+        return Decision(reply, event, detail, status, step=poll.status.step)
+
+    def _poll_undeclared(self, poll: _Poll) -> Decision:
+        record, request, contact = poll.record, poll.request, poll.contact
         known = record.unclaimed
         entry = Unclaimed(
             serial=record.serial,
@@ -187,107 +243,249 @@ class Provisioner:
             first_seen=known.first_seen if known and known.first_seen else contact.now,
             last_seen=contact.now,
         )
-        unchanged = known is not None and replace(known, last_seen=None, first_seen=None) == replace(
-            entry, last_seen=None, first_seen=None
-        )
+        unchanged = known is not None and replace(known, last_seen=None) == replace(entry, last_seen=None)
         recent = (
             unchanged
+            and known is not None
             and known.last_seen is not None
             and (contact.now - known.last_seen).total_seconds() < self.settings.contact_refresh_seconds
         )
-        reply = protocol.backoff(envelope, "device not declared", seconds=self.settings.unclaimed_backoff_seconds)
+        reply = protocol.backoff(poll.envelope, "device not declared", seconds=self.settings.unclaimed_backoff_seconds)
+        detail = f"undeclared {request.udi.pid or 'device'}" + (" (first call)" if known is None else "")
+        return Decision(reply, Event.UNCLAIMED, detail, unclaimed=None if recent else entry)
+
+    def _poll_not_planned(self, poll: _Poll) -> Decision:
+        why = poll.record.planning_error or "declared, but no work is planned for it"
         return Decision(
-            reply,
-            "unclaimed",
-            f"undeclared {request.udi.pid} from {contact.address}",
-            unclaimed=None if recent else entry,
+            protocol.backoff(poll.envelope, "work not planned yet", seconds=self.settings.unplanned_backoff_seconds),
+            Event.NOT_PLANNED,
+            why,
         )
 
-    def _current(self, status: Status | None, work: Work, request: protocol.WorkRequest, contact: Contact) -> Status:
-        """The status to act on: fresh at the first step when the work is new, with the contact recorded."""
-        if status is None or status.revision != work.revision:
-            facts = {name: getattr(status, name) for name in _FACT_FIELDS} if status else {}
-            status = Status(
-                state="onboarding", revision=work.revision, step=work.steps[0].id if work.steps else "", **facts
-            )
-        return replace(status, last_contact=contact.now, address=contact.address, udi=str(request.udi))
+    def _poll_in_error(self, poll: _Poll) -> Decision:
+        status = poll.status
+        return self._backoff(poll, Event.ERROR_BACKOFF, "provisioning failed; see status",
+                             f"in error ({status.error_code}: {status.error_message})",
+                             default_minutes=self.settings.error_backoff_minutes)
 
-    def _idle(self, status: Status | None, work: Work, request: protocol.WorkRequest, contact: Contact) -> bool:
-        """True when this poll would change nothing but a recently written contact time."""
-        return (
-            status is not None
-            and status.revision == work.revision
-            and status.last_contact is not None
-            and (contact.now - status.last_contact).total_seconds() < self.settings.contact_refresh_seconds
-            and status.address == contact.address
-            and status.udi == str(request.udi)
+    def _poll_provisioned(self, poll: _Poll) -> Decision:
+        return self._backoff(poll, Event.PROVISIONED_BACKOFF, "provisioned", "already provisioned",
+                             default_minutes=self.settings.provisioned_backoff_minutes)
+
+    def _poll_waiting(self, poll: _Poll) -> Decision:
+        status, work = poll.status, poll.record.work
+        assert status.retry_at is not None and work is not None
+        wait = max(1, int((status.retry_at - poll.contact.now).total_seconds()))
+        position = work.index(status.step)
+        reason = f"retrying {status.step} after a failure"
+        if position is not None:
+            step = work.steps[position]
+            try:
+                reason = self.registry.get(step.type).wait_reason(step, status.phase)
+            except UnknownStepType:
+                pass
+        return self._backoff(poll, Event.WAIT, reason, f"{reason}, {wait}s left", seconds=wait)
+
+    def _poll_due(self, poll: _Poll) -> Decision:
+        """Skip the steps with nothing to do, then send the current step's request (or finish)."""
+        work, contact = poll.record.work, poll.contact
+        assert work is not None
+        status = poll.status
+        position = work.index(status.step)
+        if position is None:  # a step id the work no longer has: from the first step
+            position, status = 0, replace(status, step=work.steps[0].id if work.steps else "", phase="", attempts=0)
+        while position < len(work.steps):
+            step = work.steps[position]
+            try:
+                step_type = self.registry.get(step.type)
+            except UnknownStepType as exc:
+                failed = _error(status, "unknown-step-type", str(exc), step.id, contact.now)
+                return Decision(
+                    protocol.backoff(poll.envelope, "provisioning failed; see status", default_minutes=self.settings.error_backoff_minutes),
+                    Event.BROKEN_WORK, str(exc), failed, step=step.id,
+                )
+            if not step_type.is_done(step, status):
+                return self._send(poll, status, step, step_type)
+            position += 1
+            next_id = work.steps[position].id if position < len(work.steps) else ""
+            status = replace(status, step=next_id, phase="", attempts=0)
+        done = _provisioned(status, contact.now)
+        return Decision(
+            protocol.backoff(poll.envelope, "provisioned", default_minutes=self.settings.provisioned_backoff_minutes),
+            Event.PROVISIONED, "nothing left to do", done,
         )
 
-    # ------------------------------------------------------------------ WORK-RESPONSE
+    def _send(self, poll: _Poll, status: Status, step: Step, step_type: StepType) -> Decision:
+        record, request, contact = poll.record, poll.request, poll.contact
+        assert record.work is not None
+        envelope = poll.envelope
+        declaration = record.declaration
+        if request.auth_required and declaration is not None and declaration.username:
+            envelope = replace(envelope, username=declaration.username, password=declaration.password)
+        revision = record.work.revision
+
+        def download_url(kind: str, name: str) -> str:
+            return contact.download_url(kind, record.serial, revision, name)
+
+        reply = step_type.request(step, status, RequestContext(envelope, record.serial, revision, download_url))
+        sent = replace(
+            status, state=State.ONBOARDING, step=step.id, correlator=request.correlator, retry_at=None,
+            last_contact=contact.now, address=contact.address, udi=str(request.udi),
+        )
+        service = step_type.service(step, status.phase)
+        phase = f" ({status.phase})" if status.phase else ""
+        return Decision(reply, Event.REQUEST, f"sent {service} request{phase}", sent, step=step.id)
+
+    # ================================================================== WORK-RESPONSE
 
     def on_work_response(
         self, record: DeviceRecord, response: protocol.WorkResponse | protocol.Fault, contact: Contact
     ) -> Decision:
-        if isinstance(response, protocol.Fault):
-            reply = protocol.bye(protocol.Envelope(response.udi, ""))
-            return Decision(reply, "fault", f"agent fault {response.code}: {response.string}")
-        reply = protocol.bye(protocol.Envelope(response.udi, response.correlator))
-        if response.service == "backoff":
-            return Decision(reply, "backoff-ack")
-        status, work = record.status, record.work
-        if work is None or status is None or not status.correlator:
-            return Decision(reply, "unexpected", f"{response.service} response but no request is outstanding")
-        if status.correlator != response.correlator or status.revision != work.revision:
-            return Decision(reply, "stale", f"{response.service} response with stale correlator {response.correlator}")
+        correlator = "" if isinstance(response, protocol.Fault) else response.correlator
+        answer = _Answer(record, response, contact, protocol.bye(protocol.Envelope(response.udi, correlator)))
+        case, answer = self._classify_response(answer)
+        return RESPONSE_TABLE[case](self, answer)
+
+    def _classify_response(self, answer: _Answer) -> tuple[Answer, _Answer]:
+        response, status, work = answer.response, answer.record.status, answer.record.work
+        if isinstance(response, protocol.WorkResponse) and response.service == "backoff":
+            return Answer.BACKOFF_ACK, answer
+        if work is None or status is None or not status.correlator or status.revision != work.revision:
+            return Answer.NOTHING_OUTSTANDING, answer
         position = work.index(status.step)
-        step = work.steps[position] if position is not None else None
-        step_type = self.registry.get(step.type) if step is not None else None
-        if step is None or step_type is None or step_type.service(step, status.phase) != response.service:
-            return Decision(reply, "stale", f"{response.service} response does not answer step {status.step}")
+        if position is None:
+            return Answer.NOTHING_OUTSTANDING, answer
+        step = work.steps[position]
+        try:
+            step_type = self.registry.get(step.type)
+        except UnknownStepType:
+            return Answer.NOTHING_OUTSTANDING, answer
+        answer = replace(answer, position=position, step=step, step_type=step_type)
+        if isinstance(response, protocol.Fault):
+            return Answer.FAULT, answer
+        if response.correlator != status.correlator:
+            return Answer.STALE, answer
+        if response.service != step_type.service(step, status.phase):
+            return Answer.WRONG_SERVICE, answer
+        return Answer.ANSWER, answer
 
+    def _ignore(self, answer: _Answer, event: Event, detail: str, recheck: bool = False) -> Decision:
+        return Decision(answer.reply, event, detail, recheck=recheck)
+
+    def _answer_backoff_ack(self, answer: _Answer) -> Decision:
+        return self._ignore(answer, Event.BACKOFF_ACK, "")
+
+    def _answer_nothing_outstanding(self, answer: _Answer) -> Decision:
+        service = answer.response.service if isinstance(answer.response, protocol.WorkResponse) else "fault"
+        return self._ignore(answer, Event.UNEXPECTED, f"{service} response, but no request is outstanding", recheck=True)
+
+    def _answer_stale(self, answer: _Answer) -> Decision:
+        response = answer.response
+        assert isinstance(response, protocol.WorkResponse)
+        return self._ignore(answer, Event.STALE, f"{response.service} response with stale correlator {response.correlator}",
+                            recheck=True)
+
+    def _answer_fault(self, answer: _Answer) -> Decision:
+        fault = answer.response
+        assert isinstance(fault, protocol.Fault)
+        text = fault.string or fault.detail or "the agent could not process the request"
+        return self._judge(answer, Event.FAULT, _failed_attempt(f"agent fault {fault.code}".strip(), text))
+
+    def _answer_wrong_service(self, answer: _Answer) -> Decision:
+        response, step, step_type = answer.response, answer.step, answer.step_type
+        assert isinstance(response, protocol.WorkResponse) and step is not None and step_type is not None
+        expected = step_type.service(step, answer.record.status.phase if answer.record.status else "")
+        outcome = _failed_attempt("wrong-service", f"the agent answered a {expected} request with a {response.service} response")
+        return self._judge(answer, Event.WRONG_SERVICE, outcome)
+
+    def _answer(self, answer: _Answer) -> Decision:
+        response, step, step_type, status = answer.response, answer.step, answer.step_type, answer.record.status
+        assert isinstance(response, protocol.WorkResponse) and step is not None and step_type is not None and status
         outcome = step_type.on_response(step, status, response)
-        updated = self._apply(outcome, work, position, status, contact)
-        verdict = "ok" if response.success else f"failed ({outcome.code}: {outcome.message})"
-        return Decision(reply, outcome.kind, f"step {step.id}: {response.service} {verdict} -> {updated.state}", updated)
+        return self._judge(answer, None, outcome)
 
-    def _apply(self, outcome: Outcome, work: Work, position: int, status: Status, contact: Contact) -> Status:
-        facts = {name: value for name, value in outcome.facts.items() if name in _FACT_FIELDS and value}
-        status = replace(status, correlator="", last_contact=contact.now, address=contact.address, **facts)
+    def _judge(self, answer: _Answer, event: Event | None, outcome: Outcome) -> Decision:
+        """Apply a step's verdict to the status, through :data:`VERDICT_TABLE`."""
+        status, work, step = answer.record.status, answer.record.work, answer.step
+        assert status is not None and work is not None and step is not None
+        facts: dict[str, Any] = {name: value for name, value in outcome.facts.items() if name in _FACT_FIELDS and value}
+        base = replace(status, correlator="", last_contact=answer.contact.now, address=answer.contact.address, **facts)
+        updated, verdict_event = VERDICT_TABLE[outcome.verdict](self, base, work, answer.position, outcome, answer.contact.now)
+        reported = f"{outcome.code}: {outcome.message}" if outcome.code or outcome.message else "ok"
+        return Decision(answer.reply, event or verdict_event, f"{reported} -> {updated.state}", updated, step=step.id)
+
+    # ------------------------------------------------------------------ verdicts
+
+    def _advance(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
+        cleared = _clear_error(replace(status, phase="", attempts=0, retry_at=None))
+        if position + 1 < len(work.steps):
+            return replace(cleared, step=work.steps[position + 1].id), Event.ADVANCE
+        return _provisioned(cleared, now), Event.PROVISIONED
+
+    def _phase(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
+        wait = dt.timedelta(seconds=outcome.wait_seconds) if outcome.wait_seconds else None
+        return replace(status, phase=outcome.phase, retry_at=now + wait if wait else None), Event.PHASE
+
+    def _fail(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
+        return _error(status, outcome.code, outcome.message, work.steps[position].id, now), Event.FAIL
+
+    def _retry(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
         step_id = work.steps[position].id
-        if outcome.kind == "advance":
-            if position + 1 < len(work.steps):
-                return replace(status, step=work.steps[position + 1].id, phase="", attempts=0, retry_at=None)
-            return replace(status, state="provisioned", step="", phase="", attempts=0, retry_at=None)
-        if outcome.kind == "phase":
-            wait = dt.timedelta(seconds=outcome.wait_seconds) if outcome.wait_seconds else None
-            return replace(status, phase=outcome.phase, retry_at=contact.now + wait if wait else None)
-        if outcome.kind == "fail":
-            return self._error(status, outcome.code, outcome.message, step_id, contact.now)
         attempts = status.attempts + 1
         if attempts >= self.settings.max_attempts:
             message = f"{outcome.message} (gave up after {attempts} attempts)"
-            return replace(self._error(status, outcome.code, message, step_id, contact.now), attempts=attempts)
+            return replace(_error(status, outcome.code, message, step_id, now), attempts=attempts), Event.GAVE_UP
         delay = dt.timedelta(seconds=self.settings.retry_delay(attempts))
-        return replace(
-            status,
-            attempts=attempts,
-            phase=outcome.phase,
-            retry_at=contact.now + delay,
-            error_code=outcome.code,
-            error_message=outcome.message,
-            error_step=step_id,
-            error_time=contact.now,
+        retrying = replace(
+            status, attempts=attempts, phase=outcome.phase, retry_at=now + delay,
+            error_code=outcome.code, error_message=outcome.message, error_step=step_id, error_time=now,
         )
+        return retrying, Event.RETRY
 
-    @staticmethod
-    def _error(status: Status, code: str, message: str, step_id: str, now: dt.datetime) -> Status:
-        return replace(
-            status,
-            state="error",
-            correlator="",
-            retry_at=None,
-            error_code=code,
-            error_message=message,
-            error_step=step_id,
-            error_time=now,
-        )
+
+def _failed_attempt(code: str, message: str) -> Outcome:
+    return Outcome(Verdict.RETRY, code=code, message=message)
+
+
+def _clear_error(status: Status) -> Status:
+    return replace(status, error_code="", error_message="", error_step="", error_time=None)
+
+
+def _provisioned(status: Status, now: dt.datetime) -> Status:
+    return replace(status, state=State.PROVISIONED, step="", phase="", correlator="", attempts=0, retry_at=None, last_contact=now)
+
+
+def _error(status: Status, code: str, message: str, step_id: str, now: dt.datetime) -> Status:
+    return replace(
+        status, state=State.ERROR, correlator="", retry_at=None,
+        error_code=code, error_message=message, error_step=step_id, error_time=now,
+    )
+
+
+#: WORK-REQUEST: case -> what to do.
+POLL_TABLE: dict[Poll, Callable[[Provisioner, _Poll], Decision]] = {
+    Poll.UNDECLARED: Provisioner._poll_undeclared,
+    Poll.NOT_PLANNED: Provisioner._poll_not_planned,
+    Poll.IN_ERROR: Provisioner._poll_in_error,
+    Poll.PROVISIONED: Provisioner._poll_provisioned,
+    Poll.WAITING: Provisioner._poll_waiting,
+    Poll.DUE: Provisioner._poll_due,
+}
+
+#: WORK-RESPONSE: case -> what to do.
+RESPONSE_TABLE: dict[Answer, Callable[[Provisioner, _Answer], Decision]] = {
+    Answer.BACKOFF_ACK: Provisioner._answer_backoff_ack,
+    Answer.NOTHING_OUTSTANDING: Provisioner._answer_nothing_outstanding,
+    Answer.FAULT: Provisioner._answer_fault,
+    Answer.STALE: Provisioner._answer_stale,
+    Answer.WRONG_SERVICE: Provisioner._answer_wrong_service,
+    Answer.ANSWER: Provisioner._answer,
+}
+
+#: A step's verdict -> the status it leads to (and the event it is logged as).
+VERDICT_TABLE: dict[Verdict, Callable[[Provisioner, Status, Work, int, Outcome, dt.datetime], tuple[Status, Event]]] = {
+    Verdict.ADVANCE: Provisioner._advance,
+    Verdict.PHASE: Provisioner._phase,
+    Verdict.FAIL: Provisioner._fail,
+    Verdict.RETRY: Provisioner._retry,
+}

@@ -14,26 +14,29 @@ rather than from ``root``: clixon-pyapi's XML parser drops the newlines of
 multi-line text (a ``config/template``).  For the same reason ``SERVICE_XPATH``
 selects nothing: pyapi writes ``root`` back whole, so nothing read through its
 parser may pass through it, and an empty ``root`` keeps the cost of a commit
-that changes one device independent of how many are declared.
+that changes one device independent of how many are declared.  The work XML
+is the model's (``model.work_to_xml``), copied into pyapi's tree.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Callable, Mapping
-from xml.sax.saxutils import escape as xml_escape
 
-from .model import PNP_NS, SERVICE_NAME, Declaration, Work, creator_tag
+from lxml import etree
+
+from .model import CLIXON_LIB_NS, NETCONF_NS, PNP_NS, SERVICE_NAME, Declaration, Work, q, work_to_xml
 from .planner import DEFAULT_TEMPLATE_DIRS, PlanningError, file_template_loader, plan
+from .steps import StepRegistry
+from .xmlsafe import escape_text
 
 SERVICE = SERVICE_NAME
 # Matches no node (a serial is never empty): the module reads nothing from root.
 SERVICE_XPATH = "/pnp:pnp/pnp:device[pnp:serial='']"
 SERVICE_NAMESPACES = {"pnp": PNP_NS}
 
-CLIXON_LIB_NS = "http://clicon.org/lib"
-
 ReadDeclarations = Callable[[str | None], Mapping[str, Declaration]]
+_PREFIXES = {CLIXON_LIB_NS: "cl", NETCONF_NS: "nc"}
 
 
 def template_dirs() -> list[str]:
@@ -45,10 +48,20 @@ def read_from_controller(instance: str | None) -> Mapping[str, Declaration]:
     """The declarations of ``instance`` (or all), read raw from the actions datastore."""
     from clixon.args import get_sockpath  # the socket clixon_server.py itself was started with
 
-    from .stores.clixon import DEFAULT_SOCKET, fetch_declarations, session
+    from .stores.clixon.netconf import DEFAULT_SOCKET, fetch_declarations, session
 
     with session(get_sockpath() or DEFAULT_SOCKET) as opened:
-        return fetch_declarations(opened, "actions", instance)
+        return fetch_declarations(opened, "actions", None if instance is None else [instance])
+
+
+_registry: StepRegistry | None = None
+
+
+def _known_step_types() -> list[str]:
+    global _registry
+    if _registry is None:
+        _registry = StepRegistry()
+    return _registry.names()
 
 
 def setup(root, log, instance=None, diff=False, read_declarations: ReadDeclarations | None = None):
@@ -58,10 +71,11 @@ def setup(root, log, instance=None, diff=False, read_declarations: ReadDeclarati
         log.info(f"pnp-device {instance}: declaration deleted; the controller removes its work")
         return
     load_template = file_template_loader(template_dirs())
+    known = _known_step_types()
     plans = {}
     for serial, declaration in sorted(declarations.items()):
         try:
-            plans[serial] = plan(declaration, load_template)
+            plans[serial] = plan(declaration, load_template, known)
         except PlanningError as exc:
             log.error(str(exc))
             raise
@@ -71,14 +85,23 @@ def setup(root, log, instance=None, diff=False, read_declarations: ReadDeclarati
         log.info(f"pnp-device {serial}: {verb} {len(work.steps)} steps, revision {work.revision}")
 
 
-def _escape(text: str) -> str:
-    # pyapi writes element text as given: escape it here.
-    return xml_escape(text)
-
-
 def _child(element, name: str):
     found = element.get_elements(name)
     return found[0] if found else None
+
+
+def _copy_into(parent, element: etree._Element, attributes: dict[str, str] | None = None) -> None:
+    """Copy an lxml element into pyapi's tree; pyapi writes text as given, so it is escaped here."""
+    attributes = dict(attributes or {})
+    for name, value in element.attrib.items():
+        qualified = etree.QName(name)
+        prefix = _PREFIXES.get(qualified.namespace or "")
+        if prefix:
+            attributes[f"{prefix}:{qualified.localname}"] = value
+            attributes[f"xmlns:{prefix}"] = qualified.namespace or ""
+    child = parent.create(etree.QName(element).localname, attributes=attributes, data=escape_text(element.text or ""))
+    for grandchild in element:
+        _copy_into(child, grandchild)
 
 
 def write_work(root, plans: Mapping[str, Work]) -> None:
@@ -92,26 +115,15 @@ def write_work(root, plans: Mapping[str, Work]) -> None:
         if serial is not None:
             devices[serial.get_data()] = device
     for serial, work in plans.items():
-        device = devices.get(_escape(serial))
+        device = devices.get(escape_text(serial))
         if device is None:
             device = pnp.create("device")
-            device.create("serial", data=_escape(serial))
+            device.create("serial", data=escape_text(serial))
         for old in device.get_elements("work"):
             device.delete(element=old)
-        work_element = device.create(
-            "work",
-            attributes={"cl:creator": creator_tag(serial), "xmlns:cl": CLIXON_LIB_NS, "nc:operation": "merge"},
-        )
-        work_element.create("revision", data=work.revision)
-        for step in work.steps:
-            step_element = work_element.create("step")
-            step_element.create("id", data=_escape(step.id))
-            step_element.create("type", data=_escape(step.type))
-            for name, value in step.params.items():
-                param = step_element.create("param")
-                param.create("name", data=_escape(name))
-                if value:
-                    param.create("value", data=_escape(value))
+        work_element = work_to_xml(serial, work).find(q("work"))
+        assert work_element is not None
+        _copy_into(device, work_element, {"nc:operation": "merge"})
 
 
 __all__ = ["SERVICE", "SERVICE_XPATH", "SERVICE_NAMESPACES", "setup"]

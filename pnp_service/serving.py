@@ -7,6 +7,8 @@ from typing import Callable
 
 from flask import Flask
 
+from . import logs
+
 
 def run_gunicorn(make_app: Callable[[], Flask], args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
@@ -28,6 +30,8 @@ def run_gunicorn(make_app: Callable[[], Flask], args: argparse.Namespace) -> int
         "access_log_format": '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
         "errorlog": "-",
         "loglevel": args.log_level,
+        # One format for gunicorn's lines and ours.
+        "logconfig_dict": logs.gunicorn_config(args.log_level, args.log_format, args.access_log),
     }
     if args.tls_cert:
         options.update(certfile=args.tls_cert, keyfile=args.tls_key)

@@ -1,17 +1,23 @@
-"""Step types: what each kind of step sends to an agent and how it judges the answer.
+"""Step types: what each kind of step sends, how it judges the answer, what it serves for download.
 
-Owns the registry of step types by name.  The built-in types are registered
-here; a site adds its own through the entry point group ``pnp_service.steps``
-(the way nornir registers plugins), each entry point naming a class or object
-with the :class:`StepType` interface.  Step types are pure: they build bytes with
-the protocol core and return an :class:`Outcome`; the provisioner applies it.
+Owns the step types and their registry by name.  The built-in types are
+registered here; a site adds its own through the entry point group
+``pnp_service.steps`` (the way nornir registers plugins), each entry point
+naming a class or object with the :class:`StepType` interface, and a
+declaration schedules it with a ``step`` entry.  Step types are pure: they
+build bytes with the protocol core and return an :class:`Outcome`; the state
+machine (``provisioner.py``) applies it.  Everything a step type knows about
+itself lives here: its PnP service per phase, what its phases mean while the
+device is told to wait, and what the listener serves under its download URL.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.metadata
 import logging
+import os
 from typing import Callable, Mapping, Protocol
 
 from . import protocol
@@ -22,11 +28,20 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "pnp_service.steps"
 
 
+class Verdict(enum.StrEnum):
+    """What a response means for the step it answers."""
+
+    ADVANCE = "advance"  # done: go to the next step
+    RETRY = "retry"  # failed: try again after a growing backoff, a bounded number of times
+    FAIL = "fail"  # the device is not what was declared: error at once
+    PHASE = "phase"  # stay on the step in another phase, maybe after a wait
+
+
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What a response means for the device: see the constructors below."""
+    """A verdict and what goes with it: see the constructors below."""
 
-    kind: str  # advance | retry | fail | phase
+    verdict: Verdict
     code: str = ""
     message: str = ""
     phase: str = ""
@@ -36,22 +51,22 @@ class Outcome:
 
 def advance(facts: Mapping[str, str] | None = None) -> Outcome:
     """The step is done; go to the next one."""
-    return Outcome("advance", facts=facts or {})
+    return Outcome(Verdict.ADVANCE, facts=facts or {})
 
 
 def retry(code: str, message: str, phase: str = "", facts: Mapping[str, str] | None = None) -> Outcome:
     """The step failed; try again (from ``phase``) after a growing backoff, a bounded number of times."""
-    return Outcome("retry", code=code, message=message, phase=phase, facts=facts or {})
+    return Outcome(Verdict.RETRY, code=code, message=message, phase=phase, facts=facts or {})
 
 
 def fail(code: str, message: str, facts: Mapping[str, str] | None = None) -> Outcome:
     """The device is not what was declared: error at once, no retry."""
-    return Outcome("fail", code=code, message=message, facts=facts or {})
+    return Outcome(Verdict.FAIL, code=code, message=message, facts=facts or {})
 
 
 def enter_phase(phase: str, wait_seconds: int = 0) -> Outcome:
     """Stay on the step, continue with another phase, answering polls with a backoff meanwhile."""
-    return Outcome("phase", phase=phase, wait_seconds=wait_seconds)
+    return Outcome(Verdict.PHASE, phase=phase, wait_seconds=wait_seconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +76,17 @@ class RequestContext:
     envelope: protocol.Envelope
     serial: str
     revision: str
-    #: Builds the URL the listener serves a step's content under (``kind`` is "config").
-    download_url: Callable[[str, str, str], str]
+    #: Builds the URL the listener serves a step's download under: ``download_url(kind, name)``.
+    download_url: Callable[[str, str], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Download:
+    """What the listener serves under a step's download URL: text, or a file from the image folder."""
+
+    text: str | None = None
+    file_name: str = ""
+    content_type: str = "text/plain; charset=utf-8"
 
 
 class StepType(Protocol):
@@ -70,15 +94,27 @@ class StepType(Protocol):
 
     def service(self, step: Step, phase: str) -> str:
         """The PnP service of the request sent in ``phase``; responses must match it."""
+        ...
 
     def is_done(self, step: Step, status: Status) -> bool:
         """True when the step has nothing to do (it is skipped without a request)."""
+        ...
 
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
         """The server message for this step in ``status.phase``."""
+        ...
 
     def on_response(self, step: Step, status: Status, response: protocol.WorkResponse) -> Outcome:
         """Judge the agent's response to that request."""
+        ...
+
+    def wait_reason(self, step: Step, phase: str) -> str:
+        """Why the device is told to back off while this step waits in ``phase`` (the backoff's reason)."""
+        ...
+
+    def download(self, step: Step, kind: str) -> Download | None:
+        """What this step serves under a download URL of ``kind``, or None."""
+        ...
 
 
 def agent_failure(response: protocol.WorkResponse) -> Outcome:
@@ -87,7 +123,7 @@ def agent_failure(response: protocol.WorkResponse) -> Outcome:
 
 
 class SimpleStep:
-    """Base for a one-request step: success advances, failure retries."""
+    """Base for a one-request step: success advances, failure retries, nothing to download."""
 
     name = ""
     pnp_service = ""
@@ -98,8 +134,17 @@ class SimpleStep:
     def is_done(self, step: Step, status: Status) -> bool:
         return False
 
+    def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
+        raise NotImplementedError
+
     def on_response(self, step: Step, status: Status, response: protocol.WorkResponse) -> Outcome:
         return advance() if response.success else agent_failure(response)
+
+    def wait_reason(self, step: Step, phase: str) -> str:
+        return f"retrying {step.id} after a failure"
+
+    def download(self, step: Step, kind: str) -> Download | None:
+        return None
 
 
 def device_facts(response: protocol.WorkResponse) -> dict[str, str]:
@@ -133,6 +178,11 @@ class DeviceInfoStep(SimpleStep):
         return advance(facts)
 
 
+def _local_image(location: str) -> bool:
+    """A bare file name: the listener serves it from its image folder."""
+    return "://" not in location
+
+
 class ImageInstallStep:
     """Install the target image unless it already runs, wait out the reload, verify the version."""
 
@@ -148,8 +198,8 @@ class ImageInstallStep:
         if status.phase == "verify":
             return protocol.device_info(ctx.envelope, "all")
         location = step.param("location")
-        if "://" not in location:  # a file name: the listener serves it from its image folder
-            location = ctx.download_url("image", ctx.serial, ctx.revision)
+        if _local_image(location):
+            location = ctx.download_url("image", os.path.basename(location))
         return protocol.image_install(
             ctx.envelope,
             location,
@@ -173,6 +223,15 @@ class ImageInstallStep:
             facts=facts,
         )
 
+    def wait_reason(self, step: Step, phase: str) -> str:
+        return "waiting for the reload" if phase == "verify" else f"retrying {step.id} after a failure"
+
+    def download(self, step: Step, kind: str) -> Download | None:
+        location = step.param("location")
+        if kind == "image" and _local_image(location):
+            return Download(file_name=os.path.basename(location), content_type="application/octet-stream")
+        return None
+
 
 class CliExecStep(SimpleStep):
     name = pnp_service = "cli-exec"
@@ -182,7 +241,7 @@ class CliExecStep(SimpleStep):
 
 
 class CliConfigStep(SimpleStep):
-    """Apply configuration lines (``lines``), or save running to startup (``persist``)."""
+    """Apply configuration lines (param ``lines``, ``on-fail``), or save running to startup (``persist`` true)."""
 
     name = pnp_service = "cli-config"
 
@@ -198,9 +257,14 @@ class ConfigUpgradeStep(SimpleStep):
     name = pnp_service = "config-upgrade"
 
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
-        location = step.param("url") or ctx.download_url("config", ctx.serial, ctx.revision)
+        location = step.param("url") or ctx.download_url("config", "")
         reload = protocol.Reload(reason="pnp-service day-0 configuration") if step.param("reload") == "true" else None
         return protocol.config_upgrade(ctx.envelope, location, apply_to=step.param("apply-to", "startup"), reload=reload)
+
+    def download(self, step: Step, kind: str) -> Download | None:
+        if kind == "config" and "config" in step.params:
+            return Download(text=step.params["config"])
+        return None
 
 
 BUILTIN_STEP_TYPES: dict[str, StepType] = {
@@ -213,27 +277,46 @@ class UnknownStepType(LookupError):
     pass
 
 
+class StepRegistryError(RuntimeError):
+    """Two step types claim one name, or a plugin cannot be loaded; the message names the sources."""
+
+
+def _source_of(step_type: object) -> str:
+    kind = step_type if isinstance(step_type, type) else type(step_type)
+    return f"{kind.__module__}:{kind.__qualname__}"
+
+
 class StepRegistry:
     """Step types by name: the built-ins, then those of the ``pnp_service.steps`` entry points."""
 
     def __init__(self, step_types: Mapping[str, StepType] | None = None, load_entry_points: bool = True):
-        self._types: dict[str, StepType] = dict(BUILTIN_STEP_TYPES if step_types is None else step_types)
+        self._types: dict[str, StepType] = {}
+        self._sources: dict[str, str] = {}
+        for name, step_type in (BUILTIN_STEP_TYPES if step_types is None else step_types).items():
+            self.register(name, step_type, source=f"built-in {_source_of(step_type)}")
         if load_entry_points:
             self._load_entry_points()
 
     def _load_entry_points(self) -> None:
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if entry_point.name in BUILTIN_STEP_TYPES:
-                continue
+            source = f"entry point {entry_point.name} = {entry_point.value}"
             try:
                 loaded = entry_point.load()
-            except Exception as exc:  # a broken plugin must not take the listener down
-                log.error("step type plugin %s (%s) failed to load: %s", entry_point.name, entry_point.value, exc)
-                continue
-            self.register(entry_point.name, loaded() if isinstance(loaded, type) else loaded)
+            except Exception as exc:
+                raise StepRegistryError(f"step type plugin {source} failed to load: {exc}") from exc
+            step_type = loaded() if isinstance(loaded, type) else loaded
+            known = self._types.get(entry_point.name)
+            if known is not None and type(known) is type(step_type):
+                continue  # this package's own entry points name its built-ins
+            self.register(entry_point.name, step_type, source=source)
 
-    def register(self, name: str, step_type: StepType) -> None:
+    def register(self, name: str, step_type: StepType, source: str = "") -> None:
+        """Add a step type; a name already taken is an error that names both sources."""
+        source = source or f"register({name!r}) of {_source_of(step_type)}"
+        if name in self._types:
+            raise StepRegistryError(f"step type {name!r} is registered twice: by {self._sources[name]} and by {source}")
         self._types[name] = step_type
+        self._sources[name] = source
 
     def get(self, name: str) -> StepType:
         try:

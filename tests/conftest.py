@@ -15,7 +15,7 @@ from pnp_service.provisioner import Settings
 from pnp_service.stores.embedded import EmbeddedStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLE_DATASTORE = os.path.join(REPO, "examples", "datastore.xml")
+EXAMPLE_DATASTORE = os.path.join(REPO, "pnp_service", "examples", "declarations.xml")
 SECRET = b"test-secret-0123456789abcdef"
 
 
@@ -33,13 +33,18 @@ class FakeClock:
 
 
 def datastore_xml(*devices: str) -> str:
-    """A datastore file with the given ``<pnp-device>`` bodies declared."""
+    """A declarations file with the given ``<pnp-device>`` bodies declared."""
     declared = "".join(f'<pnp-device xmlns="urn:pnp-service:pnp">{body}</pnp-device>' for body in devices)
     return (
         "<?xml version='1.0' encoding='UTF-8'?>\n<config>\n"
-        f'  <services xmlns="http://clicon.org/controller">{declared}</services>\n'
-        '  <pnp xmlns="urn:pnp-service:pnp"/>\n</config>\n'
+        f'  <services xmlns="http://clicon.org/controller">{declared}</services>\n</config>\n'
     )
+
+
+def open_store(path: str, **kwargs) -> EmbeddedStore:
+    """An embedded store that looks at the declarations file on every call (tests edit it and poll at once)."""
+    kwargs.setdefault("check_seconds", 0)
+    return EmbeddedStore(path, **kwargs)
 
 
 @pytest.fixture
@@ -76,13 +81,14 @@ def serve(clock):
 
     def start(path: str, **provisioning) -> RunningListener:
         settings = ListenerSettings(provisioning=Settings(**provisioning), secret=SECRET)
-        running = RunningListener(EmbeddedStore(path), clock, settings)
+        running = RunningListener(open_store(path), clock, settings)
         started.append(running)
         return running
 
     yield start
     for running in started:
         running.stop()
+        running.store.close()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -93,3 +99,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         )
     elif os.environ.get("PNP_XSD_DIR") is None:
         terminalreporter.write_line("Cisco XSDs: not validated (PNP_XSD_DIR not set; see tests/test_schemas.py)")
+
+
+def state_dump(declarations_path: str) -> list:
+    """Every row of the state database beside a declarations file: what 'changes nothing' is checked against."""
+    import sqlite3
+
+    from pnp_service.stores.embedded import default_state_path
+
+    path = default_state_path(declarations_path)
+    if not os.path.exists(path):
+        return []
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        return [(table, *row) for table in ("status", "unclaimed", "work")
+                for row in connection.execute(f"SELECT * FROM {table} ORDER BY serial")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SECRET, FakeClock
+from conftest import open_store, state_dump, SECRET, FakeClock
 from pnp_service import protocol
 from pnp_service.simulator import messages
 from pnp_service.app import create_app
@@ -17,7 +17,7 @@ UDI = protocol.Udi("C9300-24P", "V01", "FOC2001X0AB")
 @pytest.fixture
 def setup(example_path):
     clock = FakeClock()
-    store = EmbeddedStore(example_path)
+    store = open_store(example_path)
     settings = ListenerSettings(secret=SECRET, max_body_bytes=64 * 1024)
     listener = Listener(store, settings, clock=clock)
     client = create_app(store, settings, listener=listener).test_client()
@@ -55,19 +55,19 @@ def test_work_request_gets_xml(setup):
 @pytest.mark.parametrize("path", ["/pnp/WORK-REQUEST", "/pnp/WORK-RESPONSE"])
 def test_bad_bodies_get_400_and_change_nothing(setup, body, path):
     client, datastore, _ = setup
-    before = file_bytes(datastore)
+    before = state_dump(datastore)
     response = client.post(path, data=body)
     assert response.status_code == 400
     assert b"bad WORK-" in response.data
-    assert file_bytes(datastore) == before
+    assert state_dump(datastore) == before
 
 
 def test_oversized_body_gets_413_and_changes_nothing(setup, caplog):
     client, datastore, _ = setup
-    before = file_bytes(datastore)
+    before = state_dump(datastore)
     response = client.post("/pnp/WORK-REQUEST", data=b"<a>" + b"x" * 70_000 + b"</a>")
     assert response.status_code == 413
-    assert file_bytes(datastore) == before
+    assert state_dump(datastore) == before
     assert "event=http-413" in caplog.text
 
 
@@ -127,4 +127,4 @@ def test_config_text_is_never_logged(setup, caplog):
     caplog.set_level("DEBUG")
     client.get(config_url(client))
     assert "change-me" not in caplog.text and "hostname access-sw-01" not in caplog.text
-    assert "event=download kind=config" in caplog.text
+    assert 'event=download serial="FOC2001X0AB" address="127.0.0.1" kind="config"' in caplog.text

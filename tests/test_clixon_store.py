@@ -1,41 +1,74 @@
-"""The Clixon store without a controller: a fake NETCONF session stands in for the socket."""
+"""The Clixon store without a controller: a fake NETCONF session that behaves like Clixon where it matters."""
 
 from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
 
 import pytest
 from lxml import etree
 
-from pnp_service import model
-from pnp_service.model import Status, Unclaimed
+from pnp_service import model, protocol
+from pnp_service.model import NETCONF_NS, Status, Unclaimed
 from pnp_service.planner import plan
-from pnp_service.provisioner import Decision
-from pnp_service.stores.base import StoreUnavailable
-from pnp_service.stores.clixon import NETCONF_NS, ClixonRpcError, ClixonStore, status_edit
+from pnp_service.provisioner import Decision, Event
+from pnp_service.simulator import messages
+from pnp_service.stores.base import Change, StoreError, StoreUnavailable, UnknownSerial
+from pnp_service.stores.clixon import ClixonStore, RpcError, status_edit
+from pnp_service.stores.clixon.store import view_from_reply
 
 PNP = model.PNP_NS
+SERIAL = re.compile(protocol.SERIAL_PATTERN.pattern)
+STATES = {"planned", "onboarding", "provisioned", "error"}
+
+
+def p(name):
+    return f"{{{PNP}}}{name}"
 
 
 class FakeController:
-    """Running datastore of a controller, as far as the store uses it."""
+    """Running datastore of a controller, as far as the store uses it; validates like Clixon does."""
 
     def __init__(self):
         declaration = model.Declaration(serial="SN1", pid="C9300-24P", hostname="sw1", template="hostname {{ hostname }}\nend\n")
-        work = plan(declaration)
         self.running = etree.fromstring(
             f'<data xmlns="{NETCONF_NS}"><services xmlns="{model.CONTROLLER_NS}">'
-            f'<pnp-device xmlns="{PNP}"><serial>SN1</serial><pid>C9300-24P</pid></pnp-device></services>'
-            f'<pnp xmlns="{PNP}"/></data>'
+            f'<pnp-device xmlns="{PNP}"><serial>SN1</serial><pid>C9300-24P</pid><hostname>sw1</hostname></pnp-device>'
+            f'</services><pnp xmlns="{PNP}"/></data>'
         )
-        self.running.find(f"{{{PNP}}}pnp").append(model.work_to_xml("SN1", work))
+        self.running.find(p("pnp")).append(model.work_to_xml("SN1", plan(declaration)))
         self.up = True
         self.candidate_modified = False  # another session's uncommitted edits
         self.gets = 0
         self.commits = 0
+        self.refused = 0
+        self.get_gate: threading.Event | None = None  # set: get-config waits for it (a slow controller)
 
     def session(self, sockpath):
         if not self.up:
             raise StoreUnavailable("controller socket: connection refused")
         return FakeSession(self)
+
+    def device(self, serial, create=False):
+        pnp = self.running.find(p("pnp"))
+        for device in pnp.iterfind(p("device")):
+            if device.findtext(p("serial")) == serial:
+                return device
+        if create:
+            device = etree.SubElement(pnp, p("device"))
+            etree.SubElement(device, p("serial")).text = serial
+            return device
+        return None
+
+    def status(self, serial):
+        device = self.device(serial)
+        return model.status_from_xml(device.find(p("status"))) if device is not None else None
+
+    def unclaimed(self):
+        return [u.findtext(p("serial")) for u in self.running.find(p("pnp")).iterfind(p("unclaimed"))]
 
 
 class FakeSession:
@@ -47,35 +80,44 @@ class FakeSession:
         if not self.controller.up:
             raise StoreUnavailable("controller connection lost")
 
-    def get_config(self, source, xpath, namespaces):
+    def get_config_raw(self, source, xpath, namespaces=None):
         self._alive()
+        if self.controller.get_gate is not None:
+            self.controller.get_gate.wait(10)
         self.controller.gets += 1
-        return etree.fromstring(etree.tostring(self.controller.running))
+        return f'<rpc-reply xmlns="{NETCONF_NS}">'.encode() + etree.tostring(self.controller.running) + b"</rpc-reply>"
 
     def lock(self):
         self._alive()
         if self.controller.candidate_modified:
-            raise ClixonRpcError("Operation failed, candidate has already been modified")
+            raise RpcError("Operation failed, candidate has already been modified", "lock-denied", "protocol")
 
-    def edit_config(self, config):
+    def edit_config(self, config, default_operation="merge"):
         self._alive()
         self.edit = etree.fromstring(config)
 
     def commit(self):
+        """Validate the whole edit first (Clixon rejects the batch whole), then apply it."""
         self._alive()
-        pnp = self.controller.running.find(f"{{{PNP}}}pnp")
-        for device in self.edit.iterfind(f"{{{PNP}}}device"):
-            serial = device.findtext(f"{{{PNP}}}serial")
-            target = next((d for d in pnp.iterfind(f"{{{PNP}}}device") if d.findtext(f"{{{PNP}}}serial") == serial), None)
-            if target is None:
-                target = etree.SubElement(pnp, f"{{{PNP}}}device")
-                etree.SubElement(target, f"{{{PNP}}}serial").text = serial
-            for old in target.findall(f"{{{PNP}}}status"):
+        for element in self.edit.iter(p("serial")):
+            if not SERIAL.fullmatch(element.text or ""):
+                self.controller.refused += 1
+                raise RpcError(f"regexp match fail: pattern does not match {element.text}", "bad-element", "application")
+        for element in self.edit.iter(p("state")):
+            if element.text not in STATES:
+                self.controller.refused += 1
+                raise RpcError(f"'{element.text}' does not match enumeration", "bad-element", "application")
+        pnp = self.controller.running.find(p("pnp"))
+        for device in self.edit.iterfind(p("device")):
+            target = self.controller.device(device.findtext(p("serial")), create=True)
+            for old in target.findall(p("status")):
                 target.remove(old)
-            target.append(device.find(f"{{{PNP}}}status"))
-        for entry in self.edit.iterfind(f"{{{PNP}}}unclaimed"):
-            serial = entry.findtext(f"{{{PNP}}}serial")
-            for old in [u for u in pnp.iterfind(f"{{{PNP}}}unclaimed") if u.findtext(f"{{{PNP}}}serial") == serial]:
+            status = device.find(p("status"))
+            if status.get(f"{{{NETCONF_NS}}}operation") != "remove":
+                target.append(status)
+        for entry in self.edit.iterfind(p("unclaimed")):
+            serial = entry.findtext(p("serial"))
+            for old in [u for u in pnp.iterfind(p("unclaimed")) if u.findtext(p("serial")) == serial]:
                 pnp.remove(old)
             if entry.get(f"{{{NETCONF_NS}}}operation") != "remove":
                 pnp.append(entry)
@@ -92,7 +134,7 @@ class FakeSession:
 
 
 def change(status=None, unclaimed=None):
-    return lambda record: Decision(b"", "test", status=status, unclaimed=unclaimed)
+    return lambda record: Decision(b"", Event.REQUEST, status=status, unclaimed=unclaimed)
 
 
 @pytest.fixture
@@ -101,24 +143,32 @@ def controller():
 
 
 @pytest.fixture
-def open_store(controller, tmp_path):
-    def make():
-        return ClixonStore("/fake.sock", journal_path=str(tmp_path / "journal"), session_factory=controller.session, start_threads=False)
+def journal(tmp_path):
+    return str(tmp_path / "journal")
+
+
+@pytest.fixture
+def open_store(controller, journal):
+    opened = []
+
+    def make(**kwargs):
+        store = ClixonStore("/fake.sock", journal_path=journal, session_factory=controller.session, start_threads=False, **kwargs)
+        opened.append(store)
+        return store
 
     return make
-
-
-def running_status(controller, serial):
-    for device in controller.running.iter(f"{{{PNP}}}device"):
-        if device.findtext(f"{{{PNP}}}serial") == serial:
-            return model.status_from_xml(device.find(f"{{{PNP}}}status"))
-    return None
 
 
 def test_reads_declarations_and_work_from_running(open_store):
     record = open_store().load("SN1")
     assert record.declaration.pid == "C9300-24P"
     assert record.work.steps[-1].params["config"] == "hostname sw1\nend\n"  # newlines intact
+
+
+def test_the_copy_holds_records_built_element_by_element(controller):
+    data = b"<rpc-reply>" + etree.tostring(controller.running) + b"</rpc-reply>"
+    view = view_from_reply(data)
+    assert set(view.declarations) == {"SN1"} and set(view.work) == {"SN1"} and view.status == {}
 
 
 def test_polls_cost_no_round_trip(open_store, controller):
@@ -130,15 +180,15 @@ def test_polls_cost_no_round_trip(open_store, controller):
     assert controller.gets == gets
 
 
-def test_write_is_journaled_before_commit_then_committed(open_store, controller, tmp_path):
+def test_write_is_journaled_before_commit_then_committed(open_store, controller, journal):
     store = open_store()
     store.update("SN1", change(status=Status(state="onboarding", step="device-info", correlator="c1")))
-    assert "c1" in (tmp_path / "journal").read_text()
+    assert "c1" in open(journal).read()
     assert store.load("SN1").status.correlator == "c1"  # our own write is visible at once
-    assert running_status(controller, "SN1") is None
+    assert controller.status("SN1") is None
     assert store.flush() is True
-    assert running_status(controller, "SN1").correlator == "c1"
-    assert (tmp_path / "journal").read_text() == ""
+    assert controller.status("SN1").correlator == "c1"
+    assert open(journal).read() == ""
 
 
 def test_denied_lock_keeps_writes_until_it_is_granted(open_store, controller):
@@ -147,9 +197,10 @@ def test_denied_lock_keeps_writes_until_it_is_granted(open_store, controller):
     store.update("SN1", change(status=Status(state="onboarding", attempts=1)))
     assert store.flush() is False and controller.commits == 0
     assert "candidate has already been modified" in store.last_error
+    assert any("candidate" in problem for problem in store.problems())
     controller.candidate_modified = False
     assert store.flush() is True
-    assert running_status(controller, "SN1").attempts == 1 and store.last_error == ""
+    assert controller.status("SN1").attempts == 1 and store.last_error == ""
 
 
 def test_restart_replays_the_journal(open_store, controller):
@@ -164,13 +215,13 @@ def test_restart_replays_the_journal(open_store, controller):
     assert again.load("SN1").status.attempts == 2  # still served before it is committed
     assert again.load("NEW1").unclaimed.pid == "C9200L"
     assert again.flush() is True
-    assert running_status(controller, "SN1").attempts == 2
+    assert controller.status("SN1").attempts == 2 and controller.unclaimed() == ["NEW1"]
 
 
-def test_torn_journal_line_is_skipped(open_store, tmp_path):
+def test_torn_journal_line_is_skipped(open_store, journal):
     store = open_store()
     store.update("SN1", change(status=Status(state="onboarding", attempts=3)))
-    with open(tmp_path / "journal", "a") as handle:
+    with open(journal, "a") as handle:
         handle.write('{"kind": "status", "serial": "SN1", "val')  # crash mid-append
     assert open_store().load("SN1").status.attempts == 3
 
@@ -185,7 +236,7 @@ def test_controller_down_serves_the_last_copy_and_keeps_writes(open_store, contr
     assert store.flush() is False
     controller.up = True
     store.refresh()
-    assert store.flush() is True and running_status(controller, "SN1").attempts == 1
+    assert store.flush() is True and controller.status("SN1").attempts == 1
 
 
 def test_newer_write_during_a_commit_is_not_lost(open_store, controller):
@@ -203,31 +254,153 @@ def test_newer_write_during_a_commit_is_not_lost(open_store, controller):
     finally:
         FakeSession.commit = original_commit
     assert store.load("SN1").status.attempts == 2
-    assert store.flush() is True and running_status(controller, "SN1").attempts == 2
+    assert store.flush() is True and controller.status("SN1").attempts == 2
 
 
-def test_claimed_device_leaves_unclaimed(open_store, controller):
+def test_a_refresh_fetched_before_a_commit_does_not_undo_it(open_store, controller):
+    store = open_store()
+    store.update("SN1", change(status=Status(state="onboarding", attempts=1)))
+    stale = etree.fromstring(etree.tostring(controller.running))  # running as a slow refresh saw it
+    original = FakeSession.get_config_raw
+
+    def slow_get(session, *args):
+        data = b"<rpc-reply>" + etree.tostring(stale) + b"</rpc-reply>"
+        store.flush()  # the flusher commits while the refresh is on its way
+        return data
+
+    FakeSession.get_config_raw = slow_get
+    try:
+        store.refresh()
+    finally:
+        FakeSession.get_config_raw = original
+    assert store.load("SN1").status.attempts == 1
+
+
+def test_claimed_device_leaves_unclaimed_and_unclaimed_drops_an_old_status(open_store, controller):
     store = open_store()
     store.update("SN1", change(unclaimed=Unclaimed("SN1")))
     store.flush()
     store.update("SN1", change(status=Status(state="onboarding")))
     assert store.load("SN1").unclaimed is None
     store.flush()
-    assert not [u for u in controller.running.iter(f"{{{PNP}}}unclaimed")]
+    assert controller.unclaimed() == []
+    store.update("SN1", change(unclaimed=Unclaimed("SN1", pid="X")))
+    store.flush()
+    assert controller.status("SN1") is None and controller.unclaimed() == ["SN1"]
 
 
 def test_status_edit_shape():
-    edit = etree.fromstring(status_edit(type("P", (), {"status": {"S1": Status(state="error", error_code="x")}, "unclaimed": {}})()))
-    status = edit.find(f"{{{PNP}}}device/{{{PNP}}}status")
+    edit = etree.fromstring(status_edit([Change("S1", status=Status(state="error", error_code="x")),
+                                         Change("S2", unclaimed=Unclaimed("S2"))]))
+    status = edit.find(f"{p('device')}/{p('status')}")
     assert status.get(f"{{{NETCONF_NS}}}operation") == "replace"
-    assert edit.find(f"{{{PNP}}}unclaimed").get(f"{{{NETCONF_NS}}}operation") == "remove"
+    assert edit.find(p("unclaimed")).get(f"{{{NETCONF_NS}}}operation") == "remove"
+    removed = [d for d in edit.iterfind(p("device")) if d.findtext(p("serial")) == "S2"]
+    assert removed[0].find(p("status")).get(f"{{{NETCONF_NS}}}operation") == "remove"
+
+
+# --------------------------------------------------------------------------- one bad record blocks nothing
+
+
+def test_a_refused_change_is_set_aside_and_every_other_change_is_committed(open_store, controller, journal, caplog):
+    store = open_store()
+    for number in range(7):
+        store.update(f"OK{number}", change(unclaimed=Unclaimed(f"OK{number}", pid="C9200L")))
+    store.update("SN1", change(status=Status(state="bogus")))  # the controller's enumeration refuses it
+    store.update("OK7", change(unclaimed=Unclaimed("OK7")))
+    with caplog.at_level(logging.ERROR):
+        assert store.flush() is True
+    assert sorted(controller.unclaimed()) == [f"OK{n}" for n in range(8)]
+    assert controller.status("SN1") is None
+    assert 'event=write-refused serial="SN1"' in caplog.text and "does not match enumeration" in caplog.text
+    (kept,) = [json.loads(line) for line in open(journal + ".rejected")]
+    assert kept["serial"] == "SN1" and "enumeration" in kept["reason"]
+    assert open(journal).read() == "" and store.problems()
+    assert store.flush() is True  # nothing is retried forever
+
+
+def test_a_poisoned_journal_from_an_older_version_heals_at_start(open_store, controller, journal, caplog):
+    lines = [
+        {"kind": "unclaimed", "serial": "BAD$SERIAL!", "value": {"serial": "BAD$SERIAL!", "pid": "X"}},
+        {"kind": "status", "serial": "SN1", "value": {"state": "provisioned", "revision": "r"}},
+    ]
+    with open(journal, "w") as handle:
+        handle.writelines(json.dumps(line) + "\n" for line in lines)
+    with caplog.at_level(logging.ERROR):
+        store = open_store()
+    assert "BAD$SERIAL!" in caplog.text and "BAD$SERIAL!" not in open(journal).read()
+    assert store.flush() is True
+    assert controller.status("SN1").state == "provisioned" and controller.refused == 0
+
+
+def test_a_change_no_controller_would_take_is_never_journaled(open_store, journal):
+    store = open_store()
+    store.update("BAD$SERIAL!", change(unclaimed=Unclaimed("BAD$SERIAL!")))
+    assert not os.path.exists(journal) or "BAD$SERIAL!" not in open(journal).read()
+    assert "BAD$SERIAL!" in open(journal + ".rejected").read()
+
+
+def test_a_controller_outage_is_not_mistaken_for_a_refusal(open_store, controller, journal):
+    store = open_store()
+    store.update("SN1", change(status=Status(state="onboarding")))
+    controller.up = False
+    assert store.flush() is False
+    assert not os.path.exists(journal + ".rejected") and "SN1" in open(journal).read()
+
+
+# --------------------------------------------------------------------------- polls never wait
+
+
+def test_polls_are_answered_while_a_refresh_waits_for_a_slow_controller(open_store, controller):
+    store = open_store()
+    controller.get_gate = threading.Event()
+    refresher = threading.Thread(target=store.refresh)
+    refresher.start()
+    answered = threading.Event()
+
+    def poll():
+        store.load("SN1")
+        store.update("SN1", change())
+        store.update("SN1", change(status=Status(state="onboarding", attempts=4)))
+        answered.set()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    assert answered.wait(5), "a poll waited for the controller"
+    controller.get_gate.set()
+    refresher.join(5)
+    poller.join(5)
+    assert store.load("SN1").status.attempts == 4
+
+
+def test_polls_of_other_devices_do_not_wait_for_a_journal_fsync(open_store, monkeypatch):
+    store = open_store()
+    gate, entered = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(descriptor):
+        entered.set()
+        gate.wait(10)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    writer = threading.Thread(target=store.update, args=("SN1", change(status=Status(state="onboarding"))))
+    writer.start()
+    assert entered.wait(5)
+    reader_done = threading.Event()
+    threading.Thread(target=lambda: (store.load("OTHER"), store.update("OTHER", change()), reader_done.set())).start()
+    assert reader_done.wait(5), "a read waited for another device's fsync"
+    gate.set()
+    writer.join(5)
+
+
+# --------------------------------------------------------------------------- the rest of the contract
 
 
 def test_missing_pyapi_is_a_clear_error(monkeypatch):
     import builtins
 
-    from pnp_service.stores import clixon
-    from pnp_service.stores.base import StoreError
+    from pnp_service.stores.clixon import netconf
 
     real_import = builtins.__import__
 
@@ -238,14 +411,12 @@ def test_missing_pyapi_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_clixon)
     with pytest.raises(StoreError, match="clixon-pyapi is not installed"):
-        clixon.ClixonSession("/nowhere.sock")
+        netconf.Session("/nowhere.sock")
 
 
 def test_two_listeners_on_one_controller_need_no_sticky_sessions(controller, tmp_path):
-    """A device's request served by one listener and its response by another: the second reloads and advances."""
+    """A device's request served by one listener and its response by another: the second looks again and advances."""
     from conftest import SECRET
-    from pnp_service import protocol
-    from pnp_service.simulator import messages
     from pnp_service.listener import Listener, ListenerSettings
 
     def listener(name):
@@ -258,28 +429,34 @@ def test_two_listeners_on_one_controller_need_no_sticky_sessions(controller, tmp
     reply = listener_a.work_request(messages.work_request(udi, "c1"), "192.0.2.9", "http://pnp/")
     assert messages.parse_server_message(reply.body).service == "device-info"
     assert store_a.flush() is True
+    gets = controller.gets
     info = messages.device_info(udi, "c1", platform="C9300-24P", version="17", hostname="h", flash_free=1)
     reply = listener_b.work_response(info, "192.0.2.9", "http://pnp/")
     assert messages.parse_server_message(reply.body).service == "bye"
     assert store_b.load("SN1").status.step == "config-upgrade"
+    assert controller.gets == gets + 1  # exactly one round trip, for that serial
 
 
-def test_reload_ignores_serials_that_are_not_serials(open_store, controller):
+def test_reset_deletes_the_status_in_running(open_store, controller):
     store = open_store()
-    gets = controller.gets
-    store.reload("x'] | /ctrl:devices | /pnp:pnp[x='")
-    assert controller.gets == gets
+    store.update("SN1", change(status=Status(state="error", error_code="x")))
+    store.flush()
+    assert "starts over" in store.reset("SN1")
+    assert controller.status("SN1") is None and store.load("SN1").status is None
+    assert "nothing to reset" in store.reset("SN1")
+    with pytest.raises(UnknownSerial):
+        store.reset("NOBODY")
+    with pytest.raises(UnknownSerial):
+        store.reset("x'] | /ctrl:devices | /pnp:pnp[x='")
 
 
-def test_read_only_store_never_touches_the_listeners_journal(open_store, controller, tmp_path):
-    from pnp_service.stores.base import StoreError
-
+def test_read_only_store_never_touches_the_listeners_journal(open_store, controller, journal):
     listener_store = open_store()
     controller.candidate_modified = True
     listener_store.update("SN1", change(status=Status(state="onboarding", attempts=5)))
     controller.candidate_modified = False
-    viewer = ClixonStore("/fake.sock", journal_path=str(tmp_path / "journal"), session_factory=controller.session, read_only=True)
+    viewer = open_store(read_only=True)
     with pytest.raises(StoreError, match="read-only"):
         viewer.update("SN1", change(status=Status(state="error")))
     viewer.close()
-    assert controller.commits == 0 and "attempts" in (tmp_path / "journal").read_text()
+    assert controller.commits == 0 and "attempts" in open(journal).read()

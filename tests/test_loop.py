@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -144,22 +145,36 @@ def test_serve_agent_status_from_the_command_line(example_path, mode):
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=20)
-    assert "event=request" in output and "serial=FOC2001X0AB" in output
+    assert 'event=request serial="FOC2001X0AB"' in output
     status = cli("status", "--datastore", example_path)
     assert status.returncode == 0, status.stderr
-    lines = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[1:]}
+    lines = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[1:-1]}
     assert lines["FOC2001X0AB"] == "provisioned" and lines["NEWBIE1"] == "unclaimed"
-    assert lines["FOC2001X0CD"] in ("planned", "declared")
+    assert lines["FOC2001X0CD"] == "planned"
+    assert status.stdout.splitlines()[-1] == "2 declared: 1 provisioned, 1 planned; 1 unclaimed"
 
 
 def test_status_of_a_missing_datastore_says_so(tmp_path):
     result = cli("status", "--datastore", str(tmp_path / "missing.xml"))
-    assert result.returncode == 1 and "does not exist" in result.stderr
+    assert result.returncode == 1 and "no such file" in result.stderr and "pnp-service init" in result.stderr
+    assert "Traceback" not in result.stderr and os.listdir(tmp_path) == []
 
 
-def test_option43():
-    assert cli("option43", "192.0.2.10").stdout.strip() == "5A1N;B2;K4;I192.0.2.10;J80"
-    assert cli("option43", "pnp.example.net", "--https").stdout.strip() == "5A1N;B1;K5;Ipnp.example.net;J443"
+def test_option43_points_at_the_port_serve_listens_on():
+    assert cli("option43", "192.0.2.10").stdout.strip() == "5A1N;B2;K4;I192.0.2.10;J8080"
+    assert cli("option43", "pnp.example.net", "--https", "--port", "443").stdout.strip() == "5A1N;B1;K5;Ipnp.example.net;J443"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["option43", "not an ip!"], "is not an IP address or a host name"),
+    (["option43", "192.0.2.1", "--port", "70000"], "70000 is not a port"),
+    (["serve", "--port", "99999"], "99999 is not a port"),
+    (["serve", "--datastore", "/nowhere/typo.xml", "--port", "8"], "no such file"),
+    (["status", "--format", "yaml"], "invalid choice"),
+])
+def test_bad_values_are_one_line_errors_without_a_traceback(args, message):
+    result = cli(*args)
+    assert result.returncode in (1, 2) and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_credentials_reach_an_agent_that_asks(serve, clock, tmp_path):

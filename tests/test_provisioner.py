@@ -37,7 +37,7 @@ class Device:
         self.writes = 0
 
     def contact(self) -> Contact:
-        return Contact(self.now, "192.0.2.50", lambda kind, serial, rev: f"http://pnp/dl/{kind}/{serial}/{rev}")
+        return Contact(self.now, "192.0.2.50", lambda kind, serial, rev, name: f"http://pnp/dl/{kind}/{serial}/{rev}/{name}".rstrip("/"))
 
     def _apply(self, decision):
         if decision.status is not None:
@@ -90,9 +90,10 @@ def test_declared_device_is_provisioned():
     _, message = device.poll()
     assert message.service == "config-upgrade"
     assert message.find_text("config/copy/source/location") == f"http://pnp/dl/config/SN1/{device.record.work.revision}"
+    assert message.find("config/copy/abortOnSyntaxFault") is not None
     assert message.find("reload") is not None
     device.ok("config-upgrade")
-    assert device.status.state == "provisioned"
+    assert device.status.state == "provisioned" and device.status.started == T0
     _, message = device.poll()
     assert message.service == "backoff" and message.find_text("backoff/defaultMinutes") == "60"
 
@@ -158,27 +159,76 @@ def test_stale_correlator_is_acknowledged_and_changes_nothing():
     assert decision.event == "stale" and decision.status is None and device.status == before
 
 
-def test_response_of_the_wrong_service_changes_nothing():
+def test_response_of_the_wrong_service_is_a_failed_attempt():
     device = Device(declared())
     device.poll()
     decision = device.ok("config-upgrade")  # right correlator, but device-info was asked
-    assert decision.event == "stale" and device.status.step == "device-info"
+    assert decision.event == "wrong-service" and device.status.step == "device-info"
+    assert device.status.attempts == 1 and device.status.error_code == "wrong-service"
+    assert "device-info request with a config-upgrade response" in device.status.error_message
 
 
-def test_duplicate_response_is_stale():
-    device = Device(declared())
+def test_a_retransmitted_response_does_not_advance_twice():
+    device = Device(declared(image_version="17.9.4a", image_url="http://i.invalid/x.bin", image_md5="b" * 32))
     device.poll()
     device.answer_device_info()
-    assert device.answer_device_info().event in ("stale", "unexpected")
-    assert device.status.step == "config-upgrade"
+    assert device.status.correlator == "" and device.status.step == "image-install"
+    assert device.answer_device_info().event == "unexpected"  # the same answer again: the correlator was used
+    assert device.status.step == "image-install"
 
 
-def test_fault_changes_nothing():
+def test_a_response_from_an_older_revision_changes_nothing():
     device = Device(declared())
     device.poll()
     before = device.status
+    device.record = dataclasses.replace(device.record, work=plan(declared(hostname="renamed")))
+    decision = device.answer_device_info()
+    assert decision.status is None and device.status == before
+
+
+def test_the_retry_backoff_is_capped():
+    settings = Settings(max_attempts=20, retry_base_seconds=30, retry_max_seconds=300)
+    assert [settings.retry_delay(n) for n in (1, 2, 3, 4, 5, 10)] == [30, 60, 120, 240, 300, 300]
+    device = Device(declared(), settings)
+    device.poll()
+    device.answer_device_info()
+    for _ in range(8):
+        device.poll()
+        device.fail("config-upgrade")
+        assert (device.status.retry_at - device.now).total_seconds() <= 300
+        device.wait(300)
+
+
+def test_a_success_after_a_failure_clears_the_old_error():
+    device = Device(declared())
+    device.poll()
+    device.fail("device-info")
+    assert device.status.error_code
+    device.wait(30)
+    device.poll()
+    device.answer_device_info()
+    device.poll()
+    device.ok("config-upgrade")
+    assert device.status.state == "provisioned" and device.status.error_code == "" and device.status.error_message == ""
+
+
+def test_a_fault_to_the_outstanding_request_is_a_failed_attempt_bounded_by_max_attempts():
+    device = Device(declared(), Settings(max_attempts=3, retry_base_seconds=30))
+    for attempt in (1, 2, 3):
+        _, message = device.poll()
+        assert message.service == "device-info"
+        decision = device.respond(messages.fault(UDI, "Client", "cannot parse the request"))
+        assert decision.event == "fault" and device.status.attempts == attempt
+        assert device.status.error_message.startswith("cannot parse the request")
+        device.wait(3600)
+    assert device.status.state == "error" and "gave up after 3 attempts" in device.status.error_message
+    assert device.poll()[1].service == "backoff"
+
+
+def test_a_fault_when_nothing_is_outstanding_changes_nothing():
+    device = Device(declared())
     decision = device.respond(messages.fault(UDI, "Client", "cannot parse"))
-    assert decision.event == "fault" and device.status == before
+    assert decision.event == "unexpected" and decision.recheck and device.status is None
 
 
 def test_response_when_nothing_was_sent_changes_nothing():
@@ -314,3 +364,18 @@ def test_builtin_step_types_are_registered_through_entry_points():
     if not names:
         pytest.skip("package not installed (pip install -e .): no entry points")
     assert {"device-info", "image-install", "config-upgrade", "cli-exec"} <= names
+
+
+def test_states_are_the_yangs_enumeration_and_every_case_has_a_row():
+    import glob
+    import os
+    import re
+
+    from conftest import REPO
+    from pnp_service.provisioner import POLL_TABLE, RESPONSE_TABLE, VERDICT_TABLE, Answer, Poll, State
+    from pnp_service.steps import Verdict
+
+    (module,) = glob.glob(os.path.join(REPO, "yang", "pnp-service@*.yang"))
+    typedef = open(module).read().split("typedef device-state", 1)[1].split("\n  }\n", 1)[0]
+    assert re.findall(r"enum (\S+) \{", typedef) == [state.value for state in State]
+    assert set(POLL_TABLE) == set(Poll) and set(RESPONSE_TABLE) == set(Answer) and set(VERDICT_TABLE) == set(Verdict)

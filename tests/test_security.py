@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, SECRET, FakeClock, datastore_xml
+from conftest import open_store, state_dump, REPO, SECRET, FakeClock, datastore_xml
 from pnp_service import protocol
 from pnp_service.simulator import messages
 from pnp_service.app import create_app
@@ -109,7 +109,7 @@ def app_setup(example_path, tmp_path):
     images.mkdir()
     (images / "cat9k_iosxe.17.09.04a.SPA.bin").write_bytes(b"IMAGE" * 1000)
     clock = FakeClock()
-    store = EmbeddedStore(example_path)
+    store = open_store(example_path)
     config = ListenerSettings(secret=SECRET, max_body_bytes=64 * 1024, image_dir=str(images))
     listener = Listener(store, config, clock=clock)
     return create_app(store, config, listener=listener), example_path, clock, images
@@ -124,21 +124,21 @@ def read(path):
 @given(body=st.binary(max_size=4096), path=st.sampled_from(["/pnp/WORK-REQUEST", "/pnp/WORK-RESPONSE"]))
 def test_fuzzed_bodies_get_4xx_and_change_nothing(app_setup, body, path):
     app, datastore, _, _ = app_setup
-    before = read(datastore)
+    before = state_dump(datastore)
     response = app.test_client().post(path, data=body, content_type="application/xml")
     assert response.status_code in (200, 400)
     if response.status_code == 400:
-        assert read(datastore) == before
+        assert state_dump(datastore) == before
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded"])
 def test_wrong_content_type_gets_415_with_a_log_line(app_setup, content_type, caplog):
     app, datastore, _, _ = app_setup
-    before = read(datastore)
+    before = state_dump(datastore)
     response = app.test_client().post("/pnp/WORK-REQUEST", data=messages.work_request(UDI, "c"), content_type=content_type)
     assert response.status_code == 415
     assert "event=bad-content-type" in caplog.text
-    assert read(datastore) == before
+    assert state_dump(datastore) == before
 
 
 def test_bad_request_is_logged_with_the_reason(app_setup, caplog):
@@ -150,16 +150,21 @@ def test_bad_request_is_logged_with_the_reason(app_setup, caplog):
 def test_unknown_service_and_unsolicited_responses_get_a_bye_and_change_nothing(app_setup):
     app, datastore, _, _ = app_setup
     client = app.test_client()
-    before = read(datastore)
+    before = state_dump(datastore)
     unsolicited = messages.response(UDI, "config-upgrade", "never-sent")
     reply = client.post("/pnp/WORK-RESPONSE", data=unsolicited, content_type="text/xml")
     assert reply.status_code == 200 and messages.parse_server_message(reply.data).service == "bye"
     client.post("/pnp/WORK-REQUEST", data=messages.work_request(UDI, "c9"), content_type="text/xml")
-    after_request = read(datastore)
-    made_up = messages.response(UDI, "made-up-service", "c9")
+    after_request = state_dump(datastore)
+    assert after_request != before
+    stale = messages.response(UDI, "made-up-service", "c8")
+    reply = client.post("/pnp/WORK-RESPONSE", data=stale, content_type="text/xml")
+    assert messages.parse_server_message(reply.data).service == "bye"
+    assert state_dump(datastore) == after_request
+    made_up = messages.response(UDI, "made-up-service", "c9")  # the owed correlator, another service: a failed attempt
     reply = client.post("/pnp/WORK-RESPONSE", data=made_up, content_type="text/xml")
     assert messages.parse_server_message(reply.data).service == "bye"
-    assert read(datastore) == after_request != before
+    assert open_store(datastore).load(UDI.serial).status.error_code == "wrong-service"
 
 
 def image_url(client) -> tuple[str, str]:
@@ -173,7 +178,7 @@ def image_url(client) -> tuple[str, str]:
 
 
 def local_image_datastore(path, name):
-    text = read(path).decode().replace("http://192.0.2.10/images/cat9k_iosxe.17.09.04a.SPA.bin", name)
+    text = read(path).decode().replace("http://images.example.invalid/cat9k_iosxe.17.09.04a.SPA.bin", name)
     text = text.replace("0123456789abcdef0123456789abcdef", hashlib.md5(b"IMAGE" * 1000).hexdigest())
     with open(path, "w") as handle:
         handle.write(text)
@@ -263,7 +268,7 @@ def test_https_serving_and_download_urls_follow_the_scheme(example_path, tmp_pat
 def test_tls_cert_without_key_is_refused(example_path):
     result = subprocess.run([sys.executable, "-m", "pnp_service.cli", "serve", "--datastore", example_path, "--tls-cert", "x.pem"],
                             cwd=REPO, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 1 and "--tls-key" in result.stderr
+    assert result.returncode == 2 and "--tls-key" in result.stderr
 
 
 # --------------------------------------------------------------------------- concurrency and durability
@@ -310,7 +315,7 @@ def test_many_agents_at_once_over_gunicorn_workers(tmp_path):
     finally:
         server.terminate()
         server.communicate(timeout=20)
-    assert [r.outcome for r in results] == ["configured"] * 40 + ["backed-off"] * 10
+    assert [r.outcome for r in results] == ["configured"] * 40 + ["backed-off"] * 10, [r for r in results if r.outcome == "http-error"]
     store = EmbeddedStore(path)
     snapshot = store.snapshot()
     assert sorted(r.status.state for r in snapshot.devices) == ["provisioned"] * 40

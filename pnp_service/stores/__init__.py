@@ -1,9 +1,10 @@
 """Stores: where declarations, work and status live.
 
-Owns the one small interface the listener uses (:class:`Store`) and its
-implementations: the embedded XML file (default) and the Clixon controller.
+Owns the one contract the listener and the command line use (``base.Store``) and
+its two implementations: the embedded declarations file with its SQLite state
+(``embedded``) and the Clixon controller (``clixon``).
 """
 
-from .base import Snapshot, Store, StoreError, StoreUnavailable
+from .base import Change, Snapshot, Store, StoreError, StoreUnavailable, UnknownSerial
 
-__all__ = ["Snapshot", "Store", "StoreError", "StoreUnavailable"]
+__all__ = ["Change", "Snapshot", "Store", "StoreError", "StoreUnavailable", "UnknownSerial"]

@@ -1,9 +1,17 @@
-"""The store interface shared by the embedded file and the Clixon controller."""
+"""The store contract, shared by the embedded store and the Clixon store, and the rules both follow.
+
+A store holds, per serial: the operator's declaration, the planned work, the
+status the listener records and, for a serial nobody declared, its unclaimed
+entry.  Both stores implement :class:`Store` exactly as documented there; the
+rules they share (a status and an unclaimed entry never coexist; many callers'
+durable writes batched into one) are written once, here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol, TypeVar
+import threading
+from typing import Callable, Generic, Protocol, TypeVar
 
 from ..model import DeviceRecord, Status, Unclaimed
 
@@ -13,42 +21,167 @@ class StoreError(RuntimeError):
 
 
 class StoreUnavailable(StoreError):
-    """The store cannot take a write right now (controller down or busy, file unreadable)."""
+    """The store cannot take a write right now (controller down or busy, database locked): retry later."""
+
+
+class UnknownSerial(StoreError):
+    """An operator named a serial the store knows nothing about."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    """Every declared device and every unclaimed one, for the status table."""
+    """Every declared device, every device with a status, and every unclaimed one: for ``pnp-service status``."""
 
     devices: tuple[DeviceRecord, ...]
     unclaimed: tuple[Unclaimed, ...]
     problems: tuple[str, ...] = ()
 
 
-class Change(Protocol):
-    status: Status | None
-    unclaimed: Unclaimed | None
+class Decided(Protocol):
+    """What a decision must tell the store (``provisioner.Decision`` is one)."""
+
+    @property
+    def status(self) -> Status | None: ...
+
+    @property
+    def unclaimed(self) -> Unclaimed | None: ...
+
+    @property
+    def recheck(self) -> bool: ...
 
 
-D = TypeVar("D", bound=Change)
+D = TypeVar("D", bound=Decided)
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """What one decision records for one serial, and the rule of what it replaces.
+
+    The unclaimed rule, for both stores: a status means the serial is claimed, so
+    writing one removes the serial's unclaimed entry; an unclaimed entry means
+    nobody declares the serial (any more), so writing one removes its old status.
+    """
+
+    serial: str
+    status: Status | None = None
+    unclaimed: Unclaimed | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.unclaimed is not None:
+            raise ValueError(f"{self.serial}: a change records a status or an unclaimed entry, not both")
+
+    @classmethod
+    def of(cls, serial: str, decision: Decided) -> Change | None:
+        if decision.status is None and decision.unclaimed is None:
+            return None
+        return cls(serial, decision.status, decision.unclaimed)
+
+    @property
+    def removes_unclaimed(self) -> bool:
+        return self.status is not None
+
+    @property
+    def removes_status(self) -> bool:
+        return self.unclaimed is not None
+
+    def applied_to(self, record: DeviceRecord) -> DeviceRecord:
+        return dataclasses.replace(
+            record,
+            status=self.status if self.status is not None else (None if self.removes_status else record.status),
+            unclaimed=self.unclaimed if self.unclaimed is not None else (None if self.removes_unclaimed else record.unclaimed),
+        )
 
 
 class Store(Protocol):
-    def load(self, serial: str) -> DeviceRecord:
-        """What is known about ``serial`` (empty record for an unknown one)."""
+    """What the listener and the command line need of a store.  Both stores keep every promise below.
 
-    def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
-        """Load the record, let ``decide`` return a change, and make it durable before returning.
+    ``load(serial)``
+        The record of ``serial`` (an empty one for a serial nobody knows).  Never waits for a controller:
+        the Clixon store reads its copy of running, the embedded store its file and database.
+    ``update(serial, decide)``
+        Runs ``decide(record)`` and returns its decision.  A decision that changes something
+        (:class:`Change`) is durable before ``update`` returns: committed to the database, or fsynced to the
+        journal.  Two updates of one serial never interleave: the second decides on what the first
+        recorded.  ``decide`` may run more than once and must be pure: the embedded store decides once
+        without a transaction and, when that decision changes something, again inside one; a decision with
+        ``recheck`` makes a store whose copy may be behind the source of truth (the Clixon store) fetch that
+        serial and decide once more.  Raises :class:`StoreUnavailable` when nothing could be made durable.
+    ``snapshot()``
+        Everything, read-only, for the status table.
+    ``reset(serial)``
+        Forget a declared device's status so it starts over at its next poll; says what was done.  Raises
+        :class:`UnknownSerial` for a serial that is not declared.
+    ``problems()``
+        What an operator must know about the store now (invalid declarations, controller unreachable).
+    ``close()``
+        Make pending writes durable where possible and release connections and threads.
+    """
 
-        ``decide`` runs with the record locked, so two polls of one device at
-        once cannot both act on the same status.
-        """
+    def load(self, serial: str) -> DeviceRecord: ...
 
-    def reload(self, serial: str) -> None:
-        """Make sure the record of ``serial`` is current (stores that cache: one round trip)."""
+    def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D: ...
 
-    def snapshot(self) -> Snapshot:
-        """Everything, for ``pnp-service status``."""
+    def snapshot(self) -> Snapshot: ...
 
-    def close(self) -> None:
-        """Flush and release what the store holds."""
+    def reset(self, serial: str) -> str: ...
+
+    def problems(self) -> tuple[str, ...]: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- group commit
+
+J = TypeVar("J")
+
+
+class _Ticket(Generic[J]):
+    __slots__ = ("job", "error", "done")
+
+    def __init__(self, job: J):
+        self.job = job
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class GroupCommit(Generic[J]):
+    """Concurrent callers hand in jobs; whoever gets there first runs every waiting job as one batch.
+
+    One durable write (a database commit, an fsync) then serves many callers, and
+    each caller returns only once its own job is durable.  ``run_batch`` gets the
+    jobs and returns, per job, None or the exception that job failed with; an
+    exception from ``run_batch`` itself fails every job of the batch.
+    """
+
+    def __init__(self, run_batch: Callable[[list[J]], list[BaseException | None]]):
+        self._run_batch = run_batch
+        self._queue: list[_Ticket[J]] = []
+        self._queue_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+
+    def submit(self, job: J) -> None:
+        ticket = _Ticket(job)
+        with self._queue_lock:
+            self._queue.append(ticket)
+        while not ticket.done.is_set():
+            with self._run_lock:
+                if not ticket.done.is_set():
+                    self._drain()
+        if ticket.error is not None:
+            raise ticket.error
+
+    def _drain(self) -> None:
+        with self._queue_lock:
+            tickets, self._queue = self._queue, []
+        if not tickets:
+            return
+        try:
+            errors = self._run_batch([t.job for t in tickets])
+            for ticket, error in zip(tickets, errors, strict=True):
+                ticket.error = error
+        except BaseException as exc:
+            for ticket in tickets:
+                ticket.error = exc
+        finally:
+            for ticket in tickets:
+                ticket.done.set()

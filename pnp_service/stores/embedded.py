@@ -1,444 +1,456 @@
-"""The embedded datastore: one XML file in the YANG's shape, no controller needed.
+"""The embedded store: the operator's declarations file, read and never written, and an SQLite state database.
 
-Owns reading and writing that file.  The root is ``<config>``; the operator's
-declarations sit under ``<services xmlns="http://clicon.org/controller">`` and
-are never rewritten; what the software writes sits under
-``<pnp xmlns="urn:pnp-service:pnp">``.  Here the listener plans the work
-itself (the service module's job under a controller) whenever a declaration
-changes.
+Owns the no-controller mode.  The declarations file is XML in the YANG's shape
+(``<config><services xmlns="http://clicon.org/controller"><pnp-device>...``),
+checked against the YANG (``validation.py``) and planned here (the service
+module's job under a controller).  It is re-read when it, or a template file a
+declaration uses, changes: an edit reaches every listener within
+``check_seconds``; an invalid edit keeps the last valid declarations in service
+and says why.  Plans are a pure function of the declaration and its template
+text, so every process computes the same revisions; each process keeps one plan
+per declared serial.
 
-Every write replaces the file atomically (temporary file, fsync, rename) under
-an exclusive lock on ``FILE.lock``, so several listener processes can share one
-file.  A file the operator left malformed is never overwritten: the last good
-copy keeps serving reads and writes are refused until it is fixed.
+What the software writes (status, unclaimed devices, the work it planned) lives
+in SQLite (``--state``, default ``FILE.state.db`` beside the file, mode 0600):
+WAL, synchronous commits, one short ``BEGIN IMMEDIATE`` transaction per batch of
+decisions, so gunicorn workers and several listeners on one machine can share
+it, and a crash at any moment loses nothing acknowledged.  Concurrent decisions
+of one process are committed together (group commit): one fsync serves many
+polls.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import dataclasses
+import json
 import logging
 import os
-import tempfile
+import sqlite3
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from lxml import etree
-
-from .. import model
-from ..model import DeviceRecord, Status, Work, q
-from ..planner import PlanningError, TemplateLoader, file_template_loader, plan
-from .base import D, Snapshot, StoreError, StoreUnavailable
+from .. import model, validation
+from ..model import Declaration, DeviceRecord, Status, Unclaimed, Work
+from ..planner import PlanningError, find_template_file, plan, read_template_file
+from .base import Change, D, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnknownSerial
 
 log = logging.getLogger(__name__)
 
-EMPTY_DATASTORE = f"""<?xml version='1.0' encoding='UTF-8'?>
-<config>
-  <services xmlns="{model.CONTROLLER_NS}"/>
-  <pnp xmlns="{model.PNP_NS}"/>
-</config>
+DEFAULT_CHECK_SECONDS = 1.0
+#: How long a write waits for another process's transaction before the device is told to retry.
+BUSY_TIMEOUT_SECONDS = 5.0
+SCHEMA_VERSION = 1
+
+
+def default_state_path(declarations_path: str) -> str:
+    """``pnp-datastore.xml`` -> ``pnp-datastore.state.db``, beside it."""
+    return os.path.splitext(os.path.abspath(declarations_path))[0] + ".state.db"
+
+
+def default_template_dirs(declarations_path: str) -> tuple[str, ...]:
+    return (os.path.join(os.path.dirname(os.path.abspath(declarations_path)), "templates"),)
+
+
+# --------------------------------------------------------------------------- declarations
+
+Stamp = tuple[str, int, int, int]
+
+
+def _stamp(path: str) -> Stamp:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (path, 0, 0, -1)
+    return (path, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeclarationSet:
+    """One valid version of the declarations, planned: what the listener serves."""
+
+    declarations: Mapping[str, Declaration]
+    plans: Mapping[str, Work]
+    errors: Mapping[str, str]  # serial -> why it could not be planned
+    watched: tuple[str, ...]  # the file, the template folders and the template files used
+    stamps: tuple[Stamp, ...]
+    keys: Mapping[str, tuple] = dataclasses.field(default_factory=dict)  # what each plan was made of
+
+
+class Declarations:
+    """The declarations file, validated and planned, re-read when it or a template it uses changes."""
+
+    def __init__(
+        self,
+        path: str,
+        template_dirs: Sequence[str],
+        known_step_types: Sequence[str] | None = None,
+        check_seconds: float = DEFAULT_CHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.path = os.path.abspath(path)
+        self.template_dirs = tuple(template_dirs)
+        self.known_step_types = known_step_types
+        self.check_seconds = check_seconds
+        self.clock = clock
+        self.problem = ""
+        self._lock = threading.Lock()
+        self._current = self._load(None)  # an invalid or missing file fails here, with what to fix
+        self._checked = clock()
+
+    def current(self) -> DeclarationSet:
+        """The set in service; every ``check_seconds`` one caller looks whether the files changed and re-reads."""
+        current = self._current
+        if self.clock() - self._checked < self.check_seconds or not self._lock.acquire(blocking=False):
+            return current  # checked recently, or another thread is looking right now
+        try:
+            self._checked = self.clock()
+            stamps = tuple(_stamp(path) for path in current.watched)
+            if stamps == current.stamps:
+                return current
+            try:
+                fresh = self._load(current)
+            except validation.DeclarationsError as exc:
+                if str(exc) != self.problem:
+                    log.error("%s; the last valid declarations stay in service", exc)
+                self.problem = str(exc)
+                # Remember what was looked at, so the broken file is not re-checked until it changes again.
+                self._current = dataclasses.replace(current, stamps=stamps)
+                return self._current
+            if self.problem:
+                log.info("declarations %s are valid again", self.path)
+            self.problem = ""
+            self._current = fresh
+            return fresh
+        finally:
+            self._lock.release()
+
+    def reload(self) -> DeclarationSet:
+        """Look at the files now, whatever ``check_seconds`` says."""
+        self._checked = float("-inf")
+        return self.current()
+
+    def _load(self, previous: DeclarationSet | None) -> DeclarationSet:
+        before = tuple(_stamp(p) for p in (self.path, *self.template_dirs))
+        declarations = validation.load_file(self.path)
+        texts: dict[str, str] = {}
+        used: dict[str, str] = {}
+
+        def load_template(name: str) -> str:
+            if name not in texts:
+                path = find_template_file(name, self.template_dirs)
+                used[name] = path
+                texts[name] = read_template_file(path)
+            return texts[name]
+
+        plans: dict[str, Work] = {}
+        errors: dict[str, str] = {}
+        keys: dict[str, tuple] = {}
+        for serial, declaration in declarations.items():
+            try:
+                text = load_template(declaration.template_file) if declaration.template_file else None
+            except (LookupError, OSError, UnicodeDecodeError) as exc:
+                errors[serial] = f"pnp-device {serial}: {exc}"
+                continue
+            key = (declaration, text)
+            keys[serial] = key
+            if previous is not None and previous.keys.get(serial) == key and serial in previous.plans:
+                plans[serial] = previous.plans[serial]  # nothing it is made of changed
+                continue
+            try:
+                plans[serial] = plan(declaration, load_template, self.known_step_types)
+            except PlanningError as exc:
+                errors[serial] = str(exc)
+        for message in errors.values():
+            if previous is None or message not in previous.errors.values():
+                log.error("%s", message)
+        watched = (self.path, *self.template_dirs, *sorted(set(used.values())))
+        stamps = before + tuple(_stamp(p) for p in watched[len(before):])
+        log.info("declarations %s: %d devices, %d planned, %d with errors", self.path, len(declarations), len(plans), len(errors))
+        return DeclarationSet(declarations, plans, errors, watched, stamps, keys)
+
+
+# --------------------------------------------------------------------------- state database
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS status (serial TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unclaimed (serial TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS work (serial TEXT PRIMARY KEY, revision TEXT NOT NULL, data TEXT NOT NULL) WITHOUT ROWID;
 """
 
-# The file is the operator's own, but still parsed without entities or network.
-_FILE_PARSER = etree.XMLParser(
-    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True
-)
+
+def _dumps(record: Status | Unclaimed) -> str:
+    return json.dumps(model.record_to_dict(record), separators=(",", ":"), ensure_ascii=False)
 
 
-#: How long a poll that changes nothing trusts the parsed file without a stat.
-STAT_INTERVAL = 0.2
+def _status(data: str | None) -> Status | None:
+    return model.record_from_dict(Status, json.loads(data)) if data else None
 
 
-class _Index:
-    """A parsed datastore file and lookups into it."""
-
-    def __init__(self, tree: etree._ElementTree):
-        self.tree = tree
-        root = tree.getroot()
-        if root.tag != "config" and etree.QName(root).localname != "config":
-            raise StoreError(f"root element is <{etree.QName(root).localname}>, expected <config>")
-        self.pnp = root.find(q("pnp"))
-        if self.pnp is None:
-            self.pnp = etree.SubElement(root, q("pnp"), nsmap={None: model.PNP_NS})
-        self.declarations = model.declarations_from_services(root.find(q("services", model.CONTROLLER_NS)))
-        self.devices = {model.child_text(d, "serial"): d for d in self.pnp.iterfind(q("device"))}
-        self.unclaimed = {model.child_text(u, "serial"): u for u in self.pnp.iterfind(q("unclaimed"))}
-        # Parsed records, so a poll does not re-read XML; dropped whenever their elements change.
-        self._records: dict[str, DeviceRecord] = {}
-        # Children of <pnp> changed since the last save: only they are re-indented.
-        self.touched: list[etree._Element] = []
-
-    def forget(self, serial: str) -> None:
-        self._records.pop(serial, None)
-
-    def cached(self, serial: str) -> DeviceRecord | None:
-        return self._records.get(serial)
-
-    def record(self, serial: str) -> DeviceRecord:
-        cached = self._records.get(serial)
-        if cached is None:
-            cached = self._records[serial] = self._parse_record(serial)
-        return cached
-
-    def _parse_record(self, serial: str) -> DeviceRecord:
-        device = self.devices.get(serial)
-        unclaimed = self.unclaimed.get(serial)
-        return DeviceRecord(
-            serial=serial,
-            declaration=self.declarations.get(serial),
-            work=model.work_from_xml(device.find(q("work"))) if device is not None else None,
-            status=model.status_from_xml(device.find(q("status"))) if device is not None else None,
-            unclaimed=model.unclaimed_from_xml(unclaimed) if unclaimed is not None else None,
-        )
-
-    def device(self, serial: str) -> etree._Element:
-        device = self.devices.get(serial)
-        if device is None:
-            device = etree.SubElement(self.pnp, q("device"))
-            etree.SubElement(device, q("serial")).text = serial
-            # Keep devices before unclaimed entries, as the YANG lists them.
-            first_unclaimed = self.pnp.find(q("unclaimed"))
-            if first_unclaimed is not None:
-                first_unclaimed.addprevious(device)
-            self.devices[serial] = device
-        self.touched.append(device)
-        return device
-
-    def tidy(self) -> None:
-        """Indent what changed like the rest of the file, without walking all of it."""
-        inner, outer = "\n    ", "\n  "
-        for element in self.touched:
-            if element.getparent() is not self.pnp:
-                continue
-            etree.indent(element, space="  ", level=2)
-            previous = element.getprevious()
-            if previous is None:
-                self.pnp.text = inner
-            else:
-                previous.tail = inner
-            element.tail = inner
-        if len(self.pnp):
-            self.pnp[-1].tail = outer
-        self.touched.clear()
-
-    def set_child(self, parent: etree._Element, element: etree._Element | None, name: str) -> None:
-        self.touched.append(parent)
-        self.forget(model.child_text(parent, "serial"))
-        old = parent.find(q(name))
-        if old is not None:
-            parent.remove(old)
-        if element is not None:
-            parent.append(element)
+def _unclaimed(data: str | None) -> Unclaimed | None:
+    return model.record_from_dict(Unclaimed, json.loads(data)) if data else None
 
 
-def check_datastore(path: str) -> None:
-    """Fail early, with what to fix, when ``path`` cannot be a datastore; streams, so it costs little memory."""
-    if not os.path.exists(path):
-        return  # created empty on first use
-    try:
-        for _, element in etree.iterparse(path, events=("end",), resolve_entities=False, no_network=True, huge_tree=True):
-            if element.getparent() is not None and element.getparent().getparent() is not None:
-                element.clear()
-    except (etree.XMLSyntaxError, OSError) as exc:
-        raise StoreError(f"datastore {path} is not usable, fix it: {exc}") from None
+class StateDb:
+    """The SQLite database of status, unclaimed devices and planned work; one connection per thread."""
+
+    def __init__(self, path: str, read_only: bool = False):
+        self.path = os.path.abspath(path)
+        self.read_only = read_only
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        if read_only:
+            self.exists = os.path.exists(self.path)
+            return
+        folder = os.path.dirname(self.path)
+        if not os.path.isdir(folder):
+            raise StoreError(f"state database {self.path}: folder {folder} does not exist")
+        if not os.path.exists(self.path):
+            # Created private before SQLite opens it: it holds what devices reported.  SQLite gives
+            # its -wal and -shm files the same mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self.exists = True
+        connection = self.connection()
+        with self._transaction(connection):
+            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            try:
+                if self.read_only:
+                    connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS,
+                                                 isolation_level=None, check_same_thread=False)
+                else:
+                    connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                                                 check_same_thread=False)
+                    connection.execute("PRAGMA journal_mode = WAL")
+                    connection.execute("PRAGMA synchronous = FULL")  # a commit is on disk before the device hears
+            except sqlite3.Error as exc:
+                raise StoreError(f"state database {self.path}: {exc}") from None
+            self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+        return connection
+
+    @contextlib.contextmanager
+    def _transaction(self, connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"state database {self.path} is busy: {exc}") from None
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        try:
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            raise StoreUnavailable(f"state database {self.path}: commit failed: {exc}") from None
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        if self.read_only:
+            raise StoreError(f"state database {self.path} was opened read-only")
+        return self._transaction(self.connection())
+
+    def read(self, serial: str, connection: sqlite3.Connection | None = None) -> tuple[Status | None, Unclaimed | None]:
+        if self.read_only and not self.exists:
+            return None, None
+        row = (connection or self.connection()).execute(
+            "SELECT (SELECT data FROM status WHERE serial = ?1), (SELECT data FROM unclaimed WHERE serial = ?1)",
+            (serial,),
+        ).fetchone()
+        return _status(row[0]), _unclaimed(row[1])
+
+    @staticmethod
+    def apply(connection: sqlite3.Connection, change: Change) -> None:
+        """Record ``change`` following the unclaimed rule of :class:`~pnp_service.stores.base.Change`."""
+        if change.status is not None:
+            connection.execute("INSERT OR REPLACE INTO status VALUES (?, ?)", (change.serial, _dumps(change.status)))
+        if change.unclaimed is not None:
+            connection.execute("INSERT OR REPLACE INTO unclaimed VALUES (?, ?)", (change.serial, _dumps(change.unclaimed)))
+        if change.removes_unclaimed:
+            connection.execute("DELETE FROM unclaimed WHERE serial = ?", (change.serial,))
+        if change.removes_status:
+            connection.execute("DELETE FROM status WHERE serial = ?", (change.serial,))
+
+    def delete_status(self, serial: str) -> bool:
+        with self.transaction() as connection:
+            return connection.execute("DELETE FROM status WHERE serial = ?", (serial,)).rowcount > 0
+
+    def sync_work(self, plans: Mapping[str, Work]) -> int:
+        """Make the work table hold exactly ``plans``; returns how many rows changed."""
+        with self.transaction() as connection:
+            stored = dict(connection.execute("SELECT serial, revision FROM work"))
+            changed = [(s, w.revision, model.work_to_json(w)) for s, w in plans.items() if stored.get(s) != w.revision]
+            gone = [(s,) for s in stored if s not in plans]
+            connection.executemany("INSERT OR REPLACE INTO work VALUES (?, ?, ?)", changed)
+            connection.executemany("DELETE FROM work WHERE serial = ?", gone)
+        return len(changed) + len(gone)
+
+    def everything(self) -> tuple[dict[str, Status], dict[str, Unclaimed]]:
+        if self.read_only and not self.exists:
+            return {}, {}
+        connection = self.connection()
+        statuses = {serial: _status(data) for serial, data in connection.execute("SELECT serial, data FROM status")}
+        unclaimed = {serial: _unclaimed(data) for serial, data in connection.execute("SELECT serial, data FROM unclaimed")}
+        return {k: v for k, v in statuses.items() if v}, {k: v for k, v in unclaimed.items() if v}
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for connection in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.close()
+            self._connections.clear()
+        self._local = threading.local()
 
 
+# --------------------------------------------------------------------------- the store
+
+
+@dataclasses.dataclass
 class _Job:
-    """One thread's change waiting for the next group commit."""
-
-    def __init__(self, serial: str, decide: Callable):
-        self.serial, self.decide = serial, decide
-        self.decision = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
+    serial: str
+    decide: Callable[[DeviceRecord], Any]
+    declarations: DeclarationSet
+    decision: Any = None
 
 
 class EmbeddedStore:
-    """Store backed by one XML file; see the module docstring."""
+    """Store of the embedded mode; see the module docstring."""
 
-    def __init__(self, path: str, load_template: TemplateLoader | None = None, create: bool = True):
+    def __init__(
+        self,
+        path: str,
+        state_path: str | None = None,
+        *,
+        read_only: bool = False,
+        template_dirs: Sequence[str] | None = None,
+        known_step_types: Sequence[str] | None = None,
+        check_seconds: float = DEFAULT_CHECK_SECONDS,
+    ):
         self.path = os.path.abspath(path)
-        self._load_template = load_template or file_template_loader(
-            (os.path.join(os.path.dirname(self.path), "templates"),)
-        )
-        self._thread_lock = threading.RLock()
-        self._flush_lock = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Job] = []
-        self._index: _Index | None = None
-        self._stamp: tuple[int, int, int] | None = None
-        self._stat_time = 0.0
-        self._broken: str = ""
-        self._plans: dict[model.Declaration, Work | PlanningError] = {}
-        if not os.path.exists(self.path):
-            if not create:
-                raise StoreError(f"datastore {self.path} does not exist")
-            log.info("creating empty datastore %s", self.path)
-            with self._locked():
-                if not os.path.exists(self.path):
-                    self._atomic_write(EMPTY_DATASTORE.encode())
-        with self._locked():
-            self._fresh()
-            if self._broken:
-                raise StoreError(self._broken)
+        self.read_only = read_only
+        try:
+            self.declarations = Declarations(
+                self.path, template_dirs or default_template_dirs(self.path), known_step_types, check_seconds
+            )
+        except validation.DeclarationsError as exc:
+            raise StoreError(str(exc)) from None
+        self.db = StateDb(state_path or default_state_path(self.path), read_only)
+        self._commits: GroupCommit[_Job] = GroupCommit(self._run_batch)
+        self._synced: DeclarationSet | None = None
+        self._sync_lock = threading.Lock()
+        self._current()
 
-    # ------------------------------------------------------------------ the Store interface
+    # ------------------------------------------------------------------ the Store contract
 
     def load(self, serial: str) -> DeviceRecord:
-        return self._record(serial, trust_seconds=0.0)
-
-    def _record(self, serial: str, trust_seconds: float) -> DeviceRecord:
-        index = self._current(trust_seconds)
-        # Parsed records are immutable and a dict lookup is atomic: a cached one needs no lock.
-        cached = index.cached(serial)
-        if cached is not None:
-            return cached
-        with self._thread_lock:  # parsing reads the tree, which a group commit may be changing
-            return index.record(serial)
+        current = self._current()
+        return self._record(current, serial, *self.db.read(serial))
 
     def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
-        # Most polls change nothing: decide on the cached copy (records are immutable, so
-        # the decision runs outside every lock).
-        decision = decide(self._record(serial, trust_seconds=STAT_INTERVAL))
-        if decision.status is None and decision.unclaimed is None:
+        current = self._current()
+        # Most polls change nothing: decide on what is there, outside any transaction.
+        decision = decide(self._record(current, serial, *self.db.read(serial)))
+        if Change.of(serial, decision) is None:
             return decision
-        # A change: decide again under the file lock, batched with other threads' changes into
-        # one file write (group commit); each caller returns only once its change is on disk.
-        job = _Job(serial, decide)
-        with self._queue_lock:
-            self._queue.append(job)
-        while not job.done.is_set():
-            with self._flush_lock:
-                if not job.done.is_set():
-                    self._drain()
-        if job.error is not None:
-            raise job.error
+        # A change: decide again inside a transaction (another poll may have changed the record),
+        # batched with this process's other changes into one commit.
+        job = _Job(serial, decide, current)
+        self._commits.submit(job)
         return job.decision
 
-    def _drain(self) -> None:
-        """Decide and apply every queued change, then write the file once (the caller holds the flush lock)."""
-        with self._queue_lock:
-            jobs, self._queue = self._queue, []
-        if not jobs:
-            return
-        try:
-            with self._file_lock():
-                with self._thread_lock:
-                    index = self._fresh()
-                    if self._broken:
-                        raise StoreUnavailable(self._broken)
-                    changed = False
-                    for job in jobs:
-                        job.decision = job.decide(index.record(job.serial))
-                        changed |= self._apply(index, job.serial, job.decision)
-                    data = self._serialize(index) if changed else b""
-                if data:
-                    # Polls go on reading the (already updated) copy while the bytes reach the disk.
-                    self._atomic_write(data)
-                    with self._thread_lock:
-                        self._stamp = self._stat_stamp()
-        except BaseException as exc:
-            self._stamp = None  # the tree may hold unsaved changes: re-read the file next time
-            for job in jobs:
-                job.error = exc
-        finally:
-            for job in jobs:
-                job.done.set()
-
-    def _apply(self, index: _Index, serial: str, decision) -> bool:
-        if decision.status is not None:
-            self._put_status(index, serial, decision.status)
-        if decision.unclaimed is not None:
-            old = index.unclaimed.get(serial)
-            new = model.unclaimed_to_xml(decision.unclaimed)
-            if old is not None:
-                old.addnext(new)
-                index.pnp.remove(old)
-            else:
-                index.pnp.append(new)
-            index.unclaimed[serial] = new
-            index.touched.append(new)
-            index.forget(serial)
-        return decision.status is not None or decision.unclaimed is not None
-
     def snapshot(self) -> Snapshot:
-        with self._locked():
-            index = self._fresh()
-            serials = sorted(set(index.declarations) | set(index.devices))
-            unclaimed = tuple(model.unclaimed_from_xml(u) for u in index.unclaimed.values())
-            problems = (self._broken,) if self._broken else ()
-            return Snapshot(tuple(index.record(s) for s in serials), unclaimed, problems)
+        current = self._current()
+        statuses, unclaimed = self.db.everything()
+        serials = sorted(set(current.declarations) | set(statuses))
+        records = tuple(self._record(current, s, statuses.get(s), None) for s in serials)
+        entries = tuple(unclaimed[s] for s in sorted(unclaimed) if s not in current.declarations)
+        return Snapshot(records, entries, self.problems())
 
-    def reload(self, serial: str) -> None:
-        """Nothing to do: every request already sees the file as it is on disk."""
+    def reset(self, serial: str) -> str:
+        current = self._current()
+        status, unclaimed = self.db.read(serial)
+        if serial not in current.declarations:
+            if status is not None:
+                self.db.delete_status(serial)
+                return f"{serial} is not declared any more; its old status is removed"
+            if unclaimed is not None:
+                raise UnknownSerial(f"{serial} is unclaimed, not declared: declare it in {self.path} first")
+            raise UnknownSerial(f"{serial} is not declared in {self.path} and has no status")
+        if status is None:
+            return f"{serial} has no status yet; nothing to reset"
+        self.db.delete_status(serial)
+        return f"{serial}: status cleared; the device starts over at its next poll"
 
-    def reset(self, serial: str) -> bool:
-        """Forget a device's status, so its next poll starts over; False when it had none."""
-        with self._locked():
-            index = self._fresh()
-            device = index.devices.get(serial)
-            if device is None or device.find(q("status")) is None:
-                return False
-            index.set_child(device, None, "status")
-            self._save(index)
-            return True
+    def problems(self) -> tuple[str, ...]:
+        problem = self.declarations.problem
+        return (f"{problem} (the last valid declarations stay in service)",) if problem else ()
 
     def close(self) -> None:
-        pass
+        self.db.close()
 
     # ------------------------------------------------------------------ internals
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """This process's threads and other processes both kept out.
+    def refresh(self) -> None:
+        """Look at the declarations file now (tests, and ``status`` after an edit)."""
+        self.declarations.reload()
+        self._current()
 
-        Lock order: the file lock, then the thread lock; never the file lock while
-        holding the thread lock.
-        """
-        with self._file_lock(), self._thread_lock:
-            yield
+    def _current(self) -> DeclarationSet:
+        current = self.declarations.current()
+        if current is not self._synced and not self.read_only:
+            with self._sync_lock:
+                if current is not self._synced:
+                    changed = self.db.sync_work(current.plans)
+                    if changed:
+                        log.info("state %s: work of %d devices recorded", self.db.path, changed)
+                    self._synced = current
+        return current
 
-    @contextlib.contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        """Other processes sharing the file kept out (``FILE.lock``)."""
-        with open(self.path + ".lock", "a+b") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+    @staticmethod
+    def _record(current: DeclarationSet, serial: str, status: Status | None, unclaimed: Unclaimed | None) -> DeviceRecord:
+        return DeviceRecord(
+            serial,
+            current.declarations.get(serial),
+            current.plans.get(serial),
+            status,
+            unclaimed,
+            current.errors.get(serial, ""),
+        )
 
-    def _stat_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    def _run_batch(self, jobs: list[_Job]) -> list[BaseException | None]:
+        errors: list[BaseException | None] = [None] * len(jobs)
+        with self.db.transaction() as connection:
+            for index, job in enumerate(jobs):
+                connection.execute("SAVEPOINT job")
+                try:
+                    record = self._record(job.declarations, job.serial, *self.db.read(job.serial, connection))
+                    job.decision = job.decide(record)
+                    change = Change.of(job.serial, job.decision)
+                    if change is not None:
+                        self.db.apply(connection, change)
+                    connection.execute("RELEASE job")
+                except Exception as exc:
+                    connection.execute("ROLLBACK TO job")
+                    connection.execute("RELEASE job")
+                    errors[index] = exc
+        return errors
 
-    def _current(self, trust_seconds: float = 0.0) -> _Index:
-        """The parsed file; the file lock is taken only when it must be re-read (and maybe re-planned).
 
-        A copy checked (one stat) less than ``trust_seconds`` ago is used as it is: polls that change
-        nothing see an edit up to ``STAT_INTERVAL`` later; every change is decided on the file as it
-        is on disk.
-        """
-        index, stamp, now = self._index, self._stamp, time.monotonic()
-        if index is not None and stamp is not None:
-            # Reading these attributes needs no lock; at worst a poll looks at the file once more.
-            if now - self._stat_time < trust_seconds:
-                return index
-            if stamp == self._stat_stamp():
-                self._stat_time = now
-                return index
-        with self._locked():
-            return self._fresh()
+def write_example(path: str) -> None:
+    """``pnp-service init``: a commented example declarations file, created private (it will hold secrets)."""
+    from importlib import resources
 
-    def _fresh(self) -> _Index:
-        """The parsed file, re-read only when it changed on disk; work re-planned when needed."""
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            raise StoreUnavailable(f"datastore {self.path} was removed") from None
-        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if stamp == self._stamp and self._index is not None:
-            return self._index
-        try:
-            index = _Index(etree.parse(self.path, _FILE_PARSER))
-        except (etree.XMLSyntaxError, StoreError, OSError) as exc:
-            self._broken = f"datastore {self.path} is not usable, fix it: {exc}"
-            log.error("%s (serving the last good copy, writes refused)", self._broken)
-            self._stamp = stamp
-            if self._index is None:
-                return _Index(etree.ElementTree(etree.fromstring(EMPTY_DATASTORE.encode())))
-            return self._index
-        self._broken = ""
-        self._index, self._stamp = index, stamp
-        if self._replan(index):
-            self._save(index)
-        return index
-
-    def _plan(self, declaration: model.Declaration) -> Work | PlanningError:
-        cached = self._plans.get(declaration)
-        if cached is None:
-            try:
-                cached = plan(declaration, self._load_template)
-            except PlanningError as exc:
-                cached = exc
-            self._plans[declaration] = cached
-        return cached
-
-    def _replan(self, index: _Index) -> bool:
-        """Bring ``pnp/device/work`` in line with the declarations; True when anything changed."""
-        changed = False
-        for serial, declaration in index.declarations.items():
-            planned = self._plan(declaration)
-            device = index.devices.get(serial)
-            current = model.work_from_xml(device.find(q("work"))) if device is not None else None
-            if isinstance(planned, PlanningError):
-                status = model.status_from_xml(device.find(q("status"))) if device is not None else None
-                if current is not None or status is None or status.error_message != str(planned):
-                    log.error("%s", planned)
-                    device = index.device(serial)
-                    index.set_child(device, None, "work")
-                    failed = Status(state="error", error_code="planning-error", error_message=str(planned))
-                    self._put_status(index, serial, failed)
-                    changed = True
-                continue
-            if current != planned:
-                log.info("pnp-device %s: planned %d steps, revision %s", serial, len(planned.steps), planned.revision)
-                device = index.device(serial)
-                work = model.work_to_xml(serial, planned, creator=False).find(q("work"))
-                old = device.find(q("work"))
-                if old is not None:
-                    old.addnext(work)
-                    device.remove(old)
-                else:
-                    device.find(q("serial")).addnext(work)
-                changed = True
-        for serial, device in list(index.devices.items()):
-            if serial not in index.declarations and device.find(q("work")) is not None:
-                log.info("pnp-device %s: declaration removed, work removed", serial)
-                index.set_child(device, None, "work")
-                changed = True
-        return changed
-
-    def _put_status(self, index: _Index, serial: str, status: Status) -> None:
-        device = index.device(serial)
-        index.set_child(device, model.status_to_xml(status), "status")
-        claimed = index.unclaimed.pop(serial, None)
-        if claimed is not None:
-            index.pnp.remove(claimed)
-        index.forget(serial)
-
-    def _save(self, index: _Index) -> None:
-        self._atomic_write(self._serialize(index))
-        self._stamp = self._stat_stamp()
-
-    def _serialize(self, index: _Index) -> bytes:
-        if self._broken:
-            raise StoreUnavailable(self._broken)
-        # Only what we changed is re-indented: the operator's declarations keep their layout.
-        index.tidy()
-        return etree.tostring(index.tree, xml_declaration=True, encoding="UTF-8")
-
-    def _atomic_write(self, data: bytes) -> None:
-        directory = os.path.dirname(self.path)
-        mode = os.stat(self.path).st_mode & 0o777 if os.path.exists(self.path) else 0o644
-        handle, temporary = tempfile.mkstemp(prefix=".pnp-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(temporary, mode)
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        directory_handle = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(directory_handle)
-        finally:
-            os.close(directory_handle)
+    text = resources.files("pnp_service").joinpath("examples", "declarations.xml").read_text(encoding="utf-8")
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)

@@ -1,0 +1,234 @@
+"""A NETCONF client for the Clixon controller's UNIX socket, shared by the Clixon store and the service module.
+
+Owns the conversation with the controller: framing (clixon-pyapi's, imported
+lazily: this package is the only place besides the service module that imports
+it), RPCs, replies parsed with the hardened lxml parser (pyapi's own parser
+drops newlines inside text), and what a failure means: the controller is
+unreachable or busy (retry later), or it refused the data (the edit is wrong).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from typing import Iterator
+
+from lxml import etree
+
+from ... import model
+from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, q
+from ...xmlsafe import escape_attribute, escape_text, parser
+from ..base import StoreError, StoreUnavailable
+
+DEFAULT_SOCKET = "/usr/local/var/run/controller/controller.sock"
+# Clixon's namespace for create-subscription (pyapi uses the same; the RFC 5277 one is refused).
+NOTIFICATION_NS = "urn:ietf:params:xml:ns:netmod:notification"
+NAMESPACES = {"ctrl": CONTROLLER_NS, "pnp": PNP_NS}
+
+#: rpc-error tags that mean "not now": a lock held, a transaction under way.
+BUSY_TAGS = frozenset({"lock-denied", "in-use", "resource-denied"})
+#: rpc-error tags that mean "not this data": the edit itself is wrong and will never be accepted.
+DATA_TAGS = frozenset({
+    "invalid-value", "bad-element", "unknown-element", "unknown-namespace", "bad-attribute", "unknown-attribute",
+    "missing-attribute", "missing-element", "data-exists", "data-missing", "too-big",
+})
+
+
+class ControllerUnavailable(StoreUnavailable):
+    """The controller cannot be reached, or the connection broke."""
+
+
+class RpcError(StoreError):
+    """The controller answered an RPC with an ``rpc-error``."""
+
+    def __init__(self, message: str, tag: str = "", error_type: str = "", path: str = ""):
+        super().__init__(message)
+        self.tag, self.error_type, self.path = tag, error_type, path
+
+    @property
+    def busy(self) -> bool:
+        return self.tag in BUSY_TAGS
+
+    @property
+    def rejects_data(self) -> bool:
+        """The controller refuses the content of the edit (a pattern, an enumeration, an unknown node)."""
+        return self.tag in DATA_TAGS or (self.tag == "operation-failed" and self.error_type == "application")
+
+
+def _current_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in a container
+        return "pnp-service"
+
+
+class Session:
+    """One NETCONF session on the controller socket."""
+
+    def __init__(self, sockpath: str = DEFAULT_SOCKET, user: str | None = None):
+        if "clixon" not in sys.modules:
+            # Importing pyapi in our own process must not parse our argv.  Inside
+            # clixon_server.py it is already imported, and this would hide its arguments.
+            os.environ.setdefault("NO_CLIXON_ARGS", "1")
+        try:
+            from clixon.sock import create_socket, read, send
+        except ImportError as exc:
+            raise StoreError(
+                "clixon-pyapi is not installed in this Python; install it (pip install <clixon-pyapi source dir>, "
+                f"see docs/controller.md) or serve an embedded datastore with --datastore ({exc})"
+            ) from None
+        self._send, self._read = send, read
+        self.user = user or _current_user()
+        try:
+            self.sock = create_socket(sockpath)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ControllerUnavailable(f"controller socket {sockpath}: {exc} (is clixon_backend running?)") from None
+        except PermissionError:
+            raise StoreError(f"no permission on controller socket {sockpath}: run as root or in group clicon") from None
+        self._message_id = 0
+
+    def rpc(self, body: str) -> etree._Element:
+        """Send one RPC and return the parsed ``rpc-reply``; an ``rpc-error`` raises :class:`RpcError`."""
+        return self._parse(self.rpc_raw(body))
+
+    def rpc_raw(self, body: str) -> bytes:
+        """Send one RPC and return the reply's bytes unparsed (big replies are read incrementally)."""
+        data = self._exchange(body)
+        if b"rpc-error" in data[:512]:  # an error reply starts with it; parsing raises RpcError
+            self._parse(data)
+        return data
+
+    def _exchange(self, body: str) -> bytes:
+        self._message_id += 1
+        message = (
+            f'<rpc xmlns="{NETCONF_NS}" xmlns:nc="{NETCONF_NS}" username="{escape_attribute(self.user)}" '
+            f'message-id="{self._message_id}">{body}</rpc>'
+        )
+        try:
+            self._send(self.sock, message)
+            data = self._read(self.sock)
+        except Exception as exc:  # SocketClosedError, OSError: the controller went away
+            raise ControllerUnavailable(f"controller connection lost: {exc}") from None
+        return data.encode() if isinstance(data, str) else data
+
+    @staticmethod
+    def _parse(data: bytes) -> etree._Element:
+        try:
+            reply = etree.fromstring(data, parser(large=True))
+        except etree.XMLSyntaxError as exc:
+            raise ControllerUnavailable(f"unreadable controller reply: {exc}") from None
+        error = reply.find(f"{{{NETCONF_NS}}}rpc-error")
+        if error is not None:
+            def field(name: str) -> str:
+                return (error.findtext(f"{{{NETCONF_NS}}}{name}") or "").strip()
+
+            message = field("error-message") or field("error-tag") or "rpc-error"
+            raise RpcError(message, field("error-tag"), field("error-type"), field("error-path"))
+        return reply
+
+    @staticmethod
+    def _get_config_body(source: str, xpath: str, namespaces: dict[str, str]) -> str:
+        declarations = " ".join(f'xmlns:{prefix}="{uri}"' for prefix, uri in namespaces.items())
+        source_attr = f' xmlns="{CONTROLLER_NS}"' if source == "actions" else ""
+        return (
+            f"<get-config><source><{source}{source_attr}/></source>"
+            f'<nc:filter nc:type="xpath" nc:select="{escape_attribute(xpath)}" {declarations}/></get-config>'
+        )
+
+    def get_config(self, source: str, xpath: str, namespaces: dict[str, str] = NAMESPACES) -> etree._Element:
+        reply = self.rpc(self._get_config_body(source, xpath, namespaces))
+        data = reply.find(f"{{{NETCONF_NS}}}data")
+        return data if data is not None else etree.Element(f"{{{NETCONF_NS}}}data")
+
+    def get_config_raw(self, source: str, xpath: str, namespaces: dict[str, str] = NAMESPACES) -> bytes:
+        """The same reply, as bytes: for large reads, parsed element by element by the caller."""
+        return self.rpc_raw(self._get_config_body(source, xpath, namespaces))
+
+    def get(self, xpath: str, namespaces: dict[str, str] = NAMESPACES) -> etree._Element:
+        """``<get>``: configuration and state data (for example a device's ``conn-state``)."""
+        declarations = " ".join(f'xmlns:{prefix}="{uri}"' for prefix, uri in namespaces.items())
+        reply = self.rpc(f'<get><nc:filter nc:type="xpath" nc:select="{escape_attribute(xpath)}" {declarations}/></get>')
+        data = reply.find(f"{{{NETCONF_NS}}}data")
+        return data if data is not None else etree.Element(f"{{{NETCONF_NS}}}data")
+
+    def lock(self) -> None:
+        self.rpc("<lock><target><candidate/></target></lock>")
+
+    def unlock(self) -> None:
+        self.rpc("<unlock><target><candidate/></target></unlock>")
+
+    def edit_config(self, config: str, default_operation: str = "merge") -> None:
+        self.rpc(
+            f"<edit-config><target><candidate/></target><default-operation>{default_operation}</default-operation>"
+            f"<config>{config}</config></edit-config>"
+        )
+
+    def commit(self) -> None:
+        self.rpc("<commit/>")
+
+    def discard_changes(self) -> None:
+        self.rpc("<discard-changes/>")
+
+    def subscribe(self, stream: str) -> None:
+        self.rpc(f'<create-subscription xmlns="{NOTIFICATION_NS}"><stream>{escape_text(stream)}</stream></create-subscription>')
+
+    def next_notification(self) -> str:
+        """Block until the controller sends something on this session; its raw text."""
+        try:
+            data = self._read(self.sock)
+        except Exception as exc:
+            raise ControllerUnavailable(f"controller connection lost: {exc}") from None
+        return data if isinstance(data, str) else data.decode()
+
+    def close(self) -> None:
+        # shutdown() first: it wakes a thread blocked reading this socket.
+        with contextlib.suppress(Exception):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):
+            self.sock.close()
+
+
+@contextlib.contextmanager
+def session(sockpath: str = DEFAULT_SOCKET) -> Iterator[Session]:
+    opened = Session(sockpath)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def commit_edit(session: Session, config: str, default_operation: str = "merge") -> None:
+    """lock(candidate) -> edit-config -> commit -> unlock, leaving nothing of ours in the candidate on failure."""
+    session.lock()
+    try:
+        session.edit_config(config, default_operation)
+        session.commit()
+    except (RpcError, StoreUnavailable):
+        with contextlib.suppress(RpcError, StoreUnavailable):
+            session.discard_changes()  # never leave our half edit in the shared candidate
+        raise
+    finally:
+        with contextlib.suppress(RpcError, StoreUnavailable):
+            session.unlock()
+
+
+def fetch_declarations(session: Session, source: str, serials: list[str] | None = None) -> dict[str, model.Declaration]:
+    """Declarations from a datastore: all of them, or those of ``serials`` (one round trip either way)."""
+    xpath = "/ctrl:services/pnp:pnp-device"
+    if serials is not None:
+        bad = [s for s in serials if not model.is_serial(s)]
+        if bad:
+            raise StoreError(f"not valid serial numbers: {', '.join(map(repr, bad))}")
+        if not serials:
+            return {}
+        xpath = " | ".join(f"{xpath}[pnp:serial='{serial}']" for serial in serials)
+    data = session.get_config(source, xpath)
+    return model.declarations_from_services(data.find(f"{{{CONTROLLER_NS}}}services"))
+
+
+def pnp_element(data: etree._Element) -> etree._Element | None:
+    return data.find(q("pnp"))

@@ -1,0 +1,490 @@
+"""The Clixon store: declarations, work and status in a Clixon controller.
+
+Owns the listener's copy of the controller's ``running`` (``/pnp`` and the
+``pnp-device`` declarations, as compact records) and the write path to it.
+
+Reads never wait: a poll reads the copy and the journal's pending changes
+without a lock.  The copy is fetched outside every lock and swapped in whole:
+when the controller announces a transaction (a subscription to its
+``controller-transaction`` stream: an operator's commit), every
+``refresh_seconds`` as a safety net (other listeners' plain commits announce
+nothing), and for one serial when a decision asks to look again (a device
+answered a request this listener did not send: several listeners behind a
+balancer).
+
+Writes (status, unclaimed devices) are appended to the journal and fsynced
+before the agent gets its answer (concurrent polls share one fsync), then
+committed by a background flusher with lock(candidate) -> edit-config ->
+commit -> unlock.  Three kinds of failure are told apart:
+
+* the controller is down, or busy (a transaction holds the candidate, another
+  session has uncommitted edits our commit would publish): the batch waits in
+  the journal and is retried with a growing delay; a restart replays it;
+* the controller refuses the data (a value outside a pattern, an unknown
+  node): the batch is split until the refused change is found, that change is
+  quarantined (an ERROR line naming the serial and the controller's message,
+  and ``JOURNAL.rejected``), and every other change is committed.  A journal
+  poisoned by an older version heals this way at start.
+
+So one bad record never blocks the others, and nothing acknowledged to a
+device is lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import threading
+import zlib
+from typing import Callable, Iterable
+
+from lxml import etree
+
+from ... import model
+from ...logs import event
+from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, Declaration, DeviceRecord, Status, Unclaimed, Work, q
+from ...xmlsafe import escape_text
+from ..base import Change, D, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnknownSerial
+from .journal import Journal
+from .netconf import DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, commit_edit
+
+log = logging.getLogger(__name__)
+
+_ALL = "/pnp:pnp | /ctrl:services/pnp:pnp-device"
+
+
+# --------------------------------------------------------------------------- the copy of running
+
+
+@dataclasses.dataclass
+class View:
+    """Compact records of what running holds (no XML trees are kept)."""
+
+    declarations: dict[str, Declaration] = dataclasses.field(default_factory=dict)
+    work: dict[str, Work] = dataclasses.field(default_factory=dict)
+    status: dict[str, Status] = dataclasses.field(default_factory=dict)
+    unclaimed: dict[str, Unclaimed] = dataclasses.field(default_factory=dict)
+
+    def apply(self, change: Change) -> None:
+        """Record a committed change, following the unclaimed rule."""
+        if change.status is not None:
+            self.status[change.serial] = change.status
+        if change.unclaimed is not None:
+            self.unclaimed[change.serial] = change.unclaimed
+        if change.removes_unclaimed:
+            self.unclaimed.pop(change.serial, None)
+        if change.removes_status:
+            self.status.pop(change.serial, None)
+
+
+def view_from_reply(data: bytes) -> View:
+    """Build the view from a get-config reply, element by element, freeing each as it goes."""
+    view = View()
+    tags = (q("device"), q("unclaimed"), q("pnp-device"))
+    for _, element in etree.iterparse(io.BytesIO(data), events=("end",), tag=tags, resolve_entities=False,
+                                      no_network=True, load_dtd=False, huge_tree=True, remove_comments=True):
+        parent = element.getparent()
+        if element.tag == q("pnp-device"):
+            declaration = model.declaration_from_xml(element)
+            view.declarations[declaration.serial] = declaration
+        elif parent is not None and parent.tag == q("pnp"):
+            serial = model.child_text(element, "serial")
+            if element.tag == q("unclaimed"):
+                view.unclaimed[serial] = model.unclaimed_from_xml(element)
+            else:
+                work = model.work_from_xml(element.find(q("work")))
+                status = model.status_from_xml(element.find(q("status")))
+                if work is not None:
+                    view.work[serial] = work
+                if status is not None:
+                    view.status[serial] = status
+        else:
+            continue  # a device inside something else: not ours
+        element.clear()
+        while element.getprevious() is not None and parent is not None:
+            del parent[0]
+    return view
+
+
+# --------------------------------------------------------------------------- edits
+
+
+def change_problem(change: Change) -> str:
+    """Why the controller would refuse ``change`` for sure, before asking it (empty: nothing known)."""
+    if not model.is_serial(change.serial):
+        return f"serial {change.serial!r} is not a valid serial number"
+    try:
+        _edit_parts(change)
+    except ValueError as exc:  # lxml refuses text that cannot be XML
+        return f"not representable in XML: {exc}"
+    return ""
+
+
+def _edit_parts(change: Change) -> list[str]:
+    serial = f"<serial>{escape_text(change.serial)}</serial>"
+    parts = []
+    if change.status is not None:
+        element = model.status_to_xml(change.status)
+        element.set(f"{{{NETCONF_NS}}}operation", "replace")
+        parts.append(f"<device>{serial}{etree.tostring(element, encoding='unicode')}</device>")
+    if change.unclaimed is not None:
+        element = model.unclaimed_to_xml(change.unclaimed)
+        element.set(f"{{{NETCONF_NS}}}operation", "replace")
+        parts.append(etree.tostring(element, encoding="unicode"))
+    # The unclaimed rule; "remove" is quiet when there is nothing to remove.
+    if change.removes_unclaimed:
+        parts.append(f'<unclaimed nc:operation="remove">{serial}</unclaimed>')
+    if change.removes_status:
+        parts.append(f'<device>{serial}<status nc:operation="remove"/></device>')
+    return parts
+
+
+def status_edit(changes: Iterable[Change]) -> str:
+    """The edit-config body that records ``changes`` under ``/pnp``."""
+    body = "".join(part for change in changes for part in _edit_parts(change))
+    # lxml writes xmlns on each element; one declaration on <pnp> is enough.
+    body = body.replace(f' xmlns="{PNP_NS}"', "").replace(f' xmlns:nc="{NETCONF_NS}"', "")
+    return f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}">{body}</pnp>'
+
+
+class _Refused(Exception):
+    """The controller refused the data of a batch of one."""
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class ClixonStore:
+    """Store backed by a Clixon controller; see the module docstring."""
+
+    def __init__(
+        self,
+        sockpath: str = DEFAULT_SOCKET,
+        journal_path: str | None = "pnp-service.journal",
+        read_only: bool = False,
+        refresh_seconds: float = 30.0,
+        retry_max_seconds: float = 30.0,
+        session_factory: Callable[[str], Session] | None = None,
+        start_threads: bool = True,
+    ):
+        self.sockpath = sockpath
+        self.refresh_seconds = refresh_seconds
+        self.retry_max_seconds = retry_max_seconds
+        self._session_factory = session_factory or Session
+        # A read-only store (pnp-service status) has no journal: it must never commit a listener's writes.
+        self.read_only = read_only
+        self._journal = Journal(journal_path or "pnp-service.journal")
+        self._lock = threading.Lock()  # guards _pending, _view's dicts and _recent: held only for dict work
+        self._serial_locks = [threading.Lock() for _ in range(64)]
+        self._reader_lock = threading.Lock()  # the reading session: one round trip at a time
+        self._flush_lock = threading.Lock()
+        self._appends: GroupCommit[Change] = GroupCommit(self._append_batch)
+        self._pending: dict[str, Change] = {}
+        self._generation = 0  # counts flushes; a refresh re-applies what was committed while it fetched
+        self._recent: list[tuple[int, Change]] = []
+        self._reader: Session | None = None
+        self._writer: Session | None = None
+        self._view = View()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._refresh_due = threading.Event()
+        self._watcher: Session | None = None
+        self.last_error = ""
+        self.quarantined = 0
+        if not read_only:
+            self._pending = self._journal.replay()
+            self._heal()
+        self.refresh()  # fails here, with the reason, when the controller cannot be reached at start
+        self._threads: list[threading.Thread] = []
+        if start_threads and not read_only:
+            loops = (("pnp-clixon-refresh", self._refresh_loop), ("pnp-clixon-flush", self._flush_loop),
+                     ("pnp-clixon-watch", self._watch_loop))
+            for name, target in loops:
+                thread = threading.Thread(target=target, name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    # ------------------------------------------------------------------ reading
+
+    def _record(self, serial: str) -> DeviceRecord:
+        view = self._view
+        record = DeviceRecord(serial, view.declarations.get(serial), view.work.get(serial),
+                              view.status.get(serial), view.unclaimed.get(serial))
+        change = self._pending.get(serial)
+        return change.applied_to(record) if change is not None else record
+
+    def load(self, serial: str) -> DeviceRecord:
+        return self._record(serial)
+
+    def _fetch(self, xpath: str) -> View:
+        """One get-config from running, outside every lock but the reader session's."""
+        with self._reader_lock:
+            try:
+                if self._reader is None:
+                    self._reader = self._session_factory(self.sockpath)
+                data = self._reader.get_config_raw("running", xpath)
+            except StoreUnavailable:
+                if self._reader is not None:
+                    self._reader.close()
+                    self._reader = None
+                raise
+        return view_from_reply(data)
+
+    def refresh(self) -> None:
+        """Fetch declarations and ``/pnp`` from running, then swap the copy in."""
+        generation = self._generation
+        fresh = self._fetch(_ALL)
+        with self._lock:
+            for committed_at, change in self._recent:
+                if committed_at > generation:  # committed while we fetched: running had not got it yet
+                    fresh.apply(change)
+            self._recent = [(g, c) for g, c in self._recent if g > generation]
+            self._view = fresh
+
+    def _reload(self, serial: str) -> None:
+        """Bring one serial's record up to date (one round trip); quiet when the controller cannot answer."""
+        if not model.is_serial(serial):
+            return
+        generation = self._generation
+        xpath = f"/pnp:pnp/pnp:device[pnp:serial='{serial}'] | /ctrl:services/pnp:pnp-device[pnp:serial='{serial}']"
+        try:
+            fresh = self._fetch(xpath)
+        except StoreUnavailable as exc:
+            log.warning("cannot reload %s from the controller: %s", serial, exc)
+            return
+        with self._lock:
+            view = self._view
+            for table in ("declarations", "work", "status"):
+                current = getattr(view, table)
+                current.pop(serial, None)
+                current.update(getattr(fresh, table))
+            for committed_at, change in self._recent:
+                if committed_at > generation and change.serial == serial:
+                    view.apply(change)
+
+    # ------------------------------------------------------------------ deciding
+
+    def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
+        if self.read_only:
+            raise StoreError("this Clixon store was opened read-only")
+        with self._serial_locks[zlib.crc32(serial.encode()) % len(self._serial_locks)]:
+            decision = decide(self._record(serial))
+            if decision.recheck:
+                self._reload(serial)
+                decision = decide(self._record(serial))
+            change = Change.of(serial, decision)
+            if change is None:
+                return decision
+            problem = change_problem(change)
+            if problem:
+                self._quarantine(change, problem)
+                return decision
+            self._appends.submit(change)  # fsynced (with other polls' changes) before the device hears
+        self._wake.set()
+        return decision
+
+    def _append_batch(self, changes: list[Change]) -> list[BaseException | None]:
+        with self._journal.lock:
+            self._journal.append(changes)
+            with self._lock:
+                for change in changes:
+                    self._pending[change.serial] = change
+        return [None] * len(changes)
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            view, pending = self._view, dict(self._pending)
+            serials = sorted(set(view.declarations) | set(view.work) | set(view.status)
+                             | {s for s, c in pending.items() if c.status is not None})
+            unclaimed_serials = sorted(set(view.unclaimed) | {s for s, c in pending.items() if c.unclaimed is not None})
+            records = [self._record(s) for s in serials]
+            entries = [r.unclaimed for r in map(self._record, unclaimed_serials) if r.unclaimed is not None]
+        return Snapshot(tuple(r for r in records if r.declaration or r.work or r.status), tuple(entries), self.problems())
+
+    def problems(self) -> tuple[str, ...]:
+        problems = []
+        if self.last_error:
+            problems.append(f"controller: {self.last_error}")
+        if self.quarantined:
+            problems.append(f"{self.quarantined} writes were refused by the controller and set aside in "
+                            f"{self._journal.rejected_path}")
+        return tuple(problems)
+
+    def reset(self, serial: str) -> str:
+        """Delete a device's status in running now (a NETCONF commit of its own)."""
+        if not model.is_serial(serial):
+            raise UnknownSerial(f"{serial!r} is not a serial number")
+        self._reload(serial)
+        record = self._record(serial)
+        if record.declaration is None and record.status is None:
+            raise UnknownSerial(f"{serial} is not declared under services pnp-device and has no status")
+        if record.status is None:
+            return f"{serial} has no status yet; nothing to reset"
+        edit = f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}"><device><serial>{serial}</serial><status nc:operation="remove"/></device></pnp>'
+        session = self._session_factory(self.sockpath)
+        try:
+            commit_edit(session, edit)
+        except RpcError as exc:
+            raise StoreUnavailable(f"the controller refused the reset: {exc}") from None
+        finally:
+            session.close()
+        with self._journal.lock:
+            with self._lock:
+                if self._pending.pop(serial, None) is not None:
+                    self._journal.rewrite(self._pending)
+                self._view.status.pop(serial, None)
+        return f"{serial}: status cleared; the device starts over at its next poll"
+
+    # ------------------------------------------------------------------ writing
+
+    def flush(self) -> bool:
+        """Commit what is pending; True when nothing is left.  Raises nothing: failures are retried."""
+        with self._flush_lock:
+            with self._lock:
+                batch = dict(self._pending)
+            if not batch:
+                return True
+            refused: dict[str, str] = {}
+            try:
+                self._commit_isolating(list(batch.values()), refused)
+            except StoreUnavailable as exc:
+                self._drop_writer()
+                if str(exc) != self.last_error:
+                    log.warning("status not committed yet (%d waiting in the journal), will retry: %s", len(batch), exc)
+                self.last_error = str(exc)
+                return False
+            with self._journal.lock:
+                with self._lock:
+                    self._generation += 1
+                    for serial, change in batch.items():
+                        if self._pending.get(serial) is change:
+                            del self._pending[serial]
+                        if serial not in refused:
+                            self._view.apply(change)
+                            self._recent.append((self._generation, change))
+                    left = dict(self._pending)
+                self._journal.rewrite(left)
+            for serial, reason in refused.items():
+                self._quarantine(batch[serial], reason)
+            if self.last_error:
+                log.info("controller writes resumed")
+                self.last_error = ""
+            return not left
+
+    def _commit_isolating(self, changes: list[Change], refused: dict[str, str]) -> None:
+        """Commit ``changes``; a batch the controller refuses is split until the refused changes are found."""
+        if not changes:
+            return
+        try:
+            self._commit(status_edit(changes))
+        except _Refused as exc:
+            if len(changes) == 1:
+                refused[changes[0].serial] = str(exc)
+                return
+            middle = len(changes) // 2
+            self._commit_isolating(changes[:middle], refused)
+            self._commit_isolating(changes[middle:], refused)
+
+    def _commit(self, edit: str) -> None:
+        if self._writer is None:
+            self._writer = self._session_factory(self.sockpath)
+        try:
+            commit_edit(self._writer, edit)
+        except RpcError as exc:
+            if exc.rejects_data:
+                raise _Refused(str(exc)) from None
+            raise StoreUnavailable(f"controller busy: {exc}" if exc.busy else str(exc)) from None
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _quarantine(self, change: Change, reason: str) -> None:
+        self.quarantined += 1
+        event(log, logging.ERROR, "write-refused", serial=change.serial, reason=reason,
+              kept=self._journal.rejected_path, note="other devices are not affected")
+        try:
+            self._journal.quarantine(change, reason)
+        except OSError as exc:
+            log.error("cannot keep the refused write in %s: %s", self._journal.rejected_path, exc)
+
+    def _heal(self) -> None:
+        """Set aside, at start, journal entries no controller would take (written by an older version)."""
+        bad = {serial: problem for serial, change in self._pending.items() if (problem := change_problem(change))}
+        if not bad:
+            if self._pending:
+                log.info("journal %s: %d writes from before a restart wait to be committed", self._journal.path,
+                         len(self._pending))
+            return
+        for serial, problem in bad.items():
+            self._quarantine(self._pending.pop(serial), problem)
+        with self._journal.lock:
+            self._journal.rewrite(self._pending)
+
+    # ------------------------------------------------------------------ background threads
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.is_set():
+            self._refresh_due.wait(self.refresh_seconds)
+            self._refresh_due.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.refresh()
+            except StoreUnavailable as exc:
+                if str(exc) != self.last_error:
+                    log.warning("cannot refresh from the controller, serving the last copy: %s", exc)
+                self.last_error = str(exc)
+
+    def _watch_loop(self) -> None:
+        """Refresh when the controller announces a transaction; reconnect when it restarts."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                watcher = self._watcher = self._session_factory(self.sockpath)
+            except StoreUnavailable:
+                self._stop.wait(delay)
+                delay = min(self.retry_max_seconds, delay * 2)
+                continue
+            try:
+                watcher.subscribe("controller-transaction")
+                self._refresh_due.set()  # (re)connected: whatever happened meanwhile is read now
+                delay = 1.0
+                while not self._stop.is_set():
+                    if "controller-transaction" in watcher.next_notification():
+                        self._refresh_due.set()
+            except (StoreUnavailable, RpcError) as exc:
+                log.info("controller notifications interrupted (%s); reconnecting", exc)
+                self._stop.wait(delay)
+            finally:
+                watcher.close()
+
+    def _flush_loop(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            self._wake.wait(delay if self._pending else 5.0)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            delay = 0.5 if self.flush() else min(self.retry_max_seconds, delay * 2)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._refresh_due.set()
+        if self._watcher is not None:
+            self._watcher.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if not self.read_only:
+            self.flush()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        self._drop_writer()
+
+
+__all__ = ["ClixonStore", "ControllerUnavailable", "View", "change_problem", "status_edit", "CONTROLLER_NS"]

@@ -1,0 +1,203 @@
+"""The operator's declarations file, checked against the YANG before anything is planned.
+
+Owns reading an embedded-mode declarations file (``<config><services
+xmlns="http://clicon.org/controller"><pnp-device>...``) into declarations, and
+refusing it, with the file, line and YANG path of each problem, when it is not
+valid for ``yang/pnp-service``: unknown or misspelled elements, wrong
+namespaces, pattern and range violations, duplicate keys, missing mandatory
+leaves.  The check is libyang's (CESNET's reference YANG implementation, the one
+behind yanglint, sysrepo and netopeer2), through its Python bindings: every YANG
+1.1 rule, the IETF types built in, line numbers and schema paths in its messages.
+
+A stand-in for the controller's own module (only ``services`` and the
+``created-by-service`` grouping) is shipped with the package, so the file can be
+checked without a controller; under a controller, the controller validates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+import re
+import sys
+import threading
+
+from lxml import etree
+
+from .model import CONTROLLER_NS, PNP_NS, SERVICE_NAME, Declaration, declarations_from_services
+from .xmlsafe import parser
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+#: The controller stand-in, shipped inside the package.
+STANDIN_DIR = os.path.join(HERE, "yang")
+
+
+def yang_dirs() -> list[str]:
+    """Where ``pnp-service@*.yang`` is: $PNP_YANG_DIR, the source tree's yang/, or the installed share folder."""
+    candidates = [
+        os.environ.get("PNP_YANG_DIR", ""),
+        os.path.join(os.path.dirname(HERE), "yang"),
+        os.path.join(sys.prefix, "share", "pnp-service", "yang"),
+    ]
+    return [d for d in candidates if d and glob.glob(os.path.join(d, "pnp-service@*.yang"))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    message: str
+    line: int | None = None
+    path: str = ""
+
+    def describe(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line else source
+        return f"{where}: {self.message}" + (f" (at {self.path})" if self.path else "")
+
+
+class DeclarationsError(ValueError):
+    """A declarations file that cannot be served; ``str()`` says where and what to fix."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source, self.problems = source, problems
+        super().__init__("; ".join(p.describe(source) for p in problems))
+
+
+# libyang reports 'MESSAGE: Data location "/path", line number N.' or 'Schema location "/path".'
+_LOCATION = re.compile(r'^(?P<message>.*?)(?:\.)?:? (?:Data|Schema) location "(?P<path>[^"]*)"(?:, line number (?P<line>\d+))?\.?$')
+
+
+class _Validator:
+    """One libyang context with the pnp-service module loaded, shared by the process."""
+
+    def __init__(self) -> None:
+        try:
+            import libyang
+        except ImportError as exc:
+            raise DeclarationsError(
+                "libyang",
+                [Problem(f"the libyang Python bindings are not installed ({exc}); run ./install.sh, which installs "
+                         "Debian's libyang2-dev and pip's libyang")],
+            ) from None
+        self.libyang = libyang
+        dirs = yang_dirs()
+        if not dirs:
+            raise DeclarationsError("yang", [Problem("pnp-service@*.yang not found; set PNP_YANG_DIR to the repository's yang/")])
+        self.context = libyang.Context(":".join(dirs + [STANDIN_DIR]))
+        self.context.load_module("pnp-service")
+        self.lock = threading.Lock()
+        self.messages: list[str] = []
+        capture = logging.getLogger("libyang")
+        capture.propagate = False  # libyang's messages become Problems, not log lines of their own
+        capture.setLevel(logging.ERROR)
+        capture.addHandler(_Collect(self.messages))
+        libyang.configure_logging(True, logging.ERROR)
+
+    def check(self, text: str) -> list[Problem]:
+        with self.lock:
+            self.messages.clear()
+            try:
+                tree = self.context.parse_data_mem(text, "xml", strict=True, no_state=True)
+            except self.libyang.LibyangError as exc:
+                return [self._problem(m) for m in self.messages] or [Problem(str(exc))]
+            if tree is not None:
+                tree.free()
+            return []
+
+    @staticmethod
+    def _problem(message: str) -> Problem:
+        match = _LOCATION.match(message)
+        if not match:
+            return Problem(message)
+        line = match.group("line")
+        return Problem(match.group("message").rstrip("."), int(line) if line else None, match.group("path"))
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]):
+        super().__init__(logging.ERROR)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
+_validator: _Validator | None = None
+_validator_lock = threading.Lock()
+
+
+def _shared_validator() -> _Validator:
+    global _validator
+    with _validator_lock:
+        if _validator is None:
+            _validator = _Validator()
+        return _validator
+
+
+def _children_text(root: etree._Element) -> str:
+    """The children of ``<config>`` as one XML fragment whose elements start on their lines in the file."""
+    out: list[str] = []
+    line = 1
+    for child in root:
+        if not isinstance(child.tag, str):
+            continue
+        text = etree.tostring(child, encoding="unicode", with_tail=False)
+        out.append("\n" * max(0, (child.sourceline or line) - line))
+        line = max(line, child.sourceline or line)
+        out.append(text + "\n")
+        line += text.count("\n") + 1
+    return "".join(out)
+
+
+def load(data: bytes, source: str) -> dict[str, Declaration]:
+    """Declarations from a file's bytes, or :class:`DeclarationsError` naming every problem found."""
+    probe = data[:4096].upper()
+    if b"<!DOCTYPE" in probe or b"<!ENTITY" in probe:
+        raise DeclarationsError(source, [Problem("DTDs and entities are not allowed in a declarations file")])
+    try:
+        root = etree.fromstring(data, parser(large=True))
+    except etree.XMLSyntaxError as exc:
+        raise DeclarationsError(source, [Problem(f"not well-formed XML: {exc.msg}", exc.lineno)]) from None
+    if etree.QName(root).localname != "config" or etree.QName(root).namespace:
+        raise DeclarationsError(source, [Problem(
+            f"the root element is <{etree.QName(root).localname}>, expected <config> (no namespace) holding "
+            f'<services xmlns="{CONTROLLER_NS}">', root.sourceline)])
+    problems = []
+    for child in root:
+        if not isinstance(child.tag, str):
+            continue
+        name = etree.QName(child)
+        if name.localname == "services" and name.namespace != CONTROLLER_NS:
+            problems.append(Problem(
+                f'<services> must be in the controller\'s namespace: write <services xmlns="{CONTROLLER_NS}">'
+                + (f" (it is in {name.namespace!r})" if name.namespace else ""), child.sourceline, "/services"))
+        elif name.localname == "pnp" and name.namespace == PNP_NS and len(child):
+            problems.append(Problem(
+                "<pnp> is state written by pnp-service and does not belong in the declarations file "
+                "(it now lives in the state database): remove it", child.sourceline, "/pnp-service:pnp"))
+    if problems:
+        raise DeclarationsError(source, problems)
+    for empty in [c for c in root if isinstance(c.tag, str) and c.tag == f"{{{PNP_NS}}}pnp"]:
+        root.remove(empty)  # an empty <pnp/> left by older versions: harmless
+    problems = _shared_validator().check(_children_text(root))
+    if problems:
+        raise DeclarationsError(source, problems)
+    declarations: dict[str, Declaration] = {}
+    for services in root.iterfind(f"{{{CONTROLLER_NS}}}services"):
+        declarations.update(declarations_from_services(services))
+    return declarations
+
+
+def load_file(path: str) -> dict[str, Declaration]:
+    """Read and check a declarations file; a missing or unreadable one is a :class:`DeclarationsError` too."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise DeclarationsError(path, [Problem("no such file (pnp-service init FILE writes a commented example)")]) from None
+    except OSError as exc:
+        raise DeclarationsError(path, [Problem(f"cannot read it: {exc.strerror}")]) from None
+    return load(data, path)
+
+
+__all__ = ["DeclarationsError", "Problem", "load", "load_file", "SERVICE_NAME"]
