@@ -255,3 +255,105 @@ def test_status_command_shows_the_controller(serial, listener):
     assert result.returncode == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if line.startswith(serial))
     assert row.split()[1] == "provisioned"
+
+
+# --------------------------------------------------------------------------- nothing a device sends stalls the others
+
+
+def post(url: str, body: bytes) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/xml"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def stranger_request(serial_text: str) -> bytes:
+    return (f'<pnp xmlns="urn:cisco:pnp" version="1.0" udi="PID:C9300-24P,VID:V01,SN:{serial_text}">'
+            '<info xmlns="urn:cisco:pnp:work-info" correlator="CiscoPnP-1.0-1"><deviceId>'
+            f"<udi>PID:C9300-24P,VID:V01,SN:{serial_text}</udi><hostname>Switch</hostname>"
+            "<authRequired>false</authRequired></deviceId></info></pnp>").encode()
+
+
+def test_a_stranger_with_an_impossible_serial_stalls_nobody(serial, listener, tmp_path):
+    store, url = listener
+    assert post(url + "/pnp/WORK-REQUEST", stranger_request("BAD$SERIAL!")) == 400  # refused at the edge
+    declare(serial)
+    assert "Failed" not in commit()
+    wait_for(lambda: store.load(serial).work, what="the listener to see the work")
+    assert run_agent(url, serial).outcome == "configured"
+    assert wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", timeout=10,
+                    what="provisioned in running")
+    assert "BAD$SERIAL" not in cli("show", "configuration", "pnp").stdout
+
+
+def test_a_journal_poisoned_by_an_older_version_heals_on_start(serial, tmp_path):
+    """Listener 0.1 journaled BAD$SERIAL! and retried it forever; now it is set aside and the rest is committed."""
+    import json
+
+    from pnp_service.app import create_app
+    from pnp_service.listener import ListenerSettings
+    from pnp_service.stores.clixon import ClixonStore
+
+    declare(serial)
+    assert "Failed" not in commit()
+    journal = tmp_path / "journal"
+    journal.write_text(json.dumps({"kind": "unclaimed", "serial": "BAD$SERIAL!",
+                                   "value": {"serial": "BAD$SERIAL!", "pid": "C9300-24P"}}) + "\n")
+    store = ClixonStore(socket_path(), journal_path=str(journal), retry_max_seconds=2)
+    app = create_app(store, ListenerSettings(secret=b"integration-secret-0123456789"))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        wait_for(lambda: store.load(serial).work, what="work")
+        assert run_agent(url, serial).outcome == "configured"
+        assert wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", timeout=10,
+                        what="provisioned in running")
+    finally:
+        server.shutdown()
+        store.close()
+    assert "BAD$SERIAL!" in (tmp_path / "journal.rejected").read_text()
+    assert journal.read_text() == ""
+
+
+def test_a_change_the_controller_refuses_is_set_aside_and_the_others_are_committed(serial, listener):
+    """A value our own checks let through but the controller refuses: bisected out, nothing else held back."""
+    from pnp_service.model import Status, Unclaimed
+    from pnp_service.provisioner import Decision, Event
+
+    store, _ = listener
+    good = [f"{serial}G{n}" for n in range(3)]
+    try:
+        for other in good:
+            store.update(other, lambda record, s=other: Decision(b"", Event.UNCLAIMED, unclaimed=Unclaimed(s, pid="C9200L")))
+        store.update(serial, lambda record: Decision(b"", Event.REQUEST, status=Status(state="bogus-state")))
+        assert store.flush() is True
+        shown = cli("show", "configuration", "pnp").stdout
+        assert all(other in shown for other in good) and "bogus-state" not in shown
+        assert store.quarantined == 1 and "enumeration" in open(store._journal.rejected_path).read()
+    finally:
+        for other in good:
+            cli("delete", "pnp", "unclaimed", other, configure=True, check=False)
+        commit()
+
+
+def test_pnp_service_reset_on_the_controller(serial, listener):
+    import sys
+
+    store, url = listener
+    declare(serial)
+    commit()
+    wait_for(lambda: store.load(serial).work, what="work")
+    assert run_agent(url, serial, pid="C9500-24Y4C").outcome == "backed-off"
+    assert wait_for(lambda: text(show_pnp(serial), "status/state") == "error", what="error state")
+    command = [sys.executable, "-m", "pnp_service.cli", "reset", "--clixon-socket", socket_path()]
+    result = subprocess.run(command + [serial], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "starts over" in result.stdout, result.stderr
+    assert text(show_pnp(serial), "status/state") is None
+    unknown = subprocess.run(command + ["NOSUCH" + serial], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 1 and "not declared" in unknown.stderr
