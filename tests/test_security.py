@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -345,3 +346,117 @@ def test_killed_in_the_middle_of_writes_loses_nothing_acknowledged(example_path,
     status = EmbeddedStore(example_path).load("FOC2001X0AB").status  # parses: never half a file
     assert acknowledged > 0
     assert status.attempts >= acknowledged
+
+
+# --------------------------------------------------------------------------- what a device says cannot forge logs or rows
+
+FORGED = "sw1&#10;2026-12-01 08:00:00,000 INFO pnp_service.listener: event=advance serial=\"FOC2001X0AB\" -&gt; provisioned"
+
+
+def forged_request(serial="FOC2001X0AB", hostname=FORGED) -> bytes:
+    return (f'<pnp xmlns="urn:cisco:pnp" version="1.0" udi="PID:C9300-24P&#10;INFO forged,VID:V01,SN:{serial}">'
+            '<info xmlns="urn:cisco:pnp:work-info" correlator="c&#13;&#10;x"><deviceId>'
+            f"<hostname>{hostname}</hostname><authRequired>false</authRequired></deviceId></info></pnp>").encode()
+
+
+def test_a_device_cannot_forge_a_log_line(app_setup, caplog):
+    import logging
+
+    from pnp_service.logs import TextFormatter
+
+    app, _, _, _ = app_setup
+    caplog.set_level(logging.INFO)
+    response = app.test_client().post("/pnp/WORK-REQUEST", data=forged_request("STRANGER7"))
+    assert response.status_code == 200
+    formatter = TextFormatter()
+    lines = "\n".join(formatter.format(record) for record in caplog.records).splitlines()
+    assert len(lines) == len(caplog.records)  # one line per record: nothing a device sent started a new one
+    (line,) = [line for line in lines if "STRANGER7" in line]
+    assert "event=unclaimed" in line and 'INFO pnp_service.listener: event=advance' not in line.split("event=unclaimed")[0]
+
+
+def test_the_log_formatter_escapes_control_characters_whatever_the_source():
+    import logging
+
+    from pnp_service.logs import Event, JsonFormatter, TextFormatter
+
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, Event("fault", {"hostname": "a\nb\u202e", "n": 3}), None, None)
+    text = TextFormatter().format(record)
+    assert "\n" not in text and "\u202e" not in text and 'hostname="a\\nb\\u202e"' in text and "n=3" in text
+    plain = logging.LogRecord("x", logging.INFO, __file__, 1, "raw %s", ("line\nforged",), None)
+    assert "\n" not in TextFormatter().format(plain)
+    data = json.loads(JsonFormatter().format(record))
+    assert data["event"] == "fault" and data["hostname"] == "a\nb\u202e" and data["n"] == 3
+
+
+def test_the_status_table_shows_no_raw_control_characters(example_path):
+    from pnp_service import views
+    from pnp_service.model import Unclaimed
+    from pnp_service.provisioner import Decision, Event
+
+    store = open_store(example_path)
+    store.update("EVIL1", lambda record: Decision(b"", Event.UNCLAIMED, unclaimed=Unclaimed("EVIL1", hostname="x\ny\x1b[2J")))
+    table = views.table(store.snapshot())
+    assert "\x1b" not in table and all("EVIL1" not in line or "x\\ny" in line for line in table.splitlines())
+    assert len(table.splitlines()) == 2 + 2 + 1  # header, two declared, one unclaimed, totals
+
+
+def test_device_text_is_cleaned_before_it_is_recorded(app_setup):
+    app, datastore, _, _ = app_setup
+    app.test_client().post("/pnp/WORK-REQUEST", data=forged_request("STRANGER8"))
+    entry = open_store(datastore).load("STRANGER8").unclaimed
+    assert "\n" not in entry.hostname and "\n" not in entry.udi and entry.pid == "C9300-24P INFO forged"
+
+
+def test_a_work_response_whose_body_is_not_a_response_is_refused(app_setup):
+    app, datastore, _, _ = app_setup
+    before = state_dump(datastore)
+    body = messages.work_request(UDI, "c1").replace(b"urn:cisco:pnp:work-info", b"urn:cisco:pnp:device-info")
+    response = app.test_client().post("/pnp/WORK-RESPONSE", data=body)
+    assert response.status_code == 400 and b"expected a PnP service <response>" in response.data
+    assert state_dump(datastore) == before
+
+
+def test_a_store_that_cannot_write_gets_503_with_retry_after(example_path):
+    from pnp_service.stores.base import StoreUnavailable
+
+    store = open_store(example_path)
+
+    def unavailable(serial, decide):
+        raise StoreUnavailable("state database is busy")
+
+    store.update = unavailable
+    settings = ListenerSettings(secret=SECRET, unavailable_retry_seconds=45)
+    client = create_app(store, settings, listener=Listener(store, settings)).test_client()
+    response = client.post("/pnp/WORK-REQUEST", data=messages.work_request(UDI, "c1"))
+    assert response.status_code == 503 and response.headers["Retry-After"] == "45"
+
+
+def test_the_listener_warns_when_secrets_are_readable_by_others(example_path, tmp_path):
+    import socket
+
+    os.chmod(example_path, 0o644)
+    secret = tmp_path / "s.secret"
+    with socket.socket() as busy:  # a port in use: serve stops right after its checks, with a clear message
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        command = [sys.executable, "-m", "pnp_service.cli", "serve", "--datastore", example_path,
+                   "--secret-file", str(secret), "--port", port, "--host", "127.0.0.1"]
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30)
+        assert "event=file-readable-by-others" in result.stderr and "chmod 600" in result.stderr
+        assert result.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in result.stderr
+        assert "--port" in result.stderr and "Traceback" not in result.stderr
+        assert oct(os.stat(secret).st_mode & 0o777) == "0o600"  # the secret it created is private
+        os.chmod(example_path, 0o600)
+        again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30)
+        assert "readable-by-others" not in again.stderr
+
+
+def test_init_writes_a_private_example_and_never_overwrites(tmp_path):
+    path = tmp_path / "ds.xml"
+    first = subprocess.run([sys.executable, "-m", "pnp_service.cli", "init", str(path)], cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 0 and oct(os.stat(path).st_mode & 0o777) == "0o600"
+    path.write_text("mine")
+    second = subprocess.run([sys.executable, "-m", "pnp_service.cli", "init", str(path)], cwd=REPO, capture_output=True, text=True)
+    assert second.returncode == 2 and "never overwrites" in second.stderr and path.read_text() == "mine"
