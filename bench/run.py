@@ -56,7 +56,7 @@ def write_datastore(path: str, count: int) -> list[str]:
                 f"<variable><name>ip</name><value>10.{index // 65536}.{index // 256 % 256}.{index % 256}</value></variable>"
                 "</pnp-device>"
             )
-        out.write('</services><pnp xmlns="urn:pnp-service:pnp"/></config>')
+        out.write('</services></config>')
     return serials
 
 
@@ -277,7 +277,7 @@ def clixon_cli(config: str, *words: str) -> tuple[float, str]:
 
 def clixon_declare(sockpath: str, serials: list[str], remove: bool = False) -> None:
     """Write (or remove) bench declarations into the candidate in one edit."""
-    from pnp_service.stores.clixon import ClixonSession
+    from pnp_service.stores.clixon import Session
 
     entries = []
     for index, serial in enumerate(serials):
@@ -295,7 +295,7 @@ def clixon_declare(sockpath: str, serials: list[str], remove: bool = False) -> N
     if remove:
         pnp = "".join(f'<device nc:operation="remove"><serial>{s}</serial></device>' for s in serials)
         body += f'<pnp xmlns="urn:pnp-service:pnp" xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">{pnp}</pnp>'
-    session = ClixonSession(sockpath)
+    session = Session(sockpath)
     try:
         session.lock()
         try:
@@ -332,6 +332,8 @@ def bench_clixon(args, base_serials: list[str]) -> list[dict]:
                 rows.append({"what": f"controller commit adding {len(batch)} declarations to {declared - len(batch)}",
                              "seconds": elapsed, "per_device_ms": 1000 * elapsed / len(batch)})
             if declared in (len(small), len(large)):
+                rows.append({"what": f"service module's own read of one declaration (session + get-config), {declared} declared",
+                             "seconds": module_read(sockpath, batch[-20:])})
                 ours = statistics.median(one_change_commit(config, batch[0], f"{declared}-{n}") for n in range(4))
                 theirs = statistics.median(unrelated_commit(config, f"{declared}-{n}") for n in range(1, 5))
                 added[declared] = max(ours - theirs, 0.0)
@@ -365,6 +367,20 @@ def bench_clixon(args, base_serials: list[str]) -> list[dict]:
         clixon_declare(sockpath, large, remove=True)
         clixon_commit(config, "local")
     return rows
+
+
+def module_read(sockpath: str, serials: list[str]) -> float:
+    """What the service module costs the controller per changed instance: a session and a one-serial read."""
+    from pnp_service.stores.clixon.netconf import fetch_declarations, session
+
+    times = []
+    for serial in serials:
+        began = time.perf_counter()
+        with session(sockpath) as opened:
+            found = fetch_declarations(opened, "running", [serial])
+        times.append(time.perf_counter() - began)
+        assert serial in found, serial
+    return statistics.median(times)
 
 
 def one_change_commit(config: str, serial: str, tag: str) -> float:

@@ -45,6 +45,8 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
 
     def unacceptable_type() -> Response | None:
         """Agents send XML (application/xml or text/xml); refuse bodies that say they are something else."""
+        if request.environ.get("CONTENT_TYPE", "") in ACCEPTED_TYPES:
+            return None  # the common case, without parsing the header
         mimetype = request.mimetype
         if mimetype in ACCEPTED_TYPES or mimetype.endswith("+xml"):
             return None
@@ -54,19 +56,27 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
     def host_url() -> str:
         return request.host_url
 
+    def body() -> bytes:
+        """The request body; read straight from the server's input when its length is declared and allowed."""
+        environ = request.environ
+        length = environ.get("CONTENT_LENGTH", "")
+        if length.isdigit() and int(length) <= listener.settings.max_body_bytes and "wsgi.input" in environ:
+            return environ["wsgi.input"].read(int(length))
+        return request.get_data(cache=False)  # chunked, or too large: werkzeug answers 413
+
     @app.post("/pnp/WORK-REQUEST")
     def work_request() -> Response:
         refused = unacceptable_type()
         if refused is not None:
             return refused
-        return respond(listener.work_request(request.get_data(cache=False), address(), host_url))
+        return respond(listener.work_request(body(), address(), host_url))
 
     @app.post("/pnp/WORK-RESPONSE")
     def work_response() -> Response:
         refused = unacceptable_type()
         if refused is not None:
             return refused
-        return respond(listener.work_response(request.get_data(cache=False), address(), host_url))
+        return respond(listener.work_response(body(), address(), host_url))
 
     @app.get("/pnp/download/<kind>/<serial>/<revision>")
     @app.get("/pnp/download/<kind>/<serial>/<revision>/<name>")

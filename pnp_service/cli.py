@@ -102,6 +102,30 @@ def _secret(args: argparse.Namespace) -> bytes:
     return secret
 
 
+def _check_in_child(check) -> None:
+    """Run ``check`` in a short-lived child process: the gunicorn master never holds what it loads."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        code = 0
+        try:
+            check()
+        except StoreError as exc:
+            os.write(write, str(exc).encode())
+            code = 1
+        except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
+            os.write(write, f"{type(exc).__name__}: {exc}".encode())
+            code = 2
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        message = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise StoreError(message or "the store check failed")
+
+
 def _check_port_free(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -131,8 +155,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError(f"TLS file {path} not found")
     if args.image_dir and not os.path.isdir(args.image_dir):
         raise UsageError(f"--image-dir {args.image_dir} is not a folder")
-    # Fail early, with the store's message, before forking workers: the file is checked here.
-    open_store(args, read_only=True).close()
+    # Fail early, with the store's message, before forking workers.
+    if args.dev:
+        open_store(args, read_only=True).close()
+    else:
+        _check_in_child(lambda: open_store(args, read_only=True).close())
     settings = ListenerSettings(
         provisioning=Settings(max_attempts=args.max_attempts, retry_base_seconds=args.retry_seconds),
         max_body_bytes=args.max_body,

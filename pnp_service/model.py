@@ -185,24 +185,25 @@ R = TypeVar("R", Status, Unclaimed)
 _TIME_FIELDS = {
     cls: frozenset(f.name for f in dataclasses.fields(cls) if "datetime" in str(f.type)) for cls in (Status, Unclaimed)
 }
+_FIELD_NAMES = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in (Status, Unclaimed)}
 
 
 def record_to_dict(record: Status | Unclaimed) -> dict[str, Any]:
     """A status or unclaimed entry as plain JSON values (times as RFC 3339 strings), empty fields left out."""
     times = _TIME_FIELDS[type(record)]
     out: dict[str, Any] = {}
-    for field in dataclasses.fields(record):
-        value = getattr(record, field.name)
-        if field.name in times:
+    for name in _FIELD_NAMES[type(record)]:
+        value = getattr(record, name)
+        if name in times:
             value = format_time(value)
-        if value not in ("", None) and not (field.name == "attempts" and value == 0):
-            out[field.name] = value
+        if value not in ("", None) and not (name == "attempts" and value == 0):
+            out[name] = value
     return out
 
 
 def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
     """The inverse of :func:`record_to_dict`; unknown keys (from a newer version) are ignored."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _FIELD_NAMES[cls]
     times = _TIME_FIELDS[cls]
     values: dict[str, Any] = {k: (parse_time(v) if k in times else v) for k, v in data.items() if k in names}
     return cls(**values)

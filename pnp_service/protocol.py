@@ -62,6 +62,9 @@ class ProtocolError(ValueError):
 # --------------------------------------------------------------------------- parsing
 
 
+_DECLARATION = re.compile(rb"<\x00*!\x00*[DdEe]")
+
+
 def parse_xml(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> etree._Element:
     """Parse untrusted XML safely and return its root element.
 
@@ -76,9 +79,9 @@ def parse_xml(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> etree._Element
     if not data.strip():
         raise ProtocolError("empty message")
     # A DTD is never legitimate in PnP.  Look before parsing so that no entity
-    # declaration is ever processed, whatever its encoding tricks.
-    probe = bytes(data).replace(b"\x00", b"").upper()
-    if b"<!DOCTYPE" in probe or b"<!ENTITY" in probe:
+    # declaration is ever processed, whatever its encoding tricks (UTF-16 and -32 put
+    # NULs between the characters).
+    if _DECLARATION.search(data):
         raise ProtocolError("DTDs and entity declarations are not allowed")
     try:
         root = etree.fromstring(bytes(data), parser())
@@ -248,12 +251,15 @@ def parse_work_request(data: bytes) -> WorkRequest:
     if body.tag != qname(ns, "info"):
         raise ProtocolError(f"WORK-REQUEST body is {clean_text(str(body.tag), 120)!r}, expected work-info <info>")
     device = body.find(qname(ns, "deviceId"))
+    # One pass over deviceId's children instead of a search per field.
+    prefix = len(ns) + 2
+    fields = {child.tag[prefix:]: child.text for child in device if isinstance(child.tag, str)} if device is not None else {}
     return WorkRequest(
         udi=udi,
         correlator=_correlator(body, "WORK-REQUEST"),
-        hostname=_text(device, "hostname", ns, 63),
-        auth_required=_is_true(_text(device, "authRequired", ns)),
-        mac_address=_text(device, "macAddress", ns, 64) or _text(body, "macAddress", ns, 64),
+        hostname=clean_text(fields.get("hostname"), 63),
+        auth_required=_is_true(clean_text(fields.get("authRequired"), 8)),
+        mac_address=clean_text(fields.get("macAddress"), 64) or _text(body, "macAddress", ns, 64),
     )
 
 

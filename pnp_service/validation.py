@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import io
 import logging
 import os
 import re
@@ -26,7 +27,7 @@ import threading
 
 from lxml import etree
 
-from .model import CONTROLLER_NS, PNP_NS, SERVICE_NAME, Declaration, declarations_from_services
+from .model import CONTROLLER_NS, PNP_NS, SERVICE_NAME, Declaration, declaration_from_xml
 from .xmlsafe import parser
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -134,8 +135,23 @@ def _shared_validator() -> _Validator:
         return _validator
 
 
-def _children_text(root: etree._Element) -> str:
-    """The children of ``<config>`` as one XML fragment whose elements start on their lines in the file."""
+_ROOT_START = re.compile(rb"<config(\s[^>]*)?>")
+_ROOT_END = re.compile(rb"</config\s*>\s*$")
+
+
+def _fragment(data: bytes) -> str:
+    """The children of ``<config>`` as one XML fragment for libyang, on the lines they have in the file.
+
+    The root's start and end tags are blanked out in place (newlines kept), so libyang's line numbers are
+    the file's.  A root that declares namespaces its children use cannot be blanked: then the children
+    are serialized, each padded to start on its own line.
+    """
+    start, end = _ROOT_START.search(data), _ROOT_END.search(data)
+    if start is not None and end is not None and b"xmlns" not in (start.group(1) or b""):
+        blank = lambda match: re.sub(rb"[^\n]", b" ", match.group(0))  # noqa: E731
+        text = data[: start.start()] + blank(start) + data[start.end() : end.start()] + blank(end) + data[end.end() :]
+        return text.decode("utf-8")
+    root = etree.fromstring(data, parser(large=True))
     out: list[str] = []
     line = 1
     for child in root:
@@ -149,42 +165,63 @@ def _children_text(root: etree._Element) -> str:
     return "".join(out)
 
 
+def _structure(data: bytes, source: str) -> dict[str, Declaration]:
+    """Check what libyang cannot see (the root, the namespace of services) and read the declarations.
+
+    Streams through the file, freeing each declaration's elements once read, so a large file costs
+    little memory.
+    """
+    problems: list[Problem] = []
+    declarations: dict[str, Declaration] = {}
+    services = f"{{{CONTROLLER_NS}}}services"
+    device = f"{{{PNP_NS}}}{SERVICE_NAME}"
+    events = etree.iterparse(io.BytesIO(data), events=("start", "end"), resolve_entities=False, no_network=True,
+                             load_dtd=False, huge_tree=True, remove_comments=True, remove_pis=True)
+    depth = 0
+    try:
+        for kind, element in events:
+            if kind == "start":
+                depth += 1
+                name = etree.QName(element)
+                if depth == 1 and (name.localname != "config" or name.namespace):
+                    problems.append(Problem(
+                        f"the root element is <{name.localname}>, expected <config> (no namespace) holding "
+                        f'<services xmlns="{CONTROLLER_NS}">', element.sourceline))
+                    break
+                if depth == 2 and name.localname == "services" and name.namespace != CONTROLLER_NS:
+                    problems.append(Problem(
+                        f'<services> must be in the controller\'s namespace: write <services xmlns="{CONTROLLER_NS}">'
+                        + (f" (it is in {name.namespace!r})" if name.namespace else ""), element.sourceline, "/services"))
+                continue
+            depth -= 1
+            if depth == 1 and element.tag == f"{{{PNP_NS}}}pnp" and len(element):
+                problems.append(Problem(
+                    "<pnp> is state written by pnp-service and does not belong in the declarations file "
+                    "(it now lives in the state database): remove it", element.sourceline, "/pnp-service:pnp"))
+            if depth == 2 and element.tag == device and element.getparent() is not None \
+                    and element.getparent().tag == services:
+                declaration = declaration_from_xml(element)
+                declarations[declaration.serial] = declaration
+                element.clear()
+                parent = element.getparent()
+                while element.getprevious() is not None:
+                    del parent[0]
+    except etree.XMLSyntaxError as exc:
+        raise DeclarationsError(source, [Problem(f"not well-formed XML: {exc.msg}", exc.lineno)]) from None
+    if problems:
+        raise DeclarationsError(source, problems)
+    return declarations
+
+
 def load(data: bytes, source: str) -> dict[str, Declaration]:
     """Declarations from a file's bytes, or :class:`DeclarationsError` naming every problem found."""
     probe = data[:4096].upper()
     if b"<!DOCTYPE" in probe or b"<!ENTITY" in probe:
         raise DeclarationsError(source, [Problem("DTDs and entities are not allowed in a declarations file")])
-    try:
-        root = etree.fromstring(data, parser(large=True))
-    except etree.XMLSyntaxError as exc:
-        raise DeclarationsError(source, [Problem(f"not well-formed XML: {exc.msg}", exc.lineno)]) from None
-    if etree.QName(root).localname != "config" or etree.QName(root).namespace:
-        raise DeclarationsError(source, [Problem(
-            f"the root element is <{etree.QName(root).localname}>, expected <config> (no namespace) holding "
-            f'<services xmlns="{CONTROLLER_NS}">', root.sourceline)])
-    problems = []
-    for child in root:
-        if not isinstance(child.tag, str):
-            continue
-        name = etree.QName(child)
-        if name.localname == "services" and name.namespace != CONTROLLER_NS:
-            problems.append(Problem(
-                f'<services> must be in the controller\'s namespace: write <services xmlns="{CONTROLLER_NS}">'
-                + (f" (it is in {name.namespace!r})" if name.namespace else ""), child.sourceline, "/services"))
-        elif name.localname == "pnp" and name.namespace == PNP_NS and len(child):
-            problems.append(Problem(
-                "<pnp> is state written by pnp-service and does not belong in the declarations file "
-                "(it now lives in the state database): remove it", child.sourceline, "/pnp-service:pnp"))
+    declarations = _structure(data, source)
+    problems = _shared_validator().check(_fragment(data))
     if problems:
         raise DeclarationsError(source, problems)
-    for empty in [c for c in root if isinstance(c.tag, str) and c.tag == f"{{{PNP_NS}}}pnp"]:
-        root.remove(empty)  # an empty <pnp/> left by older versions: harmless
-    problems = _shared_validator().check(_children_text(root))
-    if problems:
-        raise DeclarationsError(source, problems)
-    declarations: dict[str, Declaration] = {}
-    for services in root.iterfind(f"{{{CONTROLLER_NS}}}services"):
-        declarations.update(declarations_from_services(services))
     return declarations
 
 

@@ -10,6 +10,7 @@ The rule of this file: no knowledge of PnP, YANG, HTTP or stores.
 
 from __future__ import annotations
 
+import re
 import threading
 import unicodedata
 from xml.sax.saxutils import escape as _sax_escape
@@ -52,8 +53,13 @@ def escape_text(text: str) -> str:
     return _sax_escape(text)
 
 
+_ATTRIBUTE_SPECIAL = re.compile(r'[&<>"\n\r\t]')
+
+
 def escape_attribute(text: str) -> str:
     """An attribute value in double quotes, newlines and tabs kept as character references."""
+    if not _ATTRIBUTE_SPECIAL.search(text):
+        return text  # the common case (a UDI, a correlator)
     return _sax_escape(text, {'"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"})
 
 

@@ -184,12 +184,29 @@ def _dumps(record: Status | Unclaimed) -> str:
     return json.dumps(model.record_to_dict(record), separators=(",", ":"), ensure_ascii=False)
 
 
+# Decoded rows by their text: most polls read a row that has not changed since the last one, and records
+# are immutable, so the same object serves again.  Bounded by the number of distinct rows recently read.
+_decoded: dict[str, Status | Unclaimed] = {}
+_DECODED_MAX = 50_000
+
+
+def _decode(data: str | None, cls: type[model.R]) -> model.R | None:
+    if not data:
+        return None
+    found = _decoded.get(data)
+    if found is None or type(found) is not cls:
+        if len(_decoded) >= _DECODED_MAX:
+            _decoded.clear()
+        found = _decoded[data] = model.record_from_dict(cls, json.loads(data))
+    return found
+
+
 def _status(data: str | None) -> Status | None:
-    return model.record_from_dict(Status, json.loads(data)) if data else None
+    return _decode(data, Status)
 
 
 def _unclaimed(data: str | None) -> Unclaimed | None:
-    return model.record_from_dict(Unclaimed, json.loads(data)) if data else None
+    return _decode(data, Unclaimed)
 
 
 class StateDb:
