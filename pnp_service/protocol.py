@@ -32,7 +32,8 @@ from lxml import etree
 
 from .xmlsafe import clean_text, escape_attribute, parser, qname
 
-PNP_NS = "urn:cisco:pnp"
+#: The PnP envelope's namespace (Cisco's; not to be confused with model.PNP_NS, this project's YANG).
+CISCO_PNP_NS = "urn:cisco:pnp"
 PROTOCOL_VERSION = "1.0"
 
 #: Largest agent message accepted, in bytes.  Real device-info responses with a
@@ -52,7 +53,7 @@ MAX_OUTPUT = 64 * 1024
 
 def service_ns(service: str) -> str:
     """Namespace of a PnP service, e.g. ``urn:cisco:pnp:device-info``."""
-    return f"{PNP_NS}:{service}"
+    return f"{CISCO_PNP_NS}:{service}"
 
 
 class ProtocolError(ValueError):
@@ -226,8 +227,8 @@ def _is_true(text: str) -> bool:
 
 def _envelope(data: bytes) -> tuple[etree._Element, Udi, etree._Element]:
     root = parse_xml(data)
-    if root.tag != qname(PNP_NS, "pnp"):
-        raise ProtocolError(f"root element is {clean_text(str(root.tag), 120)!r}, expected {{{PNP_NS}}}pnp")
+    if root.tag != qname(CISCO_PNP_NS, "pnp"):
+        raise ProtocolError(f"root element is {clean_text(str(root.tag), 120)!r}, expected {{{CISCO_PNP_NS}}}pnp")
     body = [child for child in root if isinstance(child.tag, str)]
     if len(body) != 1:
         raise ProtocolError(f"<pnp> must have exactly one child, has {len(body)}")
@@ -268,9 +269,9 @@ def parse_work_response(data: bytes) -> WorkResponse | Fault:
     _, udi, body = _envelope(data)
     tag = etree.QName(body)
     namespace, local = tag.namespace or "", tag.localname
-    if local != "response" or not namespace.startswith(PNP_NS + ":"):
+    if local != "response" or not namespace.startswith(CISCO_PNP_NS + ":"):
         raise ProtocolError(f"WORK-RESPONSE body is {clean_text(str(body.tag), 120)!r}, expected a PnP service <response>")
-    service = clean_text(namespace[len(PNP_NS) + 1 :], 64)
+    service = clean_text(namespace[len(CISCO_PNP_NS) + 1 :], 64)
     if service == "fault":
         fault = body.find(qname(namespace, "fault"))
         return Fault(
@@ -338,17 +339,19 @@ class Reload:
     save_config: bool = False
 
 
-def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrib: str) -> etree._Element:
-    # Children share their parent's namespace; read it from the tag (nsmap builds a dict each call).
+def child(parent: etree._Element, tag: str, text: str | None = None, **attrib: str) -> etree._Element:
+    """A child element in its parent's namespace (PnP bodies keep one namespace throughout)."""
+    # Read the namespace from the tag: nsmap builds a dict each call.
     element = etree.SubElement(parent, parent.tag[: parent.tag.index("}") + 1] + tag, attrib)
     if text is not None:
         element.text = text
     return element
 
 
-def _body(kind: str, service: str, correlator: str) -> etree._Element:
+def service_body(kind: str, service: str, correlator: str | None) -> etree._Element:
+    """A ``<request>``, ``<response>`` or ``<info>`` in a service's namespace, with its correlator."""
     ns = service_ns(service)
-    return etree.Element(qname(ns, kind), {"correlator": correlator}, nsmap={None: ns})
+    return etree.Element(qname(ns, kind), {"correlator": correlator} if correlator is not None else {}, nsmap={None: ns})
 
 
 def serialize(udi: Udi | str, body: etree._Element, username: str | None = None, password: str | None = None) -> bytes:
@@ -357,20 +360,20 @@ def serialize(udi: Udi | str, body: etree._Element, username: str | None = None,
     if username is not None and password is not None:
         attrib["usr"] = username
         attrib["pwd"] = password
-    root = etree.Element(qname(PNP_NS, "pnp"), attrib, nsmap={None: PNP_NS})
+    root = etree.Element(qname(CISCO_PNP_NS, "pnp"), attrib, nsmap={None: CISCO_PNP_NS})
     root.append(body)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
 def _add_reload(request: etree._Element, reload: Reload | None) -> None:
     if reload is None:
-        _sub(request, "noReload")
+        child(request, "noReload")
         return
-    element = _sub(request, "reload")
-    _sub(element, "reason", reload.reason)
-    _sub(element, "delayIn", str(reload.delay_in))
-    _sub(element, "user", reload.user)
-    _sub(element, "saveConfig", "true" if reload.save_config else "false")
+    element = child(request, "reload")
+    child(element, "reason", reload.reason)
+    child(element, "delayIn", str(reload.delay_in))
+    child(element, "user", reload.user)
+    child(element, "saveConfig", "true" if reload.save_config else "false")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,8 +390,8 @@ class Envelope:
 
 
 def device_info(env: Envelope, info_type: str = "all") -> bytes:
-    request = _body("request", "device-info", env.correlator)
-    _sub(request, "deviceInfo", type=info_type)
+    request = service_body("request", "device-info", env.correlator)
+    child(request, "deviceInfo", type=info_type)
     return env.wrap(request)
 
 
@@ -408,15 +411,15 @@ def config_upgrade(
     ``reload=None`` sends ``<noReload/>``; either it or ``<reload>`` is required, as
     a sibling of ``<config>``.
     """
-    request = _body("request", "config-upgrade", env.correlator)
-    copy = _sub(_sub(request, "config", details="all"), "copy")
-    source = _sub(copy, "source")
-    _sub(source, "location", location)
+    request = service_body("request", "config-upgrade", env.correlator)
+    copy = child(child(request, "config", details="all"), "copy")
+    source = child(copy, "source")
+    child(source, "location", location)
     if checksum:
-        _sub(source, "checksum", checksum)
-    _sub(copy, "applyTo", apply_to)
+        child(source, "checksum", checksum)
+    child(copy, "applyTo", apply_to)
     if abort_on_syntax_fault:
-        _sub(copy, "abortOnSyntaxFault")
+        child(copy, "abortOnSyntaxFault")
     _add_reload(request, reload)
     return env.wrap(request)
 
@@ -429,39 +432,39 @@ def image_install(
     destination: str | None = "flash:",
     reload: Reload | None = Reload(reason="pnp-service image install"),
 ) -> bytes:
-    request = _body("request", "image-install", env.correlator)
-    copy = _sub(_sub(request, "image"), "copy")
-    source = _sub(copy, "source")
-    _sub(source, "location", location)
-    _sub(source, "checksum", checksum.lower())
+    request = service_body("request", "image-install", env.correlator)
+    copy = child(child(request, "image"), "copy")
+    source = child(copy, "source")
+    child(source, "location", location)
+    child(source, "checksum", checksum.lower())
     if destination:
-        _sub(_sub(copy, "destination"), "location", destination)
+        child(child(copy, "destination"), "location", destination)
     _add_reload(request, reload)
     return env.wrap(request)
 
 
 def cli_exec(env: Envelope, command: str, max_wait: str = "PT60S") -> bytes:
-    request = _body("request", "cli-exec", env.correlator)
-    execcli = _sub(request, "execCLI", maxWait=max_wait, xsd="false")
-    _sub(execcli, "cmd", command)
+    request = service_body("request", "cli-exec", env.correlator)
+    execcli = child(request, "execCLI", maxWait=max_wait, xsd="false")
+    child(execcli, "cmd", command)
     return env.wrap(request)
 
 
 def cli_config_apply(env: Envelope, lines: Iterable[str], action_on_fail: str = "stop") -> bytes:
-    request = _body("request", "cli-config", env.correlator)
-    apply = _sub(request, "configApply", **{"action-on-fail": action_on_fail})
-    _sub(_sub(apply, "config-data"), "cli-config-data-block", "\n".join(lines))
+    request = service_body("request", "cli-config", env.correlator)
+    apply = child(request, "configApply", **{"action-on-fail": action_on_fail})
+    child(child(apply, "config-data"), "cli-config-data-block", "\n".join(lines))
     return env.wrap(request)
 
 
 def cli_config_persist(env: Envelope) -> bytes:
-    request = _body("request", "cli-config", env.correlator)
-    _sub(request, "configPersist")
+    request = service_body("request", "cli-config", env.correlator)
+    child(request, "configPersist")
     return env.wrap(request)
 
 
 def capability(env: Envelope) -> bytes:
-    return env.wrap(_body("request", "capability", env.correlator))
+    return env.wrap(service_body("request", "capability", env.correlator))
 
 
 # Backoffs and byes answer most polls.  Each distinct message is built once with
@@ -513,21 +516,21 @@ def _build_backoff(
     chosen = sum((seconds is not None, default_minutes is not None, terminate))
     if chosen != 1:
         raise ValueError("backoff takes exactly one of seconds, default_minutes, terminate")
-    request = _body("request", "backoff", env.correlator)
-    element = _sub(request, "backoff")
-    _sub(element, "reason", reason)
+    request = service_body("request", "backoff", env.correlator)
+    element = child(request, "backoff")
+    child(element, "reason", reason)
     if seconds is not None:
         seconds = min(MAX_CALLBACK_SECONDS, max(1, int(seconds)))
-        after = _sub(element, "callbackAfter")
-        _sub(after, "hours", str(seconds // 3600))
-        _sub(after, "minutes", str(seconds % 3600 // 60))
-        _sub(after, "seconds", str(seconds % 60))
+        after = child(element, "callbackAfter")
+        child(after, "hours", str(seconds // 3600))
+        child(after, "minutes", str(seconds % 3600 // 60))
+        child(after, "seconds", str(seconds % 60))
     elif default_minutes is not None:
         if not 1 <= default_minutes <= 2880:
             raise ValueError("defaultMinutes must be within 1..2880")
-        _sub(element, "defaultMinutes", str(default_minutes))
+        child(element, "defaultMinutes", str(default_minutes))
     else:
-        _sub(element, "terminate")
+        child(element, "terminate")
     return env.wrap(request)
 
 
@@ -536,6 +539,6 @@ def bye(env: Envelope) -> bytes:
 
 
 def _build_bye(env: Envelope) -> bytes:
-    info = _body("info", "work-info", env.correlator)
-    _sub(_sub(info, "workInfo"), "bye")
+    info = service_body("info", "work-info", env.correlator)
+    child(child(info, "workInfo"), "bye")
     return env.wrap(info)

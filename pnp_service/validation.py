@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import io
 import logging
 import os
 import re
@@ -28,7 +27,7 @@ import threading
 from lxml import etree
 
 from .model import CONTROLLER_NS, PNP_NS, SERVICE_NAME, Declaration, declaration_from_xml
-from .xmlsafe import parser
+from .xmlsafe import iterparse, parser
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: The controller stand-in, shipped inside the package.
@@ -175,8 +174,7 @@ def _structure(data: bytes, source: str) -> dict[str, Declaration]:
     declarations: dict[str, Declaration] = {}
     services = f"{{{CONTROLLER_NS}}}services"
     device = f"{{{PNP_NS}}}{SERVICE_NAME}"
-    events = etree.iterparse(io.BytesIO(data), events=("start", "end"), resolve_entities=False, no_network=True,
-                             load_dtd=False, huge_tree=True, remove_comments=True, remove_pis=True)
+    events = iterparse(data, ("start", "end"))
     depth = 0
     try:
         for kind, element in events:

@@ -70,7 +70,7 @@ def test_state_the_listener_writes_is_valid_in_the_yangs_shape(tmp_path):
     clock = FakeClock()
     app = create_app(store, settings, listener=Listener(store, settings, clock=clock))
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     try:
         sim = AgentSimulator(f"http://127.0.0.1:{server.server_port}", sleep=clock.advance, max_polls=30)
         sim.run(SimulatedDevice("FOC2001X0AB"))

@@ -16,16 +16,7 @@ from ..protocol import ErrorInfo, Udi, service_ns
 from ..xmlsafe import qname
 
 
-def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrib: str) -> etree._Element:
-    element = etree.SubElement(parent, parent.tag[: parent.tag.index("}") + 1] + tag, attrib)
-    if text is not None:
-        element.text = text
-    return element
-
-
-def _body(kind: str, service: str, correlator: str | None) -> etree._Element:
-    ns = service_ns(service)
-    return etree.Element(qname(ns, kind), {"correlator": correlator} if correlator is not None else {}, nsmap={None: ns})
+_sub, _body = protocol.child, protocol.service_body
 
 
 # ----------------------------------------------------------------- reading server messages
@@ -52,13 +43,13 @@ class ServerMessage:
 
 def parse_server_message(data: bytes) -> ServerMessage:
     root = protocol.parse_xml(data)
-    if root.tag != qname(protocol.PNP_NS, "pnp"):
+    if root.tag != qname(protocol.CISCO_PNP_NS, "pnp"):
         raise protocol.ProtocolError(f"unexpected root {root.tag!r}")
     body = root[0]
     namespace = etree.QName(body).namespace or ""
-    if not namespace.startswith(protocol.PNP_NS + ":"):
+    if not namespace.startswith(protocol.CISCO_PNP_NS + ":"):
         raise protocol.ProtocolError(f"unexpected body {body.tag!r}")
-    service = namespace[len(protocol.PNP_NS) + 1 :]
+    service = namespace[len(protocol.CISCO_PNP_NS) + 1 :]
     if service == "work-info" and body.find(f"{qname(namespace, 'workInfo')}/{qname(namespace, 'bye')}") is not None:
         return ServerMessage("bye", body.get("correlator", ""), body)
     return ServerMessage(service, body.get("correlator", ""), body, root.get("usr"), root.get("pwd"))

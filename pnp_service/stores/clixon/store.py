@@ -33,7 +33,6 @@ device is lost.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import threading
 import zlib
@@ -44,7 +43,7 @@ from lxml import etree
 from ... import model
 from ...logs import event
 from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, Declaration, DeviceRecord, Status, Unclaimed, Work, q
-from ...xmlsafe import escape_text
+from ...xmlsafe import escape_text, iterparse
 from ..base import Change, D, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnknownSerial
 from .journal import Journal
 from .netconf import DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, commit_edit
@@ -82,8 +81,7 @@ def view_from_reply(data: bytes) -> View:
     """Build the view from a get-config reply, element by element, freeing each as it goes."""
     view = View()
     tags = (q("device"), q("unclaimed"), q("pnp-device"))
-    for _, element in etree.iterparse(io.BytesIO(data), events=("end",), tag=tags, resolve_entities=False,
-                                      no_network=True, load_dtd=False, huge_tree=True, remove_comments=True):
+    for _, element in iterparse(data, tag=tags):
         parent = element.getparent()
         if element.tag == q("pnp-device"):
             declaration = model.declaration_from_xml(element)
