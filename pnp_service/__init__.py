@@ -4,4 +4,4 @@ Layers, arrows pointing down: edges (service module, Flask app, command line)
 -> stores and provisioner -> planner -> protocol.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -213,7 +213,8 @@ def _declarations(args: argparse.Namespace):
     from .validation import DeclarationsError
 
     try:
-        return Declarations(args.datastore, default_template_dirs(args.datastore), _registry().names()).current()
+        return Declarations(args.datastore, default_template_dirs(args.datastore), _registry().names(),
+                            announce=False).current()
     except DeclarationsError as exc:
         raise StoreError(str(exc)) from None
 

@@ -88,8 +88,10 @@ class Declarations:
         known_step_types: Sequence[str] | None = None,
         check_seconds: float = DEFAULT_CHECK_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        announce: bool = True,
     ):
         self.path = os.path.abspath(path)
+        self.announce = announce  # a listener says what it loaded; a command that only looks does not
         self.template_dirs = tuple(template_dirs)
         self.known_step_types = known_step_types
         self.check_seconds = check_seconds
@@ -162,12 +164,14 @@ class Declarations:
                 plans[serial] = plan(declaration, load_template, self.known_step_types)
             except PlanningError as exc:
                 errors[serial] = str(exc)
-        for message in errors.values():
-            if previous is None or message not in previous.errors.values():
-                log.error("%s", message)
+        if self.announce:
+            for message in errors.values():
+                if previous is None or message not in previous.errors.values():
+                    log.error("%s", message)
+            log.info("declarations %s: %d devices, %d planned, %d with errors", self.path, len(declarations),
+                     len(plans), len(errors))
         watched = (self.path, *self.template_dirs, *sorted(set(used.values())))
         stamps = before + tuple(_stamp(p) for p in watched[len(before):])
-        log.info("declarations %s: %d devices, %d planned, %d with errors", self.path, len(declarations), len(plans), len(errors))
         return DeclarationSet(declarations, plans, errors, watched, stamps, keys)
 
 
@@ -357,7 +361,8 @@ class EmbeddedStore:
         self.read_only = read_only
         try:
             self.declarations = Declarations(
-                self.path, template_dirs or default_template_dirs(self.path), known_step_types, check_seconds
+                self.path, template_dirs or default_template_dirs(self.path), known_step_types, check_seconds,
+                announce=not read_only,
             )
         except validation.DeclarationsError as exc:
             raise StoreError(str(exc)) from None

@@ -357,3 +357,18 @@ def test_pnp_service_reset_on_the_controller(serial, listener):
     assert text(show_pnp(serial), "status/state") is None
     unknown = subprocess.run(command + ["NOSUCH" + serial], capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 1 and "not declared" in unknown.stderr
+
+
+def test_an_extra_step_declared_from_the_cli_is_planned_and_served(serial, listener):
+    store, url = listener
+    declare(serial)
+    cli("set", "services", "pnp-device", serial, "step", "banner", "type", "cli-config", configure=True)
+    cli("set", "services", "pnp-device", serial, "step", "banner", "position", "after-device-info", configure=True)
+    cli("set", "services", "pnp-device", serial, "step", "banner", "param", "lines", "value",
+        '"banner motd ^{{ hostname }}^"', configure=True)
+    assert "Failed" not in commit()
+    steps = [s.findtext("{urn:pnp-service:pnp}id") for s in show_pnp(serial).iter("{urn:pnp-service:pnp}step")]
+    assert steps == ["device-info", "banner", "config-upgrade"]
+    wait_for(lambda: store.load(serial).work, what="the listener to see the work")
+    result = run_agent(url, serial)
+    assert result.outcome == "configured" and result.trace[:3] == ["device-info", "cli-config", "config-upgrade"]
