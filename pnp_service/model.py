@@ -89,6 +89,8 @@ class Declaration:
     apply_to: str = "startup"
     reload: bool = True
     variables: tuple[tuple[str, str], ...] = ()
+    #: Variables whose value is not a plain string: name -> number | boolean | list.
+    variable_types: tuple[tuple[str, str], ...] = ()
     commands: tuple[tuple[int, str], ...] = ()
     image_version: str = ""
     image_url: str = ""
@@ -292,6 +294,7 @@ def declaration_from_xml(element: etree._Element) -> Declaration:
         apply_to=child_text(config, "apply-to").strip() or "startup",
         reload=child_text(config, "reload").strip().lower() not in ("false", "0"),
         variables=tuple(_keyed(element, "variable", "name", "value")),
+        variable_types=tuple((n, t) for n, t in _keyed(element, "variable", "name", "type") if t and t != "string"),
         commands=commands,
         image_version=child_text(image, "version").strip(),
         image_url=child_text(image, "url").strip(),

@@ -86,13 +86,46 @@ def _compiled(source: str) -> jinja2.Template:
     return _ENVIRONMENT.from_string(source)
 
 
-def template_variables(declaration: Declaration) -> dict[str, str]:
-    """Declared variables, then the built-ins ``serial``, ``hostname`` and ``pid``, which win.
+def typed_value(name: str, value: str, kind: str) -> object:
+    """A variable's value as its declared type: a number, a boolean, a list (JSON array or comma-separated)."""
+    if kind == "number":
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                raise PlanningError(f"variable {name} is declared a number but its value is {value!r}") from None
+    if kind == "boolean":
+        if value.strip().lower() not in ("true", "false"):
+            raise PlanningError(f"variable {name} is declared a boolean but its value is {value!r} (true or false)")
+        return value.strip().lower() == "true"
+    if kind == "list":
+        if value.lstrip().startswith("["):
+            try:
+                items = json.loads(value)
+            except ValueError as exc:
+                raise PlanningError(f"variable {name} is declared a list but is not a JSON array: {exc}") from None
+            if not isinstance(items, list):
+                raise PlanningError(f"variable {name} is declared a list but is not a JSON array")
+            return items
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def template_variables(declaration: Declaration) -> dict[str, object]:
+    """Declared variables (as their declared types), then the built-ins ``serial``, ``hostname`` and ``pid``, which win.
 
     A built-in the declaration leaves out is not defined at all, so a template that
     uses it fails (StrictUndefined) instead of rendering ``hostname `` with nothing.
     """
-    variables = dict(declaration.variables)
+    types = dict(declaration.variable_types)
+    try:
+        variables: dict[str, object] = {
+            name: typed_value(name, value, types.get(name, "string")) for name, value in declaration.variables
+        }
+    except PlanningError as exc:
+        raise PlanningError(f"pnp-device {declaration.serial}: {exc}") from None
     variables["serial"] = declaration.serial
     for name in ("hostname", "pid"):
         value = getattr(declaration, name)

@@ -91,3 +91,25 @@ def test_sandbox_blocks_unsafe_attribute_access():
 def test_image_without_md5_is_refused():
     with pytest.raises(PlanningError, match="md5"):
         plan(declaration(image_version="1", image_url="http://h/i.bin"))
+
+
+def test_typed_variables_reach_the_template_as_numbers_booleans_and_lists():
+    declaration = Declaration(
+        serial="SN1", hostname="h",
+        template="{% for s in ntp %}ntp server {{ s }}\n{% endfor %}vlan {{ vlan + 1 }}\n{% if lldp %}lldp run\n{% endif %}"
+                 "{% for p in ports %}interface {{ p }}\n{% endfor %}",
+        variables=(("ntp", "192.0.2.1, 192.0.2.2"), ("vlan", "99"), ("lldp", "true"), ("ports", '["Gi1/0/1", "Gi1/0/2"]')),
+        variable_types=(("ntp", "list"), ("vlan", "number"), ("lldp", "boolean"), ("ports", "list")),
+    )
+    assert render_config(declaration) == ("ntp server 192.0.2.1\nntp server 192.0.2.2\nvlan 100\nlldp run\n"
+                                          "interface Gi1/0/1\ninterface Gi1/0/2\n")
+
+
+@pytest.mark.parametrize("kind, value, message", [
+    ("number", "ten", "declared a number"), ("boolean", "yes", "declared a boolean"), ("list", "[1,", "declared a list but is not a JSON array"),
+])
+def test_a_value_that_is_not_its_type_is_a_planning_error_naming_it(kind, value, message):
+    declaration = Declaration(serial="SN1", hostname="h", template="{{ x }}", variables=(("x", value),),
+                              variable_types=(("x", kind),))
+    with pytest.raises(PlanningError, match=f"SN1: variable x is {message}"):
+        plan(declaration)
