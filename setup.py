@@ -32,6 +32,7 @@ setup(
         "console_scripts": ["pnp-service = pnp_service.cli:main"],
         "pnp_service.steps": [
             "device-info = pnp_service.steps:DeviceInfoStep",
+            "stack-check = pnp_service.steps:StackCheckStep",
             "image-install = pnp_service.steps:ImageInstallStep",
             "cli-exec = pnp_service.steps:CliExecStep",
             "cli-config = pnp_service.steps:CliConfigStep",

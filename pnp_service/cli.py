@@ -296,33 +296,68 @@ def cmd_reset(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- agent, option43
 
 
+def device_spec(text: str) -> tuple[str, str]:
+    """``SERIAL`` or ``SERIAL:PID``."""
+    from .model import is_serial
+
+    serial, _, pid = text.partition(":")
+    if not is_serial(serial):
+        raise argparse.ArgumentTypeError(f"{serial!r} is not a serial number (letters, digits, . _ -)")
+    return serial, pid
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
+    import threading
+
     from .simulator import AgentSimulator, SimulatedDevice, simulated_fleet
 
     common = dict(
-        pid=args.pid,
         version=args.version,
         fail_service=args.fail_service or "",
         fault_service=args.fault_service or "",
         auth_required=args.auth_required,
+        mode=args.mode,
+        flash_free=args.flash_free,
+        installer=not args.no_installer,
     )
-    devices = [SimulatedDevice(serial=serial, hostname="Switch", **common) for serial in args.serial]
+    specs = [(serial, "") for serial in args.serial] + list(args.device)
+    devices = [SimulatedDevice(serial=serial, hostname="Switch", pid=pid or args.pid, **common) for serial, pid in specs]
     if args.count:
-        devices += simulated_fleet(args.serial_prefix, args.count, **common)
+        devices += simulated_fleet(args.serial_prefix, args.count, pid=args.pid, **common)
     if not devices:
-        raise UsageError("give --serial SN (repeatable) or --count N")
+        raise UsageError("give --device SERIAL[:PID] (repeatable), --serial SN or --count N")
+    lock = threading.Lock()
+    finished = [0]
+
+    def progress(serial: str, text: str) -> None:
+        with lock:
+            if args.count and not args.verbose:  # a fleet: one line that counts, not a line per step
+                if "after" in text and " polls " in text:
+                    finished[0] += 1
+                    print(f"\r{finished[0]}/{len(devices)} devices done", end="", file=sys.stderr, flush=True)
+                return
+            print(f"{serial}: {text}", flush=True)
+
     simulator = AgentSimulator(
         args.url,
         max_polls=args.max_polls,
         max_wait=args.max_wait,
         time_scale=args.time_scale,
         verify_tls=not args.insecure,
+        progress=progress,
     )
-    failures = 0
-    for result in simulator.run_many(devices, args.concurrency):
+    results = simulator.run_many(devices, args.concurrency)
+    if args.count and not args.verbose:
+        print(file=sys.stderr)
+    outcomes: dict[str, int] = {}
+    for result in results:
+        outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+        if args.count and not args.verbose:
+            continue
         print(f"{result.serial}: {result.outcome} after {result.polls} polls ({result.reason}) [{' '.join(result.trace)}]")
-        failures += result.outcome in ("http-error", "max-polls")
-    return 1 if failures else 0
+    print(", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items())))
+    bad = sum(count for outcome, count in outcomes.items() if outcome in ("http-error", "max-polls", "failed"))
+    return 1 if bad else 0
 
 
 def cmd_option43(args: argparse.Namespace) -> int:
@@ -438,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent = command("agent", "simulate PnP agents against a listener",
                     "Simulate one or many IOS-XE PnP agents against a listener URL.")
     agent.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_PORT}", help="listener base URL (default: %(default)s)")
+    agent.add_argument("--device", action="append", default=[], type=device_spec, metavar="SERIAL[:PID]",
+                       help="a simulated device, with its product id (repeatable)")
     agent.add_argument("--serial", action="append", default=[], help="serial of a simulated device (repeatable)")
     agent.add_argument("--count", type=int, default=0, help="also simulate N devices named PREFIX0001...")
     agent.add_argument("--serial-prefix", default="SIM", help="serial prefix with --count (default: %(default)s)")
@@ -446,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--fail-service", help="a PnP service the devices always fail, e.g. config-upgrade")
     agent.add_argument("--fault-service", help="a PnP service the devices answer with a fault")
     agent.add_argument("--auth-required", action="store_true", help="report authRequired, to get credentials")
+    agent.add_argument("--mode", choices=["install", "bundle"], default="install",
+                       help="boot packages.conf (install mode, the Catalyst 9000 default) or a .bin (default: %(default)s)")
+    agent.add_argument("--flash-free", type=positive, default=8_000_000_000, help="free bytes on flash: (default: %(default)s)")
+    agent.add_argument("--no-installer", action="store_true", help="the agent lacks the installer API (error 1827)")
+    agent.add_argument("--verbose", action="store_true", help="with --count: a line per step of every device")
     agent.add_argument("--concurrency", type=positive, default=10, help="devices run at once (default: %(default)s)")
     agent.add_argument("--max-polls", type=positive, default=100, help="give up after N work requests (default: %(default)s)")
     agent.add_argument("--max-wait", type=float, default=60,

@@ -156,7 +156,11 @@ class Listener:
             root = self.settings.public_url or (base_url() if callable(base_url) else base_url)
             return root.rstrip("/") + self.signer.path(kind, serial, revision, name, now)
 
-        return Contact(now=utcnow_from(now), address=address, download_url=download_url)
+        def file_size(name: str) -> int | None:
+            path = self._image_path(name)
+            return os.path.getsize(path) if path else None
+
+        return Contact(now=utcnow_from(now), address=address, download_url=download_url, file_size=file_size)
 
     # ------------------------------------------------------------------ downloads
 

@@ -96,9 +96,15 @@ class Declaration:
     image_url: str = ""
     image_md5: str = ""
     image_reload_wait: int = 60
+    #: Size of the image file in bytes, for the free-space check (0: unknown, or the listener's own file).
+    image_size: int = 0
     username: str = ""
     password: str = ""
     steps: tuple[ExtraStep, ...] = ()
+    #: A stack: declared (``stack`` container present), its other members' serials, how many switches it has.
+    stack: bool = False
+    stack_members: tuple[str, ...] = ()
+    stack_size: int = 0
 
     @property
     def has_image(self) -> bool:
@@ -149,6 +155,17 @@ class Status:
     version: str = ""
     hostname: str = ""
     started: dt.datetime | None = None
+    #: From device-info: the image file it boots, install or bundle mode, where images go and its free bytes.
+    image_file: str = ""
+    mode: str = ""
+    flash: str = ""
+    flash_free: int | None = None
+    #: The stack's switches as device-info listed them: (slot, serial, pid, role), role active or member.
+    members: tuple[tuple[int, str, str, str], ...] = ()
+    #: When the current phase began, its deadline, and the last time the device said it had reloaded.
+    phase_since: dt.datetime | None = None
+    deadline: dt.datetime | None = None
+    reloaded: dt.datetime | None = None
     error_code: str = ""
     error_message: str = ""
     error_step: str = ""
@@ -166,6 +183,9 @@ class Unclaimed:
     address: str = ""
     first_seen: dt.datetime | None = None
     last_seen: dt.datetime | None = None
+    #: A device-info request sent to learn whether it is a member of a declared stack, and when.
+    correlator: str = ""
+    probed: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +199,11 @@ class DeviceRecord:
     unclaimed: Unclaimed | None = None
     #: Why a declared device has no work (embedded mode: its template did not render).
     planning_error: str = ""
+    #: The serial that called, when it is a member of the declared stack ``serial`` (else equal to it).
+    caller: str = ""
+    #: Serials of declared stacks and of their declared members -> the stack's declared serial, for matching a
+    #: switch that calls in unknown (shared by every record of a store: never copied).
+    stacks: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- JSON forms
@@ -208,6 +233,8 @@ def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
     names = _FIELD_NAMES[cls]
     times = _TIME_FIELDS[cls]
     values: dict[str, Any] = {k: (parse_time(v) if k in times else v) for k, v in data.items() if k in names}
+    if "members" in values:  # JSON lists back into the record's tuples
+        values["members"] = tuple((int(m[0]), str(m[1]), str(m[2]), str(m[3])) for m in values["members"])
     return cls(**values)
 
 
@@ -271,6 +298,7 @@ def declaration_from_xml(element: etree._Element) -> Declaration:
     """Read one ``pnp-device`` element (already valid against the YANG)."""
     config = element.find(q("config"))
     image = element.find(q("image"))
+    stack = element.find(q("stack"))
     template_element = config.find(q("template")) if config is not None else None
     lines = tuple(sorted((_number(number), text) for number, text in _keyed(config, "line", "number", "text")))
     commands = tuple(sorted((_number(seq), cli) for seq, cli in _keyed(element, "command", "seq", "cli")))
@@ -300,9 +328,13 @@ def declaration_from_xml(element: etree._Element) -> Declaration:
         image_url=child_text(image, "url").strip(),
         image_md5=child_text(image, "md5").strip().lower(),
         image_reload_wait=_number(child_text(image, "reload-wait"), 60) or 60,
+        image_size=_number(child_text(image, "size")),
         username=child_text(element, "credentials", "username"),
         password=child_text(element, "credentials", "password"),
         steps=steps,
+        stack=stack is not None,
+        stack_members=tuple(m.text.strip() for m in stack.iterfind(q("member")) if m.text) if stack is not None else (),
+        stack_size=_number(child_text(stack, "members")) if stack is not None else 0,
     )
 
 
@@ -385,8 +417,18 @@ def status_to_xml(status: Status) -> etree._Element:
             ("retry-at", format_time(status.retry_at)),
             ("last-contact", format_time(status.last_contact)),
             ("started", format_time(status.started)),
+            ("image-file", status.image_file),
+            ("mode", status.mode),
+            ("flash", status.flash),
+            ("flash-free", "" if status.flash_free is None else str(status.flash_free)),
+            ("phase-since", format_time(status.phase_since)),
+            ("deadline", format_time(status.deadline)),
+            ("reloaded", format_time(status.reloaded)),
         ),
     )
+    for slot, serial, pid, role in status.members:
+        member = _add(element, "member")
+        _add_leaves(member, (("slot", str(slot)), ("serial", serial), ("pid", pid), ("role", role)))
     if status.error_code or status.error_message:
         error = _add(element, "last-error")
         _add_leaves(
@@ -412,6 +454,17 @@ def status_from_xml(element: etree._Element | None) -> Status | None:
         retry_at=parse_time(child_text(element, "retry-at")),
         last_contact=parse_time(child_text(element, "last-contact")),
         started=parse_time(child_text(element, "started")),
+        image_file=child_text(element, "image-file"),
+        mode=child_text(element, "mode"),
+        flash=child_text(element, "flash"),
+        flash_free=_number(child_text(element, "flash-free"), -1) if child_text(element, "flash-free") else None,
+        members=tuple(
+            (_number(child_text(m, "slot")), child_text(m, "serial"), child_text(m, "pid"), child_text(m, "role"))
+            for m in element.iterfind(q("member"))
+        ),
+        phase_since=parse_time(child_text(element, "phase-since")),
+        deadline=parse_time(child_text(element, "deadline")),
+        reloaded=parse_time(child_text(element, "reloaded")),
         error_code=child_text(element, "last-error", "code"),
         error_message=child_text(element, "last-error", "message"),
         error_step=child_text(element, "last-error", "step"),
@@ -434,6 +487,8 @@ def unclaimed_to_xml(entry: Unclaimed) -> etree._Element:
             ("address", entry.address),
             ("first-seen", format_time(entry.first_seen)),
             ("last-seen", format_time(entry.last_seen)),
+            ("correlator", entry.correlator),
+            ("probed", format_time(entry.probed)),
         ),
     )
     return element
@@ -448,6 +503,8 @@ def unclaimed_from_xml(element: etree._Element) -> Unclaimed:
         address=child_text(element, "address"),
         first_seen=parse_time(child_text(element, "first-seen")),
         last_seen=parse_time(child_text(element, "last-seen")),
+        correlator=child_text(element, "correlator"),
+        probed=parse_time(child_text(element, "probed")),
     )
 
 

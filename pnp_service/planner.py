@@ -33,7 +33,7 @@ _TEMPLATE_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 #: Where an extra step may go, relative to the built-in steps (the YANG's enumeration).
 POSITIONS = ("after-device-info", "after-image", "before-config", "after-config")
-BUILTIN_STEP_IDS = ("device-info", "image-install", "config-upgrade")
+BUILTIN_STEP_IDS = ("device-info", "stack-check", "image-install", "config-upgrade")
 
 TemplateLoader = Callable[[str], str]
 
@@ -176,19 +176,23 @@ def _extra(declaration: Declaration, position: str) -> Iterable[Step]:
 
 
 def _steps(declaration: Declaration, config: str | None) -> Iterable[Step]:
-    yield Step("device-info", "device-info", {"expect-pid": declaration.pid} if declaration.pid else {})
+    facts = {"expect-pid": declaration.pid} if declaration.pid else {}
+    if declaration.stack_size:
+        facts["expect-members"] = str(declaration.stack_size)
+    yield Step("device-info", "device-info", facts)
+    if declaration.stack:
+        yield Step("stack-check", "stack-check", {})
     yield from _extra(declaration, "after-device-info")
     if declaration.has_image:
-        yield Step(
-            "image-install",
-            "image-install",
-            {
-                "version": declaration.image_version,
-                "location": declaration.image_url,
-                "checksum": declaration.image_md5,
-                "reload-wait": str(declaration.image_reload_wait),
-            },
-        )
+        image = {
+            "version": declaration.image_version,
+            "location": declaration.image_url,
+            "checksum": declaration.image_md5,
+            "reload-wait": str(declaration.image_reload_wait),
+        }
+        if declaration.image_size:
+            image["size"] = str(declaration.image_size)
+        yield Step("image-install", "image-install", image)
     yield from _extra(declaration, "after-image")
     for seq, command in sorted(declaration.commands):
         yield Step(f"cli-exec-{seq}", "cli-exec", {"command": command})

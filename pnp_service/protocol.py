@@ -164,13 +164,71 @@ class ErrorInfo:
 
 @dataclasses.dataclass(frozen=True)
 class WorkRequest:
-    """An agent asking for work."""
+    """An agent asking for work.
+
+    ``reloaded``: the request carries a ``reason/reload`` block, the device's own word
+    that it (re)started since it last called (``reason`` holds its code, e.g.
+    ``PnP Service Info 2408``).
+    """
 
     udi: Udi
     correlator: str
     hostname: str = ""
     auth_required: bool = False
     mac_address: str = ""
+    reloaded: bool = False
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSystem:
+    """One entry of device-info's ``fileSystemList``; sizes in bytes, None when not reported or not a number."""
+
+    name: str
+    type: str = ""
+    size: int | None = None
+    free: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StackMember:
+    """One switch of a stack, from device-info's ``udi/stacked-switch/member-udi``."""
+
+    slot: int
+    udi: Udi
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceInfo:
+    """What a device-info response says, as real agents send it (any order, missing parts tolerated)."""
+
+    platform: str = ""
+    hostname: str = ""
+    version: str = ""
+    image_file: str = ""
+    udi: str = ""
+    file_systems: tuple[FileSystem, ...] = ()
+    members: tuple[StackMember, ...] = ()
+
+    @property
+    def install_mode(self) -> bool:
+        """Catalyst 9000 switches in install mode boot ``packages.conf``; bundle mode boots a ``.bin``."""
+        return self.image_file.rstrip().lower().endswith("packages.conf")
+
+    def file_system(self, name: str) -> FileSystem | None:
+        wanted = name.rstrip(":").lower()
+        return next((fs for fs in self.file_systems if fs.name.rstrip(":").lower() == wanted), None)
+
+    @property
+    def boot_file_system(self) -> str:
+        """Where images go: the file system of the running image (``flash:`` on a C9300, ``bootflash:`` on a C9500)."""
+        prefix = self.image_file.partition(":")[0] if ":" in self.image_file else ""
+        if prefix and self.file_system(prefix) is not None:
+            return prefix.lower() + ":"
+        for candidate in ("flash", "bootflash"):
+            if self.file_system(candidate) is not None:
+                return candidate + ":"
+        return (prefix.lower() + ":") if prefix else "flash:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +246,8 @@ class WorkResponse:
     success: bool
     error: ErrorInfo | None = None
     details: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: A device-info response, parsed.
+    device: DeviceInfo | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,12 +315,15 @@ def parse_work_request(data: bytes) -> WorkRequest:
     # One pass over deviceId's children instead of a search per field.
     prefix = len(ns) + 2
     fields = {child.tag[prefix:]: child.text for child in device if isinstance(child.tag, str)} if device is not None else {}
+    reload = body.find(_qualified_path("reason/reload", ns))
     return WorkRequest(
         udi=udi,
         correlator=_correlator(body, "WORK-REQUEST"),
         hostname=clean_text(fields.get("hostname"), 63),
         auth_required=_is_true(clean_text(fields.get("authRequired"), 8)),
         mac_address=clean_text(fields.get("macAddress"), 64) or _text(body, "macAddress", ns, 64),
+        reloaded=reload is not None,
+        reason=(_text(reload, "code", ns, 64) or _text(reload, "message", ns, 64)) if reload is not None else "",
     )
 
 
@@ -295,24 +358,44 @@ def parse_work_response(data: bytes) -> WorkResponse | Fault:
         )
     extractor = _DETAIL_EXTRACTORS.get(service)
     details = extractor(body, namespace) if extractor and success else {}
-    return WorkResponse(udi, service, correlator, success, error, details)
+    device = parse_device_info(body, namespace) if service == "device-info" and success else None
+    return WorkResponse(udi, service, correlator, success, error, details, device)
 
 
-def _device_info_details(body: etree._Element, ns: str) -> dict[str, str]:
-    details = {
-        "platform": _text(body, "hardwareInfo/platformName", ns, 64),
-        "hostname": _text(body, "hardwareInfo/hostname", ns, 63),
-        "version": _text(body, "imageInfo/versionString", ns, 64),
-        "image-file": _text(body, "imageInfo/imageFile", ns),
-        "udi": _text(body, "udi/primary-chassis", ns),
-    }
-    for fs in body.iterfind(f"{qname(ns, 'fileSystemList')}/{qname(ns, 'fileSystem')}"):
+def _number(text: str) -> int | None:
+    """A size as agents write it; a negative one (a 32-bit overflow, seen on real devices) is unknown."""
+    text = text.strip()
+    return int(text) if text.isdigit() else None
+
+
+def parse_device_info(body: etree._Element, ns: str) -> DeviceInfo:
+    """Read a device-info response the way real agents write it: any order, unknown blocks ignored."""
+    file_systems = []
+    for fs in body.iterfind(_qualified_path("fileSystemList/fileSystem", ns)):
         # Agents report file systems as attributes; tolerate child elements too.
-        name = clean_text(fs.get("name"), 32) or _text(fs, "name", ns, 32)
-        free = clean_text(fs.get("freespace"), 20) or _text(fs, "freespace", ns, 20)
-        if name and free.lstrip("-").isdigit():
-            details[f"free:{name.rstrip(':')}"] = free
-    return {key: value for key, value in details.items() if value}
+        def value(name: str, limit: int = 32) -> str:
+            return clean_text(fs.get(name), limit) or _text(fs, name, ns, limit)
+
+        name = value("name")
+        if name:
+            file_systems.append(FileSystem(name, value("type"), _number(value("size", 24)), _number(value("freespace", 24))))
+    members: list[StackMember] = []
+    for member in body.iterfind(_qualified_path("udi/stacked-switch/member-udi", ns)):
+        slot = clean_text(member.get("slot"), 4)
+        try:
+            udi = parse_udi(clean_text(member.text, 128))
+        except ProtocolError:
+            continue  # a member that names no valid serial cannot be matched to anything
+        members.append(StackMember(int(slot) if slot.isdigit() else len(members) + 1, udi))
+    return DeviceInfo(
+        platform=_text(body, "hardwareInfo/platformName", ns, 64),
+        hostname=_text(body, "hardwareInfo/hostname", ns, 63),
+        version=_text(body, "imageInfo/versionString", ns, 64),
+        image_file=_text(body, "imageInfo/imageFile", ns),
+        udi=_text(body, "udi/primary-chassis", ns),
+        file_systems=tuple(file_systems),
+        members=tuple(sorted(members, key=lambda m: m.slot)),
+    )
 
 
 def _cli_exec_details(body: etree._Element, ns: str) -> dict[str, str]:
@@ -323,7 +406,7 @@ def _cli_exec_details(body: etree._Element, ns: str) -> dict[str, str]:
     return {"output": "\n".join(texts)[:MAX_OUTPUT]} if texts else {}
 
 
-_DETAIL_EXTRACTORS = {"device-info": _device_info_details, "cli-exec": _cli_exec_details}
+_DETAIL_EXTRACTORS = {"cli-exec": _cli_exec_details}
 
 
 # --------------------------------------------------------------------------- server messages
@@ -443,10 +526,16 @@ def image_install(
     return env.wrap(request)
 
 
-def cli_exec(env: Envelope, command: str, max_wait: str = "PT60S") -> bytes:
+def cli_exec(env: Envelope, command: str, max_wait: str = "PT60S",
+             dialogue: Iterable[tuple[str, str]] = ()) -> bytes:
+    """Run one exec command; ``dialogue`` answers its prompts: (text the prompt contains, reply)."""
     request = service_body("request", "cli-exec", env.correlator)
     execcli = child(request, "execCLI", maxWait=max_wait, xsd="false")
     child(execcli, "cmd", command)
+    for expect, reply in dialogue:
+        exchange = child(execcli, "dialogue")
+        child(exchange, "expect", expect, match="embedded")
+        child(exchange, "reply", reply)
     return env.wrap(request)
 
 

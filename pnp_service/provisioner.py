@@ -12,10 +12,15 @@ A message is first *classified*, then the classified case is looked up in a
 table that says what to answer and what to record:
 
 WORK-REQUEST (:data:`POLL_TABLE`): an undeclared serial is recorded as unclaimed
-and told to back off; a status of another revision starts over at the first
-step; a device in error, provisioned, or before its retry time gets a backoff;
-otherwise steps with nothing to do are skipped and the current step's request
-is sent, its correlator remembered.
+and told to back off (while stacks are declared, it is first asked for
+device-info, to learn whether it is the active member of one); a status of
+another revision starts over at the first step; a device in error, provisioned,
+or before its retry time gets a backoff (unless it says it has just reloaded:
+then it is asked at once); otherwise steps with nothing to do are skipped, the
+current step checks what it can before sending anything (free space), and its
+request is sent, its correlator remembered.  A device that polls again without
+answering is asked what its step says (an image install goes to verify, never
+installs twice).
 
 WORK-RESPONSE (:data:`RESPONSE_TABLE`): always answered with a Bye.  A response
 that carries the remembered correlator is judged by its step type; a fault, or
@@ -59,6 +64,8 @@ class Event(enum.StrEnum):
     """What one message meant: the ``event=`` of the log line."""
 
     UNCLAIMED = "unclaimed"
+    PROBE = "probe"
+    STACK_MEMBER = "stack-member"
     NOT_PLANNED = "not-planned"
     REQUEST = "request"
     WAIT = "wait"
@@ -106,6 +113,8 @@ class Contact:
     address: str
     #: ``download_url(kind, serial, revision, name)``: the signed URL of a step's download.
     download_url: Callable[[str, str, str, str], str] = lambda kind, serial, revision, name: ""
+    #: Size of a file in the listener's image folder (None: not there).
+    file_size: Callable[[str], int | None] = lambda name: None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,19 +132,22 @@ class Decision:
     unclaimed: Unclaimed | None = None
     step: str = ""
     recheck: bool = False
+    #: The caller is the active member of this declared stack (recorded instead of a status).
+    member_of: str = ""
 
     @property
     def changes(self) -> bool:
-        return self.status is not None or self.unclaimed is not None
+        return self.status is not None or self.unclaimed is not None or bool(self.member_of)
 
 
-_FACT_FIELDS = ("udi", "platform", "version", "hostname")
+_FACT_FIELDS = ("udi", "platform", "version", "hostname", "image_file", "mode", "flash", "flash_free", "members")
 
 
 class Poll(enum.Enum):
     """The cases of a WORK-REQUEST, in the order :meth:`Provisioner._classify_poll` tests them."""
 
     UNDECLARED = enum.auto()
+    PROBE = enum.auto()
     NOT_PLANNED = enum.auto()
     IN_ERROR = enum.auto()
     PROVISIONED = enum.auto()
@@ -147,6 +159,7 @@ class Answer(enum.Enum):
     """The cases of a WORK-RESPONSE, in the order :meth:`Provisioner._classify_response` tests them."""
 
     BACKOFF_ACK = enum.auto()
+    PROBE_ANSWER = enum.auto()
     NOTHING_OUTSTANDING = enum.auto()
     FAULT = enum.auto()
     STALE = enum.auto()
@@ -193,14 +206,26 @@ class Provisioner:
 
     def _classify_poll(self, poll: _Poll) -> Poll:
         if poll.record.work is None:
-            return Poll.UNDECLARED if poll.record.declaration is None else Poll.NOT_PLANNED
+            if poll.record.declaration is not None:
+                return Poll.NOT_PLANNED
+            return Poll.PROBE if self._worth_probing(poll) else Poll.UNDECLARED
         if poll.status.state == State.ERROR:
             return Poll.IN_ERROR
         if poll.status.state == State.PROVISIONED:
             return Poll.PROVISIONED
-        if poll.status.retry_at is not None and poll.contact.now < poll.status.retry_at:
+        waiting = poll.status.retry_at is not None and poll.contact.now < poll.status.retry_at
+        if waiting and not (poll.request.reloaded and poll.status.phase):  # a device back from a reload is asked at once
             return Poll.WAITING
         return Poll.DUE
+
+    def _worth_probing(self, poll: _Poll) -> bool:
+        """Stacks are declared and this stranger was not asked lately whether it is one of their members."""
+        known = poll.record.unclaimed
+        if not poll.record.stacks:
+            return False
+        if known is None or known.probed is None:
+            return True
+        return (poll.contact.now - known.probed).total_seconds() >= self.settings.contact_refresh_seconds
 
     def _current(self, record: DeviceRecord, work: Work, request: protocol.WorkRequest, contact: Contact) -> tuple[Status, bool]:
         """The status to act on, and whether it must be written even if nothing else changes.
@@ -210,18 +235,21 @@ class Provisioner:
         ``contact_refresh_seconds`` that changes nothing else is not worth a write.
         """
         status = record.status
+        reloaded = contact.now if request.reloaded else None
         if status is None or status.revision != work.revision:
             facts = {name: getattr(status, name) for name in _FACT_FIELDS} if status else {}
             fresh = Status(
                 state=State.ONBOARDING, revision=work.revision, step=work.steps[0].id if work.steps else "",
-                started=contact.now, **facts,
+                started=contact.now, reloaded=reloaded, **facts,
             )
             return replace(fresh, last_contact=contact.now, address=contact.address, udi=str(request.udi)), True
+        if reloaded is not None:
+            status = replace(status, reloaded=reloaded)
         recent = (
             status.last_contact is not None
             and (contact.now - status.last_contact).total_seconds() < self.settings.contact_refresh_seconds
         )
-        if recent and status.address == contact.address and status.udi == str(request.udi):
+        if recent and status.address == contact.address and status.udi == str(request.udi) and reloaded is None:
             return status, False
         return replace(status, last_contact=contact.now, address=contact.address, udi=str(request.udi)), True
 
@@ -253,6 +281,18 @@ class Provisioner:
         reply = protocol.backoff(poll.envelope, "device not declared", seconds=self.settings.unclaimed_backoff_seconds)
         detail = f"undeclared {request.udi.pid or 'device'}" + (" (first call)" if known is None else "")
         return Decision(reply, Event.UNCLAIMED, detail, unclaimed=None if recent else entry)
+
+    def _poll_probe(self, poll: _Poll) -> Decision:
+        """A stranger while stacks are declared: ask for device-info, which lists a stack's members."""
+        record, request, contact = poll.record, poll.request, poll.contact
+        known = record.unclaimed
+        entry = Unclaimed(
+            serial=record.serial, udi=str(request.udi), pid=request.udi.pid, hostname=request.hostname,
+            address=contact.address, first_seen=known.first_seen if known and known.first_seen else contact.now,
+            last_seen=contact.now, correlator=request.correlator, probed=contact.now,
+        )
+        return Decision(protocol.device_info(poll.envelope, "all"), Event.PROBE,
+                        "undeclared: asked for device-info, to match it to a declared stack", unclaimed=entry)
 
     def _poll_not_planned(self, poll: _Poll) -> Decision:
         why = poll.record.planning_error or "declared, but no work is planned for it"
@@ -304,8 +344,13 @@ class Provisioner:
                     protocol.backoff(poll.envelope, "provisioning failed; see status", default_minutes=self.settings.error_backoff_minutes),
                     Event.BROKEN_WORK, str(exc), failed, step=step.id,
                 )
+            if status.correlator and status.step == step.id:
+                # Polled again without answering the last request: the step says where to go on.
+                moved = getattr(step_type, "unanswered", lambda *a: None)(step, status, poll.request.reloaded)
+                if moved is not None and moved != status.phase:
+                    status = replace(status, phase=moved, phase_since=contact.now, retry_at=None)
             if not step_type.is_done(step, status):
-                return self._send(poll, status, step, step_type)
+                return self._prechecked(poll, status, step, step_type)
             position += 1
             next_id = work.steps[position].id if position < len(work.steps) else ""
             status = replace(status, step=next_id, phase="", attempts=0)
@@ -315,7 +360,7 @@ class Provisioner:
             Event.PROVISIONED, "nothing left to do", done,
         )
 
-    def _send(self, poll: _Poll, status: Status, step: Step, step_type: StepType) -> Decision:
+    def _context(self, poll: _Poll) -> RequestContext:
         record, request, contact = poll.record, poll.request, poll.contact
         assert record.work is not None
         envelope = poll.envelope
@@ -327,12 +372,37 @@ class Provisioner:
         def download_url(kind: str, name: str) -> str:
             return contact.download_url(kind, record.serial, revision, name)
 
-        reply = step_type.request(step, status, RequestContext(envelope, record.serial, revision, download_url))
+        return RequestContext(envelope, record.serial, revision, download_url, contact.file_size)
+
+    def _prechecked(self, poll: _Poll, status: Status, step: Step, step_type: StepType) -> Decision:
+        """What the step checks before sending (it may change phase, or fail before anything is sent)."""
+        context = self._context(poll)
+        precheck = getattr(step_type, "precheck", None)
+        for _ in range(4):  # a phase change is followed by that phase's own check
+            outcome = precheck(step, status, context) if precheck is not None else None
+            if outcome is None:
+                break
+            work = poll.record.work
+            assert work is not None
+            status, event = VERDICT_TABLE[outcome.verdict](self, status, work, work.index(step.id) or 0, outcome,
+                                                            poll.contact.now)
+            if outcome.verdict != Verdict.PHASE or status.retry_at is not None:
+                reply = protocol.backoff(poll.envelope, "provisioning failed; see status",
+                                         default_minutes=self.settings.error_backoff_minutes) \
+                    if status.state == State.ERROR else protocol.backoff(poll.envelope, step_type.wait_reason(step, status.phase),
+                                                                         seconds=self.settings.retry_base_seconds)
+                return Decision(reply, event, f"{outcome.code}: {outcome.message}" if outcome.code else outcome.phase,
+                                status, step=step.id)
+        return self._send(poll, status, step, step_type, context)
+
+    def _send(self, poll: _Poll, status: Status, step: Step, step_type: StepType, context: RequestContext) -> Decision:
+        request, contact = poll.request, poll.contact
+        reply = step_type.request(step, status, context)
         sent = replace(
             status, state=State.ONBOARDING, step=step.id, correlator=request.correlator, retry_at=None,
             last_contact=contact.now, address=contact.address, udi=str(request.udi),
         )
-        service = step_type.service(step, status.phase)
+        service = step_type.service(step, status)
         phase = f" ({status.phase})" if status.phase else ""
         return Decision(reply, Event.REQUEST, f"sent {service} request{phase}", sent, step=step.id)
 
@@ -350,6 +420,10 @@ class Provisioner:
         response, status, work = answer.response, answer.record.status, answer.record.work
         if isinstance(response, protocol.WorkResponse) and response.service == "backoff":
             return Answer.BACKOFF_ACK, answer
+        probed = answer.record.unclaimed
+        if (work is None and probed is not None and probed.correlator and isinstance(response, protocol.WorkResponse)
+                and response.correlator == probed.correlator and response.service == "device-info"):
+            return Answer.PROBE_ANSWER, answer
         if work is None or status is None or not status.correlator or status.revision != work.revision:
             return Answer.NOTHING_OUTSTANDING, answer
         position = work.index(status.step)
@@ -365,7 +439,7 @@ class Provisioner:
             return Answer.FAULT, answer
         if response.correlator != status.correlator:
             return Answer.STALE, answer
-        if response.service != step_type.service(step, status.phase):
+        if response.service != step_type.service(step, status):
             return Answer.WRONG_SERVICE, answer
         return Answer.ANSWER, answer
 
@@ -374,6 +448,20 @@ class Provisioner:
 
     def _answer_backoff_ack(self, answer: _Answer) -> Decision:
         return self._ignore(answer, Event.BACKOFF_ACK, "")
+
+    def _answer_probe(self, answer: _Answer) -> Decision:
+        """A stranger's device-info: if its stack lists a declared stack's serial, it is that stack's active member."""
+        response, record = answer.response, answer.record
+        assert isinstance(response, protocol.WorkResponse) and record.unclaimed is not None
+        info = response.device or protocol.DeviceInfo()
+        for member in info.members:
+            stack = record.stacks.get(member.udi.serial)
+            if stack:
+                return Decision(answer.reply, Event.STACK_MEMBER,
+                                f"active member of declared stack {stack} (slot {member.slot} is {member.udi.serial})",
+                                member_of=stack)
+        done = replace(record.unclaimed, correlator="", last_seen=answer.contact.now)
+        return Decision(answer.reply, Event.UNCLAIMED, "not a member of a declared stack", unclaimed=done)
 
     def _answer_nothing_outstanding(self, answer: _Answer) -> Decision:
         service = answer.response.service if isinstance(answer.response, protocol.WorkResponse) else "fault"
@@ -394,14 +482,14 @@ class Provisioner:
     def _answer_wrong_service(self, answer: _Answer) -> Decision:
         response, step, step_type = answer.response, answer.step, answer.step_type
         assert isinstance(response, protocol.WorkResponse) and step is not None and step_type is not None
-        expected = step_type.service(step, answer.record.status.phase if answer.record.status else "")
+        expected = step_type.service(step, answer.record.status or Status())
         outcome = _failed_attempt("wrong-service", f"the agent answered a {expected} request with a {response.service} response")
         return self._judge(answer, Event.WRONG_SERVICE, outcome)
 
     def _answer(self, answer: _Answer) -> Decision:
         response, step, step_type, status = answer.response, answer.step, answer.step_type, answer.record.status
         assert isinstance(response, protocol.WorkResponse) and step is not None and step_type is not None and status
-        outcome = step_type.on_response(step, status, response)
+        outcome = step_type.on_response(step, replace(status, last_contact=answer.contact.now), response)
         return self._judge(answer, None, outcome)
 
     def _judge(self, answer: _Answer, event: Event | None, outcome: Outcome) -> Decision:
@@ -417,14 +505,18 @@ class Provisioner:
     # ------------------------------------------------------------------ verdicts
 
     def _advance(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
-        cleared = _clear_error(replace(status, phase="", attempts=0, retry_at=None))
+        cleared = _clear_error(replace(status, phase="", attempts=0, retry_at=None, phase_since=None, deadline=None))
         if position + 1 < len(work.steps):
             return replace(cleared, step=work.steps[position + 1].id), Event.ADVANCE
         return _provisioned(cleared, now), Event.PROVISIONED
 
     def _phase(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
         wait = dt.timedelta(seconds=outcome.wait_seconds) if outcome.wait_seconds else None
-        return replace(status, phase=outcome.phase, retry_at=now + wait if wait else None), Event.PHASE
+        same = outcome.phase == status.phase
+        deadline = (now + dt.timedelta(seconds=outcome.deadline_seconds) if outcome.deadline_seconds
+                    else status.deadline if same else None)
+        return replace(status, phase=outcome.phase, retry_at=now + wait if wait else None,
+                       phase_since=status.phase_since if same else now, deadline=deadline), Event.PHASE
 
     def _fail(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
         return _error(status, outcome.code, outcome.message, work.steps[position].id, now), Event.FAIL
@@ -437,7 +529,7 @@ class Provisioner:
             return replace(_error(status, outcome.code, message, step_id, now), attempts=attempts), Event.GAVE_UP
         delay = dt.timedelta(seconds=self.settings.retry_delay(attempts))
         retrying = replace(
-            status, attempts=attempts, phase=outcome.phase, retry_at=now + delay,
+            status, attempts=attempts, phase=outcome.phase, retry_at=now + delay, phase_since=now, deadline=None,
             error_code=outcome.code, error_message=outcome.message, error_step=step_id, error_time=now,
         )
         return retrying, Event.RETRY
@@ -465,6 +557,7 @@ def _error(status: Status, code: str, message: str, step_id: str, now: dt.dateti
 #: WORK-REQUEST: case -> what to do.
 POLL_TABLE: dict[Poll, Callable[[Provisioner, _Poll], Decision]] = {
     Poll.UNDECLARED: Provisioner._poll_undeclared,
+    Poll.PROBE: Provisioner._poll_probe,
     Poll.NOT_PLANNED: Provisioner._poll_not_planned,
     Poll.IN_ERROR: Provisioner._poll_in_error,
     Poll.PROVISIONED: Provisioner._poll_provisioned,
@@ -475,6 +568,7 @@ POLL_TABLE: dict[Poll, Callable[[Provisioner, _Poll], Decision]] = {
 #: WORK-RESPONSE: case -> what to do.
 RESPONSE_TABLE: dict[Answer, Callable[[Provisioner, _Answer], Decision]] = {
     Answer.BACKOFF_ACK: Provisioner._answer_backoff_ack,
+    Answer.PROBE_ANSWER: Provisioner._answer_probe,
     Answer.NOTHING_OUTSTANDING: Provisioner._answer_nothing_outstanding,
     Answer.FAULT: Provisioner._answer_fault,
     Answer.STALE: Provisioner._answer_stale,

@@ -8,7 +8,9 @@ declaration schedules it with a ``step`` entry.  Step types are pure: they
 build bytes with the protocol core and return an :class:`Outcome`; the state
 machine (``provisioner.py``) applies it.  Everything a step type knows about
 itself lives here: its PnP service per phase, what its phases mean while the
-device is told to wait, and what the listener serves under its download URL.
+device is told to wait, what it checks before sending anything, what to do when
+a device polls again without answering, and what the listener serves under
+its download URL.  So does what the agents' error codes mean (:data:`ADVICE`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import enum
 import importlib.metadata
 import logging
 import os
-from typing import Callable, Mapping, Protocol
+import re
+from typing import Any, Callable, Mapping, Protocol
 
 from . import protocol
 from .model import Status, Step
@@ -33,40 +36,47 @@ class Verdict(enum.StrEnum):
 
     ADVANCE = "advance"  # done: go to the next step
     RETRY = "retry"  # failed: try again after a growing backoff, a bounded number of times
-    FAIL = "fail"  # the device is not what was declared: error at once
+    FAIL = "fail"  # the device is not what was declared, or cannot be: error at once
     PHASE = "phase"  # stay on the step in another phase, maybe after a wait
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """A verdict and what goes with it: see the constructors below."""
+    """A verdict and what goes with it: see the constructors below.
+
+    ``facts``: what the device reported, recorded in its status (udi, platform,
+    version, hostname, image_file, mode, flash, flash_free, members).
+    """
 
     verdict: Verdict
     code: str = ""
     message: str = ""
     phase: str = ""
     wait_seconds: int = 0
-    facts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    deadline_seconds: int = 0
+    facts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def advance(facts: Mapping[str, str] | None = None) -> Outcome:
+def advance(facts: Mapping[str, Any] | None = None) -> Outcome:
     """The step is done; go to the next one."""
     return Outcome(Verdict.ADVANCE, facts=facts or {})
 
 
-def retry(code: str, message: str, phase: str = "", facts: Mapping[str, str] | None = None) -> Outcome:
+def retry(code: str, message: str, phase: str = "", facts: Mapping[str, Any] | None = None) -> Outcome:
     """The step failed; try again (from ``phase``) after a growing backoff, a bounded number of times."""
     return Outcome(Verdict.RETRY, code=code, message=message, phase=phase, facts=facts or {})
 
 
-def fail(code: str, message: str, facts: Mapping[str, str] | None = None) -> Outcome:
-    """The device is not what was declared: error at once, no retry."""
+def fail(code: str, message: str, facts: Mapping[str, Any] | None = None) -> Outcome:
+    """The device is not what was declared, or cannot do it: error at once, no retry."""
     return Outcome(Verdict.FAIL, code=code, message=message, facts=facts or {})
 
 
-def enter_phase(phase: str, wait_seconds: int = 0) -> Outcome:
-    """Stay on the step, continue with another phase, answering polls with a backoff meanwhile."""
-    return Outcome(Verdict.PHASE, phase=phase, wait_seconds=wait_seconds)
+def enter_phase(phase: str, wait_seconds: int = 0, deadline_seconds: int = 0,
+                facts: Mapping[str, Any] | None = None) -> Outcome:
+    """Stay on the step in ``phase``; polls get a backoff for ``wait_seconds``; the phase may last ``deadline_seconds``."""
+    return Outcome(Verdict.PHASE, phase=phase, wait_seconds=wait_seconds, deadline_seconds=deadline_seconds,
+                   facts=facts or {})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +88,8 @@ class RequestContext:
     revision: str
     #: Builds the URL the listener serves a step's download under: ``download_url(kind, name)``.
     download_url: Callable[[str, str], str]
+    #: Size in bytes of a file in the listener's image folder (None: not there).
+    file_size: Callable[[str], int | None] = lambda name: None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,12 +104,17 @@ class Download:
 class StepType(Protocol):
     name: str
 
-    def service(self, step: Step, phase: str) -> str:
-        """The PnP service of the request sent in ``phase``; responses must match it."""
+    def service(self, step: Step, status: Status) -> str:
+        """The PnP service of the request sent in ``status.phase``; answers of another service are failures."""
         ...
 
     def is_done(self, step: Step, status: Status) -> bool:
         """True when the step has nothing to do (it is skipped without a request)."""
+        ...
+
+    def precheck(self, step: Step, status: Status, ctx: RequestContext) -> Outcome | None:
+        """Before a request: None to send it, or an outcome instead (FAIL: an error before anything is sent;
+        PHASE: go to another phase first)."""
         ...
 
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
@@ -105,7 +122,11 @@ class StepType(Protocol):
         ...
 
     def on_response(self, step: Step, status: Status, response: protocol.WorkResponse) -> Outcome:
-        """Judge the agent's response to that request."""
+        """Judge the agent's response to that request (``status.last_contact`` is the time of the response)."""
+        ...
+
+    def unanswered(self, step: Step, status: Status, reloaded: bool) -> str | None:
+        """The device polls again without answering this phase's request: the phase to go on in (None: ask again)."""
         ...
 
     def wait_reason(self, step: Step, phase: str) -> str:
@@ -117,28 +138,74 @@ class StepType(Protocol):
         ...
 
 
-def agent_failure(response: protocol.WorkResponse) -> Outcome:
+# --------------------------------------------------------------------------- what agents' errors mean
+
+#: Error codes with what to do about them, in the status and the log.
+ADVICE = {
+    "1406": "the device's config-register is 0x0 (it boots to ROMMON): set config-register 0x2102 on the device",
+    "1410": "the configuration has a line the device rejects (syntax error): check the template with "
+            "pnp-service render, and the line the device names",
+    "1411": "the device's configuration is locked (another session holds it): retried; clear the lock on the device",
+    "1413": "the device found invalid input in the configuration: check the template for this platform",
+    "1414": "the device is set to boot manually (boot manual): remove it on the device so it can reload",
+    "1415": "the device cannot reload now: retried; check for a pending install or a console session",
+    "1805": "the device's config-register is 0x0 (it boots to ROMMON): set config-register 0x2102 on the device",
+    "1806": "the image is not in a format the device accepts: give the .bin (never packages.conf) for this platform",
+    "1812": "the image carries no signature: use Cisco's signed image",
+    "1813": "the image's signature is not valid: the file is corrupt or not Cisco's; copy it again",
+    "1814": "the device does not support the image's signature algorithm: use an image for this platform",
+    "1815": "the device could not check the image's signature: retried",
+    "1816": "the image's signature does not verify: the file is corrupt or not Cisco's; copy it again",
+    "1825": "no space on the destination file system: free space on the device or declare a smaller image",
+    "1826": "the device's installer failed: pnp-service goes on with install add through the command line",
+    "1827": "the device's agent has no installer: pnp-service goes on with install add through the command line",
+    "1830": "the image could not be copied to the standby: check the stack's members",
+    "1831": "the request reached a standby: the active member must run it; check the stack's roles",
+}
+_CODE = re.compile(r"(\d{4})\s*$")
+
+
+def error_number(code: str) -> str:
+    """``PnP Service Error 1825`` -> ``1825``."""
+    match = _CODE.search(code or "")
+    return match.group(1) if match else ""
+
+
+def advice(code: str, message: str) -> str:
+    """The agent's message, preceded by what to do when the code is a known one."""
+    known = ADVICE.get(error_number(code))
+    return f"{known} (the agent says: {message})" if known else message
+
+
+def agent_failure(response: protocol.WorkResponse, phase: str = "") -> Outcome:
     error = response.error or protocol.ErrorInfo()
-    return retry(error.code or f"{response.service} failed", error.message or "the agent reported a failure")
+    code = error.code or f"{response.service} failed"
+    return retry(code, advice(code, error.message or "the agent reported a failure"), phase=phase)
 
 
 class SimpleStep:
-    """Base for a one-request step: success advances, failure retries, nothing to download."""
+    """Base for a one-request step: success advances, failure retries, nothing to check or download."""
 
     name = ""
     pnp_service = ""
 
-    def service(self, step: Step, phase: str) -> str:
+    def service(self, step: Step, status: Status) -> str:
         return self.pnp_service
 
     def is_done(self, step: Step, status: Status) -> bool:
         return False
+
+    def precheck(self, step: Step, status: Status, ctx: RequestContext) -> Outcome | None:
+        return None
 
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
         raise NotImplementedError
 
     def on_response(self, step: Step, status: Status, response: protocol.WorkResponse) -> Outcome:
         return advance() if response.success else agent_failure(response)
+
+    def unanswered(self, step: Step, status: Status, reloaded: bool) -> str | None:
+        return None
 
     def wait_reason(self, step: Step, phase: str) -> str:
         return f"retrying {step.id} after a failure"
@@ -147,16 +214,33 @@ class SimpleStep:
         return None
 
 
-def device_facts(response: protocol.WorkResponse) -> dict[str, str]:
-    """Platform, version and hostname from a device-info response (the UDI's PID wins)."""
-    facts = {key: response.details[key] for key in ("version", "hostname") if response.details.get(key)}
-    facts["platform"] = response.udi.pid or response.details.get("platform", "")
+# --------------------------------------------------------------------------- device facts
+
+
+def device_facts(response: protocol.WorkResponse) -> dict[str, Any]:
+    """What a device-info response says about the device, as status facts (the UDI's PID wins)."""
+    info = response.device or protocol.DeviceInfo()
+    facts: dict[str, Any] = {key: value for key, value in (("version", info.version), ("hostname", info.hostname)) if value}
+    facts["platform"] = response.udi.pid or info.platform
     facts["udi"] = str(response.udi)
+    if info.image_file:
+        facts["image_file"] = info.image_file
+        facts["mode"] = "install" if info.install_mode else "bundle"
+    flash = info.boot_file_system
+    facts["flash"] = flash
+    free = info.file_system(flash)
+    if free is not None and free.free is not None:
+        facts["flash_free"] = free.free
+    if info.members:
+        facts["members"] = tuple(
+            (m.slot, m.udi.serial, m.udi.pid, "active" if m.udi.serial == response.udi.serial else "member")
+            for m in info.members
+        )
     return facts
 
 
 class DeviceInfoStep(SimpleStep):
-    """Ask for device facts; a PID other than the declared one is an error."""
+    """Ask for device facts; a PID or a stack size other than the declared one is an error."""
 
     name = pnp_service = "device-info"
 
@@ -175,7 +259,39 @@ class DeviceInfoStep(SimpleStep):
                 "nothing is served until the declaration is corrected",
                 facts,
             )
+        members = step.param("expect-members")
+        found = len(facts.get("members", ())) or 1
+        if members and int(members) != found:
+            listed = ", ".join(f"{slot}:{serial}" for slot, serial, _, _ in facts.get("members", ())) or facts["udi"]
+            return fail("stack-members", f"declared a stack of {members} switches but the device lists {found} ({listed})", facts)
         return advance(facts)
+
+
+class StackCheckStep(SimpleStep):
+    """Read ``show switch``: a member in V-Mismatch (another software version) is an error, never half an upgrade."""
+
+    name = "stack-check"
+    pnp_service = "cli-exec"
+
+    def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
+        return protocol.cli_exec(ctx.envelope, "show switch")
+
+    def on_response(self, step: Step, status: Status, response: protocol.WorkResponse) -> Outcome:
+        if not response.success:
+            return agent_failure(response)
+        output = response.details.get("output", "")
+        mismatched = [line.split()[0].lstrip("*") for line in output.splitlines()
+                      if re.search(r"\bV-Mismatch\b|\bversion mismatch\b", line, re.IGNORECASE) and line.split()]
+        if mismatched:
+            serials = {str(slot): serial for slot, serial, _, _ in status.members}
+            named = [f"{slot} ({serials[slot]})" if slot in serials else slot for slot in mismatched]
+            return fail(
+                "stack-version-mismatch",
+                f"stack member(s) {', '.join(named)} run another software version (V-Mismatch): enable "
+                "'software auto-upgrade' or run 'request platform software package install autoupgrade' on the "
+                "stack, then reset the device",
+            )
+        return advance()
 
 
 def _local_image(location: str) -> bool:
@@ -184,44 +300,112 @@ def _local_image(location: str) -> bool:
 
 
 class ImageInstallStep:
-    """Install the target image unless it already runs, wait out the reload, verify the version."""
+    """Install the target image unless it runs already; the device proves the reload with its version.
+
+    Phases: ``""`` image-install of the .bin (the agent drives the installer itself in
+    install mode: Cisco's codes 1826/1827 are its installer's), ``cleanup`` (``install
+    remove inactive`` when flash is short in install mode) then ``recheck``
+    (device-info) and ``ready``; ``copy`` and ``activate``: the command-line path
+    (``copy``, then ``install add file ... activate commit prompt-level none``) when the
+    agent has no installer; ``check``: device-info after a failed install (it may have
+    installed anyway); ``verify``: device-info after the install, at once at every
+    poll: the target version advances, the old one waits for the reload until
+    ``reload-wait`` has passed.  The image is never installed twice without a
+    device-info in between.
+    """
 
     name = "image-install"
+    _SERVICES = {"cleanup": "cli-exec", "recheck": "device-info", "copy": "cli-exec", "activate": "cli-exec",
+                 "check": "device-info", "verify": "device-info"}
 
-    def service(self, step: Step, phase: str) -> str:
-        return "device-info" if phase == "verify" else "image-install"
+    def service(self, step: Step, status: Status) -> str:
+        return self._SERVICES.get(status.phase, "image-install")
 
     def is_done(self, step: Step, status: Status) -> bool:
-        return status.phase != "verify" and bool(status.version) and status.version == step.param("version")
+        return status.phase == "" and bool(status.version) and status.version == step.param("version")
+
+    @staticmethod
+    def _file(step: Step) -> str:
+        return os.path.basename(step.param("location").rstrip("/")) or "image.bin"
+
+    def precheck(self, step: Step, status: Status, ctx: RequestContext) -> Outcome | None:
+        if status.phase not in ("", "ready"):
+            return None
+        location = step.param("location")
+        size = int(step.param("size") or 0) or (ctx.file_size(self._file(step)) if _local_image(location) else None) or 0
+        if not size or status.flash_free is None or size <= status.flash_free:
+            return None
+        if status.mode == "install" and status.phase == "":
+            return enter_phase("cleanup")  # install remove inactive, then look again
+        where = status.flash or "flash:"
+        after = " even after 'install remove inactive'" if status.phase == "ready" else ""
+        return fail("no-space", f"the image needs {size} bytes but {where} has {status.flash_free} free{after}: free "
+                    f"space on the device (delete old images), then reset it; nothing was copied")
 
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
-        if status.phase == "verify":
-            return protocol.device_info(ctx.envelope, "all")
+        phase, env = status.phase, ctx.envelope
+        if phase in ("recheck", "check", "verify"):
+            return protocol.device_info(env, "all")
+        if phase == "cleanup":
+            return protocol.cli_exec(env, "install remove inactive", "PT10M", dialogue=[("[y/n]", "y")])
         location = step.param("location")
         if _local_image(location):
-            location = ctx.download_url("image", os.path.basename(location))
-        return protocol.image_install(
-            ctx.envelope,
-            location,
-            step.param("checksum"),
-            reload=protocol.Reload(reason="pnp-service image install"),
-        )
+            location = ctx.download_url("image", self._file(step))
+        flash = status.flash or "flash:"
+        if phase == "copy":
+            return protocol.cli_exec(env, f"copy {location} {flash}{self._file(step)}", "PT60M",
+                                     dialogue=[("Destination filename", ""), ("[confirm]", "y")])
+        if phase == "activate":
+            return protocol.cli_exec(env, f"install add file {flash}{self._file(step)} activate commit prompt-level none",
+                                     "PT60M")
+        return protocol.image_install(env, location, step.param("checksum"), destination=flash,
+                                      reload=protocol.Reload(reason="pnp-service image install"))
+
+    def _reload_wait(self, step: Step) -> int:
+        return int(step.param("reload-wait", "60") or 60)
 
     def on_response(self, step: Step, status: Status, response: protocol.WorkResponse) -> Outcome:
+        phase, wanted = status.phase, step.param("version")
+        if phase in ("recheck", "check", "verify"):
+            if not response.success:
+                return agent_failure(response, phase)
+            facts = device_facts(response)
+            running = facts.get("version") or "an unknown version"
+            if phase == "recheck":
+                return enter_phase("ready", facts=facts)
+            if facts.get("version") == wanted:
+                return advance(facts)
+            if phase == "check":
+                return enter_phase("", facts=facts)  # not installed after all: install (precheck first)
+            return self._verify_old_version(step, status, running, facts)
         if not response.success:
-            return agent_failure(response)
-        if status.phase != "verify":
-            return enter_phase("verify", int(step.param("reload-wait", "60") or 60))
-        facts = device_facts(response)
-        wanted = step.param("version")
-        if facts.get("version") == wanted:
-            return advance(facts)
-        return retry(
-            "image-version-mismatch",
-            f"after the install the device runs {facts.get('version') or 'an unknown version'}, not {wanted}",
-            phase="",
-            facts=facts,
-        )
+            number = error_number(response.error.code if response.error else "")
+            if phase in ("", "ready") and number in ("1826", "1827") and status.mode == "install":
+                return enter_phase("copy")  # the agent's installer is missing or failed: the command line does it
+            return agent_failure(response, "check" if phase in ("", "ready", "activate") else phase)
+        if phase == "cleanup":
+            return enter_phase("recheck")
+        if phase == "copy":
+            return enter_phase("activate")
+        return enter_phase("verify", deadline_seconds=self._reload_wait(step))
+
+    def _verify_old_version(self, step: Step, status: Status, running: str, facts: Mapping[str, Any]) -> Outcome:
+        wanted, now = step.param("version"), status.last_contact
+        reloaded = status.reloaded is not None and status.phase_since is not None and status.reloaded > status.phase_since
+        if reloaded:
+            return retry("image-not-running", f"the device reloaded after the install but runs {running}, not {wanted}",
+                         phase="", facts=facts)
+        if status.deadline is not None and now is not None and now >= status.deadline:
+            return retry("no-reload", f"the device did not reload within reload-wait ({self._reload_wait(step)} s) "
+                         f"and still runs {running}, not {wanted}", phase="", facts=facts)
+        remaining = int((status.deadline - now).total_seconds()) if status.deadline and now else 30
+        return enter_phase("verify", wait_seconds=max(1, min(30, remaining)), facts=facts)
+
+    def unanswered(self, step: Step, status: Status, reloaded: bool) -> str | None:
+        # An install may reload the device before it answers: never send it again blind, look first.
+        if status.phase in ("", "ready", "activate"):
+            return "verify"
+        return None
 
     def wait_reason(self, step: Step, phase: str) -> str:
         return "waiting for the reload" if phase == "verify" else f"retrying {step.id} after a failure"
@@ -269,7 +453,8 @@ class ConfigUpgradeStep(SimpleStep):
 
 BUILTIN_STEP_TYPES: dict[str, StepType] = {
     step_type.name: step_type
-    for step_type in (DeviceInfoStep(), ImageInstallStep(), CliExecStep(), CliConfigStep(), ConfigUpgradeStep())
+    for step_type in (DeviceInfoStep(), StackCheckStep(), ImageInstallStep(), CliExecStep(), CliConfigStep(),
+                      ConfigUpgradeStep())
 }
 
 

@@ -80,8 +80,8 @@ def serve(clock):
     """Start a real HTTP listener on a loopback port over a datastore file."""
     started = []
 
-    def start(path: str, **provisioning) -> RunningListener:
-        settings = ListenerSettings(provisioning=Settings(**provisioning), secret=SECRET)
+    def start(path: str, image_dir: str = "", **provisioning) -> RunningListener:
+        settings = ListenerSettings(provisioning=Settings(**provisioning), secret=SECRET, image_dir=image_dir)
         running = RunningListener(open_store(path), clock, settings)
         started.append(running)
         return running

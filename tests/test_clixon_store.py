@@ -115,6 +115,11 @@ class FakeSession:
             status = device.find(p("status"))
             if status.get(f"{{{NETCONF_NS}}}operation") != "remove":
                 target.append(status)
+        for entry in self.edit.iterfind(p("stack-member")):
+            serial = entry.findtext(p("serial"))
+            for old in [m for m in pnp.iterfind(p("stack-member")) if m.findtext(p("serial")) == serial]:
+                pnp.remove(old)
+            pnp.append(entry)
         for entry in self.edit.iterfind(p("unclaimed")):
             serial = entry.findtext(p("serial"))
             for old in [u for u in pnp.iterfind(p("unclaimed")) if u.findtext(p("serial")) == serial]:
@@ -460,3 +465,24 @@ def test_read_only_store_never_touches_the_listeners_journal(open_store, control
         viewer.update("SN1", change(status=Status(state="error")))
     viewer.close()
     assert controller.commits == 0 and "attempts" in open(journal).read()
+
+
+def test_a_stack_member_is_recorded_in_running_and_resolves_to_its_stack(controller, open_store):
+    from conftest import SECRET
+    from pnp_service.listener import Listener, ListenerSettings
+
+    declared = controller.running.find(f"{{{model.CONTROLLER_NS}}}services/{p('pnp-device')}")
+    etree.SubElement(declared, p("stack"))
+    store = open_store()
+    listener = Listener(store, ListenerSettings(secret=SECRET))
+    active = protocol.Udi("C9300-24P", "V01", "MEM9")
+    reply = listener.work_request(messages.work_request(active, "p1"), "192.0.2.9", "http://pnp/")
+    assert messages.parse_server_message(reply.body).service == "device-info"  # asked: which stack are you in?
+    info = messages.device_info(active, "p1", platform="C9300-24P", version="17", hostname="h",
+                                members=[(1, protocol.Udi("C9300-24P", "V01", "SN1")), (2, active)])
+    listener.work_response(info, "192.0.2.9", "http://pnp/")
+    assert store.load("MEM9").serial == "SN1" and store.flush() is True
+    assert [m.findtext(p("stack")) for m in controller.running.iter(p("stack-member"))] == ["SN1"]
+    assert controller.unclaimed() == []
+    again = open_store()  # another listener reads it from running
+    assert again.load("MEM9").serial == "SN1" and again.load("MEM9").caller == "MEM9"

@@ -46,23 +46,23 @@ def test_declared_device_provisioned_and_unknown_unclaimed(serve, clock, example
     assert entry.pid == "C9200L-24T-4G" and entry.address == "127.0.0.1"
 
 
-def test_image_upgrade_over_http(serve, clock, example_path):
+def test_image_upgrade_over_http_is_proven_by_the_device(serve, clock, example_path):
     running = serve(example_path)
-    device = SimulatedDevice("FOC2001X0CD", pid="C9300-48P", version="17.3.1")
+    device = SimulatedDevice("FOC2001X0CD", pid="C9300-48P", version="17.3.1", mode="bundle")
     result = simulator(running, clock).run(device)
     assert result.outcome == "configured", result
-    assert result.trace[:3] == ["device-info", "image-install", "backoff"]
-    assert result.trace[-2:] == ["device-info", "config-upgrade"]
-    assert device.version == "17.09.04a"
+    # After the install the device reloads and says so; the very next poll asks it what it runs.
+    assert result.trace == ["device-info", "image-install", "device-info", "config-upgrade"]
+    assert device.version == "17.09.04a" and device.installs == 1
     status = running.store.load("FOC2001X0CD").status
-    assert status.state == "provisioned" and status.version == "17.09.04a"
+    assert status.state == "provisioned" and status.version == "17.09.04a" and status.mode == "bundle"
 
 
 def test_pid_mismatch_over_http(serve, clock, tmp_path):
     running = serve(declare(tmp_path, BASE.format(sn="SN1", host="a")))
     device = SimulatedDevice("SN1", pid="C9500-24Y4C")
     result = simulator(running, clock).run(device)
-    assert result.outcome == "backed-off" and device.config is None
+    assert result.outcome == "failed" and device.config is None
     status = running.store.load("SN1").status
     assert status.state == "error" and status.error_code == "pid-mismatch"
 
@@ -70,7 +70,7 @@ def test_pid_mismatch_over_http(serve, clock, tmp_path):
 def test_step_that_keeps_failing_ends_in_error(serve, clock, tmp_path):
     running = serve(declare(tmp_path, BASE.format(sn="SN2", host="b")), max_attempts=3, retry_base_seconds=30)
     result = simulator(running, clock).run(SimulatedDevice("SN2", fail_service="config-upgrade"))
-    assert result.outcome == "backed-off"
+    assert result.outcome == "failed"
     assert result.trace.count("config-upgrade") == 3
     status = running.store.load("SN2").status
     assert status.state == "error" and status.attempts == 3

@@ -127,9 +127,9 @@ def test_parse_device_info_response_extracts_facts():
     data = messages.device_info(UDI, "c1", platform="C9300-24P", version="17.3.1", hostname="sw", flash_free=1000)
     response = protocol.parse_work_response(data)
     assert response.service == "device-info" and response.success and response.correlator == "c1"
-    assert response.details["version"] == "17.3.1"
-    assert response.details["platform"] == "C9300-24P"
-    assert response.details["free:flash"] == "1000"
+    info = response.device
+    assert (info.version, info.platform, info.hostname, info.image_file) == ("17.3.1", "C9300-24P", "sw", "flash:packages.conf")
+    assert info.install_mode and info.boot_file_system == "flash:" and info.file_system("flash:").free == 1000
 
 
 def test_parse_failed_response_keeps_error_info():

@@ -48,10 +48,10 @@ class Device:
             self.writes += 1
         return decision
 
-    def poll(self, auth_required=False):
+    def poll(self, auth_required=False, reloaded=False):
         self.count += 1
         self.correlator = f"corr-{self.count}"
-        request = protocol.WorkRequest(self.udi, self.correlator, "Switch", auth_required)
+        request = protocol.WorkRequest(self.udi, self.correlator, "Switch", auth_required, reloaded=reloaded)
         decision = self._apply(self.provisioner.on_work_request(self.record, request, self.contact()))
         return decision, messages.parse_server_message(decision.reply)
 
@@ -61,9 +61,10 @@ class Device:
         assert messages.parse_server_message(decision.reply).service == "bye"
         return decision
 
-    def answer_device_info(self, version="17.3.1", pid="C9300-24P"):
+    def answer_device_info(self, version="17.3.1", pid="C9300-24P", **kwargs):
         udi = protocol.Udi(pid, "V01", self.udi.serial)
-        return self.respond(messages.device_info(udi, self.correlator, platform=pid, version=version, hostname="s", flash_free=1))
+        kwargs.setdefault("flash_free", 10**9)
+        return self.respond(messages.device_info(udi, self.correlator, platform=pid, version=version, hostname="s", **kwargs))
 
     def ok(self, service):
         return self.respond(messages.response(self.udi, service, self.correlator))
@@ -237,37 +238,97 @@ def test_response_when_nothing_was_sent_changes_nothing():
     assert device.ok("device-info").event == "unexpected" and device.status is None
 
 
-def test_image_is_installed_verified_then_config():
-    device = Device(declared(image_version="17.9.4a", image_url="http://i/cat9k.bin", image_md5="b" * 32, image_reload_wait=120))
+def test_image_is_installed_then_the_next_poll_asks_the_device_what_it_runs():
+    device = Device(declared(image_version="17.9.4a", image_url="http://i.invalid/cat9k.bin", image_md5="b" * 32,
+                             image_reload_wait=120))
     device.poll()
     device.answer_device_info(version="17.3.1")
     _, message = device.poll()
     assert message.service == "image-install"
     assert message.find_text("image/copy/source/checksum") == "b" * 32
+    assert message.find_text("image/copy/destination/location") == "flash:"
     device.ok("image-install")
-    assert device.status.phase == "verify"
-    _, message = device.poll()  # during the reload
-    assert message.service == "backoff" and "reload" in message.find_text("backoff/reason")
-    device.wait(120)
-    _, message = device.poll()
+    assert device.status.phase == "verify" and device.status.retry_at is None
+    assert device.status.deadline == device.now + dt.timedelta(seconds=120)
+    device.wait(5)
+    _, message = device.poll(reloaded=True)  # back from the reload: asked at once
     assert message.service == "device-info"
     device.answer_device_info(version="17.9.4a")
     assert device.status.step == "config-upgrade" and device.status.version == "17.9.4a"
 
 
-def test_image_still_old_after_reload_is_retried():
-    device = Device(declared(image_version="17.9.4a", image_url="http://i/x.bin", image_md5="b" * 32), Settings(max_attempts=2))
+def test_an_old_version_before_the_reload_gets_a_backoff_not_a_second_install():
+    device = Device(declared(image_version="17.9.4a", image_url="http://i.invalid/x.bin", image_md5="b" * 32,
+                             image_reload_wait=120), Settings(max_attempts=2))
     device.poll()
     device.answer_device_info(version="17.3.1")
     device.poll()
     device.ok("image-install")
-    device.wait(60)
+    device.wait(1)
+    _, message = device.poll()  # the agent polls once more before it reloads (seen on ISR1k 17.x)
+    assert message.service == "device-info"
+    device.answer_device_info(version="17.3.1")
+    assert device.status.phase == "verify" and device.status.attempts == 0
+    _, message = device.poll()
+    assert message.service == "backoff" and "reload" in message.find_text("backoff/reason")
+    _, message = device.poll(reloaded=True)  # it reloaded: no need to wait for the backoff
+    assert message.service == "device-info"
+    device.answer_device_info(version="17.9.4a")
+    assert device.status.step == "config-upgrade"
+
+
+def test_the_old_version_after_a_reload_is_a_failed_attempt():
+    device = Device(declared(image_version="17.9.4a", image_url="http://i.invalid/x.bin", image_md5="b" * 32),
+                    Settings(max_attempts=2))
     device.poll()
     device.answer_device_info(version="17.3.1")
-    assert device.status.attempts == 1 and device.status.phase == "" and device.status.error_code == "image-version-mismatch"
+    device.poll()
+    device.ok("image-install")
+    device.wait(10)
+    device.poll(reloaded=True)
+    device.answer_device_info(version="17.3.1")
+    assert device.status.attempts == 1 and device.status.phase == "" and device.status.error_code == "image-not-running"
     device.wait(30)
     _, message = device.poll()
     assert message.service == "image-install"
+
+
+def test_no_reload_within_reload_wait_is_a_failed_attempt():
+    device = Device(declared(image_version="17.9.4a", image_url="http://i.invalid/x.bin", image_md5="b" * 32,
+                             image_reload_wait=60), Settings(max_attempts=3))
+    device.poll()
+    device.answer_device_info(version="17.3.1")
+    device.poll()
+    device.ok("image-install")
+    for _ in range(3):
+        device.wait(25)
+        _, message = device.poll()
+        if message.service == "device-info":
+            device.answer_device_info(version="17.3.1")
+    assert device.status.error_code == "no-reload" and "did not reload within reload-wait (60 s)" in device.status.error_message
+
+
+def test_a_failed_install_is_checked_before_installing_again():
+    device = Device(declared(image_version="17.9.4a", image_url="http://i.invalid/x.bin", image_md5="b" * 32))
+    device.poll()
+    device.answer_device_info(version="17.3.1")
+    device.poll()
+    device.fail("image-install", code="PnP Service Error 1829", message="copy timed out")
+    device.wait(30)
+    _, message = device.poll()
+    assert message.service == "device-info"  # it may have installed anyway
+    device.answer_device_info(version="17.9.4a")
+    assert device.status.step == "config-upgrade"
+
+
+def test_a_device_that_polls_without_answering_the_install_is_asked_what_it_runs():
+    device = Device(declared(image_version="17.9.4a", image_url="http://i.invalid/x.bin", image_md5="b" * 32))
+    device.poll()
+    device.answer_device_info(version="17.3.1")
+    _, message = device.poll()
+    assert message.service == "image-install"
+    _, message = device.poll(reloaded=True)  # no answer: it reloaded during the install
+    assert message.service == "device-info" and device.status.phase == "verify"
 
 
 def test_image_already_running_is_skipped():

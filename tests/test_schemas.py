@@ -35,6 +35,8 @@ SERVER_MESSAGES = [
     ("image_install", "noReload, no destination", protocol.image_install(
         ENV, "http://pnp.example.invalid/i.bin", "ab" * 16, destination=None, reload=None)),
     ("cli_exec", "show version", protocol.cli_exec(ENV, "show version | include <Version> & more")),
+    ("cli_exec", "dialogue", protocol.cli_exec(ENV, "copy http://pnp.example.invalid/i.bin flash:i.bin", "PT30M",
+                                               dialogue=[("Destination filename", ""), ("[confirm]", "y")])),
     ("cli_config_apply", "lines", protocol.cli_config_apply(ENV, ["hostname a", "end"])),
     ("cli_config_persist", "persist", protocol.cli_config_persist(ENV)),
     ("capability", "empty", protocol.capability(ENV)),

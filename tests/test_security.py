@@ -171,7 +171,7 @@ def test_unknown_service_and_unsolicited_responses_get_a_bye_and_change_nothing(
 def image_url(client) -> tuple[str, str]:
     udi = protocol.Udi("C9300-48P", "V01", "FOC2001X0CD")
     client.post("/pnp/WORK-REQUEST", data=messages.work_request(udi, "c1"))
-    info = messages.device_info(udi, "c1", platform="C9300-48P", version="16.12.1", hostname="s", flash_free=1)
+    info = messages.device_info(udi, "c1", platform="C9300-48P", version="16.12.1", hostname="s", flash_free=10**9)
     client.post("/pnp/WORK-RESPONSE", data=info)
     reply = messages.parse_server_message(client.post("/pnp/WORK-REQUEST", data=messages.work_request(udi, "c2")).data)
     assert reply.service == "image-install"

@@ -2,9 +2,16 @@
 
 Owns the client side of the protocol: HELLO, then WORK-REQUEST / WORK-RESPONSE
 rounds until the device is configured (a config-upgrade with reload), is told
-to terminate, or is told to back off for longer than ``max_wait`` seconds (an
-unclaimed or failed device), or ``max_polls`` runs out.  Behaviour can be bent
-per device: a service that always fails, a fault instead of an answer.
+to terminate, is told to back off for longer than ``max_wait`` seconds (an
+unclaimed or failed device), or ``max_polls`` runs out.  A simulated device can
+be a stack of several switches (the active member's UDI in its requests, every
+member in device-info, ``show switch`` with a V-Mismatch member), run in
+install or bundle mode, have too little flash, lack the agent's installer,
+take its time to reload (and poll once more before it does, as real agents do),
+fail a service or answer it with a fault.  After a reload its work request
+carries the reason block; the version it then runs is the one in the name of
+the image it was told to install (as a real switch boots what it copied),
+never anything read from a URL's query.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import hashlib
 import http.client
 import itertools
 import logging
+import re
 import ssl
 import time
 import uuid
@@ -34,7 +42,22 @@ class SimulatedDevice:
     version: str = "17.3.1"
     hostname: str = "Switch"
     flash_free: int = 8_000_000_000
+    flash: str = "flash"  # bootflash on a C9500 or a CSR
+    #: install (boots packages.conf, as Catalyst 9000s usually do) or bundle (boots a .bin).
+    mode: str = "install"
+    #: Bytes ``install remove inactive`` frees (old packages of install mode).
+    inactive_bytes: int = 0
+    #: The agent drives the installer for image-install in install mode; without it: error 1827.
+    installer: bool = True
     auth_required: bool = False
+    #: Other switches of its stack: (serial, pid); this device is the active member, slot ``active_slot``.
+    stack: tuple[tuple[str, str], ...] = ()
+    active_slot: int = 1
+    #: Serials of stack members that run another version (``show switch`` says V-Mismatch).
+    mismatched: tuple[str, ...] = ()
+    #: Seconds a reload takes; the agent polls once more (with the old version) before it reloads when set.
+    reload_seconds: float = 0.0
+    poll_before_reload: bool = False
     #: A PnP service (e.g. ``config-upgrade``) this device always fails, with ``fail_code``.
     fail_service: str = ""
     fail_code: str = "PnP Service Error 1410"
@@ -43,16 +66,38 @@ class SimulatedDevice:
     # What happened to it:
     config: str | None = None
     credentials: tuple[str, str] | None = None
+    installs: int = 0
+    files: dict[str, int] = dataclasses.field(default_factory=dict)
+    pending_version: str = ""
+    reloaded: str = ""
+    reload_polls: int = 0
 
     @property
     def udi(self) -> protocol.Udi:
         return protocol.Udi(self.pid, "V01", self.serial)
 
+    @property
+    def image_file(self) -> str:
+        return f"{self.flash}:packages.conf" if self.mode == "install" else f"{self.flash}:cat9k_iosxe.{self.version}.SPA.bin"
+
+    def members(self) -> list[tuple[int, protocol.Udi]]:
+        if not self.stack:
+            return []
+        others = iter(self.stack)
+        slots = []
+        for slot in range(1, len(self.stack) + 2):
+            if slot == self.active_slot:
+                slots.append((slot, self.udi))
+            else:
+                serial, pid = next(others)
+                slots.append((slot, protocol.Udi(pid, "V01", serial)))
+        return slots
+
 
 @dataclasses.dataclass
 class SimulationResult:
     serial: str
-    outcome: str  # configured | terminated | backed-off | max-polls | http-error
+    outcome: str  # configured | failed | terminated | backed-off | max-polls | http-error
     polls: int
     reason: str = ""
     trace: list[str] = dataclasses.field(default_factory=list)
@@ -104,6 +149,10 @@ class _Http:
             connection.close()
 
 
+#: Progress callback: (serial, what happened).
+Progress = Callable[[str, str], None]
+
+
 class AgentSimulator:
     def __init__(
         self,
@@ -115,6 +164,7 @@ class AgentSimulator:
         time_scale: float = 1.0,
         timeout: float = 10.0,
         verify_tls: bool = True,
+        progress: Progress | None = None,
     ):
         self.base_url = base_url.rstrip("/") + "/"
         self.max_polls = max_polls
@@ -123,6 +173,7 @@ class AgentSimulator:
         self.time_scale = time_scale
         self.timeout = timeout
         self.verify_tls = verify_tls
+        self.progress = progress or (lambda serial, text: None)
         self._counter = itertools.count(1)
 
     def run(self, device: SimulatedDevice) -> SimulationResult:
@@ -134,6 +185,7 @@ class AgentSimulator:
             result.outcome, result.reason = "http-error", str(exc)
         finally:
             client.close()
+        self.progress(device.serial, f"{result.outcome} after {result.polls} polls ({result.reason})")
         return result
 
     def run_many(self, devices: Iterable[SimulatedDevice], concurrency: int = 10) -> list[SimulationResult]:
@@ -148,9 +200,11 @@ class AgentSimulator:
             raise HttpError(f"HELLO answered {status}")
         while result.polls < self.max_polls:
             result.polls += 1
+            self._maybe_reload(device)
             correlator = f"CiscoPnP-1.0-{next(self._counter)}-{uuid.uuid4().hex[:12]}"
             message = self._post(http, "pnp/WORK-REQUEST", messages.work_request(
-                device.udi, correlator, device.hostname, device.auth_required))
+                device.udi, correlator, device.hostname, device.auth_required, device.reloaded))
+            device.reloaded = ""
             request = messages.parse_server_message(message)
             result.trace.append(request.service)
             if request.service == "bye":
@@ -163,17 +217,33 @@ class AgentSimulator:
                     result.outcome, result.reason = "terminated", reason
                     return
                 if wait > self.max_wait:
-                    result.outcome, result.reason = "backed-off", f"{reason} ({wait}s)"
+                    failed = "failed" in reason
+                    result.outcome, result.reason = ("failed" if failed else "backed-off"), f"{reason} ({wait:.0f}s)"
                     return
+                self.progress(device.serial, f"backoff {wait:.0f}s: {reason}")
                 self.sleep(wait * self.time_scale)
                 continue
             if request.username is not None:
                 device.credentials = (request.username, request.password or "")
+            self.progress(device.serial, _describe(request))
             reply, done = self._perform(device, http, request)
-            self._respond(http, device, reply)
+            if reply is not None:
+                self._respond(http, device, reply)
             if done:
                 result.outcome, result.reason = "configured", "configuration applied, reloading"
                 return
+
+    def _maybe_reload(self, device: SimulatedDevice) -> None:
+        """A pending reload happens now (after one more poll with the old version, when the agent does that)."""
+        if not device.pending_version:
+            return
+        if device.poll_before_reload and device.reload_polls == 0:
+            device.reload_polls += 1
+            return
+        self.sleep(device.reload_seconds * self.time_scale)
+        device.version, device.pending_version, device.reload_polls = device.pending_version, "", 0
+        device.reloaded = "reload-command"
+        self.progress(device.serial, f"reloaded, now runs {device.version}")
 
     def _post(self, http: _Http, path: str, body: bytes) -> bytes:
         status, data = http.request("POST", path, body)
@@ -197,61 +267,142 @@ class AgentSimulator:
         hours, mins, secs = (int(p) for p in parts)
         return hours * 3600 + mins * 60 + secs, False
 
-    def _perform(self, device: SimulatedDevice, http: _Http, request: messages.ServerMessage) -> tuple[bytes, bool]:
-        """Do what the request asks; the response, and whether the device is now configured and reloading."""
+    # ------------------------------------------------------------------ what the device does
+
+    def _error(self, device: SimulatedDevice, request: messages.ServerMessage, code: int, text: str) -> bytes:
+        error = protocol.ErrorInfo("ERROR", f"PnP Service Error {code}", text)
+        return messages.response(device.udi, request.service, request.correlator, False, error)
+
+    def _fetch(self, http: _Http, location: str, checksum: str = "") -> tuple[bool, bytes, str]:
+        """Copy a file: from the listener for real (checked against its MD5); elsewhere only pretended."""
+        host = urlsplit(urljoin(self.base_url, location)).hostname or ""
+        if host not in ("127.0.0.1", "::1", "localhost", urlsplit(self.base_url).hostname):
+            return True, b"", ""  # never fetched from a non-loopback host: the copy is simulated
+        status, body = http.request("GET", location)
+        if status != 200:
+            return False, b"", f"copy {urlsplit(location).path} failed: HTTP {status}"
+        if checksum and hashlib.md5(body).hexdigest() != checksum.lower():
+            return False, b"", "copy failed: checksum mismatch"
+        return True, body, ""
+
+    def _perform(self, device: SimulatedDevice, http: _Http, request: messages.ServerMessage) -> tuple[bytes | None, bool]:
+        """Do what the request asks; the response (None: the device reloaded without answering), and whether done."""
         service, correlator, udi = request.service, request.correlator, device.udi
         if service == device.fault_service:
             return messages.fault(udi, "Client", f"simulated fault for {service}"), False
         if service == device.fail_service:
-            error = protocol.ErrorInfo("ERROR", device.fail_code, f"simulated failure of {service}")
-            return messages.response(udi, service, correlator, False, error), False
+            return self._error(device, request, int(device.fail_code.rsplit(" ", 1)[-1]), f"simulated failure of {service}"), False
         if service == "device-info":
+            fs = messages.FileSystem(name=device.flash, size=device.flash_free * 2 + 1, free=device.flash_free)
             reply = messages.device_info(
-                udi, correlator, platform=device.pid, version=device.version,
-                hostname=device.hostname, flash_free=device.flash_free)
+                udi, correlator, platform=device.pid, version=device.version, hostname=device.hostname,
+                image_file=device.image_file, file_systems=[fs], members=device.members())
             return reply, False
         if service == "image-install":
-            location = request.find_text("image/copy/source/location")
-            version = _version_from_image(location)
-            if "/pnp/download/" in location:  # served by the listener itself: copy and check it
-                status, body = http.request("GET", location)
-                checksum = request.find_text("image/copy/source/checksum")
-                if status != 200 or hashlib.md5(body).hexdigest() != checksum:
-                    error = protocol.ErrorInfo("ERROR", "PnP Service Error 1803", f"copy {location} failed: HTTP {status}")
-                    return messages.response(udi, service, correlator, False, error), False
-            if request.find("reload") is not None and version:
-                device.version = version  # the reload boots the new image
-            return messages.response(udi, service, correlator), False
+            return self._image_install(device, http, request), False
         if service == "config-upgrade":
             location = request.find_text("config/copy/source/location")
-            status, body = http.request("GET", location)
-            if status != 200:
-                error = protocol.ErrorInfo("ERROR", "PnP Service Error 1403", f"copy {location} failed: HTTP {status}")
-                return messages.response(udi, service, correlator, False, error), False
+            ok, body, why = self._fetch(http, location)
+            if not ok:
+                return self._error(device, request, 1404, why), False
             device.config = body.decode("utf-8", "replace")
             reloads = request.find("reload") is not None
             return messages.response(udi, service, correlator), reloads
         if service == "cli-exec":
-            command = request.find_text("execCLI/cmd")
-            output = f"Cisco IOS XE Software, Version {device.version}\n{device.hostname} uptime is 1 minute"
-            return messages.cli_exec_output(udi, correlator, command, output), False
+            return self._cli(device, http, request)
         if service in ("cli-config", "capability"):
             return messages.response(udi, service, correlator), False
         return messages.fault(udi, "Client", f"unknown service {service}"), False
+
+    def _image_install(self, device: SimulatedDevice, http: _Http, request: messages.ServerMessage) -> bytes:
+        location = request.find_text("image/copy/source/location")
+        name = _file_name(location)
+        if device.mode == "install" and not device.installer:
+            return self._error(device, request, 1827, "installer API missing")
+        if name.endswith("packages.conf"):
+            return self._error(device, request, 1806, "invalid image format")
+        destination = request.find_text("image/copy/destination/location") or f"{device.flash}:"
+        if destination.rstrip(":") != device.flash:
+            return self._error(device, request, 1824, f"invalid destination file system {destination}")
+        ok, body, why = self._fetch(http, location, request.find_text("image/copy/source/checksum"))
+        if not ok:
+            return self._error(device, request, 1803, why)
+        size = len(body) or 1_000_000_000
+        if size > device.flash_free:
+            return self._error(device, request, 1825, "no space on destination file system")
+        device.flash_free -= size
+        device.installs += 1
+        if request.find("reload") is not None:
+            device.pending_version = _version_from_image(name) or device.version
+        return messages.response(device.udi, "image-install", request.correlator)
+
+    def _cli(self, device: SimulatedDevice, http: _Http, request: messages.ServerMessage) -> tuple[bytes | None, bool]:
+        command = request.find_text("execCLI/cmd")
+        udi, correlator = device.udi, request.correlator
+
+        def output(text: str) -> tuple[bytes, bool]:
+            return messages.cli_exec_output(udi, correlator, command, text), False
+
+        if command == "show switch":
+            lines = ["Switch/Stack Mac Address : 0011.2233.4455 - Local Mac Address",
+                     "Switch#   Role    Mac Address     Priority Version  State",
+                     "-" * 60]
+            for slot, member in device.members() or [(1, device.udi)]:
+                role = "Active" if member.serial == device.serial else "Member"
+                state = "V-Mismatch" if member.serial in device.mismatched else "Ready"
+                marker = "*" if member.serial == device.serial else " "
+                lines.append(f"{marker}{slot}       {role:<7} 0011.2233.44{slot:02d}     15     V01      {state}")
+            return output("\n".join(lines))
+        if command == "install remove inactive":
+            device.flash_free += device.inactive_bytes
+            device.inactive_bytes = 0
+            return output("install_remove: Removing INACTIVE files\nSUCCESS: install_remove")
+        match = re.fullmatch(r"copy (\S+) (\w+):(\S+)", command)
+        if match:
+            ok, body, why = self._fetch(http, match.group(1))
+            size = len(body) or 1_000_000_000
+            if not ok or size > device.flash_free:
+                error = protocol.ErrorInfo("ERROR", "PnP Service Error 1300", why or "%Error copying (No space left on device)")
+                return messages.response(udi, "cli-exec", correlator, False, error), False
+            device.flash_free -= size
+            device.files[match.group(3)] = size
+            return output(f"{size} bytes copied")
+        match = re.fullmatch(r"install add file (\w+):(\S+) activate commit prompt-level none", command)
+        if match:
+            if match.group(2) not in device.files:
+                error = protocol.ErrorInfo("ERROR", "PnP Service Error 1300", f"file {match.group(2)} not found")
+                return messages.response(udi, "cli-exec", correlator, False, error), False
+            device.installs += 1
+            device.pending_version = _version_from_image(match.group(2)) or device.version
+            return None, False  # install activate reloads the switch before the agent answers
+        text = f"Cisco IOS XE Software, Version {device.version}\n{device.hostname} uptime is 1 minute"
+        return output(text)
+
+
+def _describe(request: messages.ServerMessage) -> str:
+    if request.service == "cli-exec":
+        return f"cli-exec: {request.find_text('execCLI/cmd')}"
+    if request.service == "image-install":
+        return f"image-install: {_file_name(request.find_text('image/copy/source/location'))}"
+    return request.service
 
 
 class HttpError(RuntimeError):
     pass
 
 
-def _version_from_image(location: str) -> str:
+def _file_name(location: str) -> str:
+    """The file a device names its copy after: the last segment of the URL's path."""
+    return urlsplit(location).path.rsplit("/", 1)[-1]
+
+
+def _version_from_image(name: str) -> str:
     """IOS-XE image names carry the version: cat9k_iosxe.17.09.04a.SPA.bin -> 17.09.04a."""
-    name = location.rsplit("/", 1)[-1]
     parts = name.split(".")
     for index, part in enumerate(parts):
         if part.isdigit() and index + 2 < len(parts):
             return ".".join(parts[index : index + 3])
-    return name
+    return ""
 
 
 def simulated_fleet(prefix: str, count: int, **kwargs) -> list[SimulatedDevice]:

@@ -58,7 +58,9 @@ def parse_server_message(data: bytes) -> ServerMessage:
 # -------------------------------------------------------------------- what an agent sends
 
 
-def work_request(udi: Udi | str, correlator: str, hostname: str = "Switch", auth_required: bool = False) -> bytes:
+def work_request(udi: Udi | str, correlator: str, hostname: str = "Switch", auth_required: bool = False,
+                 reloaded: str = "") -> bytes:
+    """A work request; ``reloaded`` (e.g. ``reload-command``) adds the reason block an agent sends after a reload."""
     info = _body("info", "work-info", correlator)
     device = _sub(info, "deviceId")
     _sub(device, "udi", str(udi))
@@ -66,6 +68,11 @@ def work_request(udi: Udi | str, correlator: str, hostname: str = "Switch", auth
     _sub(device, "authRequired", "true" if auth_required else "false")
     _sub(device, "viaProxy", "false")
     _sub(device, "securityAdvise", "false")
+    if reloaded:
+        reload = _sub(_sub(info, "reason"), "reload")
+        _sub(reload, "message", reloaded)
+        _sub(reload, "code", "PnP Service Info 2408")
+        _sub(reload, "startupConfigPresent", "false")
     return protocol.serialize(udi, info)
 
 
@@ -107,9 +114,16 @@ def device_info(
     flash_free: int = 8_000_000_000,
     image_file: str = "flash:packages.conf",
     file_systems: Sequence[FileSystem] | None = None,
+    members: Sequence[tuple[int, Udi]] = (),
 ) -> bytes:
+    """A device-info response as a Catalyst 9000 sends it; ``members`` (slot, UDI) for a stack."""
     def build(body: etree._Element) -> None:
-        _sub(_sub(body, "udi"), "primary-chassis", str(udi))
+        udis = _sub(body, "udi")
+        _sub(udis, "primary-chassis", str(udi))
+        if members:
+            stacked = _sub(udis, "stacked-switch")
+            for slot, member in members:
+                _sub(stacked, "member-udi", str(member), slot=str(slot))
         image = _sub(body, "imageInfo")
         _sub(image, "versionString", version)
         _sub(image, "imageFile", image_file)

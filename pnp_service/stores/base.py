@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Callable, Generic, Protocol, TypeVar
+from typing import Callable, Generic, Mapping, Protocol, TypeVar
 
-from ..model import DeviceRecord, Status, Unclaimed
+from ..model import Declaration, DeviceRecord, Status, Unclaimed
 
 
 class StoreError(RuntimeError):
@@ -49,6 +49,9 @@ class Decided(Protocol):
     @property
     def recheck(self) -> bool: ...
 
+    @property
+    def member_of(self) -> str: ...
+
 
 D = TypeVar("D", bound=Decided)
 
@@ -60,36 +63,66 @@ class Change:
     The unclaimed rule, for both stores: a status means the serial is claimed, so
     writing one removes the serial's unclaimed entry; an unclaimed entry means
     nobody declares the serial (any more), so writing one removes its old status.
+    ``member_of``: the serial is the active member of that declared stack, whose
+    record it uses from now on; it is neither unclaimed nor a device of its own.
+
+    Stack members, for both stores: a serial resolves to the declaration it
+    belongs to (itself when declared; the stack when it is a declared member of
+    one or was recorded as its active member), and ``load``/``update`` work on that
+    record, whose ``caller`` is the serial that called.
     """
 
     serial: str
     status: Status | None = None
     unclaimed: Unclaimed | None = None
+    member_of: str = ""
 
     def __post_init__(self) -> None:
-        if self.status is not None and self.unclaimed is not None:
-            raise ValueError(f"{self.serial}: a change records a status or an unclaimed entry, not both")
+        if sum((self.status is not None, self.unclaimed is not None, bool(self.member_of))) != 1:
+            raise ValueError(f"{self.serial}: a change records one of a status, an unclaimed entry or a stack membership")
 
     @classmethod
     def of(cls, serial: str, decision: Decided) -> Change | None:
-        if decision.status is None and decision.unclaimed is None:
+        member_of = getattr(decision, "member_of", "")
+        if decision.status is None and decision.unclaimed is None and not member_of:
             return None
-        return cls(serial, decision.status, decision.unclaimed)
+        return cls(serial, decision.status, decision.unclaimed, member_of)
 
     @property
     def removes_unclaimed(self) -> bool:
-        return self.status is not None
+        return self.status is not None or bool(self.member_of)
 
     @property
     def removes_status(self) -> bool:
-        return self.unclaimed is not None
+        return self.unclaimed is not None or bool(self.member_of)
 
     def applied_to(self, record: DeviceRecord) -> DeviceRecord:
+        """The record as it reads once the change is made (a membership shows at the next load)."""
         return dataclasses.replace(
             record,
             status=self.status if self.status is not None else (None if self.removes_status else record.status),
             unclaimed=self.unclaimed if self.unclaimed is not None else (None if self.removes_unclaimed else record.unclaimed),
         )
+
+
+def stacks_of(declarations: Mapping[str, Declaration]) -> dict[str, str]:
+    """Declared stacks and their declared members -> the stack's serial (for resolving a caller)."""
+    found: dict[str, str] = {}
+    for serial, declaration in declarations.items():
+        if declaration.stack:
+            found[serial] = serial
+            for member in declaration.stack_members:
+                found.setdefault(member, serial)
+    return found
+
+
+def resolve(serial: str, declarations: Mapping[str, Declaration], stacks: Mapping[str, str],
+            aliases: Mapping[str, str]) -> str:
+    """The declaration ``serial`` belongs to: itself, the stack it is a declared or recorded member of, or itself."""
+    if serial in declarations:
+        return serial
+    target = stacks.get(serial) or aliases.get(serial, "")
+    return target if target in declarations else serial
 
 
 class Store(Protocol):

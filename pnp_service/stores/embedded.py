@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from .. import model, validation
 from ..model import Declaration, DeviceRecord, Status, Unclaimed, Work
 from ..planner import PlanningError, find_template_file, plan, read_template_file
-from .base import Change, D, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnknownSerial
+from .base import Change, D, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnknownSerial, resolve, stacks_of
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class DeclarationSet:
     watched: tuple[str, ...]  # the file, the template folders and the template files used
     stamps: tuple[Stamp, ...]
     keys: Mapping[str, tuple] = dataclasses.field(default_factory=dict)  # what each plan was made of
+    stacks: Mapping[str, str] = dataclasses.field(default_factory=dict)  # declared stacks and members -> stack
 
 
 class Declarations:
@@ -172,7 +173,7 @@ class Declarations:
                      len(plans), len(errors))
         watched = (self.path, *self.template_dirs, *sorted(set(used.values())))
         stamps = before + tuple(_stamp(p) for p in watched[len(before):])
-        return DeclarationSet(declarations, plans, errors, watched, stamps, keys)
+        return DeclarationSet(declarations, plans, errors, watched, stamps, keys, stacks_of(declarations))
 
 
 # --------------------------------------------------------------------------- state database
@@ -181,6 +182,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS status (serial TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS unclaimed (serial TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS work (serial TEXT PRIMARY KEY, revision TEXT NOT NULL, data TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stack_member (serial TEXT PRIMARY KEY, stack TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -281,14 +283,17 @@ class StateDb:
             raise StoreError(f"state database {self.path} was opened read-only")
         return self._transaction(self.connection())
 
-    def read(self, serial: str, connection: sqlite3.Connection | None = None) -> tuple[Status | None, Unclaimed | None]:
+    def read(self, serial: str, connection: sqlite3.Connection | None = None
+             ) -> tuple[Status | None, Unclaimed | None, str]:
+        """The status and unclaimed entry of ``serial``, and the stack it was recorded a member of ("")."""
         if self.read_only and not self.exists:
-            return None, None
+            return None, None, ""
         row = (connection or self.connection()).execute(
-            "SELECT (SELECT data FROM status WHERE serial = ?1), (SELECT data FROM unclaimed WHERE serial = ?1)",
+            "SELECT (SELECT data FROM status WHERE serial = ?1), (SELECT data FROM unclaimed WHERE serial = ?1), "
+            "(SELECT stack FROM stack_member WHERE serial = ?1)",
             (serial,),
         ).fetchone()
-        return _status(row[0]), _unclaimed(row[1])
+        return _status(row[0]), _unclaimed(row[1]), row[2] or ""
 
     @staticmethod
     def apply(connection: sqlite3.Connection, change: Change) -> None:
@@ -297,6 +302,8 @@ class StateDb:
             connection.execute("INSERT OR REPLACE INTO status VALUES (?, ?)", (change.serial, _dumps(change.status)))
         if change.unclaimed is not None:
             connection.execute("INSERT OR REPLACE INTO unclaimed VALUES (?, ?)", (change.serial, _dumps(change.unclaimed)))
+        if change.member_of:
+            connection.execute("INSERT OR REPLACE INTO stack_member VALUES (?, ?)", (change.serial, change.member_of))
         if change.removes_unclaimed:
             connection.execute("DELETE FROM unclaimed WHERE serial = ?", (change.serial,))
         if change.removes_status:
@@ -375,13 +382,12 @@ class EmbeddedStore:
     # ------------------------------------------------------------------ the Store contract
 
     def load(self, serial: str) -> DeviceRecord:
-        current = self._current()
-        return self._record(current, serial, *self.db.read(serial))
+        return self._resolved(self._current(), serial)
 
     def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
         current = self._current()
         # Most polls change nothing: decide on what is there, outside any transaction.
-        decision = decide(self._record(current, serial, *self.db.read(serial)))
+        decision = decide(self._resolved(current, serial))
         if Change.of(serial, decision) is None:
             return decision
         # A change: decide again inside a transaction (another poll may have changed the record),
@@ -394,13 +400,13 @@ class EmbeddedStore:
         current = self._current()
         statuses, unclaimed = self.db.everything()
         serials = sorted(set(current.declarations) | set(statuses))
-        records = tuple(self._record(current, s, statuses.get(s), None) for s in serials)
+        records = tuple(self._record(current, s, statuses.get(s), None, s) for s in serials)
         entries = tuple(unclaimed[s] for s in sorted(unclaimed) if s not in current.declarations)
         return Snapshot(records, entries, self.problems())
 
     def reset(self, serial: str) -> str:
         current = self._current()
-        status, unclaimed = self.db.read(serial)
+        status, unclaimed, _ = self.db.read(serial)
         if serial not in current.declarations:
             if status is not None:
                 self.db.delete_status(serial)
@@ -439,7 +445,8 @@ class EmbeddedStore:
         return current
 
     @staticmethod
-    def _record(current: DeclarationSet, serial: str, status: Status | None, unclaimed: Unclaimed | None) -> DeviceRecord:
+    def _record(current: DeclarationSet, serial: str, status: Status | None, unclaimed: Unclaimed | None,
+                caller: str) -> DeviceRecord:
         return DeviceRecord(
             serial,
             current.declarations.get(serial),
@@ -447,7 +454,18 @@ class EmbeddedStore:
             status,
             unclaimed,
             current.errors.get(serial, ""),
+            caller,
+            current.stacks,
         )
+
+    def _resolved(self, current: DeclarationSet, serial: str, connection: sqlite3.Connection | None = None) -> DeviceRecord:
+        """The record ``serial`` belongs to: its own, or that of the declared stack it is a member of."""
+        status, unclaimed, member_of = self.db.read(serial, connection)
+        target = resolve(serial, current.declarations, current.stacks, {serial: member_of} if member_of else {})
+        if target != serial:
+            status, _, _ = self.db.read(target, connection)
+            unclaimed = None
+        return self._record(current, target, status, unclaimed, serial)
 
     def _run_batch(self, jobs: list[_Job]) -> list[BaseException | None]:
         errors: list[BaseException | None] = [None] * len(jobs)
@@ -455,9 +473,9 @@ class EmbeddedStore:
             for index, job in enumerate(jobs):
                 connection.execute("SAVEPOINT job")
                 try:
-                    record = self._record(job.declarations, job.serial, *self.db.read(job.serial, connection))
+                    record = self._resolved(job.declarations, job.serial, connection)
                     job.decision = job.decide(record)
-                    change = Change.of(job.serial, job.decision)
+                    change = Change.of(record.serial, job.decision)
                     if change is not None:
                         self.db.apply(connection, change)
                     connection.execute("RELEASE job")

@@ -23,10 +23,13 @@ log = logging.getLogger(__name__)
 
 
 def _line(change: Change) -> str:
-    kind, record = ("status", change.status) if change.status is not None else ("unclaimed", change.unclaimed)
-    assert record is not None
-    return json.dumps({"kind": kind, "serial": change.serial, "value": model.record_to_dict(record)},
-                      separators=(",", ":"), ensure_ascii=False) + "\n"
+    if change.member_of:
+        entry: dict = {"kind": "stack-member", "serial": change.serial, "value": {"stack": change.member_of}}
+    else:
+        kind, record = ("status", change.status) if change.status is not None else ("unclaimed", change.unclaimed)
+        assert record is not None
+        entry = {"kind": kind, "serial": change.serial, "value": model.record_to_dict(record)}
+    return json.dumps(entry, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
 def _parse(line: str) -> Change:
@@ -38,6 +41,8 @@ def _parse(line: str) -> Change:
         return Change(serial, status=model.record_from_dict(Status, value))
     if entry["kind"] == "unclaimed":
         return Change(serial, unclaimed=model.record_from_dict(Unclaimed, value))
+    if entry["kind"] == "stack-member" and isinstance(value.get("stack"), str):
+        return Change(serial, member_of=value["stack"])
     raise ValueError(f"unknown kind {entry['kind']!r}")
 
 

@@ -44,7 +44,7 @@ from ... import model
 from ...logs import event
 from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, Declaration, DeviceRecord, Status, Unclaimed, Work, q
 from ...xmlsafe import escape_text, iterparse
-from ..base import Change, D, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnknownSerial
+from ..base import Change, D, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnknownSerial, resolve, stacks_of
 from .journal import Journal
 from .netconf import DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, commit_edit
 
@@ -64,6 +64,9 @@ class View:
     work: dict[str, Work] = dataclasses.field(default_factory=dict)
     status: dict[str, Status] = dataclasses.field(default_factory=dict)
     unclaimed: dict[str, Unclaimed] = dataclasses.field(default_factory=dict)
+    #: Recorded stack members (``/pnp/stack-member``) and declared stacks with their members -> the stack.
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    stacks: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def apply(self, change: Change) -> None:
         """Record a committed change, following the unclaimed rule."""
@@ -71,6 +74,8 @@ class View:
             self.status[change.serial] = change.status
         if change.unclaimed is not None:
             self.unclaimed[change.serial] = change.unclaimed
+        if change.member_of:
+            self.aliases[change.serial] = change.member_of
         if change.removes_unclaimed:
             self.unclaimed.pop(change.serial, None)
         if change.removes_status:
@@ -80,7 +85,7 @@ class View:
 def view_from_reply(data: bytes) -> View:
     """Build the view from a get-config reply, element by element, freeing each as it goes."""
     view = View()
-    tags = (q("device"), q("unclaimed"), q("pnp-device"))
+    tags = (q("device"), q("unclaimed"), q("pnp-device"), q("stack-member"))
     for _, element in iterparse(data, tag=tags):
         parent = element.getparent()
         if element.tag == q("pnp-device"):
@@ -90,6 +95,8 @@ def view_from_reply(data: bytes) -> View:
             serial = model.child_text(element, "serial")
             if element.tag == q("unclaimed"):
                 view.unclaimed[serial] = model.unclaimed_from_xml(element)
+            elif element.tag == q("stack-member"):
+                view.aliases[serial] = model.child_text(element, "stack")
             else:
                 work = model.work_from_xml(element.find(q("work")))
                 status = model.status_from_xml(element.find(q("status")))
@@ -102,6 +109,7 @@ def view_from_reply(data: bytes) -> View:
         element.clear()
         while element.getprevious() is not None and parent is not None:
             del parent[0]
+    view.stacks = stacks_of(view.declarations)
     return view
 
 
@@ -112,6 +120,8 @@ def change_problem(change: Change) -> str:
     """Why the controller would refuse ``change`` for sure, before asking it (empty: nothing known)."""
     if not model.is_serial(change.serial):
         return f"serial {change.serial!r} is not a valid serial number"
+    if change.member_of and not model.is_serial(change.member_of):
+        return f"stack {change.member_of!r} is not a valid serial number"
     try:
         _edit_parts(change)
     except ValueError as exc:  # lxml refuses text that cannot be XML
@@ -130,6 +140,8 @@ def _edit_parts(change: Change) -> list[str]:
         element = model.unclaimed_to_xml(change.unclaimed)
         element.set(f"{{{NETCONF_NS}}}operation", "replace")
         parts.append(etree.tostring(element, encoding="unicode"))
+    if change.member_of:
+        parts.append(f'<stack-member nc:operation="replace">{serial}<stack>{escape_text(change.member_of)}</stack></stack-member>')
     # The unclaimed rule; "remove" is quiet when there is nothing to remove.
     if change.removes_unclaimed:
         parts.append(f'<unclaimed nc:operation="remove">{serial}</unclaimed>')
@@ -205,11 +217,19 @@ class ClixonStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _record(self, serial: str) -> DeviceRecord:
+    def _target(self, serial: str) -> str:
         view = self._view
-        record = DeviceRecord(serial, view.declarations.get(serial), view.work.get(serial),
-                              view.status.get(serial), view.unclaimed.get(serial))
-        change = self._pending.get(serial)
+        pending = self._pending.get(serial)
+        aliases = {serial: pending.member_of} if pending is not None and pending.member_of else view.aliases
+        return resolve(serial, view.declarations, view.stacks, aliases)
+
+    def _record(self, serial: str) -> DeviceRecord:
+        """The record ``serial`` belongs to (its own, or its stack's), as running has it plus what is pending."""
+        view = self._view
+        target = self._target(serial)
+        record = DeviceRecord(target, view.declarations.get(target), view.work.get(target), view.status.get(target),
+                              view.unclaimed.get(target) if target == serial else None, "", serial, view.stacks)
+        change = self._pending.get(target)
         return change.applied_to(record) if change is not None else record
 
     def load(self, serial: str) -> DeviceRecord:
@@ -257,6 +277,8 @@ class ClixonStore:
                 current = getattr(view, table)
                 current.pop(serial, None)
                 current.update(getattr(fresh, table))
+            if serial in fresh.declarations and fresh.declarations[serial].stack:
+                view.stacks.update(stacks_of(fresh.declarations))
             for committed_at, change in self._recent:
                 if committed_at > generation and change.serial == serial:
                     view.apply(change)
@@ -266,12 +288,15 @@ class ClixonStore:
     def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
         if self.read_only:
             raise StoreError("this Clixon store was opened read-only")
-        with self._serial_locks[zlib.crc32(serial.encode()) % len(self._serial_locks)]:
-            decision = decide(self._record(serial))
+        target = self._target(serial)
+        with self._serial_locks[zlib.crc32(target.encode()) % len(self._serial_locks)]:
+            record = self._record(serial)
+            decision = decide(record)
             if decision.recheck:
-                self._reload(serial)
-                decision = decide(self._record(serial))
-            change = Change.of(serial, decision)
+                self._reload(record.serial)
+                record = self._record(serial)
+                decision = decide(record)
+            change = Change.of(record.serial, decision)
             if change is None:
                 return decision
             problem = change_problem(change)
