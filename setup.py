@@ -31,6 +31,7 @@ setup(
     entry_points={
         "console_scripts": ["pnp-service = pnp_service.cli:main"],
         "pnp_service.steps": [
+            "trustpool = pnp_service.steps:TrustpoolStep",
             "device-info = pnp_service.steps:DeviceInfoStep",
             "stack-check = pnp_service.steps:StackCheckStep",
             "image-install = pnp_service.steps:ImageInstallStep",

@@ -69,14 +69,14 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
         refused = unacceptable_type()
         if refused is not None:
             return refused
-        return respond(listener.work_request(body(), address(), host_url))
+        return respond(listener.work_request(body(), address(), host_url, request.scheme == "https"))
 
     @app.post("/pnp/WORK-RESPONSE")
     def work_response() -> Response:
         refused = unacceptable_type()
         if refused is not None:
             return refused
-        return respond(listener.work_response(body(), address(), host_url))
+        return respond(listener.work_response(body(), address(), host_url, request.scheme == "https"))
 
     @app.get("/pnp/download/<kind>/<serial>/<revision>")
     @app.get("/pnp/download/<kind>/<serial>/<revision>/<name>")

@@ -161,7 +161,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         _check_in_child(lambda: open_store(args, read_only=True).close())
     settings = ListenerSettings(
-        provisioning=Settings(max_attempts=args.max_attempts, retry_base_seconds=args.retry_seconds),
+        provisioning=Settings(max_attempts=args.max_attempts, retry_base_seconds=args.retry_seconds,
+                              https_bootstrap=_https_bootstrap(args)),
         max_body_bytes=args.max_body,
         public_url=args.public_url or "",
         secret=_secret(args),
@@ -190,6 +191,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serving import run_gunicorn
 
     return run_gunicorn(make_app, args)
+
+
+def _https_bootstrap(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--trustpool CA --https-url URL [--ntp ADDR]``: what the trustpool step sends every device over HTTP."""
+    from urllib.parse import urlsplit
+
+    if not args.trustpool:
+        if args.https_url or args.ntp:
+            raise UsageError("--https-url and --ntp go with --trustpool (the CA bundle devices install)")
+        return None
+    try:
+        with open(args.trustpool, encoding="ascii") as handle:
+            bundle = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--trustpool {args.trustpool}: {getattr(exc, 'strerror', None) or exc}") from None
+    if "-----BEGIN CERTIFICATE-----" not in bundle:
+        raise UsageError(f"--trustpool {args.trustpool} holds no PEM certificate")
+    url = urlsplit(args.https_url or "")
+    if url.scheme != "https" or not url.hostname:
+        raise UsageError("--trustpool needs --https-url https://HOST[:PORT], the listener devices reconnect to")
+    return {"bundle": bundle, "host": url.hostname, "port": str(url.port or 443), "ntp": args.ntp or ""}
 
 
 # ---------------------------------------------------------------------------- init, check, render
@@ -421,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM); needs --tls-key")
     serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     serve.add_argument("--image-dir", help="folder of image files served to devices whose image/url is a bare file name")
+    serve.add_argument("--trustpool", metavar="CA.pem", help="HTTPS from day 0: devices that call over HTTP first "
+                       "install this CA bundle (the one that signed the HTTPS listener's certificate) into their "
+                       "trustpool, then reconnect to --https-url")
+    serve.add_argument("--https-url", metavar="URL", help="with --trustpool: the HTTPS listener devices reconnect to, "
+                       "e.g. https://pnp.example.net:8443")
+    serve.add_argument("--ntp", metavar="ADDR", help="with --trustpool: NTP server the device sets its clock from first "
+                       "(certificates need the right time)")
     serve.add_argument("--journal", default=DEFAULT_JOURNAL,
                        help="with --clixon-socket: where writes wait while the controller is busy or down "
                        "(default: %(default)s)")

@@ -100,13 +100,13 @@ class Listener:
 
     # ------------------------------------------------------------------ PnP endpoints
 
-    def work_request(self, body: bytes, address: str, base_url: BaseUrl) -> Reply:
+    def work_request(self, body: bytes, address: str, base_url: BaseUrl, secure: bool = False) -> Reply:
         try:
             request = protocol.parse_work_request(body)
         except protocol.ProtocolError as exc:
             event(log, logging.WARNING, "bad-work-request", address=address, reason=str(exc))
             return _error(400, f"bad WORK-REQUEST: {exc}")
-        contact = self._contact(address, base_url)
+        contact = self._contact(address, base_url, secure)
         return self._decide(
             request.udi.serial,
             lambda record: self.provisioner.on_work_request(record, request, contact),
@@ -114,13 +114,13 @@ class Listener:
             request.hostname,
         )
 
-    def work_response(self, body: bytes, address: str, base_url: BaseUrl) -> Reply:
+    def work_response(self, body: bytes, address: str, base_url: BaseUrl, secure: bool = False) -> Reply:
         try:
             response = protocol.parse_work_response(body)
         except protocol.ProtocolError as exc:
             event(log, logging.WARNING, "bad-work-response", address=address, reason=str(exc))
             return _error(400, f"bad WORK-RESPONSE: {exc}")
-        contact = self._contact(address, base_url)
+        contact = self._contact(address, base_url, secure)
         return self._decide(
             response.udi.serial,
             lambda record: self.provisioner.on_work_response(record, response, contact),
@@ -148,7 +148,7 @@ class Listener:
         )
         return Reply(200, decision.reply, XML)
 
-    def _contact(self, address: str, base_url: BaseUrl) -> Contact:
+    def _contact(self, address: str, base_url: BaseUrl, secure: bool = False) -> Contact:
         now = self.clock()
 
         def download_url(kind: str, serial: str, revision: str, name: str) -> str:
@@ -160,7 +160,8 @@ class Listener:
             path = self._image_path(name)
             return os.path.getsize(path) if path else None
 
-        return Contact(now=utcnow_from(now), address=address, download_url=download_url, file_size=file_size)
+        return Contact(now=utcnow_from(now), address=address, download_url=download_url, file_size=file_size,
+                       secure=secure)
 
     # ------------------------------------------------------------------ downloads
 
@@ -169,7 +170,7 @@ class Listener:
         if refused:
             event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind, reason=refused)
             return _error(403, f"download refused: {refused}")
-        work = self.store.load(serial).work
+        work = self.provisioner.effective_work(self.store.load(serial).work)
         if work is None or work.revision != revision:
             event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind,
                   reason=f"revision {revision} is not current")

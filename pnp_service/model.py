@@ -166,6 +166,8 @@ class Status:
     phase_since: dt.datetime | None = None
     deadline: dt.datetime | None = None
     reloaded: dt.datetime | None = None
+    #: The device's last poll came over HTTPS.
+    secure: bool = False
     error_code: str = ""
     error_message: str = ""
     error_step: str = ""
@@ -424,6 +426,7 @@ def status_to_xml(status: Status) -> etree._Element:
             ("phase-since", format_time(status.phase_since)),
             ("deadline", format_time(status.deadline)),
             ("reloaded", format_time(status.reloaded)),
+            ("secure", "true" if status.secure else ""),
         ),
     )
     for slot, serial, pid, role in status.members:
@@ -465,6 +468,7 @@ def status_from_xml(element: etree._Element | None) -> Status | None:
         phase_since=parse_time(child_text(element, "phase-since")),
         deadline=parse_time(child_text(element, "deadline")),
         reloaded=parse_time(child_text(element, "reloaded")),
+        secure=child_text(element, "secure") == "true",
         error_code=child_text(element, "last-error", "code"),
         error_message=child_text(element, "last-error", "message"),
         error_step=child_text(element, "last-error", "step"),

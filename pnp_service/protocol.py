@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import re
 from typing import Iterable, Mapping
 
@@ -549,6 +550,30 @@ def cli_config_apply(env: Envelope, lines: Iterable[str], action_on_fail: str = 
 def cli_config_persist(env: Envelope) -> bytes:
     request = service_body("request", "cli-config", env.correlator)
     child(request, "configPersist")
+    return env.wrap(request)
+
+
+def certificate_install(env: Envelope, trustpool_url: str, *, ntp: str | None = None,
+                        reconnect: tuple[str, int] | None = None) -> bytes:
+    """Install a CA bundle into the device's trustpool (from ``trustpool_url``), maybe setting its clock from
+    ``ntp`` first (certificates need the time), then reconnect the agent over HTTPS to ``reconnect`` (host, port)."""
+    request = service_body("request", "certificate-install", env.correlator)
+    install = child(request, "certificateInstall")
+    cert = child(install, "cert")
+    if ntp:
+        child(child(child(cert, "set"), "ntp"), "ip-address", ntp)
+    child(child(child(child(child(cert, "install"), "trustpool"), "copy"), "source"), "location", trustpool_url)
+    if reconnect is not None:
+        host, port = reconnect
+        primary = child(child(install, "reconnect"), "primary-server")
+        child(primary, "protocol", "https")
+        address = child(primary, "server-address")
+        try:
+            kind = "ipv4" if ipaddress.ip_address(host).version == 4 else "ipv6"
+        except ValueError:
+            kind = "host"
+        child(address, kind, host)
+        child(address, "port", str(port))
     return env.wrap(request)
 
 

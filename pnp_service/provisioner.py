@@ -44,7 +44,7 @@ import dataclasses
 import datetime as dt
 import enum
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from . import protocol
 from .model import DeviceRecord, Status, Step, Unclaimed, Work
@@ -100,6 +100,9 @@ class Settings:
     #: last-seen) is written only when the recorded time is older than this, so idle
     #: polls cost no write.
     contact_refresh_seconds: int = 300
+    #: HTTPS from day 0 (``serve --trustpool``): the parameters of a ``trustpool`` step put ahead of every
+    #: device's work (bundle, host, port, ntp); None: no such step.
+    https_bootstrap: Mapping[str, str] | None = None
 
     def retry_delay(self, attempts: int) -> int:
         return min(self.retry_max_seconds, self.retry_base_seconds * 2 ** max(0, attempts - 1))
@@ -115,6 +118,8 @@ class Contact:
     download_url: Callable[[str, str, str, str], str] = lambda kind, serial, revision, name: ""
     #: Size of a file in the listener's image folder (None: not there).
     file_size: Callable[[str], int | None] = lambda name: None
+    #: The message came over HTTPS.
+    secure: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,8 +202,15 @@ class Provisioner:
 
     # ================================================================== WORK-REQUEST
 
+    def effective_work(self, work: Work | None) -> Work | None:
+        """The work as this listener serves it: with the HTTPS bootstrap step first when it has one."""
+        if work is None or self.settings.https_bootstrap is None:
+            return work
+        return Work(work.revision, (Step("trustpool", "trustpool", dict(self.settings.https_bootstrap)),) + work.steps)
+
     def on_work_request(self, record: DeviceRecord, request: protocol.WorkRequest, contact: Contact) -> Decision:
         envelope = protocol.Envelope(request.udi, request.correlator)
+        record = replace(record, work=self.effective_work(record.work))
         work = record.work
         status, changed = (record.status or Status(), False) if work is None else self._current(record, work, request, contact)
         poll = _Poll(record, request, contact, envelope, status, changed)
@@ -240,7 +252,7 @@ class Provisioner:
             facts = {name: getattr(status, name) for name in _FACT_FIELDS} if status else {}
             fresh = Status(
                 state=State.ONBOARDING, revision=work.revision, step=work.steps[0].id if work.steps else "",
-                started=contact.now, reloaded=reloaded, **facts,
+                started=contact.now, reloaded=reloaded, secure=contact.secure, **facts,
             )
             return replace(fresh, last_contact=contact.now, address=contact.address, udi=str(request.udi)), True
         if reloaded is not None:
@@ -249,8 +261,10 @@ class Provisioner:
             status.last_contact is not None
             and (contact.now - status.last_contact).total_seconds() < self.settings.contact_refresh_seconds
         )
-        if recent and status.address == contact.address and status.udi == str(request.udi) and reloaded is None:
+        same = status.address == contact.address and status.udi == str(request.udi) and status.secure == contact.secure
+        if recent and same and reloaded is None:
             return status, False
+        status = replace(status, secure=contact.secure)
         return replace(status, last_contact=contact.now, address=contact.address, udi=str(request.udi)), True
 
     def _backoff(self, poll: _Poll, event: Event, reason: str, detail: str, *,
@@ -412,6 +426,7 @@ class Provisioner:
         self, record: DeviceRecord, response: protocol.WorkResponse | protocol.Fault, contact: Contact
     ) -> Decision:
         correlator = "" if isinstance(response, protocol.Fault) else response.correlator
+        record = replace(record, work=self.effective_work(record.work))
         answer = _Answer(record, response, contact, protocol.bye(protocol.Envelope(response.udi, correlator)))
         case, answer = self._classify_response(answer)
         return RESPONSE_TABLE[case](self, answer)

@@ -417,6 +417,31 @@ class ImageInstallStep:
         return None
 
 
+class TrustpoolStep(SimpleStep):
+    """HTTPS from day 0: the listener's CA into the device's trustpool, then the agent reconnects over HTTPS.
+
+    The listener puts this step ahead of every device's work when it is given a trustpool
+    (``serve --trustpool``); a device that already calls over HTTPS has nothing to do.
+    """
+
+    name = "trustpool"
+    pnp_service = "certificate-install"
+
+    def is_done(self, step: Step, status: Status) -> bool:
+        return status.secure
+
+    def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
+        host, port = step.param("host"), step.param("port")
+        return protocol.certificate_install(ctx.envelope, ctx.download_url("trustpool", "ca.pem"),
+                                            ntp=step.param("ntp") or None,
+                                            reconnect=(host, int(port or 443)) if host else None)
+
+    def download(self, step: Step, kind: str) -> Download | None:
+        if kind == "trustpool":
+            return Download(text=step.param("bundle"), content_type="application/x-pem-file")
+        return None
+
+
 class CliExecStep(SimpleStep):
     name = pnp_service = "cli-exec"
 
@@ -453,8 +478,8 @@ class ConfigUpgradeStep(SimpleStep):
 
 BUILTIN_STEP_TYPES: dict[str, StepType] = {
     step_type.name: step_type
-    for step_type in (DeviceInfoStep(), StackCheckStep(), ImageInstallStep(), CliExecStep(), CliConfigStep(),
-                      ConfigUpgradeStep())
+    for step_type in (TrustpoolStep(), DeviceInfoStep(), StackCheckStep(), ImageInstallStep(), CliExecStep(),
+                      CliConfigStep(), ConfigUpgradeStep())
 }
 
 

@@ -60,12 +60,12 @@ def example_path(tmp_path) -> str:
 
 
 class RunningListener:
-    def __init__(self, store: EmbeddedStore, clock: FakeClock, settings: ListenerSettings):
+    def __init__(self, store: EmbeddedStore, clock: FakeClock, settings: ListenerSettings, ssl_context=None):
         self.store = store
         self.listener = Listener(store, settings, clock=clock)
         self.app = create_app(store, settings, listener=self.listener)
-        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True, ssl_context=ssl_context)
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.server.server_port}"
         # A short poll interval: shutdown() waits for it.
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()

@@ -295,3 +295,74 @@ def test_real_messages_through_the_listener_never_get_a_400(example_path, messag
     path = "/pnp/WORK-REQUEST" if b"work-info" in message else "/pnp/WORK-RESPONSE"
     response = client.post(path, data=message, content_type="text/xml")
     assert response.status_code == 200 and messages.parse_server_message(response.data).service in ("backoff", "bye")
+
+
+# --------------------------------------------------------------------------- HTTPS from day 0
+
+
+def lab_pki(tmp_path):
+    """A lab CA and a listener certificate for 127.0.0.1 that it signed."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pnp lab CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+          .not_valid_after(now + dt.timedelta(days=1)).add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return paths
+
+
+def test_a_device_that_calls_over_http_installs_the_ca_and_goes_on_over_https(tmp_path, clock):
+    import ssl
+
+    from conftest import SECRET, RunningListener, open_store
+    from pnp_service.listener import ListenerSettings
+    from pnp_service.provisioner import Settings
+
+    pki = lab_pki(tmp_path)
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml(BASE.format(sn="TLS1", host="tls")))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(pki["cert"]), str(pki["key"]))
+    secure = RunningListener(open_store(str(path)), clock, ListenerSettings(secret=SECRET), ssl_context=context)
+    port = secure.server.server_port
+    bootstrap = {"bundle": pki["ca"].read_text(), "host": "127.0.0.1", "port": str(port), "ntp": "192.0.2.123"}
+    plain = RunningListener(open_store(str(path)), clock,
+                            ListenerSettings(secret=SECRET, provisioning=Settings(https_bootstrap=bootstrap)))
+    try:
+        device = SimulatedDevice("TLS1", pid="C9300-48P")
+        result = AgentSimulator(plain.url, sleep=clock.advance, max_polls=20).run(device)
+    finally:
+        plain.stop()
+        secure.stop()
+    assert result.outcome == "configured", result
+    assert result.trace == ["certificate-install", "device-info", "config-upgrade"]
+    assert device.trustpool == pki["ca"].read_text()
+    status = open_store(str(path)).load("TLS1").status
+    assert status.state == "provisioned" and status.secure  # it finished over HTTPS, verifying the listener
+
+
+def test_trustpool_needs_an_https_url(example_path, tmp_path):
+    pki = lab_pki(tmp_path)
+    command = [sys.executable, "-m", "pnp_service.cli", "serve", "--datastore", example_path, "--trustpool", str(pki["ca"])]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "--https-url https://HOST[:PORT]" in result.stderr

@@ -40,6 +40,11 @@ SERVER_MESSAGES = [
     ("cli_config_apply", "lines", protocol.cli_config_apply(ENV, ["hostname a", "end"])),
     ("cli_config_persist", "persist", protocol.cli_config_persist(ENV)),
     ("capability", "empty", protocol.capability(ENV)),
+    ("certificate_install", "trustpool", protocol.certificate_install(ENV, "http://pnp.example.invalid/ca.pem")),
+    ("certificate_install", "ntp and reconnect", protocol.certificate_install(
+        ENV, "http://192.0.2.10/ca.pem", ntp="192.0.2.1", reconnect=("pnp.example.invalid", 8443))),
+    ("certificate_install", "reconnect to an address", protocol.certificate_install(
+        ENV, "http://192.0.2.10/ca.pem", reconnect=("192.0.2.10", 443))),
     ("backoff", "callbackAfter", protocol.backoff(ENV, "later", seconds=3725)),
     ("backoff", "callbackAfter capped", protocol.backoff(ENV, "later", seconds=10**9)),
     ("backoff", "defaultMinutes", protocol.backoff(ENV, "later", default_minutes=2880)),

@@ -65,6 +65,8 @@ class SimulatedDevice:
     fault_service: str = ""
     # What happened to it:
     config: str | None = None
+    trustpool: str = ""
+    reconnect: str = ""
     credentials: tuple[str, str] | None = None
     installs: int = 0
     files: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -106,13 +108,14 @@ class SimulationResult:
 class _Http:
     """One keep-alive connection to the listener (per simulated device)."""
 
-    def __init__(self, base_url: str, timeout: float, verify_tls: bool):
+    def __init__(self, base_url: str, timeout: float, verify_tls: bool, cadata: str = ""):
         parts = urlsplit(base_url)
         self.base_url = base_url
         self.timeout = timeout
         self.context = None
         if parts.scheme == "https":
-            self.context = ssl.create_default_context()
+            # A device trusts what is in its trustpool: the bundle it was told to install, when it was.
+            self.context = ssl.create_default_context(cadata=cadata or None)
             if not verify_tls:
                 self.context.check_hostname = False
                 self.context.verify_mode = ssl.CERT_NONE
@@ -198,6 +201,14 @@ class AgentSimulator:
         status, _ = http.request("GET", "pnp/HELLO")
         if status != 200:
             raise HttpError(f"HELLO answered {status}")
+        connection = [http]  # the device may be told to reconnect elsewhere: the one in use is closed at the end
+        try:
+            self._rounds(device, connection, result)
+        finally:
+            connection[0].close()
+
+    def _rounds(self, device: SimulatedDevice, connection: list[_Http], result: SimulationResult) -> None:
+        http = connection[0]
         while result.polls < self.max_polls:
             result.polls += 1
             self._maybe_reload(device)
@@ -229,6 +240,12 @@ class AgentSimulator:
             reply, done = self._perform(device, http, request)
             if reply is not None:
                 self._respond(http, device, reply)
+            if device.reconnect:  # a certificate-install said: call that server, over HTTPS, from now on
+                http.close()
+                http = connection[0] = _Http(device.reconnect, self.timeout, True, device.trustpool)
+                self.progress(device.serial, f"reconnecting to {device.reconnect}")
+                device.reconnect = ""
+                status, _ = http.request("GET", "pnp/HELLO")
             if done:
                 result.outcome, result.reason = "configured", "configuration applied, reloading"
                 return
@@ -310,6 +327,17 @@ class AgentSimulator:
             return messages.response(udi, service, correlator), reloads
         if service == "cli-exec":
             return self._cli(device, http, request)
+        if service == "certificate-install":
+            ok, body, why = self._fetch(http, request.find_text("certificateInstall/cert/install/trustpool/copy/source/location"))
+            if not ok or b"BEGIN CERTIFICATE" not in body:
+                return self._error(device, request, 2200, why or "not a certificate bundle"), False
+            device.trustpool = body.decode("ascii", "replace")
+            server = request.find("certificateInstall/reconnect/primary-server/server-address")
+            if server is not None:
+                host = next((child.text for child in server if etree_local(child) != "port"), "")
+                port = request.find_text("certificateInstall/reconnect/primary-server/server-address/port") or "443"
+                device.reconnect = f"https://{'[' + host + ']' if ':' in (host or '') else host}:{port}/"
+            return messages.response(udi, service, correlator), False
         if service in ("cli-config", "capability"):
             return messages.response(udi, service, correlator), False
         return messages.fault(udi, "Client", f"unknown service {service}"), False
@@ -389,6 +417,10 @@ def _describe(request: messages.ServerMessage) -> str:
 
 class HttpError(RuntimeError):
     pass
+
+
+def etree_local(element) -> str:
+    return element.tag.rpartition("}")[2]
 
 
 def _file_name(location: str) -> str:
