@@ -82,7 +82,8 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
     @app.get("/pnp/download/<kind>/<serial>/<revision>/<name>")
     def download(kind: str, serial: str, revision: str, name: str = "") -> Response:
         args = request.args
-        return respond(listener.download(kind, serial, revision, name, args.get("expires", ""), args.get("sig", ""), address()))
+        return respond(listener.download(kind, serial, revision, name, args.get("expires", ""), args.get("sig", ""), address(),
+                                         args.get("bound") == "1"))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

@@ -155,14 +155,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError(f"TLS file {path} not found")
     if args.image_dir and not os.path.isdir(args.image_dir):
         raise UsageError(f"--image-dir {args.image_dir} is not a folder")
+    policy = _sudi_policy(args)
     # Fail early, with the store's message, before forking workers.
     if args.dev:
-        open_store(args, read_only=True).close()
+        _check_store(args, policy is not None)
     else:
-        _check_in_child(lambda: open_store(args, read_only=True).close())
+        _check_in_child(lambda: _check_store(args, policy is not None))
     settings = ListenerSettings(
         provisioning=Settings(max_attempts=args.max_attempts, retry_base_seconds=args.retry_seconds,
-                              https_bootstrap=_https_bootstrap(args)),
+                              https_bootstrap=_https_bootstrap(args), sudi=policy),
         max_body_bytes=args.max_body,
         public_url=args.public_url or "",
         secret=_secret(args),
@@ -191,6 +192,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serving import run_gunicorn
 
     return run_gunicorn(make_app, args)
+
+
+def _sudi_policy(args: argparse.Namespace):
+    """``--sudi-ca FILE``: the CA certificates SUDI certificates must chain to."""
+    if not getattr(args, "sudi_ca", None):
+        return None
+    from . import sudi
+
+    try:
+        with open(args.sudi_ca, "rb") as handle:
+            anchors = sudi.load_ca_bundle(handle.read(), f"--sudi-ca {args.sudi_ca}")
+    except OSError as exc:
+        raise UsageError(f"--sudi-ca {args.sudi_ca}: {exc.strerror}") from None
+    except sudi.SudiError as exc:
+        raise UsageError(str(exc)) from None
+    return sudi.Policy(anchors=anchors)
+
+
+def _needing_sudi(declarations) -> list[str]:
+    return sorted(serial for serial, declaration in declarations.items() if declaration.authentication == "sudi")
+
+
+def _check_store(args: argparse.Namespace, has_sudi_ca: bool) -> None:
+    """Open the store read-only; declarations that ask for SUDI while the listener has no CA are named."""
+    store = open_store(args, read_only=True)
+    try:
+        declared = {r.serial: r.declaration for r in store.snapshot().devices if r.declaration is not None}
+    finally:
+        store.close()
+    needing = _needing_sudi(declared)
+    if needing and not has_sudi_ca:
+        message = (f"{len(needing)} declarations ask for SUDI authentication ({', '.join(needing[:5])}"
+                   f"{', ...' if len(needing) > 5 else ''}) but no --sudi-ca was given: they would never be served")
+        if not args.clixon_socket:
+            raise StoreError(message + "; give --sudi-ca FILE (docs/security.md)")
+        log.error("%s; give --sudi-ca FILE (docs/security.md). Other devices are served.", message)
 
 
 def _https_bootstrap(args: argparse.Namespace) -> dict[str, str] | None:
@@ -243,11 +280,24 @@ def _declarations(args: argparse.Namespace):
 
 def cmd_check(args: argparse.Namespace) -> int:
     current = _declarations(args)
-    for message in current.errors.values():
+    problems = list(current.errors.values())
+    if _sudi_policy(args) is None:
+        problems += [f"pnp-device {serial}: asks for SUDI authentication but the listener has no --sudi-ca "
+                     "(give check and serve --sudi-ca FILE)" for serial in _needing_sudi(current.declarations)]
+    for message in problems:
         print(f"{args.datastore}: {message}", file=sys.stderr)
     ok = len(current.plans)
-    print(f"{args.datastore}: {len(current.declarations)} devices declared, {ok} planned, {len(current.errors)} with errors")
-    return 1 if current.errors else 0
+    print(f"{args.datastore}: {len(current.declarations)} devices declared, {ok} planned, {len(problems)} with errors")
+    return 1 if problems else 0
+
+
+def cmd_sudi_lab(args: argparse.Namespace) -> int:
+    from .simulator.lab_pki import write_lab
+
+    written = write_lab(args.directory, list(args.device), "rsa" if args.rsa else "ec")
+    print("\n".join(written))
+    print(f"lab only: serve --sudi-ca {written[0]}; agent --sudi-cert SERIAL.pem --sudi-key SERIAL.key", file=sys.stderr)
+    return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -333,7 +383,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     from .simulator import AgentSimulator, SimulatedDevice, simulated_fleet
 
+    sudi_files = {}
+    for name in ("sudi_cert", "sudi_key"):
+        path = getattr(args, name)
+        if path:
+            try:
+                with open(path, "rb") as handle:
+                    sudi_files[name] = handle.read()
+            except OSError as exc:
+                raise UsageError(f"--{name.replace('_', '-')} {path}: {exc.strerror}") from None
     common = dict(
+        **sudi_files,
         version=args.version,
         fail_service=args.fail_service or "",
         fault_service=args.fault_service or "",
@@ -443,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM); needs --tls-key")
     serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     serve.add_argument("--image-dir", help="folder of image files served to devices whose image/url is a bare file name")
+    serve.add_argument("--sudi-ca", metavar="FILE", help="PEM bundle of the CA certificates that issue SUDI "
+                       "certificates (Cisco's roots and SUDI sub-CAs, docs/security.md); needed by declarations with "
+                       "authentication sudi")
     serve.add_argument("--trustpool", metavar="CA.pem", help="HTTPS from day 0: devices that call over HTTP first "
                        "install this CA bundle (the one that signed the HTTPS listener's certificate) into their "
                        "trustpool, then reconnect to --https-url")
@@ -474,7 +537,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = command("check", "validate and render every declaration",
                     "Check a declarations file against the YANG and render every device's plan; exit 1 on any error.")
     _datastore_arguments(check, clixon=False, state=False)
+    check.add_argument("--sudi-ca", metavar="FILE", help="the CA bundle serve will get, if any: without it, "
+                       "declarations with authentication sudi are errors")
     check.set_defaults(func=cmd_check)
+
+    lab = command("sudi-lab", "make a lab CA and SUDI certificates for the simulator",
+                  "Make a lab root CA, a SUDI sub-CA and device certificates in Cisco's subject form "
+                  "(PID:<pid> SN:<serial>), for trying SUDI authentication without hardware. Never for production.")
+    lab.add_argument("directory", help="where to write ca.pem, SERIAL.pem and SERIAL.key")
+    lab.add_argument("--device", action="append", default=[], type=device_spec, required=True, metavar="SERIAL:PID",
+                     help="a device to make a certificate for (repeatable)")
+    lab.add_argument("--rsa", action="store_true", help="RSA 2048 keys instead of ECDSA P-256")
+    lab.set_defaults(func=cmd_sudi_lab)
 
     render = command("render", "print what a device would be sent (a dry run)",
                      "Print a declared device's planned steps and rendered configuration; nothing is written.")
@@ -517,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--flash-free", type=positive, default=8_000_000_000, help="free bytes on flash: (default: %(default)s)")
     agent.add_argument("--no-installer", action="store_true", help="the agent lacks the installer API (error 1827)")
     agent.add_argument("--verbose", action="store_true", help="with --count: a line per step of every device")
+    agent.add_argument("--sudi-cert", metavar="PEM", help="the device's SUDI certificate (pnp-service sudi-lab makes one)")
+    agent.add_argument("--sudi-key", metavar="PEM", help="the device's SUDI private key")
     agent.add_argument("--concurrency", type=positive, default=10, help="devices run at once (default: %(default)s)")
     agent.add_argument("--max-polls", type=positive, default=100, help="give up after N work requests (default: %(default)s)")
     agent.add_argument("--max-wait", type=float, default=60,

@@ -47,21 +47,26 @@ class UrlSigner:
         self._secret = secret
         self.lifetime_seconds = lifetime_seconds
 
-    def _signature(self, kind: str, serial: str, revision: str, name: str, expires: int) -> str:
-        message = f"{kind}\n{serial}\n{revision}\n{name}\n{expires}".encode()
+    def _signature(self, kind: str, serial: str, revision: str, name: str, expires: int, address: str) -> str:
+        message = f"{kind}\n{serial}\n{revision}\n{name}\n{expires}\n{address}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:40]
 
-    def path(self, kind: str, serial: str, revision: str, name: str, now: float) -> str:
-        expires = int(now) + self.lifetime_seconds
-        signature = self._signature(kind, serial, revision, name, expires)
+    def path(self, kind: str, serial: str, revision: str, name: str, now: float, bound_address: str = "",
+             lifetime: int | None = None) -> str:
+        """The URL path; with ``bound_address`` it is good only from that address (``bound=1``)."""
+        expires = int(now) + min(lifetime or self.lifetime_seconds, self.lifetime_seconds)
+        signature = self._signature(kind, serial, revision, name, expires, bound_address)
         tail = f"/{quote(name)}" if name else ""
-        return f"/pnp/download/{quote(kind)}/{quote(serial)}/{quote(revision)}{tail}?expires={expires}&sig={signature}"
+        bound = "&bound=1" if bound_address else ""
+        return (f"/pnp/download/{quote(kind)}/{quote(serial)}/{quote(revision)}{tail}"
+                f"?expires={expires}{bound}&sig={signature}")
 
-    def check(self, kind: str, serial: str, revision: str, name: str, expires: str, signature: str, now: float) -> str:
-        """Empty when the URL is genuine and current, else why it is refused."""
+    def check(self, kind: str, serial: str, revision: str, name: str, expires: str, signature: str, now: float,
+              bound_address: str = "") -> str:
+        """Empty when the URL is genuine and current (and, when bound, asked for from its address), else why not."""
         if not expires.isdigit() or not signature:
             return "missing or malformed expiry or signature"
-        expected = self._signature(kind, serial, revision, name, int(expires))
+        expected = self._signature(kind, serial, revision, name, int(expires), bound_address)
         if not hmac.compare_digest(expected, signature):
             return "bad signature"
         if int(expires) < now:

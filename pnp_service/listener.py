@@ -41,6 +41,8 @@ EVENT_LEVELS = {
     Event.FAIL: logging.ERROR,
     Event.GAVE_UP: logging.ERROR,
     Event.BROKEN_WORK: logging.ERROR,
+    Event.REFUSED: logging.WARNING,
+    Event.HELD_OFF: logging.DEBUG,
     Event.BACKOFF_ACK: logging.DEBUG,
     Event.WAIT: logging.DEBUG,
     Event.PROVISIONED_BACKOFF: logging.DEBUG,
@@ -151,10 +153,11 @@ class Listener:
     def _contact(self, address: str, base_url: BaseUrl, secure: bool = False) -> Contact:
         now = self.clock()
 
-        def download_url(kind: str, serial: str, revision: str, name: str) -> str:
+        def download_url(kind: str, serial: str, revision: str, name: str, bind_seconds: int = 0) -> str:
             # The base URL is worked out only when a download URL is needed, not on every poll.
             root = self.settings.public_url or (base_url() if callable(base_url) else base_url)
-            return root.rstrip("/") + self.signer.path(kind, serial, revision, name, now)
+            bound = address if bind_seconds else ""
+            return root.rstrip("/") + self.signer.path(kind, serial, revision, name, now, bound, bind_seconds or None)
 
         def file_size(name: str) -> int | None:
             path = self._image_path(name)
@@ -165,8 +168,10 @@ class Listener:
 
     # ------------------------------------------------------------------ downloads
 
-    def download(self, kind: str, serial: str, revision: str, name: str, expires: str, signature: str, address: str) -> Reply:
-        refused = self.signer.check(kind, serial, revision, name, expires, signature, self.clock())
+    def download(self, kind: str, serial: str, revision: str, name: str, expires: str, signature: str, address: str,
+                 bound: bool = False) -> Reply:
+        refused = self.signer.check(kind, serial, revision, name, expires, signature, self.clock(),
+                                    address if bound else "")
         if refused:
             event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind, reason=refused)
             return _error(403, f"download refused: {refused}")

@@ -101,6 +101,10 @@ class Declaration:
     username: str = ""
     password: str = ""
     steps: tuple[ExtraStep, ...] = ()
+    #: ``sudi``: the device must prove its identity (SUDI certificate and key) before it is served anything.
+    authentication: str = "none"
+    #: Serials a valid SUDI certificate may name (empty: the declared serial and the stack's members).
+    sudi_serials: tuple[str, ...] = ()
     #: A stack: declared (``stack`` container present), its other members' serials, how many switches it has.
     stack: bool = False
     stack_members: tuple[str, ...] = ()
@@ -109,6 +113,11 @@ class Declaration:
     @property
     def has_image(self) -> bool:
         return bool(self.image_version and self.image_url)
+
+    @property
+    def sudi_allowed(self) -> tuple[str, ...]:
+        """The serials a SUDI certificate may name for this declaration."""
+        return self.sudi_serials or (self.serial, *self.stack_members)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +177,12 @@ class Status:
     reloaded: dt.datetime | None = None
     #: The device's last poll came over HTTPS.
     secure: bool = False
+    #: SUDI: open challenges (correlator, address, challenge, expires), where and when the device proved itself,
+    #: and addresses that failed a proof and are held off (address, until, failures).
+    challenges: tuple[tuple[str, str, str, str], ...] = ()
+    proven_address: str = ""
+    proven_at: dt.datetime | None = None
+    throttled: tuple[tuple[str, str, int], ...] = ()
     error_code: str = ""
     error_message: str = ""
     error_step: str = ""
@@ -215,6 +230,9 @@ _TIME_FIELDS = {
     cls: frozenset(f.name for f in dataclasses.fields(cls) if "datetime" in str(f.type)) for cls in (Status, Unclaimed)
 }
 _FIELD_NAMES = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in (Status, Unclaimed)}
+#: Fields holding tuples of tuples, which JSON turns into lists.
+_NESTED = {cls: frozenset(f.name for f in dataclasses.fields(cls) if str(f.type).startswith("tuple[tuple"))
+           for cls in (Status, Unclaimed)}
 
 
 def record_to_dict(record: Status | Unclaimed) -> dict[str, Any]:
@@ -235,8 +253,8 @@ def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
     names = _FIELD_NAMES[cls]
     times = _TIME_FIELDS[cls]
     values: dict[str, Any] = {k: (parse_time(v) if k in times else v) for k, v in data.items() if k in names}
-    if "members" in values:  # JSON lists back into the record's tuples
-        values["members"] = tuple((int(m[0]), str(m[1]), str(m[2]), str(m[3])) for m in values["members"])
+    for name in _NESTED[cls] & values.keys():  # JSON lists back into the record's tuples
+        values[name] = tuple(tuple(item) for item in values[name])
     return cls(**values)
 
 
@@ -334,6 +352,8 @@ def declaration_from_xml(element: etree._Element) -> Declaration:
         username=child_text(element, "credentials", "username"),
         password=child_text(element, "credentials", "password"),
         steps=steps,
+        authentication=child_text(element, "authentication").strip() or "none",
+        sudi_serials=tuple(e.text.strip() for e in element.iterfind(q("sudi-serial")) if e.text),
         stack=stack is not None,
         stack_members=tuple(m.text.strip() for m in stack.iterfind(q("member")) if m.text) if stack is not None else (),
         stack_size=_number(child_text(stack, "members")) if stack is not None else 0,
@@ -432,6 +452,16 @@ def status_to_xml(status: Status) -> etree._Element:
     for slot, serial, pid, role in status.members:
         member = _add(element, "member")
         _add_leaves(member, (("slot", str(slot)), ("serial", serial), ("pid", pid), ("role", role)))
+    if status.challenges or status.proven_address or status.throttled:
+        auth = _add(element, "sudi")
+        _add_leaves(auth, (("proven-address", status.proven_address), ("proven-at", format_time(status.proven_at))))
+        for correlator, address, challenge, expires in status.challenges:
+            entry = _add(auth, "challenge")
+            _add_leaves(entry, (("correlator", correlator), ("address", address), ("value", challenge),
+                                ("expires", expires)))
+        for address, until, failures in status.throttled:
+            entry = _add(auth, "throttle")
+            _add_leaves(entry, (("address", address), ("until", until), ("failures", str(failures))))
     if status.error_code or status.error_message:
         error = _add(element, "last-error")
         _add_leaves(
@@ -469,6 +499,16 @@ def status_from_xml(element: etree._Element | None) -> Status | None:
         deadline=parse_time(child_text(element, "deadline")),
         reloaded=parse_time(child_text(element, "reloaded")),
         secure=child_text(element, "secure") == "true",
+        challenges=tuple(
+            (child_text(c, "correlator"), child_text(c, "address"), child_text(c, "value"), child_text(c, "expires"))
+            for c in element.iterfind(f"{q('sudi')}/{q('challenge')}")
+        ),
+        proven_address=child_text(element, "sudi", "proven-address"),
+        proven_at=parse_time(child_text(element, "sudi", "proven-at")),
+        throttled=tuple(
+            (child_text(t, "address"), child_text(t, "until"), _number(child_text(t, "failures")))
+            for t in element.iterfind(f"{q('sudi')}/{q('throttle')}")
+        ),
         error_code=child_text(element, "last-error", "code"),
         error_message=child_text(element, "last-error", "message"),
         error_step=child_text(element, "last-error", "step"),

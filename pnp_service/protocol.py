@@ -233,6 +233,16 @@ class DeviceInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeviceAuth:
+    """What a device-auth response carries: the signature over the challenge and the SUDI certificate (both base64)."""
+
+    challenge_response: str = ""
+    sudi_cert: str = ""
+    encryption: str = ""
+    hashing: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkResponse:
     """An agent reporting the result of a service request.
 
@@ -249,6 +259,8 @@ class WorkResponse:
     details: Mapping[str, str] = dataclasses.field(default_factory=dict)
     #: A device-info response, parsed.
     device: DeviceInfo | None = None
+    #: A device-auth response's proof.
+    auth: DeviceAuth | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,7 +372,16 @@ def parse_work_response(data: bytes) -> WorkResponse | Fault:
     extractor = _DETAIL_EXTRACTORS.get(service)
     details = extractor(body, namespace) if extractor and success else {}
     device = parse_device_info(body, namespace) if service == "device-info" and success else None
-    return WorkResponse(udi, service, correlator, success, error, details, device)
+    auth = None
+    if service == "device-auth" and success:
+        auth = DeviceAuth(
+            challenge_response=_text(body, "auth/challenge-response", namespace, MAX_OUTPUT),
+            sudi_cert=_text(body, "auth/sudi-cert", namespace, MAX_OUTPUT),
+            encryption=_text(body, "auth/encryption-method", namespace, 16),
+            # The schema says hashing-method; the request's element is hash-method: accept both.
+            hashing=_text(body, "auth/hashing-method", namespace, 16) or _text(body, "auth/hash-method", namespace, 16),
+        )
+    return WorkResponse(udi, service, correlator, success, error, details, device, auth)
 
 
 def _number(text: str) -> int | None:
@@ -574,6 +595,16 @@ def certificate_install(env: Envelope, trustpool_url: str, *, ntp: str | None = 
             kind = "host"
         child(address, kind, host)
         child(address, "port", str(port))
+    return env.wrap(request)
+
+
+def device_auth(env: Envelope, challenge: str, encryption: str = "RSA,ECDSA", hashing: str = "SHA256,SHA512") -> bytes:
+    """Ask the device to prove its SUDI identity: sign ``challenge`` with its SUDI key and send its certificate."""
+    request = service_body("request", "device-auth", env.correlator)
+    auth = child(request, "deviceAuth")
+    child(auth, "challenge-request", challenge)
+    child(auth, "encryption-method", encryption)
+    child(auth, "hash-method", hashing)
     return env.wrap(request)
 
 

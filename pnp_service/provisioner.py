@@ -16,13 +16,20 @@ and told to back off (while stacks are declared, it is first asked for
 device-info, to learn whether it is the active member of one); a status of
 another revision starts over at the first step; a device in error, provisioned,
 or before its retry time gets a backoff (unless it says it has just reloaded:
-then it is asked at once); otherwise steps with nothing to do are skipped, the
+then it is asked at once); a device whose declaration asks for SUDI
+authentication and has not proven itself from this address lately gets a
+device-auth challenge (or, held off after a failed proof, a backoff) and
+nothing else; otherwise steps with nothing to do are skipped, the
 current step checks what it can before sending anything (free space), and its
 request is sent, its correlator remembered.  A device that polls again without
 answering is asked what its step says (an image install goes to verify, never
 installs twice).
 
-WORK-RESPONSE (:data:`RESPONSE_TABLE`): always answered with a Bye.  A response
+WORK-RESPONSE (:data:`RESPONSE_TABLE`): always answered with a Bye.  A device-auth
+answer is checked against the challenge sent under its correlator (single use):
+a valid proof is recorded with its address; a failed one holds that address
+off and is recorded as the last error, never as a failed attempt, so a spoofer
+cannot push the genuine device into error.  A response
 that carries the remembered correlator is judged by its step type; a fault, or
 a response of another service, to the outstanding request counts as a failed
 attempt; a stale correlator, a response when nothing is outstanding and a
@@ -46,8 +53,8 @@ import enum
 from dataclasses import replace
 from typing import Any, Callable, Mapping
 
-from . import protocol
-from .model import DeviceRecord, Status, Step, Unclaimed, Work
+from . import protocol, sudi
+from .model import DeviceRecord, Status, Step, Unclaimed, Work, format_time, parse_time
 from .steps import Outcome, RequestContext, StepRegistry, StepType, UnknownStepType, Verdict
 
 
@@ -65,6 +72,10 @@ class Event(enum.StrEnum):
 
     UNCLAIMED = "unclaimed"
     PROBE = "probe"
+    CHALLENGE = "sudi-challenge"
+    PROVEN = "sudi-proven"
+    REFUSED = "sudi-refused"
+    HELD_OFF = "sudi-held-off"
     STACK_MEMBER = "stack-member"
     NOT_PLANNED = "not-planned"
     REQUEST = "request"
@@ -103,6 +114,8 @@ class Settings:
     #: HTTPS from day 0 (``serve --trustpool``): the parameters of a ``trustpool`` step put ahead of every
     #: device's work (bundle, host, port, ntp); None: no such step.
     https_bootstrap: Mapping[str, str] | None = None
+    #: SUDI device authentication (``serve --sudi-ca``); None: declarations that ask for it are never served.
+    sudi: sudi.Policy | None = None
 
     def retry_delay(self, attempts: int) -> int:
         return min(self.retry_max_seconds, self.retry_base_seconds * 2 ** max(0, attempts - 1))
@@ -114,8 +127,9 @@ class Contact:
 
     now: dt.datetime
     address: str
-    #: ``download_url(kind, serial, revision, name)``: the signed URL of a step's download.
-    download_url: Callable[[str, str, str, str], str] = lambda kind, serial, revision, name: ""
+    #: ``download_url(kind, serial, revision, name, bind_seconds)``: the signed URL of a step's download; with
+    #: ``bind_seconds``, bound to this caller's address and expiring that soon.
+    download_url: Callable[[str, str, str, str, int], str] = lambda kind, serial, revision, name, bind: ""
     #: Size of a file in the listener's image folder (None: not there).
     file_size: Callable[[str], int | None] = lambda name: None
     #: The message came over HTTPS.
@@ -157,6 +171,9 @@ class Poll(enum.Enum):
     IN_ERROR = enum.auto()
     PROVISIONED = enum.auto()
     WAITING = enum.auto()
+    UNPROVABLE = enum.auto()
+    HELD_OFF = enum.auto()
+    CHALLENGE = enum.auto()
     DUE = enum.auto()
 
 
@@ -164,6 +181,7 @@ class Answer(enum.Enum):
     """The cases of a WORK-RESPONSE, in the order :meth:`Provisioner._classify_response` tests them."""
 
     BACKOFF_ACK = enum.auto()
+    PROOF = enum.auto()
     PROBE_ANSWER = enum.auto()
     NOTHING_OUTSTANDING = enum.auto()
     FAULT = enum.auto()
@@ -228,7 +246,59 @@ class Provisioner:
         waiting = poll.status.retry_at is not None and poll.contact.now < poll.status.retry_at
         if waiting and not (poll.request.reloaded and poll.status.phase):  # a device back from a reload is asked at once
             return Poll.WAITING
+        declaration = poll.record.declaration
+        if declaration is not None and declaration.authentication == "sudi":
+            policy = self.settings.sudi
+            if policy is None or not policy.anchors:
+                return Poll.UNPROVABLE
+            if self._held_off(poll.status, poll.contact) is not None:
+                return Poll.HELD_OFF
+            if not self._proven(poll.status, poll.contact, policy):
+                return Poll.CHALLENGE
         return Poll.DUE
+
+    # ------------------------------------------------------------------ SUDI
+
+    @staticmethod
+    def _proven(status: Status, contact: Contact, policy: sudi.Policy) -> bool:
+        return (status.proven_address == contact.address and status.proven_at is not None
+                and (contact.now - status.proven_at).total_seconds() < policy.trust_seconds)
+
+    @staticmethod
+    def _held_off(status: Status, contact: Contact) -> dt.datetime | None:
+        for address, until, _ in status.throttled:
+            ends = parse_time(until)
+            if address == contact.address and ends is not None and contact.now < ends:
+                return ends
+        return None
+
+    def _poll_unprovable(self, poll: _Poll) -> Decision:
+        message = "the declaration asks for SUDI authentication but this listener has no --sudi-ca: nothing is served"
+        status = poll.status
+        changed = status.error_code != sudi.Reason.NO_CA
+        if changed:
+            status = replace(status, error_code=sudi.Reason.NO_CA, error_message=message, error_time=poll.contact.now)
+        reply = protocol.backoff(poll.envelope, "device authentication unavailable", default_minutes=self.settings.error_backoff_minutes)
+        return Decision(reply, Event.REFUSED, message, status if changed or poll.changed else None)
+
+    def _poll_held_off(self, poll: _Poll) -> Decision:
+        ends = self._held_off(poll.status, poll.contact)
+        wait = max(1, int((ends - poll.contact.now).total_seconds())) if ends else 60
+        reply = protocol.backoff(poll.envelope, "device authentication failed from this address", seconds=wait)
+        return Decision(reply, Event.HELD_OFF, f"a proof from this address failed; held off {wait}s")  # writes nothing
+
+    def _poll_challenge(self, poll: _Poll) -> Decision:
+        """Ask for the proof: a fresh challenge, single use, bound to this serial and address, expiring soon."""
+        policy = self.settings.sudi
+        assert policy is not None
+        now, address = poll.contact.now, poll.contact.address
+        challenge = sudi.new_challenge()
+        expires = format_time(now + dt.timedelta(seconds=policy.challenge_seconds))
+        kept = tuple(c for c in poll.status.challenges
+                     if c[1] != address and (parse_time(c[3]) or now) > now)[-7:]  # one per address, few, unexpired
+        status = replace(poll.status, challenges=kept + ((poll.request.correlator, address, challenge, expires),))
+        reply = protocol.device_auth(poll.envelope, challenge, ",".join(sudi.ENCRYPTION_METHODS), ",".join(sudi.HASH_METHODS))
+        return Decision(reply, Event.CHALLENGE, "asked for a SUDI proof", status, step=poll.status.step)
 
     def _worth_probing(self, poll: _Poll) -> bool:
         """Stacks are declared and this stranger was not asked lately whether it is one of their members."""
@@ -383,8 +453,12 @@ class Provisioner:
             envelope = replace(envelope, username=declaration.username, password=declaration.password)
         revision = record.work.revision
 
+        # After a SUDI proof, what is handed out is bound to the address that proved and expires soon.
+        bind = self.settings.sudi.download_seconds if declaration is not None and declaration.authentication == "sudi" \
+            and self.settings.sudi else 0
+
         def download_url(kind: str, name: str) -> str:
-            return contact.download_url(kind, record.serial, revision, name)
+            return contact.download_url(kind, record.serial, revision, name, bind)
 
         return RequestContext(envelope, record.serial, revision, download_url, contact.file_size)
 
@@ -435,6 +509,8 @@ class Provisioner:
         response, status, work = answer.response, answer.record.status, answer.record.work
         if isinstance(response, protocol.WorkResponse) and response.service == "backoff":
             return Answer.BACKOFF_ACK, answer
+        if isinstance(response, protocol.WorkResponse) and response.service == "device-auth":
+            return Answer.PROOF, answer
         probed = answer.record.unclaimed
         if (work is None and probed is not None and probed.correlator and isinstance(response, protocol.WorkResponse)
                 and response.correlator == probed.correlator and response.service == "device-info"):
@@ -463,6 +539,45 @@ class Provisioner:
 
     def _answer_backoff_ack(self, answer: _Answer) -> Decision:
         return self._ignore(answer, Event.BACKOFF_ACK, "")
+
+    def _answer_proof(self, answer: _Answer) -> Decision:
+        """Check a device-auth answer against the challenge sent under its correlator; a failure holds the address off."""
+        response, record, contact = answer.response, answer.record, answer.contact
+        assert isinstance(response, protocol.WorkResponse)
+        status, declaration, policy = record.status, record.declaration, self.settings.sudi
+        sent = next((c for c in status.challenges if c[0] == response.correlator), None) if status else None
+        if status is None or declaration is None or sent is None:
+            return self._ignore(answer, Event.STALE, "device-auth answer to no challenge of ours (old, or used)", recheck=True)
+        remaining = tuple(c for c in status.challenges if c[0] != response.correlator)  # single use, whatever comes
+        expires = parse_time(sent[3])
+        try:
+            if sent[1] != contact.address:
+                raise sudi.SudiError(sudi.Reason.STALE, f"the challenge was sent to {sent[1]}, the answer came from {contact.address}")
+            if expires is None or contact.now > expires:
+                raise sudi.SudiError(sudi.Reason.STALE, "the challenge has expired")
+            if not response.success or response.auth is None:
+                error = response.error or protocol.ErrorInfo()
+                raise sudi.SudiError(sudi.Reason.NO_SUDI, f"the device sent no proof ({error.code or 'no code'}: "
+                                     f"{error.message or 'no SUDI'})")
+            proof = response.auth
+            proven = sudi.verify(
+                anchors=policy.anchors if policy else (), certificate_b64=proof.sudi_cert,
+                signature_b64=proof.challenge_response, challenge=sent[2], encryption=proof.encryption,
+                hashing=proof.hashing, serials=declaration.sudi_allowed, pid=declaration.pid, now=contact.now,
+            )
+        except sudi.SudiError as exc:
+            failures = next((f for a, _, f in status.throttled if a == contact.address), 0) + 1
+            hold = (policy.throttle_seconds if policy else 300) * 2 ** min(failures - 1, 4)
+            until = format_time(contact.now + dt.timedelta(seconds=hold))
+            throttled = tuple(t for t in status.throttled if t[0] != contact.address)[-15:] + ((contact.address, until, failures),)
+            refused = replace(status, challenges=remaining, throttled=throttled, error_code=exc.reason,
+                              error_message=f"SUDI proof from {contact.address} refused: {exc}", error_time=contact.now)
+            return Decision(answer.reply, Event.REFUSED, f"{exc.reason}: {exc} (held off {hold}s)", refused)
+        accepted = replace(status, challenges=remaining, proven_address=contact.address, proven_at=contact.now,
+                           throttled=tuple(t for t in status.throttled if t[0] != contact.address))
+        if accepted.error_code.startswith("sudi-"):
+            accepted = _clear_error(accepted)
+        return Decision(answer.reply, Event.PROVEN, f"SUDI proof of {proven.serial} ({proven.pid}) accepted", accepted)
 
     def _answer_probe(self, answer: _Answer) -> Decision:
         """A stranger's device-info: if its stack lists a declared stack's serial, it is that stack's active member."""
@@ -577,12 +692,16 @@ POLL_TABLE: dict[Poll, Callable[[Provisioner, _Poll], Decision]] = {
     Poll.IN_ERROR: Provisioner._poll_in_error,
     Poll.PROVISIONED: Provisioner._poll_provisioned,
     Poll.WAITING: Provisioner._poll_waiting,
+    Poll.UNPROVABLE: Provisioner._poll_unprovable,
+    Poll.HELD_OFF: Provisioner._poll_held_off,
+    Poll.CHALLENGE: Provisioner._poll_challenge,
     Poll.DUE: Provisioner._poll_due,
 }
 
 #: WORK-RESPONSE: case -> what to do.
 RESPONSE_TABLE: dict[Answer, Callable[[Provisioner, _Answer], Decision]] = {
     Answer.BACKOFF_ACK: Provisioner._answer_backoff_ack,
+    Answer.PROOF: Provisioner._answer_proof,
     Answer.PROBE_ANSWER: Provisioner._answer_probe,
     Answer.NOTHING_OUTSTANDING: Provisioner._answer_nothing_outstanding,
     Answer.FAULT: Provisioner._answer_fault,

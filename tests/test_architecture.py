@@ -4,7 +4,7 @@ Layers, lowest first (a module may import its own layer and those below; never a
   0 foundation: xmlsafe, logs
   1 protocol
   2 model and planner: model, planner, validation
-  3 provisioner: steps, provisioner
+  3 provisioner: steps, provisioner, sudi
   4 stores: stores.*, downloads
   5 edges: listener, app, serving, cli, views, service_module, simulator.*, clixon_module.*, discovery, element_standin
 Flask, werkzeug and gunicorn only in the web edges; clixon-pyapi only in the Clixon store and the service module.
@@ -24,7 +24,7 @@ LAYERS = [
     {"xmlsafe", "logs"},
     {"protocol"},
     {"model", "planner", "validation"},
-    {"steps", "provisioner"},
+    {"steps", "provisioner", "sudi"},
     {"stores", "downloads"},
     {"listener", "app", "serving", "cli", "views", "service_module", "simulator", "clixon_module", "discovery",
      "element_standin"},

@@ -37,7 +37,7 @@ class Device:
         self.writes = 0
 
     def contact(self) -> Contact:
-        return Contact(self.now, "192.0.2.50", lambda kind, serial, rev, name: f"http://pnp/dl/{kind}/{serial}/{rev}/{name}".rstrip("/"))
+        return Contact(self.now, "192.0.2.50", lambda kind, serial, rev, name, bind: f"http://pnp/dl/{kind}/{serial}/{rev}/{name}".rstrip("/"))
 
     def _apply(self, decision):
         if decision.status is not None:

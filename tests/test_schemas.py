@@ -40,6 +40,7 @@ SERVER_MESSAGES = [
     ("cli_config_apply", "lines", protocol.cli_config_apply(ENV, ["hostname a", "end"])),
     ("cli_config_persist", "persist", protocol.cli_config_persist(ENV)),
     ("capability", "empty", protocol.capability(ENV)),
+    ("device_auth", "challenge", protocol.device_auth(ENV, "r4nd0m-Challenge_text")),
     ("certificate_install", "trustpool", protocol.certificate_install(ENV, "http://pnp.example.invalid/ca.pem")),
     ("certificate_install", "ntp and reconnect", protocol.certificate_install(
         ENV, "http://192.0.2.10/ca.pem", ntp="192.0.2.1", reconnect=("pnp.example.invalid", 8443))),
@@ -62,6 +63,7 @@ AGENT_MESSAGES = [
     ("config-upgrade", messages.response(
         UDI, "config-upgrade", "c1", False, protocol.ErrorInfo("XSVC_ERROR", "PnP Service Error 1410", "x"))),
     ("image-install", messages.response(UDI, "image-install", "c1")),
+    ("device-auth", messages.device_auth_response(UDI, "c1", b"-----BEGIN CERTIFICATE-----", b"signature", "ECDSA")),
     ("cli-exec", messages.cli_exec_output(UDI, "c1", "show version", "Cisco IOS XE Software")),
 ]
 

@@ -58,6 +58,11 @@ class SimulatedDevice:
     #: Seconds a reload takes; the agent polls once more (with the old version) before it reloads when set.
     reload_seconds: float = 0.0
     poll_before_reload: bool = False
+    #: Its SUDI certificate and key (PEM); without them a device-auth request gets error 3407.
+    sudi_cert: bytes = b""
+    sudi_key: bytes = b""
+    #: A spoofer's trick: answer every challenge with this signature (one captured earlier).
+    replay_signature: bytes = b""
     #: A PnP service (e.g. ``config-upgrade``) this device always fails, with ``fail_code``.
     fail_service: str = ""
     fail_code: str = "PnP Service Error 1410"
@@ -67,6 +72,7 @@ class SimulatedDevice:
     config: str | None = None
     trustpool: str = ""
     reconnect: str = ""
+    last_signature: bytes = b""
     credentials: tuple[str, str] | None = None
     installs: int = 0
     files: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -108,10 +114,11 @@ class SimulationResult:
 class _Http:
     """One keep-alive connection to the listener (per simulated device)."""
 
-    def __init__(self, base_url: str, timeout: float, verify_tls: bool, cadata: str = ""):
+    def __init__(self, base_url: str, timeout: float, verify_tls: bool, cadata: str = "", source: str = ""):
         parts = urlsplit(base_url)
         self.base_url = base_url
         self.timeout = timeout
+        self.source = (source, 0) if source else None
         self.context = None
         if parts.scheme == "https":
             # A device trusts what is in its trustpool: the bundle it was told to install, when it was.
@@ -125,9 +132,10 @@ class _Http:
         key = f"{scheme}://{netloc}"
         if key not in self._connections:
             if scheme == "https":
-                self._connections[key] = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self.context)
+                self._connections[key] = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self.context,
+                                                                     source_address=self.source)
             else:
-                self._connections[key] = http.client.HTTPConnection(netloc, timeout=self.timeout)
+                self._connections[key] = http.client.HTTPConnection(netloc, timeout=self.timeout, source_address=self.source)
         return self._connections[key]
 
     def request(self, method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
@@ -168,6 +176,7 @@ class AgentSimulator:
         timeout: float = 10.0,
         verify_tls: bool = True,
         progress: Progress | None = None,
+        source_address: str = "",
     ):
         self.base_url = base_url.rstrip("/") + "/"
         self.max_polls = max_polls
@@ -177,10 +186,12 @@ class AgentSimulator:
         self.timeout = timeout
         self.verify_tls = verify_tls
         self.progress = progress or (lambda serial, text: None)
+        #: The address the devices call from (a loopback one, e.g. 127.0.0.2 to play a second host).
+        self.source_address = source_address
         self._counter = itertools.count(1)
 
     def run(self, device: SimulatedDevice) -> SimulationResult:
-        client = _Http(self.base_url, self.timeout, self.verify_tls)
+        client = _Http(self.base_url, self.timeout, self.verify_tls, source=self.source_address)
         result = SimulationResult(device.serial, "max-polls", 0)
         try:
             self._run(device, client, result)
@@ -242,7 +253,7 @@ class AgentSimulator:
                 self._respond(http, device, reply)
             if device.reconnect:  # a certificate-install said: call that server, over HTTPS, from now on
                 http.close()
-                http = connection[0] = _Http(device.reconnect, self.timeout, True, device.trustpool)
+                http = connection[0] = _Http(device.reconnect, self.timeout, True, device.trustpool, self.source_address)
                 self.progress(device.serial, f"reconnecting to {device.reconnect}")
                 device.reconnect = ""
                 status, _ = http.request("GET", "pnp/HELLO")
@@ -327,6 +338,8 @@ class AgentSimulator:
             return messages.response(udi, service, correlator), reloads
         if service == "cli-exec":
             return self._cli(device, http, request)
+        if service == "device-auth":
+            return self._device_auth(device, request), False
         if service == "certificate-install":
             ok, body, why = self._fetch(http, request.find_text("certificateInstall/cert/install/trustpool/copy/source/location"))
             if not ok or b"BEGIN CERTIFICATE" not in body:
@@ -341,6 +354,16 @@ class AgentSimulator:
         if service in ("cli-config", "capability"):
             return messages.response(udi, service, correlator), False
         return messages.fault(udi, "Client", f"unknown service {service}"), False
+
+    def _device_auth(self, device: SimulatedDevice, request: messages.ServerMessage) -> bytes:
+        if not device.sudi_cert or not device.sudi_key:
+            return self._error(device, request, 3407, "SUDI not available")
+        challenge = request.find_text("deviceAuth/challenge-request")
+        hashing = "SHA512" if "SHA256" not in request.find_text("deviceAuth/hash-method") else "SHA256"
+        signature, method = messages.sign_challenge(device.sudi_key, challenge, hashing)
+        device.last_signature = signature
+        return messages.device_auth_response(device.udi, request.correlator, device.sudi_cert,
+                                             device.replay_signature or signature, method, hashing)
 
     def _image_install(self, device: SimulatedDevice, http: _Http, request: messages.ServerMessage) -> bytes:
         location = request.find_text("image/copy/source/location")
@@ -412,6 +435,8 @@ def _describe(request: messages.ServerMessage) -> str:
         return f"cli-exec: {request.find_text('execCLI/cmd')}"
     if request.service == "image-install":
         return f"image-install: {_file_name(request.find_text('image/copy/source/location'))}"
+    if request.service == "device-auth":
+        return "device-auth: proving its SUDI identity"
     return request.service
 
 

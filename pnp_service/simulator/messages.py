@@ -154,3 +154,32 @@ def fault(udi: Udi | str, code: str, string: str) -> bytes:
     _sub(element, "faultstring", string)
     _sub(element, "detail", "")
     return protocol.serialize(udi, body)
+
+
+def device_auth_response(udi: Udi, correlator: str, certificate_pem: bytes, signature: bytes,
+                         encryption: str = "ECDSA", hashing: str = "SHA256") -> bytes:
+    """A device-auth answer: the signature over the challenge and the SUDI certificate, both base64."""
+    import base64
+
+    def build(body: etree._Element) -> None:
+        auth = _sub(body, "auth")
+        _sub(auth, "challenge-response", base64.b64encode(signature).decode())
+        _sub(auth, "sudi-cert", base64.b64encode(certificate_pem).decode())
+        _sub(auth, "encryption-method", encryption)
+        _sub(auth, "hashing-method", hashing)
+
+    return response(udi, "device-auth", correlator, True, None, build)
+
+
+def sign_challenge(key_pem: bytes, challenge: str, hashing: str = "SHA256") -> tuple[bytes, str]:
+    """What a SUDI chip does: sign the challenge with the device key; the signature and the method's name."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    digest = hashes.SHA512() if hashing == "SHA512" else hashes.SHA256()
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(challenge.encode(), padding.PKCS1v15(), digest), "RSA"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(challenge.encode(), ec.ECDSA(digest)), "ECDSA"
+    raise ValueError("a SUDI key is RSA or ECDSA")

@@ -233,7 +233,7 @@ def test_operator_reset_of_a_device_in_error(serial, listener):
     declare(serial)
     commit()
     wait_for(lambda: store.load(serial).work, what="work")
-    assert run_agent(url, serial, pid="C9500-24Y4C").outcome == "backed-off"
+    assert run_agent(url, serial, pid="C9500-24Y4C").outcome == "failed"
     assert wait_for(lambda: text(show_pnp(serial), "status/state") == "error", what="error state")
     cli("delete", "pnp", "device", serial, "status", configure=True)
     assert "Failed" not in commit()
@@ -349,7 +349,7 @@ def test_pnp_service_reset_on_the_controller(serial, listener):
     declare(serial)
     commit()
     wait_for(lambda: store.load(serial).work, what="work")
-    assert run_agent(url, serial, pid="C9500-24Y4C").outcome == "backed-off"
+    assert run_agent(url, serial, pid="C9500-24Y4C").outcome == "failed"
     assert wait_for(lambda: text(show_pnp(serial), "status/state") == "error", what="error state")
     command = [sys.executable, "-m", "pnp_service.cli", "reset", "--clixon-socket", socket_path()]
     result = subprocess.run(command + [serial], capture_output=True, text=True, timeout=60)
@@ -372,3 +372,42 @@ def test_an_extra_step_declared_from_the_cli_is_planned_and_served(serial, liste
     wait_for(lambda: store.load(serial).work, what="the listener to see the work")
     result = run_agent(url, serial)
     assert result.outcome == "configured" and result.trace[:3] == ["device-info", "cli-config", "config-upgrade"]
+
+
+def test_sudi_authentication_set_from_the_cli_is_enforced_on_the_clixon_store(serial, tmp_path):
+    import datetime as dt
+
+    from pnp_service import sudi
+    from pnp_service.app import create_app
+    from pnp_service.listener import ListenerSettings
+    from pnp_service.provisioner import Settings
+    from pnp_service.simulator import AgentSimulator, SimulatedDevice
+    from pnp_service.simulator.lab_pki import LabCa
+    from pnp_service.stores.clixon import ClixonStore
+
+    declare(serial)
+    cli("set", "services", "pnp-device", serial, "authentication", "sudi", configure=True)
+    assert "Failed" not in commit()
+    ca, rogue = LabCa.create("IT"), LabCa.create("Rogue")
+    policy = sudi.Policy(anchors=sudi.load_ca_bundle(ca.bundle()))
+    store = ClixonStore(socket_path(), journal_path=str(tmp_path / "journal"), retry_max_seconds=2)
+    app = create_app(store, ListenerSettings(secret=b"integration-secret-0123456789", provisioning=Settings(sudi=policy)))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        wait_for(lambda: store.load(serial).declaration and store.load(serial).declaration.authentication == "sudi",
+                 what="the listener to see authentication sudi")
+        cert, key = rogue.device(serial, "C9300-24P")
+        spoofer = SimulatedDevice(serial, sudi_cert=cert, sudi_key=key)
+        result = AgentSimulator(url, time_scale=0, max_polls=4, source_address="127.0.0.2").run(spoofer)
+        assert result.trace[0] == "device-auth" and spoofer.config is None
+        cert, key = ca.device(serial, "C9300-24P")
+        genuine = SimulatedDevice(serial, sudi_cert=cert, sudi_key=key)
+        result = AgentSimulator(url, time_scale=0, max_polls=10).run(genuine)
+        assert result.outcome == "configured" and result.trace[:2] == ["device-auth", "device-info"], result
+        assert wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", what="provisioned in running")
+        assert text(show_pnp(serial), "status/sudi/proven-address") == "127.0.0.1"
+    finally:
+        server.shutdown()
+        store.close()

@@ -1,0 +1,206 @@
+"""SUDI device authentication: only the switch Cisco built with that serial gets its configuration.
+
+Every test builds its PKI here (simulator.lab_pki); nothing secret is committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from conftest import REPO, SECRET, FakeClock, RunningListener, datastore_xml, open_store
+from pnp_service import protocol, sudi
+from pnp_service.listener import ListenerSettings
+from pnp_service.provisioner import Settings
+from pnp_service.simulator import AgentSimulator, SimulatedDevice, messages
+from pnp_service.simulator.lab_pki import LabCa
+
+DEVICE = ("<serial>{sn}</serial><pid>C9300-24P</pid><hostname>{host}</hostname>"
+          "<config><template>hostname {{{{ hostname }}}}\nenable secret s3cret-{sn}\n</template></config>"
+          "<credentials><username>netops</username><password>pw-{sn}</password></credentials>{auth}")
+SUDI = "<authentication>sudi</authentication>"
+
+
+@pytest.fixture(scope="module")
+def pki():
+    ca, other = LabCa.create("Lab"), LabCa.create("Rogue")
+    return {
+        "ca": ca,
+        "rogue": other,
+        "ec": ca.device("SN1", "C9300-24P", "ec"),
+        "rsa": ca.device("SN2", "C9300-24P", "rsa"),
+        "neighbour": ca.device("SN9", "C9300-24P", "ec"),  # another genuine switch
+        "rogue-sn1": other.device("SN1", "C9300-24P", "ec"),  # right subject, wrong CA
+    }
+
+
+@pytest.fixture
+def lab(tmp_path, pki):
+    started = []
+
+    def start(*bodies, with_ca=True):
+        path = tmp_path / "ds.xml"
+        path.write_text(datastore_xml(*bodies))
+        policy = sudi.Policy(anchors=sudi.load_ca_bundle(pki["ca"].bundle())) if with_ca else None
+        clock = FakeClock(dt.datetime.now(dt.timezone.utc).timestamp())
+        running = RunningListener(open_store(str(path)), clock, ListenerSettings(
+            secret=SECRET, provisioning=Settings(sudi=policy, max_attempts=2)))
+        started.append(running)
+        return running, AgentSimulator(running.url, sleep=clock.advance, max_polls=25, max_wait=400)
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+def genuine(serial, pair, **kwargs):
+    cert, key = pair
+    return SimulatedDevice(serial, sudi_cert=cert, sudi_key=key, auth_required=True, **kwargs)
+
+
+@pytest.mark.parametrize("kind, serial", [("ec", "SN1"), ("rsa", "SN2")])
+def test_a_genuine_device_proves_itself_first_then_provisions(lab, pki, kind, serial):
+    running, sim = lab(DEVICE.format(sn=serial, host="sw", auth=SUDI))
+    device = genuine(serial, pki[kind])
+    result = sim.run(device)
+    assert result.outcome == "configured", result
+    assert result.trace == ["device-auth", "device-info", "config-upgrade"]  # the proof before anything else
+    assert f"enable secret s3cret-{serial}" in device.config and device.credentials == ("netops", f"pw-{serial}")
+    status = running.store.load(serial).status
+    assert status.proven_address == "127.0.0.1" and status.challenges == ()
+
+
+@pytest.mark.parametrize("spoofer", ["no-sudi", "other-ca", "neighbour", "replay"])
+def test_spoofers_get_nothing_are_logged_and_the_genuine_device_still_provisions(lab, pki, spoofer, caplog):
+    running, sim = lab(DEVICE.format(sn="SN1", host="sw", auth=SUDI))
+    if spoofer == "replay":
+        # A signature the genuine switch made over another challenge (captured on the wire, say).
+        udi = protocol.Udi("C9300-24P", "V01", "SN1")
+        old = messages.parse_server_message(running.listener.work_request(
+            messages.work_request(udi, "old"), "192.0.2.77", "http://x/").body)
+        captured, _ = messages.sign_challenge(pki["ec"][1], old.find_text("deviceAuth/challenge-request"))
+        fake = genuine("SN1", pki["ec"], replay_signature=captured)
+    else:
+        pair = {"no-sudi": (b"", b""), "other-ca": pki["rogue-sn1"], "neighbour": pki["neighbour"]}[spoofer]
+        fake = genuine("SN1", pair)
+    spoofing = AgentSimulator(running.url, sleep=lambda s: None, max_polls=6, max_wait=10, source_address="127.0.0.2")
+    result = spoofing.run(fake)
+    assert result.trace[0] == "device-auth" and set(result.trace) <= {"device-auth", "backoff"}
+    assert fake.config is None and fake.credentials is None  # no configuration, image or login
+    reasons = {"no-sudi": "sudi-missing", "other-ca": "sudi-untrusted-chain", "neighbour": "sudi-serial-mismatch",
+               "replay": "sudi-bad-signature"}
+    status = running.store.load("SN1").status
+    assert status.state == "onboarding" and status.attempts == 0 and status.error_code == reasons[spoofer]
+    assert [t[0] for t in status.throttled] == ["127.0.0.2"]  # that address is held off, nothing else
+    line = next(r.getMessage() for r in caplog.records if "event=sudi-refused" in r.getMessage())
+    assert 'serial="SN1"' in line and 'address="127.0.0.2"' in line and reasons[spoofer] in line
+    # The genuine switch, from its own address, is not delayed: it proves itself and provisions.
+    real = genuine("SN1", pki["ec"])
+    result = sim.run(real)
+    assert result.outcome == "configured" and result.trace == ["device-auth", "device-info", "config-upgrade"]
+    assert running.store.load("SN1").status.error_code == ""
+
+
+def test_a_declaration_without_authentication_is_unaffected(lab):
+    running, sim = lab(DEVICE.format(sn="SN5", host="sw", auth=""))
+    result = sim.run(SimulatedDevice("SN5"))
+    assert result.outcome == "configured" and result.trace == ["device-info", "config-upgrade"]
+
+
+def test_without_a_ca_a_sudi_declaration_is_never_served(lab, pki):
+    running, sim = lab(DEVICE.format(sn="SN1", host="sw", auth=SUDI), with_ca=False)
+    device = genuine("SN1", pki["ec"])
+    result = sim.run(device)
+    assert result.trace == ["backoff"] and device.config is None
+    assert running.store.load("SN1").status.error_code == "sudi-no-ca"
+
+
+def test_a_response_from_another_address_or_after_expiry_is_stale(lab, pki):
+    running, _ = lab(DEVICE.format(sn="SN1", host="sw", auth=SUDI))
+    listener = running.listener
+    udi = protocol.Udi("C9300-24P", "V01", "SN1")
+    reply = messages.parse_server_message(listener.work_request(messages.work_request(udi, "c1"), "192.0.2.7", "http://x/").body)
+    challenge = reply.find_text("deviceAuth/challenge-request")
+    assert len(challenge) >= 22  # at least 128 bits
+    signature, method = messages.sign_challenge(pki["ec"][1], challenge)
+    answer = messages.device_auth_response(udi, "c1", pki["ec"][0], signature, method)
+    listener.work_response(answer, "192.0.2.8", "http://x/")  # answered from elsewhere
+    status = running.store.load("SN1").status
+    assert status.error_code == "sudi-stale-challenge" and status.proven_address == "" and status.challenges == ()
+    listener.work_response(answer, "192.0.2.7", "http://x/")  # single use: the same answer again
+    assert running.store.load("SN1").status.proven_address == ""
+
+
+def test_downloads_after_a_proof_are_bound_to_the_address_that_proved(lab, pki):
+    running, sim = lab(DEVICE.format(sn="SN1", host="sw", auth=SUDI))
+    urls = []
+    original = sim._fetch
+    sim._fetch = lambda http, location, checksum="": (urls.append(location), original(http, location, checksum))[1]
+    assert sim.run(genuine("SN1", pki["ec"])).outcome == "configured"
+    (url,) = urls
+    assert "bound=1" in url
+    expires = int(url.split("expires=")[1].split("&")[0])
+    assert expires - running.listener.clock() <= 300  # minutes, not an hour
+    path = url.split("127.0.0.1", 1)[1].split(":", 1)[1].split("/", 1)[1]
+    assert running.listener.download(*[p for p in ("/" + path).split("?")[0].split("/")[3:6]], "",
+                                     str(expires), url.split("sig=")[1], "192.0.2.99", True).status == 403
+
+
+def test_check_and_serve_name_sudi_declarations_without_a_ca(tmp_path, pki):
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml(DEVICE.format(sn="SN1", host="sw", auth=SUDI)))
+    check = subprocess.run([sys.executable, "-m", "pnp_service.cli", "check", "--datastore", str(path)],
+                           cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 1 and "SN1: asks for SUDI authentication but the listener has no --sudi-ca" in check.stderr
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki["ca"].bundle())
+    ok = subprocess.run([sys.executable, "-m", "pnp_service.cli", "check", "--datastore", str(path), "--sudi-ca", str(ca)],
+                        cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    serve = subprocess.run([sys.executable, "-m", "pnp_service.cli", "serve", "--datastore", str(path), "--port", "1"],
+                           cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert serve.returncode == 1 and "ask for SUDI authentication (SN1) but no --sudi-ca" in serve.stderr
+
+
+def test_the_lab_helper_and_the_agent_play_the_whole_loop_from_the_command_line(tmp_path, serve, clock):
+    lab_dir = tmp_path / "lab"
+    made = subprocess.run([sys.executable, "-m", "pnp_service.cli", "sudi-lab", str(lab_dir), "--device", "SN7:C9300-24P",
+                           "--rsa"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert oct((lab_dir / "SN7.key").stat().st_mode & 0o777) == "0o600"
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml(DEVICE.format(sn="SN7", host="sw", auth=SUDI)))
+    policy = sudi.Policy(anchors=sudi.load_ca_bundle((lab_dir / "ca.pem").read_bytes()))
+    running = RunningListener(open_store(str(path)), FakeClock(dt.datetime.now(dt.timezone.utc).timestamp()),
+                              ListenerSettings(secret=SECRET, provisioning=Settings(sudi=policy)))
+    try:
+        agent = subprocess.run([sys.executable, "-m", "pnp_service.cli", "agent", "--url", running.url, "--device",
+                                "SN7:C9300-24P", "--sudi-cert", str(lab_dir / "SN7.pem"), "--sudi-key",
+                                str(lab_dir / "SN7.key"), "--time-scale", "0"],
+                               cwd=REPO, capture_output=True, text=True, timeout=60)
+    finally:
+        running.stop()
+    assert agent.returncode == 0 and "SN7: configured" in agent.stdout, agent.stdout + agent.stderr
+
+
+def test_the_verifier_refuses_expired_and_foreign_certificates(pki):
+    cert, key = pki["ca"].device("SN3", "C9300-24P", now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=800))
+    signature, method = messages.sign_challenge(key, "abc")
+    import base64
+    with pytest.raises(sudi.SudiError) as raised:
+        sudi.verify(anchors=sudi.load_ca_bundle(pki["ca"].bundle()), certificate_b64=base64.b64encode(cert).decode(),
+                    signature_b64=base64.b64encode(signature).decode(), challenge="abc", encryption=method,
+                    hashing="SHA256", serials=["SN3"], pid="C9300-24P", now=dt.datetime.now(dt.timezone.utc))
+    assert raised.value.reason == sudi.Reason.EXPIRED
+    good_cert, good_key = pki["ec"]
+    signature, method = messages.sign_challenge(good_key, "abc", "SHA512")
+    args = dict(anchors=sudi.load_ca_bundle(pki["ca"].bundle()), certificate_b64=base64.b64encode(good_cert).decode(),
+                signature_b64=base64.b64encode(signature).decode(), challenge="abc", encryption=method,
+                hashing="SHA512", serials=["SN1"], now=dt.datetime.now(dt.timezone.utc))
+    assert sudi.verify(pid="C9300-24P", **args).serial == "SN1"
+    with pytest.raises(sudi.SudiError, match="PID C9300-24P, the declaration C9500"):
+        sudi.verify(pid="C9500-16X", **args)
