@@ -17,6 +17,7 @@ controller=0
 yang_dir=/usr/local/share/controller/main
 modules_dir=/usr/local/share/controller/modules
 datastore=pnp-datastore.xml
+controller_key=""
 
 usage() {
   sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
@@ -30,6 +31,9 @@ Options:
   --yang-dir DIR      controller main YANG dir (default: $yang_dir)
   --modules-dir DIR   clixon_server.py modules path (default: $modules_dir)
   --datastore FILE    declarations file to create from the example if missing (default: $datastore)
+  --controller-ssh-key FILE
+                      with --controller: the controller's SSH public key (e.g. the backend user's
+                      ~/.ssh/id_ed25519.pub), for templates of devices handed to it
   -h, --help          this text
 TXT
 }
@@ -43,6 +47,7 @@ while [ $# -gt 0 ]; do
     --yang-dir) yang_dir=$2; shift 2 ;;
     --modules-dir) modules_dir=$2; shift 2 ;;
     --datastore) datastore=$2; shift 2 ;;
+    --controller-ssh-key) controller_key=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -105,6 +110,11 @@ if [ "$controller" = 1 ]; then
   install -d "$yang_dir"
   rm -f "$yang_dir"/pnp-service@*.yang  # one revision only: the controller loads every file there
   install -m 0644 "$here"/yang/pnp-service@*.yang "$yang_dir/"
+  if [ -n "$controller_key" ]; then
+    say "installing the controller's SSH public key for templates (/usr/local/etc/pnp-service/controller_ssh_key.pub)"
+    install -d /usr/local/etc/pnp-service
+    install -m 0644 "$controller_key" /usr/local/etc/pnp-service/controller_ssh_key.pub
+  fi
   say "installing the service module into $modules_dir"
   install -d "$modules_dir"
   install -m 0644 "$here/pnp_service/clixon_module/pnp_service_module.py" "$modules_dir/pnp_service_module.py"

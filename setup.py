@@ -38,6 +38,7 @@ setup(
             "cli-exec = pnp_service.steps:CliExecStep",
             "cli-config = pnp_service.steps:CliConfigStep",
             "config-upgrade = pnp_service.steps:ConfigUpgradeStep",
+            "ssh-host-key = pnp_service.steps:SshHostKeyStep",
         ],
     },
 )

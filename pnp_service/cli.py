@@ -72,7 +72,23 @@ def open_store(args: argparse.Namespace, *, read_only: bool = False) -> Store:
     from .stores.embedded import EmbeddedStore
 
     return EmbeddedStore(args.datastore, getattr(args, "state", None), read_only=read_only,
-                         known_step_types=_registry().names())
+                         known_step_types=_registry().names(), context=_template_context(args))
+
+
+def _template_context(args: argparse.Namespace) -> dict[str, object]:
+    """``--controller-ssh-key FILE``: the controller's public key, as template variables."""
+    path = getattr(args, "controller_ssh_key", None)
+    if not path:
+        return {}
+    from .planner import PlanningError, controller_variables
+
+    try:
+        with open(path, encoding="ascii") as handle:
+            return controller_variables(handle.read().strip())
+    except OSError as exc:
+        raise UsageError(f"--controller-ssh-key {path}: {exc.strerror}") from None
+    except PlanningError as exc:
+        raise UsageError(f"--controller-ssh-key {path}: {exc}") from None
 
 
 def _readable_by_others(path: str) -> bool:
@@ -163,7 +179,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _check_in_child(lambda: _check_store(args, policy is not None))
     settings = ListenerSettings(
         provisioning=Settings(max_attempts=args.max_attempts, retry_base_seconds=args.retry_seconds,
-                              https_bootstrap=_https_bootstrap(args), sudi=policy),
+                              https_bootstrap=_https_bootstrap(args), sudi=policy,
+                              hooks=bool(not args.clixon_socket and (args.on_provisioned or args.webhook))),
         max_body_bytes=args.max_body,
         public_url=args.public_url or "",
         secret=_secret(args),
@@ -182,8 +199,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def make_app():
         from .app import create_app
+        from .listener import Listener
 
-        return create_app(open_store(args), settings)
+        store = open_store(args)
+        worker = _handoff_worker(args, store)
+        listener = Listener(store, settings, on_provisioned=worker.notify if worker else None)
+        return create_app(store, settings, listener=listener)
 
     if args.dev:
         tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
@@ -230,6 +251,24 @@ def _check_store(args: argparse.Namespace, has_sudi_ca: bool) -> None:
         log.error("%s; give --sudi-ca FILE (docs/security.md). Other devices are served.", message)
 
 
+def _handoff_worker(args: argparse.Namespace, store: Store):
+    """Under a controller: hand provisioned devices to it; without one: the hooks, when given."""
+    from .handoff import Action, HandoffWorker, HookAction
+
+    action: Action
+    if args.clixon_socket:
+        from .stores.clixon.handoff import ControllerAction
+
+        action = ControllerAction(args.clixon_socket, args.known_hosts)
+    elif args.on_provisioned or args.webhook:
+        action = HookAction(args.on_provisioned or "", args.webhook or "")
+    else:
+        return None
+    worker = HandoffWorker(store, action)
+    worker.start()
+    return worker
+
+
 def _https_bootstrap(args: argparse.Namespace) -> dict[str, str] | None:
     """``--trustpool CA --https-url URL [--ntp ADDR]``: what the trustpool step sends every device over HTTP."""
     from urllib.parse import urlsplit
@@ -273,7 +312,7 @@ def _declarations(args: argparse.Namespace):
 
     try:
         return Declarations(args.datastore, default_template_dirs(args.datastore), _registry().names(),
-                            announce=False).current()
+                            announce=False, context=_template_context(args)).current()
     except DeclarationsError as exc:
         raise StoreError(str(exc)) from None
 
@@ -383,7 +422,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     from .simulator import AgentSimulator, SimulatedDevice, simulated_fleet
 
-    sudi_files = {}
+    sudi_files: dict[str, object] = {}
     for name in ("sudi_cert", "sudi_key"):
         path = getattr(args, name)
         if path:
@@ -392,6 +431,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
                     sudi_files[name] = handle.read()
             except OSError as exc:
                 raise UsageError(f"--{name.replace('_', '-')} {path}: {exc.strerror}") from None
+    if args.ssh_host_key:
+        try:
+            with open(args.ssh_host_key, encoding="ascii") as key_file:
+                sudi_files["ssh_host_key"] = " ".join(key_file.read().split()[:2])
+        except OSError as exc:
+            raise UsageError(f"--ssh-host-key {args.ssh_host_key}: {exc.strerror}") from None
     common = dict(
         **sudi_files,
         version=args.version,
@@ -503,6 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM); needs --tls-key")
     serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     serve.add_argument("--image-dir", help="folder of image files served to devices whose image/url is a bare file name")
+    serve.add_argument("--known-hosts", default="~/.ssh/known_hosts", metavar="FILE",
+                       help="with --clixon-socket: the known_hosts of the user the controller's backend runs as, where "
+                       "host keys read over PnP are pinned (default: %(default)s)")
+    serve.add_argument("--on-provisioned", metavar="CMD", help="without a controller: run CMD once per provisioned "
+                       "device and revision, the device's facts as JSON on its stdin")
+    serve.add_argument("--webhook", metavar="URL", help="without a controller: POST the same JSON to URL (retried)")
+    serve.add_argument("--controller-ssh-key", metavar="FILE", help="an SSH public key (id_*.pub) templates get as "
+                       "controller_ssh_key, controller_ssh_key_lines... (under a controller: PNP_CONTROLLER_SSH_KEY "
+                       "in the service module's environment)")
     serve.add_argument("--sudi-ca", metavar="FILE", help="PEM bundle of the CA certificates that issue SUDI "
                        "certificates (Cisco's roots and SUDI sub-CAs, docs/security.md); needed by declarations with "
                        "authentication sudi")
@@ -539,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     _datastore_arguments(check, clixon=False, state=False)
     check.add_argument("--sudi-ca", metavar="FILE", help="the CA bundle serve will get, if any: without it, "
                        "declarations with authentication sudi are errors")
+    check.add_argument("--controller-ssh-key", metavar="FILE", help="the SSH public key serve will get, if any")
     check.set_defaults(func=cmd_check)
 
     lab = command("sudi-lab", "make a lab CA and SUDI certificates for the simulator",
@@ -554,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "Print a declared device's planned steps and rendered configuration; nothing is written.")
     _datastore_arguments(render, clixon=False, state=False)
     render.add_argument("serial")
+    render.add_argument("--controller-ssh-key", metavar="FILE", help="the SSH public key serve will get, if any")
     render.set_defaults(func=cmd_render)
 
     status = command("status", "print each device's state (read-only)",
@@ -592,6 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--no-installer", action="store_true", help="the agent lacks the installer API (error 1827)")
     agent.add_argument("--verbose", action="store_true", help="with --count: a line per step of every device")
     agent.add_argument("--sudi-cert", metavar="PEM", help="the device's SUDI certificate (pnp-service sudi-lab makes one)")
+    agent.add_argument("--ssh-host-key", metavar="FILE", help="play a device that speaks NETCONF with this host key "
+                       "(a real NETCONF server's ssh_host_*_key.pub): it is what 'show crypto key mypubkey' shows")
     agent.add_argument("--sudi-key", metavar="PEM", help="the device's SUDI private key")
     agent.add_argument("--concurrency", type=positive, default=10, help="devices run at once (default: %(default)s)")
     agent.add_argument("--max-polls", type=positive, default=100, help="give up after N work requests (default: %(default)s)")

@@ -90,8 +90,11 @@ class Listener:
         settings: ListenerSettings | None = None,
         registry: StepRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        on_provisioned: Callable[[str], None] | None = None,
     ):
         self.store = store
+        #: Told the serial of every device that became provisioned and waits to be handed on (never blocks).
+        self.on_provisioned = on_provisioned
         self.settings = settings or ListenerSettings()
         if not self.settings.secret:
             raise ValueError("ListenerSettings.secret is required to sign download URLs")
@@ -137,6 +140,8 @@ class Listener:
             retry = str(self.settings.unavailable_retry_seconds)
             return Reply(503, b"store unavailable, retry later\n", TEXT, (("Retry-After", retry),))
         status = decision.status
+        if status is not None and status.handoff == "pending" and status.state == "provisioned" and self.on_provisioned:
+            self.on_provisioned(status_serial(serial, decision))
         event(
             log,
             EVENT_LEVELS.get(decision.event, logging.INFO),
@@ -211,6 +216,11 @@ class Listener:
         root = os.path.realpath(self.settings.image_dir)
         path = os.path.realpath(os.path.join(root, name))
         return path if os.path.dirname(path) == root and os.path.isfile(path) else ""
+
+
+def status_serial(caller: str, decision: Decision) -> str:
+    """The declared serial a decision's status belongs to (a stack's, when a member called)."""
+    return decision.device or caller
 
 
 def utcnow_from(seconds: float) -> dt.datetime:

@@ -76,6 +76,18 @@ class ExtraStep:
 
 
 @dataclasses.dataclass(frozen=True)
+class HandOff:
+    """Where a provisioned device goes under ``/ctrl:devices`` (``pnp-device/controller``)."""
+
+    name: str = ""
+    address: str = ""
+    port: int = 830
+    user: str = "netconf"
+    profile: str = ""
+    check_host_key: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class Declaration:
     """What the operator declared for one device (``/ctrl:services/pnp-device``)."""
 
@@ -101,6 +113,8 @@ class Declaration:
     username: str = ""
     password: str = ""
     steps: tuple[ExtraStep, ...] = ()
+    #: The hand-off to the controller, when the ``controller`` container is declared.
+    handoff: HandOff | None = None
     #: ``sudi``: the device must prove its identity (SUDI certificate and key) before it is served anything.
     authentication: str = "none"
     #: Serials a valid SUDI certificate may name (empty: the declared serial and the stack's members).
@@ -183,6 +197,15 @@ class Status:
     proven_address: str = ""
     proven_at: dt.datetime | None = None
     throttled: tuple[tuple[str, str, int], ...] = ()
+    #: The device's SSH host key, read over PnP, and the hand-off to the controller (or the hooks).
+    host_key: str = ""
+    handoff: str = ""
+    handoff_revision: str = ""
+    handoff_device: str = ""
+    handoff_message: str = ""
+    handoff_attempts: int = 0
+    handoff_next: dt.datetime | None = None
+    handoff_time: dt.datetime | None = None
     error_code: str = ""
     error_message: str = ""
     error_step: str = ""
@@ -354,9 +377,23 @@ def declaration_from_xml(element: etree._Element) -> Declaration:
         steps=steps,
         authentication=child_text(element, "authentication").strip() or "none",
         sudi_serials=tuple(e.text.strip() for e in element.iterfind(q("sudi-serial")) if e.text),
+        handoff=_handoff_from_xml(element.find(q("controller"))),
         stack=stack is not None,
         stack_members=tuple(m.text.strip() for m in stack.iterfind(q("member")) if m.text) if stack is not None else (),
         stack_size=_number(child_text(stack, "members")) if stack is not None else 0,
+    )
+
+
+def _handoff_from_xml(element: etree._Element | None) -> HandOff | None:
+    if element is None:
+        return None
+    return HandOff(
+        name=child_text(element, "name").strip(),
+        address=child_text(element, "address").strip(),
+        port=_number(child_text(element, "port"), 830) or 830,
+        user=child_text(element, "user").strip() or "netconf",
+        profile=child_text(element, "device-profile").strip(),
+        check_host_key=child_text(element, "check-host-key").strip().lower() not in ("false", "0"),
     )
 
 
@@ -452,6 +489,14 @@ def status_to_xml(status: Status) -> etree._Element:
     for slot, serial, pid, role in status.members:
         member = _add(element, "member")
         _add_leaves(member, (("slot", str(slot)), ("serial", serial), ("pid", pid), ("role", role)))
+    _add_leaves(element, (("host-key", status.host_key),))
+    if status.handoff:
+        handoff = _add(element, "handoff")
+        _add_leaves(handoff, (
+            ("state", status.handoff), ("revision", status.handoff_revision), ("device", status.handoff_device),
+            ("message", status.handoff_message), ("attempts", str(status.handoff_attempts)),
+            ("next-try", format_time(status.handoff_next)), ("time", format_time(status.handoff_time)),
+        ))
     if status.challenges or status.proven_address or status.throttled:
         auth = _add(element, "sudi")
         _add_leaves(auth, (("proven-address", status.proven_address), ("proven-at", format_time(status.proven_at))))
@@ -503,6 +548,14 @@ def status_from_xml(element: etree._Element | None) -> Status | None:
             (child_text(c, "correlator"), child_text(c, "address"), child_text(c, "value"), child_text(c, "expires"))
             for c in element.iterfind(f"{q('sudi')}/{q('challenge')}")
         ),
+        host_key=child_text(element, "host-key"),
+        handoff=child_text(element, "handoff", "state"),
+        handoff_revision=child_text(element, "handoff", "revision"),
+        handoff_device=child_text(element, "handoff", "device"),
+        handoff_message=child_text(element, "handoff", "message"),
+        handoff_attempts=_number(child_text(element, "handoff", "attempts")),
+        handoff_next=parse_time(child_text(element, "handoff", "next-try")),
+        handoff_time=parse_time(child_text(element, "handoff", "time")),
         proven_address=child_text(element, "sudi", "proven-address"),
         proven_at=parse_time(child_text(element, "sudi", "proven-at")),
         throttled=tuple(

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Callable, Collection, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 import jinja2
 import jinja2.sandbox
@@ -33,7 +33,8 @@ _TEMPLATE_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 #: Where an extra step may go, relative to the built-in steps (the YANG's enumeration).
 POSITIONS = ("after-device-info", "after-image", "before-config", "after-config")
-BUILTIN_STEP_IDS = ("device-info", "stack-check", "image-install", "config-upgrade")
+BUILTIN_STEP_IDS = ("device-info", "stack-check", "image-install", "ssh-keygen", "config-upgrade", "ssh-host-key",
+                    "save-config")
 
 TemplateLoader = Callable[[str], str]
 
@@ -113,11 +114,37 @@ def typed_value(name: str, value: str, kind: str) -> object:
     return value
 
 
-def template_variables(declaration: Declaration) -> dict[str, object]:
+#: The exec command that makes the SSH host key, and the one that shows it (IOS-XE); the key's label.
+SSH_KEY_LABEL = "pnp-ssh"
+SSH_KEYGEN_COMMAND = f"crypto key generate rsa general-keys modulus 2048 label {SSH_KEY_LABEL}"
+SSH_HOST_KEY_COMMAND = f"show crypto key mypubkey rsa {SSH_KEY_LABEL}"
+
+
+def controller_variables(public_key: str) -> dict[str, object]:
+    """Template variables for a device the controller will manage, from its SSH public key (an ``id_*.pub`` line).
+
+    ``controller_ssh_key`` (the whole line), ``controller_ssh_key_type``, ``controller_ssh_key_data`` (the base64
+    part) and ``controller_ssh_key_lines`` (that part in 72-character lines, as IOS-XE's ``key-string`` takes it).
+    """
+    parts = public_key.split()
+    if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-")):
+        raise PlanningError(f"the controller's public key is not an OpenSSH public key line: {public_key[:40]!r}")
+    data = parts[1]
+    return {
+        "controller_ssh_key": " ".join(parts[:2]),
+        "controller_ssh_key_type": parts[0],
+        "controller_ssh_key_data": data,
+        "controller_ssh_key_lines": [data[i : i + 72] for i in range(0, len(data), 72)],
+    }
+
+
+def template_variables(declaration: Declaration, context: Mapping[str, object] | None = None) -> dict[str, object]:
     """Declared variables (as their declared types), then the built-ins ``serial``, ``hostname`` and ``pid``, which win.
 
     A built-in the declaration leaves out is not defined at all, so a template that
     uses it fails (StrictUndefined) instead of rendering ``hostname `` with nothing.
+    ``context``: variables every declaration gets (the controller's SSH key); a
+    declaration with a ``controller`` container also gets ``netconf_user``.
     """
     types = dict(declaration.variable_types)
     try:
@@ -126,6 +153,10 @@ def template_variables(declaration: Declaration) -> dict[str, object]:
         }
     except PlanningError as exc:
         raise PlanningError(f"pnp-device {declaration.serial}: {exc}") from None
+    for name, value in (context or {}).items():
+        variables.setdefault(name, value)
+    if declaration.handoff is not None:
+        variables["netconf_user"] = declaration.handoff.user
     variables["serial"] = declaration.serial
     for name in ("hostname", "pid"):
         value = getattr(declaration, name)
@@ -150,10 +181,10 @@ def template_source(declaration: Declaration, load_template: TemplateLoader = _n
     return None
 
 
-def _render(declaration: Declaration, source: str, what: str) -> str:
+def _render(declaration: Declaration, source: str, what: str, context: Mapping[str, object] | None = None) -> str:
     where = f"pnp-device {declaration.serial}"
     try:
-        return _compiled(source).render(template_variables(declaration))
+        return _compiled(source).render(template_variables(declaration, context))
     except jinja2.UndefinedError as exc:
         raise PlanningError(f"{where}: {what} variable {exc.message} (declare it under variable)") from None
     except jinja2.TemplateSyntaxError as exc:
@@ -162,27 +193,29 @@ def _render(declaration: Declaration, source: str, what: str) -> str:
         raise PlanningError(f"{where}: {what} error: {exc}") from None
 
 
-def render_config(declaration: Declaration, load_template: TemplateLoader = _no_template_files) -> str | None:
+def render_config(declaration: Declaration, load_template: TemplateLoader = _no_template_files,
+                  context: Mapping[str, object] | None = None) -> str | None:
     """Render the declaration's template; None when there is none."""
     source = template_source(declaration, load_template)
-    return None if source is None else _render(declaration, source, "template")
+    return None if source is None else _render(declaration, source, "template", context)
 
 
-def _extra(declaration: Declaration, position: str) -> Iterable[Step]:
+def _extra(declaration: Declaration, position: str, context: Mapping[str, object] | None) -> Iterable[Step]:
     for extra in declaration.steps:
         if extra.position == position:
-            params = {name: _render(declaration, value, f"step {extra.id} param {name}") for name, value in extra.params}
+            params = {name: _render(declaration, value, f"step {extra.id} param {name}", context)
+                      for name, value in extra.params}
             yield Step(extra.id, extra.type, params)
 
 
-def _steps(declaration: Declaration, config: str | None) -> Iterable[Step]:
+def _steps(declaration: Declaration, config: str | None, context: Mapping[str, object] | None = None) -> Iterable[Step]:
     facts = {"expect-pid": declaration.pid} if declaration.pid else {}
     if declaration.stack_size:
         facts["expect-members"] = str(declaration.stack_size)
     yield Step("device-info", "device-info", facts)
     if declaration.stack:
         yield Step("stack-check", "stack-check", {})
-    yield from _extra(declaration, "after-device-info")
+    yield from _extra(declaration, "after-device-info", context)
     if declaration.has_image:
         image = {
             "version": declaration.image_version,
@@ -193,10 +226,13 @@ def _steps(declaration: Declaration, config: str | None) -> Iterable[Step]:
         if declaration.image_size:
             image["size"] = str(declaration.image_size)
         yield Step("image-install", "image-install", image)
-    yield from _extra(declaration, "after-image")
+    yield from _extra(declaration, "after-image", context)
     for seq, command in sorted(declaration.commands):
         yield Step(f"cli-exec-{seq}", "cli-exec", {"command": command})
-    yield from _extra(declaration, "before-config")
+    yield from _extra(declaration, "before-config", context)
+    if declaration.handoff is not None and declaration.handoff.check_host_key:
+        # The controller will check the host key it is given, not trust the first one it sees: make it here.
+        yield Step("ssh-keygen", "cli-exec", {"command": SSH_KEYGEN_COMMAND})
     if config is not None or declaration.config_url:
         params = {"apply-to": declaration.apply_to, "reload": "true" if declaration.reload else "false"}
         if config is not None:
@@ -204,7 +240,11 @@ def _steps(declaration: Declaration, config: str | None) -> Iterable[Step]:
         else:
             params["url"] = declaration.config_url
         yield Step("config-upgrade", "config-upgrade", params)
-    yield from _extra(declaration, "after-config")
+    if declaration.handoff is not None:
+        if declaration.handoff.check_host_key:
+            yield Step("ssh-host-key", "ssh-host-key", {"command": SSH_HOST_KEY_COMMAND})
+        yield Step("save-config", "cli-config", {"persist": "true"})
+    yield from _extra(declaration, "after-config", context)
 
 
 def _check_extra_steps(declaration: Declaration, known_step_types: Collection[str] | None) -> None:
@@ -220,12 +260,18 @@ def _check_extra_steps(declaration: Declaration, known_step_types: Collection[st
                 f"{where}: step {extra.id} has type {extra.type!r}, which no installed step type provides "
                 f"(known: {', '.join(sorted(known_step_types))})"
             )
-    if any(e.position == "after-config" for e in declaration.steps) and declaration.reload and (
-        declaration.template is not None or declaration.template_lines or declaration.template_file or declaration.config_url
-    ):
+    has_config = bool(declaration.template is not None or declaration.template_lines or declaration.template_file
+                      or declaration.config_url)
+    if any(e.position == "after-config" for e in declaration.steps) and declaration.reload and has_config:
         raise PlanningError(
             f"{where}: a step after the configuration never runs when the configuration reloads the device "
             "(PnP stops once a startup configuration exists): set config/reload false or move the step before-config"
+        )
+    if declaration.handoff is not None and (declaration.reload or declaration.apply_to != "running" or not has_config):
+        raise PlanningError(
+            f"{where}: a device handed to the controller gets its configuration applied to running without a reload "
+            "(its host key is read and the configuration saved afterwards): declare a config with apply-to running "
+            "and reload false"
         )
 
 
@@ -248,6 +294,7 @@ def plan(
     declaration: Declaration,
     load_template: TemplateLoader = _no_template_files,
     known_step_types: Collection[str] | None = None,
+    context: Mapping[str, object] | None = None,
 ) -> Work:
     """Plan one declaration.  Raises :class:`PlanningError` naming the device and what to fix.
 
@@ -260,8 +307,8 @@ def plan(
         raise PlanningError(f"pnp-device {declaration.serial}: image/md5 is required with image/url")
     _check_extra_steps(declaration, known_step_types)
     template = template_source(declaration, load_template)
-    config = None if template is None else _render(declaration, template, "template")
-    steps = tuple(_steps(declaration, config))
+    config = None if template is None else _render(declaration, template, "template", context)
+    steps = tuple(_steps(declaration, config, context))
     return Work(revision_of(declaration, template, steps), steps)
 
 

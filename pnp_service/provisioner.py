@@ -94,6 +94,7 @@ class Event(enum.StrEnum):
     STALE = "stale"
     UNEXPECTED = "unexpected"
     BACKOFF_ACK = "backoff-ack"
+    HANDOFF = "handoff"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +117,8 @@ class Settings:
     https_bootstrap: Mapping[str, str] | None = None
     #: SUDI device authentication (``serve --sudi-ca``); None: declarations that ask for it are never served.
     sudi: sudi.Policy | None = None
+    #: Provisioned devices are handed to hooks (``--on-provisioned``, ``--webhook``), not only to a controller.
+    hooks: bool = False
 
     def retry_delay(self, attempts: int) -> int:
         return min(self.retry_max_seconds, self.retry_base_seconds * 2 ** max(0, attempts - 1))
@@ -153,13 +156,16 @@ class Decision:
     recheck: bool = False
     #: The caller is the active member of this declared stack (recorded instead of a status).
     member_of: str = ""
+    #: The declared serial the status belongs to, when it is not the caller's (a stack's).
+    device: str = ""
 
     @property
     def changes(self) -> bool:
         return self.status is not None or self.unclaimed is not None or bool(self.member_of)
 
 
-_FACT_FIELDS = ("udi", "platform", "version", "hostname", "image_file", "mode", "flash", "flash_free", "members")
+_FACT_FIELDS = ("udi", "platform", "version", "hostname", "image_file", "mode", "flash", "flash_free", "members",
+                "host_key")
 
 
 class Poll(enum.Enum):
@@ -218,6 +224,7 @@ class Provisioner:
         self.settings = settings or Settings()
         self.registry = registry or StepRegistry()
 
+
     # ================================================================== WORK-REQUEST
 
     def effective_work(self, work: Work | None) -> Work | None:
@@ -232,7 +239,7 @@ class Provisioner:
         work = record.work
         status, changed = (record.status or Status(), False) if work is None else self._current(record, work, request, contact)
         poll = _Poll(record, request, contact, envelope, status, changed)
-        return POLL_TABLE[self._classify_poll(poll)](self, poll)
+        return _for(record, POLL_TABLE[self._classify_poll(poll)](self, poll))
 
     def _classify_poll(self, poll: _Poll) -> Poll:
         if poll.record.work is None:
@@ -438,7 +445,7 @@ class Provisioner:
             position += 1
             next_id = work.steps[position].id if position < len(work.steps) else ""
             status = replace(status, step=next_id, phase="", attempts=0)
-        done = _provisioned(status, contact.now)
+        done = _provisioned(status, contact.now, self._hands_off(poll.record))
         return Decision(
             protocol.backoff(poll.envelope, "provisioned", default_minutes=self.settings.provisioned_backoff_minutes),
             Event.PROVISIONED, "nothing left to do", done,
@@ -503,7 +510,7 @@ class Provisioner:
         record = replace(record, work=self.effective_work(record.work))
         answer = _Answer(record, response, contact, protocol.bye(protocol.Envelope(response.udi, correlator)))
         case, answer = self._classify_response(answer)
-        return RESPONSE_TABLE[case](self, answer)
+        return _for(record, RESPONSE_TABLE[case](self, answer))
 
     def _classify_response(self, answer: _Answer) -> tuple[Answer, _Answer]:
         response, status, work = answer.response, answer.record.status, answer.record.work
@@ -622,6 +629,10 @@ class Provisioner:
         outcome = step_type.on_response(step, replace(status, last_contact=answer.contact.now), response)
         return self._judge(answer, None, outcome)
 
+    def _hands_off(self, record: DeviceRecord) -> bool:
+        """Whether a provisioned device is handed on: to its controller, or to the hooks."""
+        return self.settings.hooks or (record.declaration is not None and record.declaration.handoff is not None)
+
     def _judge(self, answer: _Answer, event: Event | None, outcome: Outcome) -> Decision:
         """Apply a step's verdict to the status, through :data:`VERDICT_TABLE`."""
         status, work, step = answer.record.status, answer.record.work, answer.step
@@ -629,6 +640,8 @@ class Provisioner:
         facts: dict[str, Any] = {name: value for name, value in outcome.facts.items() if name in _FACT_FIELDS and value}
         base = replace(status, correlator="", last_contact=answer.contact.now, address=answer.contact.address, **facts)
         updated, verdict_event = VERDICT_TABLE[outcome.verdict](self, base, work, answer.position, outcome, answer.contact.now)
+        if updated.state == State.PROVISIONED and self._hands_off(answer.record):
+            updated = _provisioned(updated, answer.contact.now, handoff=True)
         reported = f"{outcome.code}: {outcome.message}" if outcome.code or outcome.message else "ok"
         return Decision(answer.reply, event or verdict_event, f"{reported} -> {updated.state}", updated, step=step.id)
 
@@ -665,6 +678,11 @@ class Provisioner:
         return retrying, Event.RETRY
 
 
+def _for(record: DeviceRecord, decision: Decision) -> Decision:
+    """Say whose record the decision was taken on, when a stack member called."""
+    return replace(decision, device=record.serial) if record.caller and record.caller != record.serial else decision
+
+
 def _failed_attempt(code: str, message: str) -> Outcome:
     return Outcome(Verdict.RETRY, code=code, message=message)
 
@@ -673,8 +691,13 @@ def _clear_error(status: Status) -> Status:
     return replace(status, error_code="", error_message="", error_step="", error_time=None)
 
 
-def _provisioned(status: Status, now: dt.datetime) -> Status:
-    return replace(status, state=State.PROVISIONED, step="", phase="", correlator="", attempts=0, retry_at=None, last_contact=now)
+def _provisioned(status: Status, now: dt.datetime, handoff: bool = False) -> Status:
+    done = replace(status, state=State.PROVISIONED, step="", phase="", correlator="", attempts=0, retry_at=None,
+                   last_contact=now)
+    if handoff and status.handoff_revision != status.revision:  # once per device and revision
+        done = replace(done, handoff="pending", handoff_revision=status.revision, handoff_attempts=0,
+                       handoff_message="", handoff_next=now, handoff_time=now)
+    return done
 
 
 def _error(status: Status, code: str, message: str, step_id: str, now: dt.datetime) -> Status:

@@ -39,6 +39,22 @@ ReadDeclarations = Callable[[str | None], Mapping[str, Declaration]]
 _PREFIXES = {CLIXON_LIB_NS: "cl", NETCONF_NS: "nc"}
 
 
+#: The controller's public SSH key, for templates that make the device manageable (controller_ssh_key...).
+CONTROLLER_KEY_FILE = "/usr/local/etc/pnp-service/controller_ssh_key.pub"
+
+
+def template_context() -> dict[str, object]:
+    """Variables every declaration gets: the controller's SSH key, from $PNP_CONTROLLER_SSH_KEY or the default file."""
+    from .planner import controller_variables
+
+    path = os.environ.get("PNP_CONTROLLER_SSH_KEY", CONTROLLER_KEY_FILE)
+    try:
+        with open(path, encoding="ascii") as handle:
+            return controller_variables(handle.read().strip())
+    except OSError:
+        return {}  # a template that uses the key then fails, and says which variable is missing
+
+
 def template_dirs() -> list[str]:
     configured = os.environ.get("PNP_TEMPLATE_DIRS", "")
     return [d for d in configured.split(os.pathsep) if d] or list(DEFAULT_TEMPLATE_DIRS)
@@ -72,10 +88,11 @@ def setup(root, log, instance=None, diff=False, read_declarations: ReadDeclarati
         return
     load_template = file_template_loader(template_dirs())
     known = _known_step_types()
+    context = template_context()
     plans = {}
     for serial, declaration in sorted(declarations.items()):
         try:
-            plans[serial] = plan(declaration, load_template, known)
+            plans[serial] = plan(declaration, load_template, known, context)
         except PlanningError as exc:
             log.error(str(exc))
             raise

@@ -442,6 +442,44 @@ class TrustpoolStep(SimpleStep):
         return None
 
 
+def host_key_from_output(output: str) -> str:
+    """The SSH host key in OpenSSH form, from IOS-XE's ``show crypto key mypubkey``: its ``Key Data`` (DER hex), or
+    a line already in OpenSSH form.  Empty when there is none."""
+    from cryptography.hazmat.primitives import serialization
+
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith(("ssh-", "ecdsa-sha2-")):
+            return " ".join(parts[:2])
+    if "Key Data:" not in output:
+        return ""
+    hexdigits = re.sub(r"[^0-9A-Fa-f]", "", output.split("Key Data:", 1)[1])
+    try:
+        key = serialization.load_der_public_key(bytes.fromhex(hexdigits))
+        return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    except (ValueError, TypeError):
+        return ""
+
+
+class SshHostKeyStep(SimpleStep):
+    """Read the device's SSH host key over PnP, so the controller can pin it: no trust on first use."""
+
+    name = "ssh-host-key"
+    pnp_service = "cli-exec"
+
+    def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
+        return protocol.cli_exec(ctx.envelope, step.param("command"))
+
+    def on_response(self, step: Step, status: Status, response: protocol.WorkResponse) -> Outcome:
+        if not response.success:
+            return agent_failure(response)
+        key = host_key_from_output(response.details.get("output", ""))
+        if not key:
+            return retry("no-host-key", f"'{step.param('command')}' showed no SSH host key: check that the template "
+                         "enables SSH (ip ssh rsa keypair-name) and that the key was generated")
+        return advance({"host_key": key})
+
+
 class CliExecStep(SimpleStep):
     name = pnp_service = "cli-exec"
 
@@ -479,7 +517,7 @@ class ConfigUpgradeStep(SimpleStep):
 BUILTIN_STEP_TYPES: dict[str, StepType] = {
     step_type.name: step_type
     for step_type in (TrustpoolStep(), DeviceInfoStep(), StackCheckStep(), ImageInstallStep(), CliExecStep(),
-                      CliConfigStep(), ConfigUpgradeStep())
+                      CliConfigStep(), ConfigUpgradeStep(), SshHostKeyStep())
 }
 
 

@@ -5,7 +5,7 @@ Layers, lowest first (a module may import its own layer and those below; never a
   1 protocol
   2 model and planner: model, planner, validation
   3 provisioner: steps, provisioner, sudi
-  4 stores: stores.*, downloads
+  4 stores: stores.*, downloads, handoff
   5 edges: listener, app, serving, cli, views, service_module, simulator.*, clixon_module.*, discovery, element_standin
 Flask, werkzeug and gunicorn only in the web edges; clixon-pyapi only in the Clixon store and the service module.
 """
@@ -25,7 +25,7 @@ LAYERS = [
     {"protocol"},
     {"model", "planner", "validation"},
     {"steps", "provisioner", "sudi"},
-    {"stores", "downloads"},
+    {"stores", "downloads", "handoff"},
     {"listener", "app", "serving", "cli", "views", "service_module", "simulator", "clixon_module", "discovery",
      "element_standin"},
 ]

@@ -61,6 +61,8 @@ class SimulatedDevice:
     #: Its SUDI certificate and key (PEM); without them a device-auth request gets error 3407.
     sudi_cert: bytes = b""
     sudi_key: bytes = b""
+    #: The SSH host key (OpenSSH line) of the NETCONF server this device stands for.
+    ssh_host_key: str = ""
     #: A spoofer's trick: answer every challenge with this signature (one captured earlier).
     replay_signature: bytes = b""
     #: A PnP service (e.g. ``config-upgrade``) this device always fails, with ``fail_code``.
@@ -404,6 +406,10 @@ class AgentSimulator:
                 marker = "*" if member.serial == device.serial else " "
                 lines.append(f"{marker}{slot}       {role:<7} 0011.2233.44{slot:02d}     15     V01      {state}")
             return output("\n".join(lines))
+        if command.startswith("show crypto key mypubkey"):
+            return output(_ios_key_data(device.ssh_host_key) if device.ssh_host_key else "% Key pair was not found")
+        if command.startswith("crypto key generate"):
+            return output("The name for the keys will be: pnp-ssh\n% The key modulus size is 2048 bits\n[OK]")
         if command == "install remove inactive":
             device.flash_free += device.inactive_bytes
             device.inactive_bytes = 0
@@ -428,6 +434,19 @@ class AgentSimulator:
             return None, False  # install activate reloads the switch before the agent answers
         text = f"Cisco IOS XE Software, Version {device.version}\n{device.hostname} uptime is 1 minute"
         return output(text)
+
+
+def _ios_key_data(openssh: str) -> str:
+    """``show crypto key mypubkey`` as IOS-XE prints it: the key's DER in hex, in groups."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_ssh_public_key(openssh.encode())
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo).hex().upper()
+    groups = [der[i : i + 8] for i in range(0, len(der), 8)]
+    lines = ["  " + " ".join(groups[i : i + 8]) for i in range(0, len(groups), 8)]
+    return "\n".join(["% Key pair was generated at: 09:00:00 UTC Dec 1 2026", "Key name: pnp-ssh",
+                      "Key type: RSA KEYS", " Storage Device: private-config", " Usage: General Purpose Key",
+                      " Key is not exportable.", " Key Data:", *lines])
 
 
 def _describe(request: messages.ServerMessage) -> str:

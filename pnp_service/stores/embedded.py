@@ -90,8 +90,10 @@ class Declarations:
         check_seconds: float = DEFAULT_CHECK_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         announce: bool = True,
+        context: Mapping[str, object] | None = None,
     ):
         self.path = os.path.abspath(path)
+        self.context = dict(context or {})  # template variables every declaration gets (the controller's SSH key)
         self.announce = announce  # a listener says what it loaded; a command that only looks does not
         self.template_dirs = tuple(template_dirs)
         self.known_step_types = known_step_types
@@ -162,7 +164,7 @@ class Declarations:
                 plans[serial] = previous.plans[serial]  # nothing it is made of changed
                 continue
             try:
-                plans[serial] = plan(declaration, load_template, self.known_step_types)
+                plans[serial] = plan(declaration, load_template, self.known_step_types, self.context)
             except PlanningError as exc:
                 errors[serial] = str(exc)
         if self.announce:
@@ -363,13 +365,14 @@ class EmbeddedStore:
         template_dirs: Sequence[str] | None = None,
         known_step_types: Sequence[str] | None = None,
         check_seconds: float = DEFAULT_CHECK_SECONDS,
+        context: Mapping[str, object] | None = None,
     ):
         self.path = os.path.abspath(path)
         self.read_only = read_only
         try:
             self.declarations = Declarations(
                 self.path, template_dirs or default_template_dirs(self.path), known_step_types, check_seconds,
-                announce=not read_only,
+                announce=not read_only, context=context,
             )
         except validation.DeclarationsError as exc:
             raise StoreError(str(exc)) from None

@@ -411,3 +411,98 @@ def test_sudi_authentication_set_from_the_cli_is_enforced_on_the_clixon_store(se
     finally:
         server.shutdown()
         store.close()
+
+
+# --------------------------------------------------------------------------- day 0 to managed
+
+DEVICE_HOST_KEY = os.environ.get("PNP_CLIXON_DEVICE_HOST_KEY", "")
+KNOWN_HOSTS = os.path.expanduser(os.environ.get("PNP_CLIXON_KNOWN_HOSTS", "~/.ssh/known_hosts"))
+needs_netconf_device = pytest.mark.skipif(
+    not DEVICE_HOST_KEY or not os.path.exists(DEVICE_HOST_KEY),
+    reason="set PNP_CLIXON_DEVICE_HOST_KEY to the host key (.pub) of a NETCONF server on 127.0.0.1:830 the controller "
+    "can log in to as PNP_CLIXON_DEVICE_USER (default root): the simulator stands in for that device over PnP",
+)
+
+
+def declare_managed(serial: str, hostname: str, address: str = "") -> None:
+    lines = ["hostname {{ hostname }}", "netconf-yang", "username {{ netconf_user }} privilege 15",
+             "ip ssh pubkey-chain", " username {{ netconf_user }}", "  key-string", "   {{ controller_ssh_key_data }}",
+             "   exit"]
+    cli("set", "services", "pnp-device", serial, "hostname", hostname, configure=True)
+    for number, line in enumerate(lines, 1):
+        cli("set", "services", "pnp-device", serial, "config", "line", str(number * 10), "text", f'"{line}"', configure=True)
+    cli("set", "services", "pnp-device", serial, "config", "apply-to", "running", configure=True)
+    cli("set", "services", "pnp-device", serial, "config", "reload", "false", configure=True)
+    cli("set", "services", "pnp-device", serial, "controller", "user", os.environ.get("PNP_CLIXON_DEVICE_USER", "root"),
+        configure=True)
+    if address:
+        cli("set", "services", "pnp-device", serial, "controller", "address", address, configure=True)
+
+
+def controller_device(name: str) -> tuple[str, str]:
+    """(conn-state, logmsg) of a device under /ctrl:devices, from the CLI."""
+    result = cli("show", "connections", check=False)
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if fields and fields[0] == name:
+            return fields[1], " ".join(fields[3:])
+    return "", ""
+
+
+@needs_netconf_device
+def test_a_provisioned_device_is_handed_to_the_controller_and_managed(serial, tmp_path):
+    from pnp_service.app import create_app
+    from pnp_service.handoff import HandoffWorker
+    from pnp_service.listener import Listener, ListenerSettings
+    from pnp_service.simulator import AgentSimulator, SimulatedDevice
+    from pnp_service.stores.clixon import ClixonStore
+    from pnp_service.stores.clixon.handoff import ControllerAction
+
+    good, bad = f"ok-{serial.lower()}", f"bad-{serial.lower()}"
+    other = serial[:-1] + ("X" if serial[-1] != "X" else "Y")
+    declare_managed(serial, good)
+    declare_managed(other, bad, address="127.0.0.3")  # nothing listens there
+    assert "Failed" not in commit()
+    config = [v.text for v in show_pnp(serial).iter("{urn:pnp-service:pnp}value") if v.text and "key-string" in v.text]
+    key_data = open("/usr/local/etc/pnp-service/controller_ssh_key.pub").read().split()[1] \
+        if os.path.exists("/usr/local/etc/pnp-service/controller_ssh_key.pub") else ""
+    assert config and (not key_data or key_data in config[0]), "the controller's key is not in the rendered configuration"
+    saved = open(KNOWN_HOSTS).read() if os.path.exists(KNOWN_HOSTS) else None
+    host_key = " ".join(open(DEVICE_HOST_KEY).read().split()[:2])
+    # No trust on first use: the device's host key is pinned from what it said over PnP, not found there before.
+    with open(KNOWN_HOSTS, "w") as handle:
+        handle.writelines(line + "\n" for line in (saved or "").splitlines() if host_key not in line)
+    store = ClixonStore(socket_path(), journal_path=str(tmp_path / "journal"), retry_max_seconds=2)
+    worker = HandoffWorker(store, ControllerAction(socket_path(), KNOWN_HOSTS), retry_base_seconds=60)
+    worker.start()
+    settings = ListenerSettings(secret=b"integration-secret-0123456789")
+    listener = Listener(store, settings, on_provisioned=worker.notify)
+    server = make_server("127.0.0.1", 0, create_app(store, settings, listener=listener), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        wait_for(lambda: store.load(serial).work and store.load(other).work, what="the listener to see the work")
+        for each in (serial, other):
+            result = AgentSimulator(url, time_scale=0, max_polls=15).run(SimulatedDevice(each, ssh_host_key=host_key))
+            assert result.outcome == "configured" or result.trace[-1] == "backoff", result
+            assert "cli-config" in result.trace and "config-upgrade" in result.trace
+        assert wait_for(lambda: text(show_pnp(serial), "status/handoff/state") == "managed", timeout=60,
+                        what="hand-off managed in running")
+        assert controller_device(good)[0] == "OPEN"
+        assert f"[127.0.0.1]:830 {host_key}" in open(KNOWN_HOSTS).read()
+        assert wait_for(lambda: text(show_pnp(other), "status/handoff/state") == "failed", timeout=60,
+                        what="the failing hand-off recorded")
+        message = text(show_pnp(other), "status/handoff/message")
+        assert "Connection refused" in message or "127.0.0.3" in message, message
+        assert text(show_pnp(serial), "status/handoff/state") == "managed"  # the failure touched nobody else
+    finally:
+        server.shutdown()
+        worker.stop()
+        store.close()
+        if saved is not None:
+            with open(KNOWN_HOSTS, "w") as handle:
+                handle.write(saved)
+        for name in (good, bad):
+            cli("connection", "close", name, check=False)
+            cli("delete", "devices", "device", name, configure=True, check=False)
+        cli("commit", "local", configure=True, check=False)

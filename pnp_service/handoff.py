@@ -1,0 +1,207 @@
+"""Day 0 to managed: what happens to a device once it is provisioned, away from every poll.
+
+Owns the hand-off worker: a background thread that takes provisioned devices
+whose status says ``handoff pending``, asks an action to hand them on (to the
+controller that declared them: ``stores.clixon.handoff``; without one, to hooks:
+a command and a webhook, here), and records the outcome in the status through
+the store, retried with a growing delay.  A device is claimed with a lease
+written to its status before anything is done, so several workers (gunicorn
+workers, listeners) never hand one device off twice; each device and revision is
+handed off once.  Polls never wait for any of it: the listener only says
+"this one is provisioned".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import queue
+import shlex
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Protocol
+
+from .logs import event
+from .model import DeviceRecord, format_time
+from .provisioner import Decision, Event
+from .stores.base import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What an action achieved: ``managed``, or not yet (``retry``), or not at all until an operator acts."""
+
+    state: str  # managed | failed
+    message: str = ""
+    device: str = ""
+    retry: bool = True
+
+
+class Action(Protocol):
+    def hand_off(self, record: DeviceRecord) -> Result: ...
+
+
+def facts(record: DeviceRecord) -> dict[str, Any]:
+    """What the hooks get (and the log says): who the device is, where it is, what it runs."""
+    status, declaration = record.status, record.declaration
+    assert status is not None
+    started = status.started
+    done = status.handoff_time or status.last_contact
+    return {
+        "serial": record.serial,
+        "hostname": declaration.hostname if declaration else status.hostname,
+        "pid": (declaration.pid if declaration else "") or status.platform,
+        "udi": status.udi,
+        "address": status.address,
+        "version": status.version,
+        "revision": status.revision,
+        "host_key": status.host_key,
+        "members": [list(m) for m in status.members],
+        "provisioned": format_time(status.last_contact),
+        "seconds": int((done - started).total_seconds()) if started and done else None,
+    }
+
+
+class HookAction:
+    """Without a controller: run ``command`` with the facts as JSON on stdin, and POST them to ``webhook``."""
+
+    def __init__(self, command: str = "", webhook: str = "", timeout: float = 30.0):
+        self.command, self.webhook, self.timeout = command, webhook, timeout
+
+    def hand_off(self, record: DeviceRecord) -> Result:
+        data = json.dumps(facts(record), ensure_ascii=False).encode()
+        status = record.status
+        done = {hook for hook in (status.handoff_device if status else "").split(",") if hook}  # hooks that already ran
+        ran = []
+        if self.command and "command" not in done:
+            try:
+                result = subprocess.run(shlex.split(self.command), input=data, capture_output=True, timeout=self.timeout)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return Result("failed", f"--on-provisioned did not run: {exc}", ",".join(sorted(done)))
+            if result.returncode != 0:
+                tail = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+                return Result("failed", f"--on-provisioned exited {result.returncode}: {tail[0][:200]}",
+                              ",".join(sorted(done)))
+            ran.append("command")
+        if self.webhook and "webhook" not in done:
+            request = urllib.request.Request(self.webhook, data=data, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    response.read()
+            except (urllib.error.URLError, OSError) as exc:
+                return Result("failed", f"--webhook {self.webhook}: {exc}", ",".join(sorted(done | set(ran))))
+            ran.append("webhook")
+        return Result("managed", f"hooks ran ({', '.join(ran) or 'none left'})", ",".join(sorted(done | set(ran))))
+
+
+class HandoffWorker:
+    """Hands provisioned devices on in a background thread; see the module docstring."""
+
+    def __init__(self, store: Store, action: Action, *, sweep_seconds: float = 60.0, lease_seconds: int = 300,
+                 retry_base_seconds: int = 30, retry_max_seconds: int = 3600, clock: Callable[[], float] = time.time):
+        self.store, self.action = store, action
+        self.sweep_seconds, self.lease_seconds = sweep_seconds, lease_seconds
+        self.retry_base_seconds, self.retry_max_seconds = retry_base_seconds, retry_max_seconds
+        self.clock = clock
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def notify(self, serial: str) -> None:
+        """The listener's word that ``serial`` is provisioned and waits to be handed on."""
+        self._queue.put(serial)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="pnp-handoff", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put("")
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        last_sweep = 0.0
+        while not self._stop.is_set():
+            try:
+                serial = self._queue.get(timeout=max(1.0, self.sweep_seconds / 4))
+            except queue.Empty:
+                serial = ""
+            if self._stop.is_set():
+                break
+            try:
+                if serial:
+                    self.run(serial)
+                if self.clock() - last_sweep >= self.sweep_seconds:
+                    last_sweep = self.clock()
+                    self.sweep()
+            except Exception:  # noqa: BLE001 - the worker must survive any one device
+                log.exception("hand-off worker: unexpected error; going on")
+
+    def sweep(self) -> int:
+        """Hand on every device that is due (after a restart, or a retry whose time has come)."""
+        due = [r.serial for r in self.store.snapshot().devices
+               if r.status is not None and r.status.handoff in ("pending", "failed") and r.status.handoff_next is not None]
+        return sum(self.run(serial) for serial in due)
+
+    def _now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(int(self.clock()), dt.timezone.utc)
+
+    def run(self, serial: str) -> bool:
+        """Claim ``serial`` if it is due, hand it on, record the outcome; True when something was done."""
+        now = self._now()
+        lease = now + dt.timedelta(seconds=self.lease_seconds)
+
+        def claim(record: DeviceRecord) -> Decision:
+            status = record.status
+            due = (status is not None and status.handoff in ("pending", "failed") and status.handoff_next is not None
+                   and status.handoff_next <= now and status.handoff_revision == status.revision)
+            if not due:
+                return Decision(b"", Event.HANDOFF, "not due")
+            assert status is not None
+            return Decision(b"", Event.HANDOFF, "claimed", dataclasses.replace(status, handoff_next=lease))
+
+        try:
+            claimed = self.store.update(serial, claim)
+        except StoreError as exc:
+            log.warning("hand-off of %s not claimed: %s", serial, exc)
+            return False
+        if claimed.status is None:
+            return False
+        record = self.store.load(serial)
+        try:
+            result = self.action.hand_off(record)
+        except Exception as exc:  # noqa: BLE001 - a failing action is a failed hand-off, retried
+            result = Result("failed", f"{type(exc).__name__}: {exc}")
+        self._record(serial, claimed.status.revision, result)
+        return True
+
+    def _record(self, serial: str, revision: str, result: Result) -> None:
+        now = self._now()
+
+        def decide(record: DeviceRecord) -> Decision:
+            status = record.status
+            if status is None or status.revision != revision:
+                return Decision(b"", Event.HANDOFF, "the work changed meanwhile")
+            attempts = status.handoff_attempts + 1
+            delay = min(self.retry_max_seconds, self.retry_base_seconds * 2 ** min(attempts - 1, 12))
+            retry = result.state != "managed" and result.retry
+            updated = dataclasses.replace(
+                status, handoff=result.state, handoff_message=result.message, handoff_device=result.device or
+                status.handoff_device, handoff_attempts=attempts, handoff_time=now,
+                handoff_next=now + dt.timedelta(seconds=delay) if retry else None,
+            )
+            return Decision(b"", Event.HANDOFF, result.message, updated)
+
+        self.store.update(serial, decide)
+        level = logging.INFO if result.state == "managed" else logging.WARNING
+        event(log, level, f"handoff-{result.state}", serial=serial, device=result.device or None,
+              detail=result.message, retry="yes" if result.retry and result.state != "managed" else "no")
