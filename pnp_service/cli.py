@@ -311,14 +311,21 @@ def _read_text(path: str, what: str) -> str:
 
 def write_private(path: str, data: bytes, *, exclusive: bool) -> None:
     """Write ``path`` whole or not at all, mode 0600: a private temporary file beside it, fsynced, then linked
-    in place (``exclusive``: never over an existing file) or renamed over the old one."""
+    in place (``exclusive``: never over an existing file) or renamed over the old one, whose owner and group
+    it keeps where it may (root merging into a file the service user reads)."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
+        old = None if exclusive else os.stat(path)
         descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     except OSError as exc:
         raise StoreError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(descriptor, "wb") as handle:
+            if old is not None and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                try:
+                    os.fchown(handle.fileno(), old.st_uid, old.st_gid)
+                except PermissionError:
+                    pass  # not root: the file becomes ours, as any editor would leave it
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

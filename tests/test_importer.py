@@ -679,3 +679,15 @@ def test_import_errors_are_one_line_each_without_a_traceback_from_the_installed_
         "pnp-service import: nothing written (1 problem)",
     ]
     assert not (tmp_path / "o.xml").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_merge_by_root_keeps_the_owner_the_service_reads_the_file_as(run, tmp_path):
+    groups, devices = import_files(tmp_path, "SN9,new,site-b\n")
+    output = tmp_path / "declarations.xml"
+    output.write_text(open(EXAMPLE_DATASTORE, encoding="utf-8").read(), encoding="utf-8")
+    os.chown(output, 65534, 65534)
+    assert run("import", devices, "--groups", groups, "--output", str(output), "--merge")[0] == 0
+    written = os.stat(output)
+    assert (written.st_uid, written.st_gid, stat.S_IMODE(written.st_mode)) == (65534, 65534, 0o600)
+    assert "SN9" in validation.load_file(str(output))
