@@ -382,8 +382,9 @@ def _deliver(args: argparse.Namespace, imported, what: str, origin: str) -> int:
 
     declarations = [item.declaration for item in imported]
     count = f"{len(declarations)} device{'s' if len(declarations) != 1 else ''}"
-    comment = (f"Written by {origin}: {count}.  Check it after every edit: pnp-service check --datastore "
-               f"{os.path.basename(args.output or '')}" if args.output else
+    # An XML comment cannot hold "--": say the option's name without its dashes.
+    comment = (f"Written by {origin}: {count}.  Check it after every edit: pnp-service check, with this file "
+               "as its datastore." if args.output else
                f"{origin}: {count}.  Review, then paste into clixon_cli (or clixon_cli -f CONFIG < THIS-FILE).")
     if args.output:
         if os.path.lexists(args.output):

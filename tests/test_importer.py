@@ -315,7 +315,8 @@ def test_import_writes_a_private_declarations_file_that_check_accepts(run, tmp_p
     assert run("check", "--datastore", output)[0] == 0
     assert [name for name in os.listdir(tmp_path) if name.endswith(".tmp")] == []
     text = open(output, encoding="utf-8").read()
-    assert text.startswith("<?xml") and "<!-- Written by pnp-service import devices.csv" in text
+    assert text.startswith("<?xml") and "<!-- Written by pnp-service import devices.csv: 2 devices." in text
+    assert "- -" not in text
     assert '<services xmlns="http://clicon.org/controller">' in text and '<pnp-device xmlns="urn:pnp-service:pnp">' in text
 
 
