@@ -362,13 +362,13 @@ def _check_output_flags(args: argparse.Namespace) -> None:
 
 def _template_dirs(args: argparse.Namespace, beside: str) -> list[str]:
     """Where ``config/template-file`` names are checked: --template-dir, else templates/ beside the output file
-    (where ``serve`` will look), else beside ``beside``; for the controller also its own template folder."""
+    (where ``serve`` will look), else beside ``beside``; for a controller also the service module's folder."""
     from .planner import DEFAULT_TEMPLATE_DIRS
 
     if args.template_dir:
         return list(args.template_dir)
     dirs = [os.path.join(os.path.dirname(os.path.abspath(args.output or beside)), "templates")]
-    if args.clixon_cli or args.netconf:
+    if args.clixon_cli or args.netconf or getattr(args, "clixon_socket", None):
         dirs += list(DEFAULT_TEMPLATE_DIRS)
     return dirs
 
