@@ -21,13 +21,15 @@ setup(
         "lxml>=4.9",
         "jinja2>=3.1",
         "gunicorn>=21",
+        # pnp-service import: the YAML device lists and group defaults.
+        "pyyaml>=6",
         # libyang's Python bindings need Debian's libyang2-dev to build; install.sh installs it and picks
         # the binding release that matches the installed libyang (2.8.0 for Debian 12's libyang 2.1.30).
         "libyang>=2.8,<4",
     ],
     # clixon-pyapi is needed only inside the controller (service module, --clixon-socket); it is not on
     # PyPI: docs/controller.md says how to install it from its git repository.
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "pyang>=2.5", "cryptography>=41", "mypy>=1.8"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "pyang>=2.5", "cryptography>=41", "mypy>=1.8", "types-PyYAML>=6"]},
     entry_points={
         "console_scripts": ["pnp-service = pnp_service.cli:main"],
         "pnp_service.steps": [

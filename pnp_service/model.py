@@ -397,6 +397,60 @@ def _handoff_from_xml(element: etree._Element | None) -> HandOff | None:
     )
 
 
+def declaration_to_xml(declaration: Declaration) -> etree._Element:
+    """One ``pnp-device`` element, the inverse of :func:`declaration_from_xml`, leaves in the YANG's order.
+
+    Defaults (``apply-to startup``, ``reload true``, ``reload-wait 60``, variable type ``string``) are left out,
+    as an operator would write them.
+    """
+    element = etree.Element(q(SERVICE_NAME), nsmap={None: PNP_NS})
+    _add_leaves(element, (("serial", declaration.serial), ("pid", declaration.pid), ("hostname", declaration.hostname)))
+    config_leaves = [("template-file", declaration.template_file), ("url", declaration.config_url)]
+    defaults_differ = declaration.apply_to != "startup" or not declaration.reload
+    if declaration.template is not None or declaration.template_lines or any(v for _, v in config_leaves) or defaults_differ:
+        config = _add(element, "config")
+        if declaration.template is not None:
+            _add(config, "template", declaration.template)
+        for number, text in declaration.template_lines:
+            line = _add(config, "line")
+            _add(line, "number", str(number))
+            _add_leaves(line, (("text", text),))
+        _add_leaves(config, config_leaves)
+        if declaration.apply_to != "startup":
+            _add(config, "apply-to", declaration.apply_to)
+        if not declaration.reload:
+            _add(config, "reload", "false")
+    types = dict(declaration.variable_types)
+    for name, value in declaration.variables:
+        variable = _add(element, "variable")
+        _add(variable, "name", name)
+        _add_leaves(variable, (("value", value), ("type", types.get(name, ""))))
+    for seq, cli in declaration.commands:
+        command = _add(element, "command")
+        _add(command, "seq", str(seq))
+        _add(command, "cli", cli)
+    for extra in declaration.steps:
+        step = _add(element, "step")
+        _add(step, "id", extra.id)
+        _add(step, "type", extra.type)
+        if extra.position != "before-config":
+            _add(step, "position", extra.position)
+        for name, value in extra.params:
+            param = _add(step, "param")
+            _add(param, "name", name)
+            _add_leaves(param, (("value", value),))
+    if declaration.image_version or declaration.image_url or declaration.image_md5:
+        image = _add(element, "image")
+        _add_leaves(image, (("version", declaration.image_version), ("url", declaration.image_url),
+                            ("md5", declaration.image_md5)))
+        if declaration.image_reload_wait != 60:
+            _add(image, "reload-wait", str(declaration.image_reload_wait))
+    if declaration.username or declaration.password:
+        credentials = _add(element, "credentials")
+        _add_leaves(credentials, (("username", declaration.username), ("password", declaration.password)))
+    return element
+
+
 def declarations_from_services(services: etree._Element | None) -> dict[str, Declaration]:
     """Every declaration under a ``<services>`` element, by serial."""
     if services is None:

@@ -3,7 +3,7 @@
 Layers, lowest first (a module may import its own layer and those below; never above):
   0 foundation: xmlsafe, logs
   1 protocol
-  2 model and planner: model, planner, validation
+  2 model and planner: model, planner, validation, importer (pure: device lists in, declarations out)
   3 provisioner: steps, provisioner, sudi
   4 stores: stores.*, downloads, handoff
   5 edges: listener, app, serving, cli, views, service_module, simulator.*, clixon_module.*, discovery, element_standin
@@ -23,7 +23,7 @@ PACKAGE = os.path.join(REPO, "pnp_service")
 LAYERS = [
     {"xmlsafe", "logs"},
     {"protocol"},
-    {"model", "planner", "validation"},
+    {"model", "planner", "validation", "importer"},
     {"steps", "provisioner", "sudi"},
     {"stores", "downloads", "handoff"},
     {"listener", "app", "serving", "cli", "views", "service_module", "simulator", "clixon_module", "discovery",
