@@ -29,7 +29,7 @@ setup(
     ],
     # clixon-pyapi is needed only inside the controller (service module, --clixon-socket); it is not on
     # PyPI: docs/controller.md says how to install it from its git repository.
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "pyang>=2.5", "cryptography>=41", "mypy>=1.8", "types-PyYAML>=6"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "pyang>=2.5", "cryptography>=41", "mypy>=1.8", "types-PyYAML>=6"]},
     entry_points={
         "console_scripts": ["pnp-service = pnp_service.cli:main"],
         "pnp_service.steps": [
