@@ -21,6 +21,7 @@ setup(
         "lxml>=4.9",
         "jinja2>=3.1",
         "gunicorn>=21",
+        "prometheus-client>=0.17",
         # pnp-service import: the YAML device lists and group defaults.
         "pyyaml>=6",
         # libyang's Python bindings need Debian's libyang2-dev to build; install.sh installs it and picks

@@ -6,6 +6,7 @@ message means is decided by :class:`pnp_service.listener.Listener`.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from flask import Flask, Response, request, send_file
@@ -13,6 +14,8 @@ from werkzeug.exceptions import HTTPException
 
 from .listener import Listener, ListenerSettings, Reply
 from .logs import event
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import health
 from .stores.base import Store
 
 log = logging.getLogger("pnp_service.listener")
@@ -43,6 +46,16 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
     def hello() -> Response:
         return Response(b"", status=200, content_type="text/plain")
 
+    @app.get("/healthz")
+    def healthz() -> Response:
+        """200 when the store answers, the declarations are valid and the controller is connected; else 503."""
+        ok, body = health(listener.store)
+        return Response(json.dumps(body) + "\n", status=200 if ok else 503, content_type="application/json")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(listener.metrics.render(), status=200, content_type=METRICS_TYPE)
+
     def unacceptable_type() -> Response | None:
         """Agents send XML (application/xml or text/xml); refuse bodies that say they are something else."""
         if request.environ.get("CONTENT_TYPE", "") in ACCEPTED_TYPES:
@@ -50,6 +63,7 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
         mimetype = request.mimetype
         if mimetype in ACCEPTED_TYPES or mimetype.endswith("+xml"):
             return None
+        listener.metrics.refused.labels("bad-content-type").inc()
         event(log, logging.WARNING, "bad-content-type", address=address(), path=request.path, content_type=mimetype)
         return Response(f"415 Unsupported Media Type: send XML, not {mimetype}\n", status=415, content_type="text/plain")
 
@@ -91,6 +105,7 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
         if error.code and error.code >= 400:
             # Scanners probe every path: a 404 is not worth a warning.
             level = logging.DEBUG if error.code == 404 else logging.WARNING
+            listener.metrics.refused.labels(f"http-{error.code}").inc()
             event(log, level, f"http-{error.code}", address=address(), method=request.method, path=request.path)
         return Response(f"{error.code} {error.name}: {error.description}\n", status=error.code, content_type="text/plain")
 

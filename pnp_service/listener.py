@@ -92,7 +92,10 @@ class Listener:
         clock: Callable[[], float] = time.time,
         on_provisioned: Callable[[str], None] | None = None,
     ):
+        from .metrics import Metrics
+
         self.store = store
+        self.metrics = Metrics(store)
         #: Told the serial of every device that became provisioned and waits to be handed on (never blocks).
         self.on_provisioned = on_provisioned
         self.settings = settings or ListenerSettings()
@@ -109,6 +112,7 @@ class Listener:
         try:
             request = protocol.parse_work_request(body)
         except protocol.ProtocolError as exc:
+            self.metrics.refused.labels("bad-work-request").inc()
             event(log, logging.WARNING, "bad-work-request", address=address, reason=str(exc))
             return _error(400, f"bad WORK-REQUEST: {exc}")
         contact = self._contact(address, base_url, secure)
@@ -123,6 +127,7 @@ class Listener:
         try:
             response = protocol.parse_work_response(body)
         except protocol.ProtocolError as exc:
+            self.metrics.refused.labels("bad-work-response").inc()
             event(log, logging.WARNING, "bad-work-response", address=address, reason=str(exc))
             return _error(400, f"bad WORK-RESPONSE: {exc}")
         contact = self._contact(address, base_url, secure)
@@ -133,13 +138,20 @@ class Listener:
         )
 
     def _decide(self, serial: str, decide: Callable[[DeviceRecord], Decision], address: str, reported: str = "") -> Reply:
+        began = time.perf_counter()
         try:
             decision = self.store.update(serial, decide)
         except StoreUnavailable as exc:
+            self.metrics.refused.labels("store-unavailable").inc()
             event(log, logging.ERROR, "store-unavailable", serial=serial, address=address, reason=str(exc))
             retry = str(self.settings.unavailable_retry_seconds)
             return Reply(503, b"store unavailable, retry later\n", TEXT, (("Retry-After", retry),))
         status = decision.status
+        self.metrics.polls.labels(decision.event.value).inc()
+        if decision.changes:
+            self.metrics.writes.observe(time.perf_counter() - began)
+        if decision.event == Event.REFUSED and status is not None:
+            self.metrics.sudi_refused.labels(status.error_code or "unknown").inc()
         if status is not None and status.handoff == "pending" and status.state == "provisioned" and self.on_provisioned:
             self.on_provisioned(status_serial(serial, decision))
         event(
@@ -148,7 +160,8 @@ class Listener:
             decision.event,
             serial=serial,
             address=address,
-            hostname=reported or None,
+            device=decision.device or None,
+            hostname=decision.hostname or reported or None,
             step=decision.step or None,
             state=status.state if status is not None else None,
             detail=decision.detail,
@@ -180,7 +193,8 @@ class Listener:
         if refused:
             event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind, reason=refused)
             return _error(403, f"download refused: {refused}")
-        work = self.provisioner.effective_work(self.store.load(serial).work)
+        record = self.store.load(serial)
+        work = self.provisioner.effective_work(record.work)
         if work is None or work.revision != revision:
             event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind,
                   reason=f"revision {revision} is not current")
@@ -191,22 +205,24 @@ class Listener:
             except UnknownStepType:
                 continue
             if offered is not None:
-                return self._serve(offered, serial, address, kind, name)
+                hostname = record.declaration.hostname if record.declaration else ""
+                return self._serve(offered, serial, address, kind, name, hostname)
         return _error(404, f"this device's work has no {kind} to download here")
 
-    def _serve(self, offered: Download, serial: str, address: str, kind: str, name: str) -> Reply:
+    def _serve(self, offered: Download, serial: str, address: str, kind: str, name: str, hostname: str = "") -> Reply:
         if offered.text is not None:
             data = offered.text.encode()
             # A configuration carries secrets: log its size, never its text.
-            event(log, logging.INFO, "download", serial=serial, address=address, kind=kind, bytes=len(data))
+            event(log, logging.INFO, "download", serial=serial, address=address, hostname=hostname or None, kind=kind,
+                  bytes=len(data))
             return Reply(200, data, offered.content_type)
         path = self._image_path(offered.file_name)
         if not path or (name and name != offered.file_name):
             event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind,
                   reason=f"{offered.file_name!r} is not a file in the image folder")
             return _error(404, "no such image here")
-        event(log, logging.INFO, "download", serial=serial, address=address, kind=kind, file=offered.file_name,
-              bytes=os.path.getsize(path))
+        event(log, logging.INFO, "download", serial=serial, address=address, hostname=hostname or None, kind=kind,
+              file=offered.file_name, bytes=os.path.getsize(path))
         return Reply(200, content_type=offered.content_type, file_path=path)
 
     def _image_path(self, name: str) -> str:

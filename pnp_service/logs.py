@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 from typing import Any, Mapping
 
 from .xmlsafe import visible
@@ -51,14 +52,22 @@ def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
         logger.log(level, Event(name, fields))
 
 
+_SIGNATURE = re.compile(r"([?&]sig=)[0-9a-fA-F]+")
+
+
+def redact(text: str) -> str:
+    """A download URL's signature never reaches a log (a web server's request line may carry one)."""
+    return _SIGNATURE.sub(r"\1...", text) if "sig=" in text else text
+
+
 class TextFormatter(logging.Formatter):
-    """The classic line, with any control character of a message shown escaped, never raw."""
+    """The classic line, with any control character of a message shown escaped, never raw, and no signature."""
 
     def __init__(self) -> None:
         super().__init__(_TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = visible(record.message)
+        record.message = redact(visible(record.message))
         return super().formatMessage(record)
 
 
@@ -75,7 +84,7 @@ class JsonFormatter(logging.Formatter):
             data["event"] = record.msg.name
             data.update({key: value for key, value in record.msg.fields.items() if value is not None and value != ""})
         else:
-            data["message"] = record.getMessage()
+            data["message"] = redact(record.getMessage())
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False, default=str)

@@ -158,6 +158,8 @@ class Decision:
     member_of: str = ""
     #: The declared serial the status belongs to, when it is not the caller's (a stack's).
     device: str = ""
+    #: The declared hostname, for the log.
+    hostname: str = ""
 
     @property
     def changes(self) -> bool:
@@ -499,7 +501,9 @@ class Provisioner:
         )
         service = step_type.service(step, status)
         phase = f" ({status.phase})" if status.phase else ""
-        return Decision(reply, Event.REQUEST, f"sent {service} request{phase}", sent, step=step.id)
+        what = getattr(step_type, "describe", lambda *a: "")(step, status)
+        return Decision(reply, Event.REQUEST, f"sent {service} request{phase}" + (f": {what}" if what else ""), sent,
+                        step=step.id)
 
     # ================================================================== WORK-RESPONSE
 
@@ -643,7 +647,10 @@ class Provisioner:
         if updated.state == State.PROVISIONED and self._hands_off(answer.record):
             updated = _provisioned(updated, answer.contact.now, handoff=True)
         reported = f"{outcome.code}: {outcome.message}" if outcome.code or outcome.message else "ok"
-        return Decision(answer.reply, event or verdict_event, f"{reported} -> {updated.state}", updated, step=step.id)
+        detail = f"{reported} -> {updated.state}"
+        if updated.state == State.PROVISIONED and updated.started is not None:
+            detail += f" in {int((answer.contact.now - updated.started).total_seconds())} s"
+        return Decision(answer.reply, event or verdict_event, detail, updated, step=step.id)
 
     # ------------------------------------------------------------------ verdicts
 
@@ -679,7 +686,9 @@ class Provisioner:
 
 
 def _for(record: DeviceRecord, decision: Decision) -> Decision:
-    """Say whose record the decision was taken on, when a stack member called."""
+    """Say whose record the decision was taken on (a stack's, when a member called) and its declared hostname."""
+    if record.declaration is not None and record.declaration.hostname:
+        decision = replace(decision, hostname=record.declaration.hostname)
     return replace(decision, device=record.serial) if record.caller and record.caller != record.serial else decision
 
 

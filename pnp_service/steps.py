@@ -133,6 +133,10 @@ class StepType(Protocol):
         """Why the device is told to back off while this step waits in ``phase`` (the backoff's reason)."""
         ...
 
+    def describe(self, step: Step, status: Status) -> str:
+        """What the request of ``status.phase`` does, for the log (never a secret, never a URL's signature)."""
+        ...
+
     def download(self, step: Step, kind: str) -> Download | None:
         """What this step serves under a download URL of ``kind``, or None."""
         ...
@@ -210,8 +214,16 @@ class SimpleStep:
     def wait_reason(self, step: Step, phase: str) -> str:
         return f"retrying {step.id} after a failure"
 
+    def describe(self, step: Step, status: Status) -> str:
+        return step.param("command")
+
     def download(self, step: Step, kind: str) -> Download | None:
         return None
+
+
+def _without_query(url: str) -> str:
+    """A URL for a log line: its query (where signatures are) left out."""
+    return url.split("?", 1)[0]
 
 
 # --------------------------------------------------------------------------- device facts
@@ -410,6 +422,19 @@ class ImageInstallStep:
     def wait_reason(self, step: Step, phase: str) -> str:
         return "waiting for the reload" if phase == "verify" else f"retrying {step.id} after a failure"
 
+    def describe(self, step: Step, status: Status) -> str:
+        target = f"{self._file(step)} ({step.param('version')})"
+        if status.phase in ("", "ready"):
+            source = "the listener's image folder" if _local_image(step.param("location")) \
+                else _without_query(step.param("location"))
+            return f"install {target} from {source} to {status.flash or 'flash:'}" \
+                   + (f", running {status.version}" if status.version else "")
+        if status.phase == "verify":
+            return f"is {step.param('version')} running?"
+        return {"cleanup": "install remove inactive (flash is short)", "copy": f"copy {target} over the command line",
+                "activate": f"install add {target} activate commit", "check": "did the failed install install it?",
+                "recheck": "free space after install remove inactive"}.get(status.phase, "")
+
     def download(self, step: Step, kind: str) -> Download | None:
         location = step.param("location")
         if kind == "image" and _local_image(location):
@@ -502,6 +527,11 @@ class ConfigUpgradeStep(SimpleStep):
     """Have the device copy its configuration from the listener (or the declared URL)."""
 
     name = pnp_service = "config-upgrade"
+
+    def describe(self, step: Step, status: Status) -> str:
+        where = _without_query(step.param("url")) if step.param("url") else "the listener"
+        return f"configuration from {where} to {step.param('apply-to', 'startup')}, " \
+               + ("then reload" if step.param("reload") == "true" else "no reload")
 
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
         location = step.param("url") or ctx.download_url("config", "")

@@ -127,4 +127,4 @@ def test_config_text_is_never_logged(setup, caplog):
     caplog.set_level("DEBUG")
     client.get(config_url(client))
     assert "change-me" not in caplog.text and "hostname access-sw-01" not in caplog.text
-    assert 'event=download serial="FOC2001X0AB" address="127.0.0.1" kind="config"' in caplog.text
+    assert 'event=download serial="FOC2001X0AB" address="127.0.0.1" hostname="access-sw-01" kind="config"' in caplog.text

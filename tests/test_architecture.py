@@ -6,7 +6,7 @@ Layers, lowest first (a module may import its own layer and those below; never a
   2 model and planner: model, planner, validation, importer (pure: device lists in, declarations out)
   3 provisioner: steps, provisioner, sudi
   4 stores: stores.*, downloads, handoff
-  5 edges: listener, app, serving, cli, views, service_module, simulator.*, clixon_module.*, discovery, element_standin
+  5 edges: listener, app, serving, cli, views, metrics, service_module, simulator.*, clixon_module.*, discovery, element_standin
 Flask, werkzeug and gunicorn only in the web edges; clixon-pyapi only in the Clixon store and the service module.
 """
 
@@ -26,7 +26,7 @@ LAYERS = [
     {"model", "planner", "validation", "importer"},
     {"steps", "provisioner", "sudi"},
     {"stores", "downloads", "handoff"},
-    {"listener", "app", "serving", "cli", "views", "service_module", "simulator", "clixon_module", "discovery",
+    {"listener", "app", "serving", "cli", "views", "metrics", "service_module", "simulator", "clixon_module", "discovery",
      "element_standin"},
 ]
 WEB = {"flask", "werkzeug", "gunicorn"}

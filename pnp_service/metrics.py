@@ -1,0 +1,84 @@
+"""What ``/metrics`` says, in Prometheus' format (prometheus-client), and what ``/healthz`` answers.
+
+Owns the listener's counters (polls by event, inputs refused by reason, SUDI
+proofs refused by reason, writes and their latency), the gauges read at scrape
+time from the store (devices by state, writes waiting in the Clixon journal),
+and the health verdict (store reachable, declarations valid, controller
+connected).  Each listener process keeps its own registry: with several gunicorn
+workers, scrape each, or run one worker per listener.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from . import views
+from .stores.base import Store
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """One listener's metrics."""
+
+    def __init__(self, store: Store, snapshot_seconds: float = 10.0):
+        self.store = store
+        self.registry = CollectorRegistry()
+        self.polls = PromCounter("pnp_messages_total", "Agent messages handled, by event", ["event"], registry=self.registry)
+        self.refused = PromCounter("pnp_refused_inputs_total", "Requests refused before any decision, by reason",
+                                   ["reason"], registry=self.registry)
+        self.sudi_refused = PromCounter("pnp_sudi_refused_total", "SUDI proofs refused, by reason", ["reason"],
+                                        registry=self.registry)
+        self.writes = Histogram("pnp_store_write_seconds", "Time to make a decision's change durable", registry=self.registry,
+                                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.devices = Gauge("pnp_devices", "Declared devices by state, and unclaimed ones", ["state"], registry=self.registry)
+        self.pending = Gauge("pnp_journal_pending", "Writes waiting in the journal for the controller", registry=self.registry)
+        self._snapshot_seconds = snapshot_seconds
+        self._snapshot_at = 0.0
+        self._lock = threading.Lock()
+
+    def _refresh_gauges(self) -> None:
+        """Devices by state, from a snapshot at most every ``snapshot_seconds`` (cheap enough at 10,000)."""
+        with self._lock:
+            if time.monotonic() - self._snapshot_at < self._snapshot_seconds:
+                return
+            snapshot = self.store.snapshot()
+            states = Counter(views.shown_state(record) for record in snapshot.devices)
+            states["unclaimed"] = len(snapshot.unclaimed)
+            self.devices.clear()
+            for state, count in states.items():
+                self.devices.labels(state).set(count)
+            self.pending.set(len(getattr(self.store, "_pending", {}) or {}))
+            self._snapshot_at = time.monotonic()
+
+    def render(self) -> bytes:
+        self._refresh_gauges()
+        return generate_latest(self.registry)
+
+
+def health(store: Store) -> tuple[bool, dict[str, Any]]:
+    """Whether the listener can do its job, and why not: the store answers, the declarations are valid,
+    the controller is connected."""
+    problems: list[str] = []
+    try:
+        store.load("HEALTHZ-PROBE")  # a read, which also looks at the declarations file
+        reachable = True
+    except Exception as exc:  # noqa: BLE001 - any failure to read is what this reports
+        reachable = False
+        problems.append(f"store: {exc}")
+    problems[:0] = store.problems()
+    controller = getattr(store, "last_error", None)
+    body = {
+        "status": "ok" if reachable and not problems else "degraded",
+        "store": type(store).__name__,
+        "problems": problems,
+    }
+    if controller is not None:
+        body["controller"] = "unreachable" if controller else "connected"
+    return reachable and not problems, body

@@ -1,0 +1,160 @@
+"""An operator's day: health and metrics, logs that tell one device's story, a command line without tracebacks,
+a simulator that tells the truth."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, SECRET, FakeClock, datastore_xml, open_store
+from pnp_service import protocol
+from pnp_service.app import create_app
+from pnp_service.listener import Listener, ListenerSettings
+from pnp_service.simulator import AgentSimulator, SimulatedDevice, messages
+
+UDI = protocol.Udi("C9300-24P", "V01", "FOC2001X0AB")
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "pnp_service.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, **kwargs)
+
+
+@pytest.fixture
+def client(example_path):
+    store = open_store(example_path)
+    settings = ListenerSettings(secret=SECRET)
+    listener = Listener(store, settings, clock=FakeClock())
+    return create_app(store, settings, listener=listener).test_client(), example_path
+
+
+def test_healthz_says_ok_and_names_what_is_wrong(client):
+    http, path = client
+    response = http.get("/healthz")
+    assert response.status_code == 200 and response.json == {"status": "ok", "store": "EmbeddedStore", "problems": []}
+    with open(path, "a") as handle:
+        handle.write("<broken")  # an invalid live edit
+    response = http.get("/healthz")
+    assert response.status_code == 503 and response.json["status"] == "degraded"
+    assert "not well-formed" in response.json["problems"][0]
+
+
+def test_metrics_count_messages_refusals_writes_and_devices(client):
+    http, _ = client
+    http.post("/pnp/WORK-REQUEST", data=messages.work_request(UDI, "c1"), content_type="text/xml")
+    http.post("/pnp/WORK-REQUEST", data=b"<not-pnp/>", content_type="text/xml")
+    http.post("/pnp/WORK-REQUEST", data=b"x", content_type="application/json")
+    http.post("/pnp/WORK-REQUEST", data=messages.work_request(protocol.Udi("X", "", "STRANGER1"), "c2"))
+    text = http.get("/metrics").data.decode()
+    assert 'pnp_messages_total{event="request"} 1.0' in text and 'pnp_messages_total{event="unclaimed"} 1.0' in text
+    assert 'pnp_refused_inputs_total{reason="bad-work-request"} 1.0' in text
+    assert 'pnp_refused_inputs_total{reason="bad-content-type"} 1.0' in text
+    assert 'pnp_devices{state="onboarding"} 1.0' in text and 'pnp_devices{state="unclaimed"} 1.0' in text
+    assert "pnp_store_write_seconds_count 2.0" in text
+
+
+def test_a_scanners_404_is_not_a_warning(client, caplog):
+    http, _ = client
+    with caplog.at_level(logging.DEBUG):
+        assert http.get("/wp-login.php").status_code == 404
+    assert [r.levelno for r in caplog.records if "http-404" in r.getMessage()] == [logging.DEBUG]
+
+
+def test_the_log_tells_one_devices_story(tmp_path, serve, clock, caplog):
+    image = b"IMAGE" * 10_000
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "cat9k_iosxe.17.09.04a.SPA.bin").write_bytes(image)
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml(
+        "<serial>SN1</serial><pid>C9300-48P</pid><hostname>access-7</hostname><config><template>hostname {{ hostname }}"
+        f"</template></config><image><version>17.09.04a</version><url>cat9k_iosxe.17.09.04a.SPA.bin</url>"
+        f"<md5>{hashlib.md5(image).hexdigest()}</md5></image>"))
+    running = serve(str(path), image_dir=str(tmp_path / "images"))
+    caplog.set_level(logging.INFO, logger="pnp_service")
+    result = AgentSimulator(running.url, sleep=clock.advance).run(SimulatedDevice("SN1", pid="C9300-48P", mode="bundle"))
+    assert result.outcome == "configured"
+    from pnp_service.logs import TextFormatter
+
+    formatter = TextFormatter()
+    every = "\n".join(formatter.format(r) for r in caplog.records)
+    assert "sig=" in "\n".join(r.getMessage() for r in caplog.records)  # the dev server's request lines carry them...
+    assert "&sig=..." in every and not __import__("re").search(r"sig=[0-9a-f]{8}", every)  # ...the log never does
+    lines = [r.getMessage() for r in caplog.records if 'serial="SN1"' in r.getMessage()]
+    assert all('hostname="access-7"' in line for line in lines)
+    install = next(line for line in lines if "image-install request" in line)
+    assert "cat9k_iosxe.17.09.04a.SPA.bin (17.09.04a)" in install and "running 17.3.1" in install
+    assert "hostname access-7" not in "\n".join(lines)  # never the configuration
+    assert lines[-1].startswith("event=provisioned") and " -> provisioned in " in lines[-1]
+    assert not any("backoff-ack" in r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+
+
+def test_json_logs_are_one_object_per_line(example_path, tmp_path):
+    result = cli("--log-format", "json", "serve", "--datastore", example_path, "--port", "70000")
+    assert result.returncode == 2  # (argparse refuses the port before logging starts)
+    result = cli("serve", "--log-format", "json", "--datastore", str(tmp_path / "missing.xml"))
+    assert result.returncode == 1 and "no such file" in result.stderr
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_global_flags_work_after_the_command_too(example_path):
+    before = cli("--log-level", "debug", "check", "--datastore", example_path)
+    after = cli("check", "--datastore", example_path, "--log-level", "debug")
+    assert before.returncode == after.returncode == 0
+
+
+def test_help_shows_the_real_defaults():
+    text = cli("serve", "--help").stdout
+    assert "(default: None)" not in text
+    assert "default: pnp-datastore.xml" in text and "default: 8080" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["agent", "--device", "bad serial!"], "is not a serial number"),
+    (["agent", "--url", "http://127.0.0.1:9"], "give --device SERIAL[:PID]"),
+    (["serve", "--port", "0"], "0 is not a port"),
+    (["serve", "--workers", "0"], "must be at least 1"),
+    (["option43", "192.0.2.1:80"], "is not an IPv6 address"),
+])
+def test_bad_flags_are_one_line_errors(args, message):
+    result = cli(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- the simulator
+
+
+def test_the_simulator_prints_each_step_as_it_happens_and_fails_when_a_device_fails(serve, example_path):
+    running = serve(example_path)
+    ok = cli("agent", "--url", running.url, "--device", "FOC2001X0AB", "--time-scale", "0")
+    lines = ok.stdout.splitlines()
+    assert ok.returncode == 0 and lines[:2] == ["FOC2001X0AB: device-info", "FOC2001X0AB: config-upgrade"]
+    assert lines[-1] == "1 configured"
+    failed = cli("agent", "--url", running.url, "--device", "FOC2001X0CD:C9500-16X", "--time-scale", "0")
+    assert failed.returncode == 1 and "1 failed" in failed.stdout
+
+
+def test_a_fleet_gets_a_counter_not_a_line_per_step(serve, tmp_path):
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml(*[f"<serial>SIM{i:04d}</serial><hostname>h{i}</hostname><config><template>x</template>"
+                                    "</config>" for i in range(1, 6)]))
+    running = serve(str(path))
+    result = cli("agent", "--url", running.url, "--count", "5", "--time-scale", "0")
+    assert result.returncode == 0 and result.stdout.strip() == "5 configured"
+    assert "5/5 devices done" in result.stderr
+
+
+def test_the_simulated_device_runs_the_version_in_the_image_name_never_one_from_a_query():
+    device = SimulatedDevice("SN1", mode="bundle")
+    sim = AgentSimulator("http://127.0.0.1:9")
+    request = messages.parse_server_message(protocol.image_install(
+        protocol.Envelope(device.udi, "c"), "http://images.example.invalid/cat9k_iosxe.17.12.01.SPA.bin?v=99.9.9",
+        "a" * 32))
+    sim._image_install(device, None, request)
+    assert device.pending_version == "17.12.01"
