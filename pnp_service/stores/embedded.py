@@ -195,7 +195,7 @@ def _dumps(record: Status | Unclaimed) -> str:
 # Decoded rows by their text: most polls read a row that has not changed since the last one, and records
 # are immutable, so the same object serves again.  Bounded by the number of distinct rows recently read.
 _decoded: dict[str, Status | Unclaimed] = {}
-_DECODED_MAX = 50_000
+_DECODED_MAX = 16_384
 
 
 def _decode(data: str | None, cls: type[model.R]) -> model.R | None:
@@ -255,6 +255,8 @@ class StateDb:
                                                  check_same_thread=False)
                     connection.execute("PRAGMA journal_mode = WAL")
                     connection.execute("PRAGMA synchronous = FULL")  # a commit is on disk before the device hears
+                # Rows are small and a poll reads one: a small page cache per thread's connection is plenty.
+                connection.execute("PRAGMA cache_size = -512")
             except sqlite3.Error as exc:
                 raise StoreError(f"state database {self.path}: {exc}") from None
             self._local.connection = connection

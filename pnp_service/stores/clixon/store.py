@@ -82,15 +82,21 @@ class View:
             self.status.pop(change.serial, None)
 
 
-def view_from_reply(data: bytes) -> View:
-    """Build the view from a get-config reply, element by element, freeing each as it goes."""
+def view_from_reply(data: bytes, previous: View | None = None) -> View:
+    """Build the view from a get-config reply, element by element, freeing each as it goes.
+
+    Records that did not change are taken from ``previous`` (the same objects), so a
+    refresh holds little more than one copy of running in memory.
+    """
     view = View()
+    old = previous or View()
     tags = (q("device"), q("unclaimed"), q("pnp-device"), q("stack-member"))
     for _, element in iterparse(data, tag=tags):
         parent = element.getparent()
         if element.tag == q("pnp-device"):
             declaration = model.declaration_from_xml(element)
-            view.declarations[declaration.serial] = declaration
+            known = old.declarations.get(declaration.serial)
+            view.declarations[declaration.serial] = known if known == declaration else declaration
         elif parent is not None and parent.tag == q("pnp"):
             serial = model.child_text(element, "serial")
             if element.tag == q("unclaimed"):
@@ -98,7 +104,14 @@ def view_from_reply(data: bytes) -> View:
             elif element.tag == q("stack-member"):
                 view.aliases[serial] = model.child_text(element, "stack")
             else:
-                work = model.work_from_xml(element.find(q("work")))
+                work_element = element.find(q("work"))
+                known_work = old.work.get(serial)
+                work: Work | None
+                if known_work is not None and work_element is not None and \
+                        model.child_text(work_element, "revision") == known_work.revision:
+                    work = known_work  # the revision digests the steps: unchanged, nothing to build
+                else:
+                    work = model.work_from_xml(work_element)
                 status = model.status_from_xml(element.find(q("status")))
                 if work is not None:
                     view.work[serial] = work
@@ -235,7 +248,7 @@ class ClixonStore:
     def load(self, serial: str) -> DeviceRecord:
         return self._record(serial)
 
-    def _fetch(self, xpath: str) -> View:
+    def _fetch(self, xpath: str, previous: View | None = None) -> View:
         """One get-config from running, outside every lock but the reader session's."""
         with self._reader_lock:
             try:
@@ -247,12 +260,12 @@ class ClixonStore:
                     self._reader.close()
                     self._reader = None
                 raise
-        return view_from_reply(data)
+        return view_from_reply(data, previous)
 
     def refresh(self) -> None:
         """Fetch declarations and ``/pnp`` from running, then swap the copy in."""
         generation = self._generation
-        fresh = self._fetch(_ALL)
+        fresh = self._fetch(_ALL, self._view)
         with self._lock:
             for committed_at, change in self._recent:
                 if committed_at > generation:  # committed while we fetched: running had not got it yet
