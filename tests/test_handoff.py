@@ -90,6 +90,8 @@ class FakeController:
         self.devices: dict[str, etree._Element] = {}
         self.conn_state, self.logmsg = conn_state, logmsg
         self.opened: list[str] = []
+        self.closed: list[str] = []
+        self.refuse_delete = False
 
     def session(self, sockpath):
         return FakeSession(self)
@@ -108,6 +110,13 @@ class FakeSession:
     def edit_config(self, config, default_operation="merge"):
         device = etree.fromstring(config).find(f"{{{CONTROLLER_NS}}}device")
         name = device.findtext(f"{{{CONTROLLER_NS}}}name")
+        if device.get(f"{{{NETCONF_NS}}}operation") == "delete":
+            if self.controller.refuse_delete:
+                raise RpcError("Transaction 7 is ongoing", "operation-failed", "application")
+            if name not in self.controller.devices:
+                raise RpcError("Data does not exist; cannot delete resource", "data-missing", "application")
+            del self.controller.devices[name]
+            return
         assert device.get(f"{{{NETCONF_NS}}}operation") == "create"
         if name in self.controller.devices:
             raise RpcError("Data already exists; cannot create new resource", "data-exists", "application")
@@ -122,7 +131,9 @@ class FakeSession:
 
     def rpc(self, body):
         element = etree.fromstring(body)
-        self.controller.opened.append(element.findtext(f"{{{CONTROLLER_NS}}}device"))
+        opening = element.findtext(f"{{{CONTROLLER_NS}}}operation") == "OPEN"
+        (self.controller.opened if opening else self.controller.closed).append(
+            element.findtext(f"{{{CONTROLLER_NS}}}device"))
         return element
 
     def get(self, xpath, namespaces=None):
@@ -171,6 +182,27 @@ def test_a_connection_that_fails_reports_the_controllers_logmsg(tmp_path):
     controller = FakeController("CLOSED", "ssh: connect to host 192.0.2.31 port 830: Connection refused")
     result = action(controller, tmp_path).hand_off(record())
     assert result.state == "failed" and result.retry and "Connection refused" in result.message
+
+
+def test_an_entry_that_does_not_open_is_withdrawn_so_the_controllers_commits_do_not_wait_for_it(tmp_path):
+    # clixon-controller 1.8 holds every later commit in INIT while an enabled device is CLOSED (tests/integration).
+    controller = FakeController("CLOSED", "ssh: connect to host 192.0.2.31 port 830: Connection refused")
+    result = action(controller, tmp_path).hand_off(record())
+    assert "sw1" not in controller.devices and controller.closed == ["sw1"]
+    assert result.retry and "withdrawn from /ctrl:devices until the next try" in result.message
+    assert action(controller, tmp_path).hand_off(record()).retry and controller.opened == ["sw1", "sw1"]
+    controller.refuse_delete = True
+    result = action(controller, tmp_path).hand_off(record())
+    assert "sw1" in controller.devices and "left enabled under /ctrl:devices" in result.message
+    assert "Transaction 7 is ongoing" in result.message
+
+
+def test_an_entry_that_is_not_ours_is_never_withdrawn(tmp_path):
+    controller = FakeController("CLOSED", "Connection refused")
+    controller.devices["sw1"] = etree.fromstring(
+        f'<device xmlns="{CONTROLLER_NS}"><name>sw1</name><addr>192.0.2.99</addr><description>core</description></device>')
+    action(controller, tmp_path).hand_off(record())
+    assert "sw1" in controller.devices and controller.closed == []
 
 
 def test_host_key_checking_off_is_explicit_and_pins_nothing(tmp_path):

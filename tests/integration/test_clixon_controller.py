@@ -495,6 +495,14 @@ def test_a_provisioned_device_is_handed_to_the_controller_and_managed(serial, tm
         message = text(show_pnp(other), "status/handoff/message")
         assert "Connection refused" in message or "127.0.0.3" in message, message
         assert text(show_pnp(serial), "status/handoff/state") == "managed"  # the failure touched nobody else
+        # The entry that did not open is gone again: while an enabled device is CLOSED the controller holds every
+        # commit in INIT with the candidate locked (reproduced on 1.8.0+5), which would stall the roll-out.
+        assert "withdrawn" in message and controller_device(bad) == ("", ""), (message, controller_device(bad))
+        cli("set", "services", "pnp-device", other, "hostname", bad + "-2", configure=True)
+        started = time.monotonic()
+        result = subprocess.run(["clixon_cli", "-f", CONFIG, "-1", "-m", "configure", "commit"],
+                                capture_output=True, text=True, timeout=60)
+        assert "Failed" not in result.stdout + result.stderr and time.monotonic() - started < 30, result
     finally:
         server.shutdown()
         worker.stop()

@@ -7,7 +7,11 @@ of that name is never overwritten), its host key, read over PnP, is pinned in
 the controller's ``known_hosts`` (or, when the operator said so, host key
 checking is turned off for it), the connection is opened with the RPC
 ``connection-change``, and ``conn-state`` is watched until OPEN, or CLOSED
-with the controller's ``logmsg``.
+with the controller's ``logmsg``.  An entry that does not open is withdrawn
+again: the controller (1.8) holds every later ``commit`` in INIT, with the
+candidate locked, while an enabled device is CLOSED, so one unreachable switch
+would stall the whole roll-out.  Nothing is lost by that: opening a
+connection pulls the device's configuration anew.
 """
 
 from __future__ import annotations
@@ -84,19 +88,24 @@ class ControllerAction:
         except StoreUnavailable as exc:
             return Result("failed", f"controller unreachable: {exc}", name)
         try:
-            conflict = self._add(session, record.serial, name, address, spec)
+            try:
+                conflict = self._add(session, record.serial, name, address, spec)
+            except (RpcError, StoreUnavailable) as exc:
+                return Result("failed", f"the controller refused the device entry: {exc}", name)
             if conflict:
                 return Result("failed", conflict, name, retry=False)
-            session.rpc(f'<connection-change xmlns="{CONTROLLER_NS}"><device>{escape_text(name)}</device>'
-                        "<operation>OPEN</operation></connection-change>")
-            state, message = self._wait_open(session, name)
-        except (RpcError, StoreUnavailable) as exc:
-            return Result("failed", f"the controller refused: {exc}", name)
+            try:  # from here on the entry is ours: it opens, or it is withdrawn
+                session.rpc(f'<connection-change xmlns="{CONTROLLER_NS}"><device>{escape_text(name)}</device>'
+                            "<operation>OPEN</operation></connection-change>")
+                state, message = self._wait_open(session, name)
+                if state == "OPEN":
+                    return Result("managed", f"managed by the controller as {name} ({address}:{spec.port})", name)
+                failure = f"connection {state or 'not opened'}: {message or 'no logmsg'}"
+            except (RpcError, StoreUnavailable) as exc:
+                failure = f"the controller refused: {exc}"
+            return Result("failed", failure + self._withdraw(session, name), name)
         finally:
             session.close()
-        if state == "OPEN":
-            return Result("managed", f"managed by the controller as {name} ({address}:{spec.port})", name)
-        return Result("failed", f"connection {state or 'not opened'}: {message or 'no logmsg'}", name)
 
     def _add(self, session: Session, serial: str, name: str, address: str, spec) -> str:
         """Create the device entry; an entry of that name that is not ours is a conflict, never overwritten."""
@@ -112,7 +121,7 @@ class ControllerAction:
             f"<conn-type>NETCONF_SSH</conn-type><user>{escape_text(spec.user)}</user>"
             f"<addr>{escape_text(address)}</addr><port>{spec.port}</port></device></devices>"
         )
-        if self._create(session, edit):
+        if self._commit(session, edit):
             return ""
         existing = session.get_config("running", f"/ctrl:devices/ctrl:device[ctrl:name='{name}']")
         if existing.findtext(f".//{{{CONTROLLER_NS}}}description") != MARK.format(serial=serial):
@@ -120,8 +129,24 @@ class ControllerAction:
                     "not overwritten (set controller name to another one, or remove that entry)")
         return ""  # ours, from an earlier try or another listener
 
-    def _create(self, session: Session, edit: str, tries: int = 20) -> bool:
-        """Commit the create; False when the entry exists.  A busy candidate (a status commit) is waited for."""
+    def _withdraw(self, session: Session, name: str) -> str:
+        """Close and delete our entry that did not open; what to add to the failure when that failed too."""
+        quoted = escape_text(name)
+        try:
+            session.rpc(f'<connection-change xmlns="{CONTROLLER_NS}"><device>{quoted}</device>'
+                        "<operation>CLOSE</operation></connection-change>")
+            self._commit(session, f'<devices xmlns="{CONTROLLER_NS}" xmlns:nc="{NETCONF_NS}">'
+                                  f'<device nc:operation="delete"><name>{quoted}</name></device></devices>')
+        except (RpcError, StoreUnavailable) as exc:
+            if getattr(exc, "tag", "") == "data-missing":
+                return ""
+            return (f"; {name} is left enabled under /ctrl:devices and the controller's commits wait while it is "
+                    f"closed ({exc}): delete it or set enabled false")
+        return f"; {name} withdrawn from /ctrl:devices until the next try"
+
+    def _commit(self, session: Session, edit: str, tries: int = 20) -> bool:
+        """Commit an edit; False when it creates an entry that exists.  A busy candidate (a status commit) is
+        waited for."""
         for attempt in range(tries):
             try:
                 commit_edit(session, edit)
