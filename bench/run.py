@@ -286,7 +286,7 @@ def clixon_declare(sockpath: str, serials: list[str], remove: bool = False) -> N
         else:
             entries.append(
                 f"<pnp-device><serial>{serial}</serial><pid>C9300-24P</pid><hostname>sw{index}</hostname>"
-                "<config><template>hostname {{ hostname }}&#10;interface Vlan1&#10; ip address {{ ip }} 255.255.255.0&#10;end&#10;</template></config>"
+                "<config><template>hostname {{ hostname }}\ninterface Vlan1\n ip address {{ ip }} 255.255.255.0\nend\n</template></config>"
                 f"<variable><name>ip</name><value>10.{index // 65536}.{index // 256 % 256}.{index % 256}</value></variable></pnp-device>"
             )
     body = f'<services xmlns="http://clicon.org/controller" xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">' \
