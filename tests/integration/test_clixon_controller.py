@@ -514,3 +514,6 @@ def test_a_provisioned_device_is_handed_to_the_controller_and_managed(serial, tm
             cli("connection", "close", name, check=False)
             cli("delete", "devices", "device", name, configure=True, check=False)
         cli("commit", "local", configure=True, check=False)
+        for words in (("services", "pnp-device", other), ("pnp", "device", other)):  # the fixture removes `serial`
+            cli("delete", *words, configure=True, check=False)
+        commit()
