@@ -519,7 +519,8 @@ def _deliver(args: argparse.Namespace, imported, what: str, origin: str) -> int:
               f"pnp-service serve --datastore {args.output}")
         return 0
     if args.clixon_cli:
-        sys.stdout.write(importer.clixon_cli_script(imported, replace=args.replace, comment=comment))
+        sys.stdout.write(importer.clixon_cli_script(imported, replace=args.replace, comment=comment,
+                                                    commit_every=args.commit_every))
         print(f"pnp-service {args.command}: {count} from {what}, as a clixon_cli script: review it, then paste it "
               "into clixon_cli (or clixon_cli -f CONFIG < FILE)", file=sys.stderr)
         return 0
@@ -736,6 +737,9 @@ def _output_arguments(parser: argparse.ArgumentParser) -> None:
                      help="print a clixon_cli script (configure, set services pnp-device ..., commit) to review and paste")
     out.add_argument("--netconf", action="store_true",
                      help="print the <config> of a NETCONF edit-config on the candidate")
+    parser.add_argument("--commit-every", type=positive, default=1000, metavar="N",
+                        help="with --clixon-cli: a commit after every N devices, so each commit ends within the "
+                        "controller's service-timeout (default: %(default)s)")
     parser.add_argument("--merge", action="store_true", help="with --output: add to the existing declarations file, "
                         "keeping its other declarations and its comments; serials it declares are kept as they are")
     parser.add_argument("--replace", action="store_true",

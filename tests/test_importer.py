@@ -550,6 +550,24 @@ def test_clixon_cli_replace_deletes_first_and_untypable_values_are_refused(run, 
     assert "--output or --netconf instead" in err
 
 
+def test_a_clixon_cli_script_commits_in_batches_the_controller_finishes_in_time(run, tmp_path):
+    rows = "".join(f"SN{n},h{n},site-a\n" for n in range(1, 6))
+    groups, devices = import_files(tmp_path, rows)
+    code, out, err = run("import", devices, "--groups", groups, "--clixon-cli", "--commit-every", "2")
+    assert code == 0, err
+    serials_between: list[list[str]] = [[]]
+    for line in out.splitlines():
+        if line == "commit":
+            serials_between.append([])
+        elif line.startswith("set services pnp-device ") and len(line.split()) == 4:
+            serials_between[-1].append(line.split()[3])
+    assert serials_between == [["SN1", "SN2"], ["SN3", "SN4"], ["SN5"], []]  # the last commit ends the script
+    code, out, _ = run("import", devices, "--groups", groups, "--clixon-cli")
+    assert out.count("\ncommit\n") == 1  # 5 devices: one commit at the default of 1,000
+    code, _, err = run("import", devices, "--groups", groups, "--clixon-cli", "--commit-every", "0")
+    assert code == 2 and "--commit-every" in err
+
+
 def test_netconf_body_is_an_edit_config_of_valid_declarations(run, tmp_path):
     groups, devices = import_files(tmp_path)
     for flags, operation in (([], "create"), (["--replace"], "replace")):
