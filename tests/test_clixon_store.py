@@ -294,6 +294,20 @@ def test_claimed_device_leaves_unclaimed_and_unclaimed_drops_an_old_status(open_
     assert controller.status("SN1") is None and controller.unclaimed() == ["SN1"]
 
 
+def test_a_stranger_leaves_no_empty_device_entry_in_the_operators_tree(open_store, controller):
+    """An unclaimed write removes a status only where there is one: a merge would create /pnp/device[serial]."""
+    store = open_store()
+    for serial in ("STRANGER1", "STRANGER2"):
+        store.update(serial, change(unclaimed=Unclaimed(serial, pid="C9200L")))
+    store.update("SN1", change(status=Status(state="error", error_code="x")))
+    store.flush()
+    pnp = controller.running.find(p("pnp"))
+    assert [d.findtext(p("serial")) for d in pnp.iterfind(p("device"))] == ["SN1"]
+    store.update("SN1", change(unclaimed=Unclaimed("SN1")))  # this one has a status: it goes
+    store.flush()
+    assert controller.status("SN1") is None and sorted(controller.unclaimed()) == ["SN1", "STRANGER1", "STRANGER2"]
+
+
 def test_status_edit_shape():
     edit = etree.fromstring(status_edit([Change("S1", status=Status(state="error", error_code="x")),
                                          Change("S2", unclaimed=Unclaimed("S2"))]))

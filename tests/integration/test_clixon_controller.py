@@ -335,6 +335,9 @@ def test_a_change_the_controller_refuses_is_set_aside_and_the_others_are_committ
         assert store.flush() is True
         shown = cli("show", "configuration", "pnp").stdout
         assert all(other in shown for other in good) and "bogus-state" not in shown
+        devices = {d.findtext("{urn:pnp-service:pnp}serial")
+                   for d in etree.fromstring(shown.strip().encode()).iter("{urn:pnp-service:pnp}device")}
+        assert not devices & set(good), "a stranger left an empty /pnp/device entry"
         assert store.quarantined == 1 and "enumeration" in open(store._journal.rejected_path).read()
     finally:
         for other in good:

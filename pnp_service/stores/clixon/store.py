@@ -136,13 +136,13 @@ def change_problem(change: Change) -> str:
     if change.member_of and not model.is_serial(change.member_of):
         return f"stack {change.member_of!r} is not a valid serial number"
     try:
-        _edit_parts(change)
+        _edit_parts(change, lambda serial: True)
     except ValueError as exc:  # lxml refuses text that cannot be XML
         return f"not representable in XML: {exc}"
     return ""
 
 
-def _edit_parts(change: Change) -> list[str]:
+def _edit_parts(change: Change, has_status: Callable[[str], bool]) -> list[str]:
     serial = f"<serial>{escape_text(change.serial)}</serial>"
     parts = []
     if change.status is not None:
@@ -158,14 +158,16 @@ def _edit_parts(change: Change) -> list[str]:
     # The unclaimed rule; "remove" is quiet when there is nothing to remove.
     if change.removes_unclaimed:
         parts.append(f'<unclaimed nc:operation="remove">{serial}</unclaimed>')
-    if change.removes_status:
+    # Only where there is one: a merge into /pnp/device would create an empty entry for every stranger.
+    if change.removes_status and has_status(change.serial):
         parts.append(f'<device>{serial}<status nc:operation="remove"/></device>')
     return parts
 
 
-def status_edit(changes: Iterable[Change]) -> str:
-    """The edit-config body that records ``changes`` under ``/pnp``."""
-    body = "".join(part for change in changes for part in _edit_parts(change))
+def status_edit(changes: Iterable[Change], has_status: Callable[[str], bool] = lambda serial: True) -> str:
+    """The edit-config body that records ``changes`` under ``/pnp``; ``has_status`` says which serials have a
+    status in running to remove."""
+    body = "".join(part for change in changes for part in _edit_parts(change, has_status))
     # lxml writes xmlns on each element; one declaration on <pnp> is enough.
     body = body.replace(f' xmlns="{PNP_NS}"', "").replace(f' xmlns:nc="{NETCONF_NS}"', "")
     return f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}">{body}</pnp>'
@@ -413,7 +415,7 @@ class ClixonStore:
         if not changes:
             return
         try:
-            self._commit(status_edit(changes))
+            self._commit(status_edit(changes, self._view.status.__contains__))
         except _Refused as exc:
             if len(changes) == 1:
                 refused[changes[0].serial] = str(exc)
