@@ -17,6 +17,7 @@ from .logs import event
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import health
 from .stores.base import Store
+from .xmlsafe import decimal
 
 log = logging.getLogger("pnp_service.listener")
 
@@ -73,9 +74,9 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
     def body() -> bytes:
         """The request body; read straight from the server's input when its length is declared and allowed."""
         environ = request.environ
-        length = environ.get("CONTENT_LENGTH", "")
-        if length.isdigit() and int(length) <= listener.settings.max_body_bytes and "wsgi.input" in environ:
-            return environ["wsgi.input"].read(int(length))
+        length = decimal(environ.get("CONTENT_LENGTH"))
+        if length is not None and length <= listener.settings.max_body_bytes and "wsgi.input" in environ:
+            return environ["wsgi.input"].read(length)
         return request.get_data(cache=False)  # chunked, or too large: werkzeug answers 413
 
     @app.post("/pnp/WORK-REQUEST")

@@ -15,29 +15,52 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from urllib.parse import quote
+
+from .xmlsafe import decimal
 
 DEFAULT_LIFETIME_SECONDS = 3600
 
 
-def load_or_create_secret(path: str) -> bytes:
-    """Read the shared signing secret, creating it (mode 0600) on first use."""
+def _read_secret(path: str) -> bytes | None:
     try:
         with open(path, "rb") as handle:
             secret = handle.read().strip()
-        if len(secret) >= 16:
-            return secret
     except FileNotFoundError:
-        pass
+        return None
+    return secret if len(secret) >= 16 else b""
+
+
+def load_or_create_secret(path: str) -> bytes:
+    """Read the shared signing secret, creating it (mode 0600) on first use.
+
+    Listeners that start together agree: the first link wins and the others read it.  A crash leaves no file
+    that blocks the next start (the temporary file has a fresh name each time)."""
+    existing = _read_secret(path)
+    if existing:
+        return existing
     secret = secrets.token_hex(32).encode()
-    temporary = f"{path}.{os.getpid()}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(secret + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)  # a new file, private from the start, whatever mode an old one had
-    return secret
+    descriptor, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                                             dir=os.path.dirname(path) or ".")  # mode 0600 from the start
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(secret + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if existing is None:
+            try:
+                os.link(temporary, path)
+                return secret
+            except FileExistsError:
+                existing = _read_secret(path)
+                if existing:
+                    return existing
+        os.replace(temporary, path)  # too short to be a secret: a new file, whatever mode the old one had
+        return secret
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 class UrlSigner:
@@ -64,11 +87,12 @@ class UrlSigner:
     def check(self, kind: str, serial: str, revision: str, name: str, expires: str, signature: str, now: float,
               bound_address: str = "") -> str:
         """Empty when the URL is genuine and current (and, when bound, asked for from its address), else why not."""
-        if not expires.isdigit() or not signature:
+        expiry = decimal(expires)
+        if expiry is None or not signature:
             return "missing or malformed expiry or signature"
-        expected = self._signature(kind, serial, revision, name, int(expires), bound_address)
+        expected = self._signature(kind, serial, revision, name, expiry, bound_address)
         if not hmac.compare_digest(expected, signature):
             return "bad signature"
-        if int(expires) < now:
+        if expiry < now:
             return "expired"
         return ""

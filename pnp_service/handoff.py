@@ -30,6 +30,7 @@ from .logs import event
 from .model import DeviceRecord, format_time
 from .provisioner import Decision, Event
 from .stores.base import Store, StoreError
+from .xmlsafe import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ class Result:
     message: str = ""
     device: str = ""
     retry: bool = True
+
+    def __post_init__(self) -> None:
+        # The message carries what others wrote (the controller's logmsg, a hook's output, an exception): it
+        # goes to the status and the controller, so it is cleaned like anything a device sends.
+        object.__setattr__(self, "message", clean_text(self.message, 400))
 
 
 class Action(Protocol):
@@ -148,9 +154,11 @@ class HandoffWorker:
 
     def sweep(self) -> int:
         """Hand on every device that is due (after a restart, or a retry whose time has come)."""
+        now = self._now()
         due = [r.serial for r in self.store.snapshot().devices
-               if r.status is not None and r.status.handoff in ("pending", "failed") and r.status.handoff_next is not None]
-        return sum(self.run(serial) for serial in due)
+               if r.status is not None and r.status.handoff in ("pending", "failed")
+               and r.status.handoff_next is not None and r.status.handoff_next <= now]
+        return sum(self.run(serial) for serial in due)  # run() checks again, under the device's lock
 
     def _now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(int(self.clock()), dt.timezone.utc)

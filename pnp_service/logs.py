@@ -82,7 +82,8 @@ class JsonFormatter(logging.Formatter):
         }
         if isinstance(record.msg, Event) and not record.args:
             data["event"] = record.msg.name
-            data.update({key: value for key, value in record.msg.fields.items() if value is not None and value != ""})
+            data.update({key: redact(value) if isinstance(value, str) else value
+                         for key, value in record.msg.fields.items() if value is not None and value != ""})
         else:
             data["message"] = redact(record.getMessage())
         if record.exc_info:

@@ -33,8 +33,9 @@ _TEMPLATE_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 #: Where an extra step may go, relative to the built-in steps (the YANG's enumeration).
 POSITIONS = ("after-device-info", "after-image", "before-config", "after-config")
-BUILTIN_STEP_IDS = ("device-info", "stack-check", "image-install", "ssh-keygen", "config-upgrade", "ssh-host-key",
-                    "save-config")
+#: ``trustpool`` is the listener's HTTPS bootstrap (serve --trustpool), put first when it serves one.
+BUILTIN_STEP_IDS = ("trustpool", "device-info", "stack-check", "image-install", "ssh-keygen", "config-upgrade",
+                    "ssh-host-key", "save-config")
 
 TemplateLoader = Callable[[str], str]
 

@@ -31,7 +31,7 @@ from typing import Iterable, Mapping
 
 from lxml import etree
 
-from .xmlsafe import clean_text, escape_attribute, parser, qname
+from .xmlsafe import clean_text, decimal, escape_attribute, parser, qname
 
 #: The PnP envelope's namespace (Cisco's; not to be confused with model.PNP_NS, this project's YANG).
 CISCO_PNP_NS = "urn:cisco:pnp"
@@ -386,8 +386,7 @@ def parse_work_response(data: bytes) -> WorkResponse | Fault:
 
 def _number(text: str) -> int | None:
     """A size as agents write it; a negative one (a 32-bit overflow, seen on real devices) is unknown."""
-    text = text.strip()
-    return int(text) if text.isdigit() else None
+    return decimal(text)
 
 
 def parse_device_info(body: etree._Element, ns: str) -> DeviceInfo:
@@ -405,10 +404,10 @@ def parse_device_info(body: etree._Element, ns: str) -> DeviceInfo:
     for member in body.iterfind(_qualified_path("udi/stacked-switch/member-udi", ns)):
         slot = clean_text(member.get("slot"), 4)
         try:
-            udi = parse_udi(clean_text(member.text, 128))
+            udi = parse_udi(member.text or "")  # whole: a cut could leave another, shorter serial
         except ProtocolError:
             continue  # a member that names no valid serial cannot be matched to anything
-        members.append(StackMember(int(slot) if slot.isdigit() else len(members) + 1, udi))
+        members.append(StackMember(decimal(slot) or len(members) + 1, udi))
     return DeviceInfo(
         platform=_text(body, "hardwareInfo/platformName", ns, 64),
         hostname=_text(body, "hardwareInfo/hostname", ns, 63),

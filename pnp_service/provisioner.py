@@ -225,15 +225,17 @@ class Provisioner:
     def __init__(self, settings: Settings | None = None, registry: StepRegistry | None = None):
         self.settings = settings or Settings()
         self.registry = registry or StepRegistry()
+        bootstrap = self.settings.https_bootstrap
+        self._bootstrap = (Step("trustpool", "trustpool", dict(bootstrap)),) if bootstrap is not None else ()
 
 
     # ================================================================== WORK-REQUEST
 
     def effective_work(self, work: Work | None) -> Work | None:
         """The work as this listener serves it: with the HTTPS bootstrap step first when it has one."""
-        if work is None or self.settings.https_bootstrap is None:
+        if work is None or not self._bootstrap:
             return work
-        return Work(work.revision, (Step("trustpool", "trustpool", dict(self.settings.https_bootstrap)),) + work.steps)
+        return Work(work.revision, self._bootstrap + work.steps)
 
     def on_work_request(self, record: DeviceRecord, request: protocol.WorkRequest, contact: Contact) -> Decision:
         envelope = protocol.Envelope(request.udi, request.correlator)
@@ -439,7 +441,7 @@ class Provisioner:
                 )
             if status.correlator and status.step == step.id:
                 # Polled again without answering the last request: the step says where to go on.
-                moved = getattr(step_type, "unanswered", lambda *a: None)(step, status, poll.request.reloaded)
+                moved = step_type.unanswered(step, status, poll.request.reloaded)
                 if moved is not None and moved != status.phase:
                     status = replace(status, phase=moved, phase_since=contact.now, retry_at=None)
             if not step_type.is_done(step, status):
@@ -474,9 +476,8 @@ class Provisioner:
     def _prechecked(self, poll: _Poll, status: Status, step: Step, step_type: StepType) -> Decision:
         """What the step checks before sending (it may change phase, or fail before anything is sent)."""
         context = self._context(poll)
-        precheck = getattr(step_type, "precheck", None)
         for _ in range(4):  # a phase change is followed by that phase's own check
-            outcome = precheck(step, status, context) if precheck is not None else None
+            outcome = step_type.precheck(step, status, context)
             if outcome is None:
                 break
             work = poll.record.work
@@ -501,7 +502,7 @@ class Provisioner:
         )
         service = step_type.service(step, status)
         phase = f" ({status.phase})" if status.phase else ""
-        what = getattr(step_type, "describe", lambda *a: "")(step, status)
+        what = step_type.describe(step, status)
         return Decision(reply, Event.REQUEST, f"sent {service} request{phase}" + (f": {what}" if what else ""), sent,
                         step=step.id)
 
@@ -641,7 +642,9 @@ class Provisioner:
         """Apply a step's verdict to the status, through :data:`VERDICT_TABLE`."""
         status, work, step = answer.record.status, answer.record.work, answer.step
         assert status is not None and work is not None and step is not None
-        facts: dict[str, Any] = {name: value for name, value in outcome.facts.items() if name in _FACT_FIELDS and value}
+        # 0 is a fact (a full flash); only what was not reported is left out.
+        facts: dict[str, Any] = {name: value for name, value in outcome.facts.items()
+                                 if name in _FACT_FIELDS and value is not None and value != ""}
         base = replace(status, correlator="", last_contact=answer.contact.now, address=answer.contact.address, **facts)
         updated, verdict_event = VERDICT_TABLE[outcome.verdict](self, base, work, answer.position, outcome, answer.contact.now)
         if updated.state == State.PROVISIONED and self._hands_off(answer.record):

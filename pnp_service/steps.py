@@ -21,7 +21,7 @@ import importlib.metadata
 import logging
 import os
 import re
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, cast
 
 from . import protocol
 from .model import Status, Step
@@ -219,6 +219,28 @@ class SimpleStep:
 
     def download(self, step: Step, kind: str) -> Download | None:
         return None
+
+
+#: What a step type must have; the others (:class:`StepType`) default to "nothing to do" when left out.
+_REQUIRED_METHODS = ("service", "is_done", "request", "on_response")
+_OPTIONAL_METHODS: dict[str, Callable[..., Any]] = {
+    "precheck": lambda step, status, ctx: None,
+    "unanswered": lambda step, status, reloaded: None,
+    "wait_reason": lambda step, phase: f"retrying {step.id} after a failure",
+    "describe": lambda step, status: "",
+    "download": lambda step, kind: None,
+}
+
+
+class _Completed:
+    """A step type with the optional methods it left out filled in."""
+
+    def __init__(self, inner: Any):
+        self.name = getattr(inner, "name", "")
+        for method in _REQUIRED_METHODS:
+            setattr(self, method, getattr(inner, method))
+        for method, default in _OPTIONAL_METHODS.items():
+            setattr(self, method, getattr(inner, method, None) or default)
 
 
 def _without_query(url: str) -> str:
@@ -475,7 +497,12 @@ def host_key_from_output(output: str) -> str:
     for line in output.splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0].startswith(("ssh-", "ecdsa-sha2-")):
-            return " ".join(parts[:2])
+            candidate = " ".join(parts[:2])
+            try:  # it goes into the controller's known_hosts: a key, or nothing
+                serialization.load_ssh_public_key(candidate.encode())
+            except (ValueError, TypeError):
+                continue
+            return candidate
     if "Key Data:" not in output:
         return ""
     hexdigits = re.sub(r"[^0-9A-Fa-f]", "", output.split("Key Data:", 1)[1])
@@ -591,6 +618,13 @@ class StepRegistry:
     def register(self, name: str, step_type: StepType, source: str = "") -> None:
         """Add a step type; a name already taken is an error that names both sources."""
         source = source or f"register({name!r}) of {_source_of(step_type)}"
+        # Completed once here, so the provisioner calls every method without a fallback on each poll.
+        missing = [method for method in _REQUIRED_METHODS if not callable(getattr(step_type, method, None))]
+        if missing:
+            raise StepRegistryError(f"step type {name!r} from {source} has no {', '.join(missing)}: subclass "
+                                    "pnp_service.steps.SimpleStep")
+        if not all(callable(getattr(step_type, method, None)) for method in _OPTIONAL_METHODS):
+            step_type = cast(StepType, _Completed(step_type))  # every method is set in its __init__
         if name in self._types:
             raise StepRegistryError(f"step type {name!r} is registered twice: by {self._sources[name]} and by {source}")
         self._types[name] = step_type

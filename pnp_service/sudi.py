@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from .xmlsafe import clean_text
+
 #: What the server offers; the device answers with one of each.
 ENCRYPTION_METHODS = ("RSA", "ECDSA")
 HASH_METHODS = ("SHA256", "SHA512")
@@ -56,7 +58,9 @@ class SudiError(ValueError):
     """A failed proof: ``reason`` is one of :class:`Reason`, the message says what was wrong."""
 
     def __init__(self, reason: str, message: str):
-        super().__init__(message)
+        # The message quotes an unverified certificate (its subject, PID, serial): cleaned here, once, because it
+        # goes on to the status, the log and the controller like anything else the device sent.
+        super().__init__(clean_text(message, 400))
         self.reason = reason
 
 
@@ -92,7 +96,6 @@ class Proven:
 
     serial: str
     pid: str
-    subject: str
 
 
 def _decode(text: str, what: str) -> bytes:
@@ -194,4 +197,4 @@ def verify(
     except InvalidSignature:
         raise SudiError(Reason.SIGNATURE, "the signature does not verify over the challenge that was sent "
                         "with the certificate's key") from None
-    return Proven(cert_serial, cert_pid, leaf.subject.rfc4514_string())
+    return Proven(cert_serial, clean_text(cert_pid, 64))

@@ -102,6 +102,13 @@ def clean_text(text: str | None, limit: int = 255, *, multiline: bool = False) -
     return "".join(kept).strip()[:limit]
 
 
+def decimal(text: str | None) -> int | None:
+    """A whole number written in ASCII digits, else None.  ``str.isdigit`` also accepts ``"²"``, which ``int``
+    then refuses: a crash on a value anyone can send."""
+    text = (text or "").strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def visible(text: str) -> str:
     """A value for a log line or a table cell: control and format characters shown as escapes, never raw."""
     if text.isprintable():

@@ -106,6 +106,13 @@ def test_altered_download_urls_are_refused(setup, tamper):
     assert client.get(tamper(config_url(client))).status_code == 403
 
 
+def test_an_expiry_of_odd_digits_is_refused_not_a_crash(setup):
+    client, _, _ = setup
+    url = config_url(client)
+    odd = url.replace("expires=", "expires=%C2%B2", 1)  # "²": a digit to str.isdigit(), not to int()
+    assert client.get(odd).status_code == 403
+
+
 def test_expired_download_url_is_refused(setup):
     client, _, clock = setup
     url = config_url(client)

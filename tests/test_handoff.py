@@ -78,6 +78,7 @@ def test_the_host_key_is_read_from_what_ios_xe_prints(kind):
     assert host_key_from_output(_ios_key_data(openssh)) == openssh
     assert host_key_from_output(f"foo\n{openssh} root@host\n") == openssh
     assert host_key_from_output("% Key pair was not found") == ""
+    assert host_key_from_output("ssh-rsa not-a-key\n") == ""  # only a key goes into known_hosts
 
 
 # --------------------------------------------------------------------------- the controller action
@@ -182,6 +183,13 @@ def test_a_connection_that_fails_reports_the_controllers_logmsg(tmp_path):
     controller = FakeController("CLOSED", "ssh: connect to host 192.0.2.31 port 830: Connection refused")
     result = action(controller, tmp_path).hand_off(record())
     assert result.state == "failed" and result.retry and "Connection refused" in result.message
+
+
+def test_what_a_hook_says_is_cleaned_before_it_is_recorded(tmp_path):
+    # One control character would make the status unwritable to the controller: the hand-off retried forever.
+    result = HookAction("sh -c 'printf \"bad\\007 \\033[2Jend\" >&2; exit 3'").hand_off(record())
+    assert result.state == "failed" and "exited 3: bad" in result.message and "end" in result.message
+    assert "\x07" not in result.message and "\x1b" not in result.message
 
 
 def test_an_entry_that_does_not_open_is_withdrawn_so_the_controllers_commits_do_not_wait_for_it(tmp_path):
@@ -308,3 +316,13 @@ def test_two_workers_never_hand_one_device_off_twice(tmp_path):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert calls == ["SN9"]
+
+
+@pytest.mark.parametrize("name", ["sw1", "o'brien", 'say "hi"', "it's \"odd\""])
+def test_a_device_name_is_an_xpath_literal_that_selects_only_that_device(name):
+    from pnp_service.stores.clixon.handoff import _device_xpath
+
+    root = etree.fromstring(f'<devices xmlns="{CONTROLLER_NS}"><device><name/></device><device><name>x</name></device></devices>')
+    root[0][0].text = name
+    found = root.getroottree().xpath(_device_xpath(name), namespaces={"ctrl": CONTROLLER_NS})
+    assert [d[0].text for d in found] == [name]

@@ -69,6 +69,13 @@ class Device:
     def ok(self, service):
         return self.respond(messages.response(self.udi, service, self.correlator))
 
+    def install_from(self, version: str):
+        """device-info of ``version``, then the image-install it is sent, answered with success."""
+        self.poll()
+        self.answer_device_info(version=version)
+        self.poll()
+        return self.ok("image-install")
+
     def fail(self, service, code="PnP Service Error 1410", message="copy failed"):
         error = protocol.ErrorInfo("ERROR", code, message)
         return self.respond(messages.response(self.udi, service, self.correlator, False, error))
@@ -260,10 +267,7 @@ def test_image_is_installed_then_the_next_poll_asks_the_device_what_it_runs():
 def test_an_old_version_before_the_reload_gets_a_backoff_not_a_second_install():
     device = Device(declared(image_version="17.9.4a", image_url="http://i.invalid/x.bin", image_md5="b" * 32,
                              image_reload_wait=120), Settings(max_attempts=2))
-    device.poll()
-    device.answer_device_info(version="17.3.1")
-    device.poll()
-    device.ok("image-install")
+    device.install_from("17.3.1")
     device.wait(1)
     _, message = device.poll()  # the agent polls once more before it reloads (seen on ISR1k 17.x)
     assert message.service == "device-info"
@@ -280,10 +284,7 @@ def test_an_old_version_before_the_reload_gets_a_backoff_not_a_second_install():
 def test_the_old_version_after_a_reload_is_a_failed_attempt():
     device = Device(declared(image_version="17.9.4a", image_url="http://i.invalid/x.bin", image_md5="b" * 32),
                     Settings(max_attempts=2))
-    device.poll()
-    device.answer_device_info(version="17.3.1")
-    device.poll()
-    device.ok("image-install")
+    device.install_from("17.3.1")
     device.wait(10)
     device.poll(reloaded=True)
     device.answer_device_info(version="17.3.1")
@@ -296,10 +297,7 @@ def test_the_old_version_after_a_reload_is_a_failed_attempt():
 def test_no_reload_within_reload_wait_is_a_failed_attempt():
     device = Device(declared(image_version="17.9.4a", image_url="http://i.invalid/x.bin", image_md5="b" * 32,
                              image_reload_wait=60), Settings(max_attempts=3))
-    device.poll()
-    device.answer_device_info(version="17.3.1")
-    device.poll()
-    device.ok("image-install")
+    device.install_from("17.3.1")
     for _ in range(3):
         device.wait(25)
         _, message = device.poll()

@@ -84,6 +84,14 @@ def test_short_flash_fails_before_anything_is_copied_with_the_sizes(lab):
     assert "needs 120000 bytes but flash: has 50000 free" in status.error_message and "nothing was copied" in status.error_message
 
 
+def test_a_full_flash_is_a_fact_not_an_unknown(lab):
+    running, sim = lab(BASE.format(sn="SW8", host="h") + image())
+    device = SimulatedDevice("SW8", pid="C9300-48P", mode="bundle", flash_free=0)
+    result = sim.run(device)
+    assert result.outcome == "failed" and device.installs == 0 and "image-install" not in result.trace
+    assert "but flash: has 0 free" in running.store.load("SW8").status.error_message
+
+
 def test_short_flash_in_install_mode_removes_inactive_packages_first(lab):
     running, sim = lab(BASE.format(sn="SW5", host="e") + image())
     device = SimulatedDevice("SW5", pid="C9300-48P", mode="install", flash_free=50_000, inactive_bytes=1_000_000)
@@ -276,6 +284,22 @@ def test_a_real_device_info_is_read_whatever_its_order_and_odd_values():
     assert info.version == "17.17.1" and info.install_mode and info.boot_file_system == "bootflash:"
     assert info.file_system("bootflash").free is None  # -1 is not a size
     assert [(m.slot, m.udi.serial) for m in info.members] == [(1, "FDO24150ABC"), (2, "FDO24150XYZ")]  # the bad one is left out
+
+
+def test_digits_that_are_not_ascii_are_not_numbers_and_not_a_crash():
+    # str.isdigit() takes "²", int() does not: that was a 500 for a value anyone can send.
+    odd = REAL_DEVICE_INFO.replace(b'freespace="1621315584"', 'freespace="²"'.encode()).replace(b'slot="2"', 'slot="²"'.encode())
+    info = protocol.parse_work_response(odd).device
+    assert info.file_system("crashinfo").free is None
+    assert sorted(m.udi.serial for m in info.members) == ["FDO24150ABC", "FDO24150XYZ"]
+
+
+def test_a_long_member_udi_is_read_whole_never_cut_into_another_serial():
+    long_pid = "C9500-" + "X" * 95  # so that 128 characters end just after SN:FDO24150ABC
+    odd = REAL_DEVICE_INFO.replace(b"PID:C9500-32QC,VID:V02,SN:FDO24150XYZ",
+                                   f"PID:{long_pid},VID:V02,SN:FDO24150ABCDEF".encode())
+    serials = sorted(m.udi.serial for m in protocol.parse_work_response(odd).device.members)
+    assert serials == ["FDO24150ABC", "FDO24150ABCDEF"]  # cut at 128 characters it read FDO24150ABC twice
 
 
 def test_a_real_fault_and_a_real_error_are_read():

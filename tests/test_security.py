@@ -386,6 +386,10 @@ def test_the_log_formatter_escapes_control_characters_whatever_the_source():
     assert "\n" not in TextFormatter().format(plain)
     data = json.loads(JsonFormatter().format(record))
     assert data["event"] == "fault" and data["hostname"] == "a\nb\u202e" and data["n"] == 3
+    leaked = logging.LogRecord("x", logging.INFO, __file__, 1, Event("fault", {"detail": "GET /x?expires=1&sig=abcdef12"}),
+                               None, None)
+    for formatted in (TextFormatter().format(leaked), JsonFormatter().format(leaked)):
+        assert "abcdef12" not in formatted and "sig=..." in formatted  # a signature in neither format
 
 
 def test_the_status_table_shows_no_raw_control_characters(example_path):
@@ -459,3 +463,17 @@ def test_init_writes_a_private_example_and_never_overwrites(tmp_path):
     path.write_text("mine")
     second = subprocess.run([sys.executable, "-m", "pnp_service.cli", "init", str(path)], cwd=REPO, capture_output=True, text=True)
     assert second.returncode == 2 and "never overwrites" in second.stderr and path.read_text() == "mine"
+
+
+def test_the_signing_secret_is_created_once_private_and_a_crash_leaves_nothing_in_the_way(tmp_path):
+    from pnp_service.downloads import load_or_create_secret
+
+    path = tmp_path / "secret"
+    (tmp_path / f"secret.{os.getpid()}.tmp").write_bytes(b"left by a crashed start")  # the old fixed name
+    first = load_or_create_secret(str(path))
+    assert len(first) == 64 and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert load_or_create_secret(str(path)) == first  # a second listener reads it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret", f"secret.{os.getpid()}.tmp"]  # no temp of ours
+    path.write_bytes(b"short\n")
+    replaced = load_or_create_secret(str(path))
+    assert replaced != b"short" and path.read_bytes().strip() == replaced

@@ -105,3 +105,28 @@ def test_a_plugin_that_does_not_load_is_a_clear_error(tmp_path, monkeypatch):
     install_distribution(tmp_path, monkeypatch, "site_d", "[pnp_service.steps]\nbroken = site_d:NoSuchClass\n")
     with pytest.raises(StepRegistryError, match="broken = site_d:NoSuchClass failed to load"):
         StepRegistry()
+
+
+@pytest.mark.parametrize("taken", ["trustpool", "config-upgrade", "cli-exec-10"])
+def test_a_declared_step_may_not_take_a_built_in_steps_id(tmp_path, taken):
+    # The listener's HTTPS bootstrap is the step "trustpool": one of the operator's of that id would never run.
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml(DEVICE.replace("<id>banner</id>", f"<id>{taken}</id>")
+                                  + "<command><seq>10</seq><cli>show version</cli></command>"))
+    record = open_store(str(path)).load("SN1")
+    assert record.work is None and f"step id {taken!r} is taken by a built-in step" in record.planning_error
+
+
+def test_a_step_type_without_a_request_is_refused_when_registered_not_mid_provisioning():
+    class NoRequest:
+        def service(self, step, status):
+            return "cli-exec"
+
+        def is_done(self, step, status):
+            return False
+
+        def on_response(self, step, status, response):
+            return None
+
+    with pytest.raises(StepRegistryError, match="'half' from .* has no request: subclass pnp_service.steps.SimpleStep"):
+        StepRegistry(load_entry_points=False).register("half", NoRequest())

@@ -204,3 +204,30 @@ def test_the_verifier_refuses_expired_and_foreign_certificates(pki):
     assert sudi.verify(pid="C9300-24P", **args).serial == "SN1"
     with pytest.raises(sudi.SudiError, match="PID C9300-24P, the declaration C9500"):
         sudi.verify(pid="C9500-16X", **args)
+
+
+def test_what_an_unverified_certificate_says_is_cleaned_before_it_is_recorded(pki):
+    # The subject is quoted in the error before anything is verified: a control character in it would make the
+    # status unwritable (lxml refuses it) and the hold-off of that address would be lost with it.
+    import base64
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Rogue\x07\x1b[2J"),
+                      x509.NameAttribute(NameOID.SERIAL_NUMBER, "PID:C9300-24P SN:SN1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    signature, method = messages.sign_challenge(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), "abc")
+    with pytest.raises(sudi.SudiError) as raised:
+        sudi.verify(anchors=sudi.load_ca_bundle(pki["ca"].bundle()), certificate_b64=base64.b64encode(cert).decode(),
+                    signature_b64=base64.b64encode(signature).decode(), challenge="abc", encryption=method,
+                    hashing="SHA256", serials=["SN1"], pid="C9300-24P", now=dt.datetime.now(dt.timezone.utc))
+    message = str(raised.value)
+    assert raised.value.reason == sudi.Reason.UNTRUSTED and "Rogue" in message
+    assert "\x07" not in message and "\x1b" not in message

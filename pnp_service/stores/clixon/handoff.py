@@ -30,6 +30,18 @@ from .netconf import DEFAULT_SOCKET, RpcError, Session, commit_edit
 MARK = "pnp-service day 0: {serial}"
 
 
+def _device_xpath(name: str) -> str:
+    """The controller's entry of that name.  A name is the operator's free text: quoted as an XPath literal,
+    never pasted between quotes it could close."""
+    if "'" not in name:
+        literal = f"'{name}'"
+    elif '"' not in name:
+        literal = f'"{name}"'
+    else:  # XPath 1.0 has no escape: concatenate the pieces between the apostrophes
+        literal = "concat(" + ", \"'\", ".join(f"'{part}'" for part in name.split("'")) + ")"
+    return f"/ctrl:devices/ctrl:device[ctrl:name={literal}]"
+
+
 def known_hosts_line(address: str, port: int, key: str) -> str:
     host = address if port == 22 else f"[{address}]:{port}"
     return f"{host} {key}"
@@ -123,7 +135,7 @@ class ControllerAction:
         )
         if self._commit(session, edit):
             return ""
-        existing = session.get_config("running", f"/ctrl:devices/ctrl:device[ctrl:name='{name}']")
+        existing = session.get_config("running", _device_xpath(name))
         if existing.findtext(f".//{{{CONTROLLER_NS}}}description") != MARK.format(serial=serial):
             return (f"a device named {name} already exists under /ctrl:devices and was not made for {serial}: "
                     "not overwritten (set controller name to another one, or remove that entry)")
@@ -163,7 +175,7 @@ class ControllerAction:
         deadline = time.monotonic() + self.open_timeout
         state = message = ""
         while time.monotonic() < deadline:
-            data = session.get(f"/ctrl:devices/ctrl:device[ctrl:name='{name}']")
+            data = session.get(_device_xpath(name))
             device = data.find(f".//{{{CONTROLLER_NS}}}device")
             if device is not None:
                 state = (device.findtext(f"{{{CONTROLLER_NS}}}conn-state") or "").strip()
