@@ -391,7 +391,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_reset(args: argparse.Namespace) -> int:
     from .stores.base import UnknownSerial
 
-    store = open_store(args)
+    # A reset is its own commit on the controller: without a journal, so a listener's pending writes are never
+    # replayed, committed or truncated from here.
+    store = open_store(args, read_only=bool(getattr(args, "clixon_socket", None)))
     failed = 0
     try:
         for serial in args.serial:
@@ -563,7 +565,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         imported = read(text, args.file, groups)
         if not imported:
             raise importer.ImportFailed([importer.Problem(importer.Where(args.file), "no devices in it")])
-        importer.verify(imported, args.file, file_template_loader(_template_dirs(args, args.file)), _registry().names())
+        importer.verify(imported, args.file, file_template_loader(_template_dirs(args, args.file)), _registry().names(),
+                        _template_context(args))
         return _deliver(args, imported, args.file, f"pnp-service import {os.path.basename(args.file)}")
     except importer.ImportFailed as exc:
         return _failed(args, exc)
@@ -602,7 +605,8 @@ def cmd_claim(args: argparse.Namespace) -> int:
         imported = importer.claimed([r.unclaimed for r in records if r.unclaimed is not None], groups, args.group or (),
                                     args.hostname or "")
         beside = where if not args.clixon_socket else os.path.join(os.getcwd(), "claim")
-        importer.verify(imported, "claim", file_template_loader(_template_dirs(args, beside)), _registry().names())
+        importer.verify(imported, "claim", file_template_loader(_template_dirs(args, beside)), _registry().names(),
+                        _template_context(args))
         serials = " ".join(r.serial for r in records)
         return _deliver(args, imported, f"claim {serials}", f"pnp-service claim {serials}")
     except importer.ImportFailed as exc:
@@ -745,6 +749,8 @@ def _output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replace", action="store_true",
                         help="replace serials already declared: in the file with --merge; --clixon-cli deletes each "
                         "one first; --netconf uses operation replace instead of create")
+    parser.add_argument("--controller-ssh-key", metavar="FILE", help="the SSH public key serve (or the service "
+                        "module) will give templates, to check templates that use it")
     parser.add_argument("--template-dir", action="append", metavar="DIR",
                         help="where config template-file names are found to check them (repeatable; default: "
                         "templates/ beside --output, else beside the input)")

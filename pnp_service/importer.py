@@ -38,7 +38,7 @@ from .model import (
     q,
 )
 from .planner import PlanningError, TemplateLoader, plan, typed_value
-from .xmlsafe import parser, qname
+from .xmlsafe import decimal, parser, qname
 
 #: Fields a device, a group or ``defaults`` may set (YAML keys and CSV columns; ``image`` is a mapping in YAML).
 FIELDS = ("pid", "hostname", "template", "lines", "template-file", "config-url", "apply-to", "reload", "image",
@@ -259,7 +259,8 @@ def _numbered(name: str, value: Value, at: Where, problems: _Problems) -> Any:
     out: list[tuple[int, str]] = []
     for key, item in pairs:
         where = Where(at.source, item.line or at.line)
-        if not key.isdigit() or int(key) > 0xFFFFFFFF:
+        number = decimal(key)
+        if number is None or number > 0xFFFFFFFF:
             problems.add(where, name, f"{key!r} is not a number (0 to 4294967295)")
             continue
         if not item.is_scalar:
@@ -272,7 +273,7 @@ def _numbered(name: str, value: Value, at: Where, problems: _Problems) -> Any:
         if name == "commands" and not text.strip():
             problems.add(where, f"{name} {key}", "is empty")
             continue
-        out.append((int(key), text.strip() if name == "commands" else text))
+        out.append((number, text.strip() if name == "commands" else text))
     return tuple(sorted(out))
 
 
@@ -301,10 +302,11 @@ def _image(value: Value, at: Where, problems: _Problems) -> Any:
     reload_wait = 60
     if "reload-wait" in parts:
         text = parts["reload-wait"]
-        if not text.isdigit() or not 10 <= int(text) <= 3600:
+        seconds = decimal(text)
+        if seconds is None or not 10 <= seconds <= 3600:
             problems.add(at, "image reload-wait", f"{text!r} is not a number of seconds from 10 to 3600")
         else:
-            reload_wait = int(text)
+            reload_wait = seconds
     if any(_bad_characters(text, multiline=False) for text in parts.values()):
         problems.add(at, "image", "has control characters")
     if len(problems) != count:
@@ -757,8 +759,21 @@ def claimed(unclaimed: Sequence[Unclaimed], groups: Groups | None = None, group_
 _SERIAL_IN_PATH = re.compile(r"pnp-device\[serial='([^']*)'\]")
 
 
+def _yang_problems(exc: validation.DeclarationsError, where: Mapping[str, Where], source: str,
+                   lines: bool) -> ImportFailed:
+    """libyang's messages about a generated document, each told at the place its device was written (``source``,
+    with libyang's line when ``lines``, when no device is named)."""
+    problems = []
+    for problem in exc.problems:
+        found = _SERIAL_IN_PATH.search(problem.path)
+        at = where[found.group(1)] if found and found.group(1) in where else \
+            Where(source, problem.line) if lines else Where(source)
+        problems.append(Problem(at, problem.message + (f" (at {problem.path})" if problem.path else "")))
+    return ImportFailed(problems)
+
+
 def verify(imported: Sequence[Imported], source: str, load_template: TemplateLoader,
-           known_step_types: Collection[str] | None = None) -> None:
+           known_step_types: Collection[str] | None = None, context: Mapping[str, object] | None = None) -> None:
     """Check the declarations as ``pnp-service check`` does: the YANG (libyang), then planning each one.
 
     libyang's messages are about the generated file: each is told at the place the device was written
@@ -768,16 +783,11 @@ def verify(imported: Sequence[Imported], source: str, load_template: TemplateLoa
     try:
         validation.load(declarations_document([item.declaration for item in imported]), source)
     except validation.DeclarationsError as exc:
-        problems = []
-        for problem in exc.problems:
-            found = _SERIAL_IN_PATH.search(problem.path)
-            at = where.get(found.group(1), Where(source)) if found else Where(source)
-            problems.append(Problem(at, problem.message + (f" (at {problem.path})" if problem.path else "")))
-        raise ImportFailed(problems) from None
+        raise _yang_problems(exc, where, source, lines=False) from None
     failed = []
     for item in imported:
         try:
-            plan(item.declaration, load_template, known_step_types)
+            plan(item.declaration, load_template, known_step_types, context)
         except PlanningError as exc:
             message = str(exc)
             for name in ("hostname", "pid"):  # built in, not a variable: say which field gives it
@@ -899,12 +909,7 @@ def merge_into(existing: bytes, source: str, imported: Sequence[Imported], *, re
     try:
         validation.load(data, source)
     except validation.DeclarationsError as exc:
-        problems = []
-        for problem in exc.problems:
-            found = _SERIAL_IN_PATH.search(problem.path)
-            at = where[found.group(1)] if found and found.group(1) in where else Where(source, problem.line)
-            problems.append(Problem(at, problem.message + (f" (at {problem.path})" if problem.path else "")))
-        raise ImportFailed(problems) from None
+        raise _yang_problems(exc, where, source, lines=True) from None
     return Merged(data, tuple(added), tuple(replaced), tuple(kept))
 
 

@@ -439,12 +439,35 @@ def declaration_to_xml(declaration: Declaration) -> etree._Element:
             param = _add(step, "param")
             _add(param, "name", name)
             _add_leaves(param, (("value", value),))
-    if declaration.image_version or declaration.image_url or declaration.image_md5:
+    handoff = declaration.handoff
+    if handoff is not None:
+        controller = _add(element, "controller")
+        _add_leaves(controller, (("name", handoff.name), ("address", handoff.address)))
+        if handoff.port != 830:
+            _add(controller, "port", str(handoff.port))
+        if handoff.user != "netconf":
+            _add(controller, "user", handoff.user)
+        _add_leaves(controller, (("device-profile", handoff.profile),))
+        if not handoff.check_host_key:
+            _add(controller, "check-host-key", "false")
+    if declaration.authentication != "none":
+        _add(element, "authentication", declaration.authentication)
+    for serial in declaration.sudi_serials:
+        _add(element, "sudi-serial", serial)
+    if declaration.stack:
+        stack = _add(element, "stack")
+        for member in declaration.stack_members:
+            _add(stack, "member", member)
+        if declaration.stack_size:
+            _add(stack, "members", str(declaration.stack_size))
+    if declaration.image_version or declaration.image_url or declaration.image_md5 or declaration.image_size:
         image = _add(element, "image")
         _add_leaves(image, (("version", declaration.image_version), ("url", declaration.image_url),
                             ("md5", declaration.image_md5)))
         if declaration.image_reload_wait != 60:
             _add(image, "reload-wait", str(declaration.image_reload_wait))
+        if declaration.image_size:
+            _add(image, "size", str(declaration.image_size))
     if declaration.username or declaration.password:
         credentials = _add(element, "credentials")
         _add_leaves(credentials, (("username", declaration.username), ("password", declaration.password)))
@@ -659,14 +682,10 @@ def unclaimed_from_xml(element: etree._Element) -> Unclaimed:
     )
 
 
-def device_to_xml(record: DeviceRecord, *, with_work: bool = False) -> etree._Element:
-    """``/pnp/device`` of one record: serial, its status, and its work when asked (``status --format xml``)."""
+def device_to_xml(record: DeviceRecord) -> etree._Element:
+    """``/pnp/device`` of one record: serial and its status."""
     device = etree.Element(q("device"), nsmap={None: PNP_NS})
     _add(device, "serial", record.serial)
-    if with_work and record.work is not None:
-        work = work_to_xml(record.serial, record.work, creator=False).find(q("work"))
-        assert work is not None
-        device.append(work)
     if record.status is not None:
         device.append(status_to_xml(record.status))
     return device

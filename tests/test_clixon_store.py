@@ -208,13 +208,19 @@ def test_denied_lock_keeps_writes_until_it_is_granted(open_store, controller):
     assert controller.status("SN1").attempts == 1 and store.last_error == ""
 
 
+def crash(store) -> None:
+    """What the kernel does when a listener's process dies: its locks go, nothing is flushed or closed."""
+    os.close(store._journal._liveness)
+    store._journal._liveness = None
+
+
 def test_restart_replays_the_journal(open_store, controller):
     store = open_store()
     controller.candidate_modified = True
     store.update("SN1", change(status=Status(state="onboarding", attempts=2)))
     store.update("NEW1", change(unclaimed=Unclaimed("NEW1", pid="C9200L")))
     assert store.flush() is False
-    del store  # the listener dies here
+    crash(store)  # the listener dies here
     controller.candidate_modified = False
     again = open_store()
     assert again.load("SN1").status.attempts == 2  # still served before it is committed
@@ -223,11 +229,32 @@ def test_restart_replays_the_journal(open_store, controller):
     assert controller.status("SN1").attempts == 2 and controller.unclaimed() == ["NEW1"]
 
 
+def test_listeners_sharing_a_journal_keep_each_others_writes_and_adopt_only_the_dead_ones(journal):
+    # gunicorn workers, or an HTTP and an HTTPS listener started in one folder, share the default journal.
+    from pnp_service.stores.clixon.journal import Journal
+
+    first, second = Journal(journal), Journal(journal)
+    assert first.replay() == {} and second.replay() == {}
+    first.append([Change("SN1", status=Status(state="onboarding", attempts=1))])
+    second.append([Change("SN2", unclaimed=Unclaimed("SN2", pid="C9200L"))])
+    first.rewrite({})  # first committed SN1: the line of second, still waiting, stays on disk
+    assert "SN2" in open(journal).read() and "SN1" not in open(journal).read()
+    assert Journal(journal).replay() == {}  # a third listener starting leaves a living one's lines alone
+    second.close()  # or died: its lines are the next starter's
+    with open(journal, "a") as handle:  # and a line of an older version, which named no owner
+        handle.write('{"kind":"status","serial":"SN3","value":{"state":"error"}}\n')
+    adopted = Journal(journal).replay()
+    assert sorted(adopted) == ["SN2", "SN3"] and adopted["SN2"].unclaimed.pid == "C9200L"
+    first.rewrite({})
+    assert "SN2" in open(journal).read()  # now the adopter's, kept by first's rewrite too
+
+
 def test_torn_journal_line_is_skipped(open_store, journal):
     store = open_store()
     store.update("SN1", change(status=Status(state="onboarding", attempts=3)))
     with open(journal, "a") as handle:
         handle.write('{"kind": "status", "serial": "SN1", "val')  # crash mid-append
+    crash(store)
     assert open_store().load("SN1").status.attempts == 3
 
 
@@ -479,6 +506,34 @@ def test_read_only_store_never_touches_the_listeners_journal(open_store, control
         viewer.update("SN1", change(status=Status(state="error")))
     viewer.close()
     assert controller.commits == 0 and "attempts" in open(journal).read()
+
+
+def test_pnp_service_reset_commits_only_the_reset_and_leaves_the_listeners_journal_alone(
+        open_store, controller, journal, monkeypatch, capsys):
+    import functools
+
+    from pnp_service import cli
+    from pnp_service.stores import clixon
+
+    listener_store = open_store()
+    listener_store.update("SN1", change(status=Status(state="error", error_code="x")))
+    listener_store.flush()
+    controller.candidate_modified = True  # the listener's next write waits in its journal
+    listener_store.update("SN2", change(unclaimed=Unclaimed("SN2", pid="C9200L")))
+    controller.candidate_modified = False
+    before, commits = open(journal).read(), controller.commits
+    assert "SN2" in before
+    monkeypatch.setattr(clixon, "ClixonStore", functools.partial(
+        clixon.ClixonStore, session_factory=controller.session, start_threads=False))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert cli.main(["reset", "--clixon-socket", "/fake.sock", "--journal", journal, "SN1"]) == 0
+    finally:  # the command sets up the process's logging: undo it for the tests after this one
+        root.handlers[:], root.level = handlers, level
+    assert "starts over" in capsys.readouterr().out
+    assert controller.status("SN1") is None and controller.commits == commits + 1  # the reset, nothing replayed
+    assert open(journal).read() == before and controller.unclaimed() == []
 
 
 def test_a_stack_member_is_recorded_in_running_and_resolves_to_its_stack(controller, open_store):

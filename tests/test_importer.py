@@ -710,3 +710,29 @@ def test_a_merge_by_root_keeps_the_owner_the_service_reads_the_file_as(run, tmp_
     written = os.stat(output)
     assert (written.st_uid, written.st_gid, stat.S_IMODE(written.st_mode)) == (65534, 65534, 0o600)
     assert "SN9" in validation.load_file(str(output))
+
+
+def test_a_template_that_installs_the_controllers_key_is_checked_with_that_key(run, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    public = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    write(tmp_path / "id_ed25519.pub", public + " controller@lab\n")
+    devices = write(tmp_path / "devices.yaml", """\
+devices:
+  - serial: SN1
+    hostname: a1
+    template: |
+      hostname {{ hostname }}
+      ip ssh pubkey-chain
+       username netconf
+        key-string
+      {% for line in controller_ssh_key_lines %}   {{ line }}
+      {% endfor %}    exit
+""")
+    code, _, err = run("import", devices, "--clixon-cli")
+    assert code == 1 and "controller_ssh_key_lines" in err
+    code, out, err = run("import", devices, "--clixon-cli", "--controller-ssh-key", str(tmp_path / "id_ed25519.pub"))
+    assert code == 0, err
+    assert "set services pnp-device SN1 config line" in out

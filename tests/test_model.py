@@ -7,7 +7,7 @@ from lxml import etree
 
 from conftest import datastore_xml
 from pnp_service import validation
-from pnp_service.model import Declaration, ExtraStep, declaration_from_xml, declaration_to_xml, q
+from pnp_service.model import Declaration, ExtraStep, HandOff, declaration_from_xml, declaration_to_xml, q
 
 FULL = Declaration(
     serial="FOC2001X0AB",
@@ -36,6 +36,13 @@ VARIANTS = [
                 image_md5="0123456789abcdef0123456789abcdef"),
     Declaration(serial="SN4", config_url="http://configs.example.invalid/SN4.cfg"),
     Declaration(serial="SN5", template=""),
+    Declaration(serial="SN6", hostname="core-1", template="x", apply_to="running", reload=False,
+                handoff=HandOff(name="core-1", address="192.0.2.9", port=2830, user="admin", profile="iosxe",
+                                check_host_key=False),
+                authentication="sudi", sudi_serials=("SN6", "SN7"), stack=True, stack_members=("SN7", "SN8"),
+                stack_size=3, image_version="17.09.04a", image_url="cat9k.bin", image_md5="0123456789abcdef0123456789abcdef",
+                image_size=1_200_000_000),
+    Declaration(serial="SN9", handoff=HandOff(), stack=True),
 ]
 
 

@@ -228,13 +228,18 @@ def test_listener_survives_a_controller_restart(serial, listener):
                     what="journaled status committed after the restart")
 
 
-def test_operator_reset_of_a_device_in_error(serial, listener):
-    store, url = listener
+def drive_into_error(store, url: str, serial: str) -> None:
+    """Declared from the CLI, then an agent of the wrong PID: the device ends in error in running."""
     declare(serial)
     commit()
     wait_for(lambda: store.load(serial).work, what="work")
     assert run_agent(url, serial, pid="C9500-24Y4C").outcome == "failed"
     assert wait_for(lambda: text(show_pnp(serial), "status/state") == "error", what="error state")
+
+
+def test_operator_reset_of_a_device_in_error(serial, listener):
+    store, url = listener
+    drive_into_error(store, url, serial)
     cli("delete", "pnp", "device", serial, "status", configure=True)
     assert "Failed" not in commit()
     wait_for(lambda: store.load(serial).status is None, what="reset seen by the listener")
@@ -349,11 +354,7 @@ def test_pnp_service_reset_on_the_controller(serial, listener):
     import sys
 
     store, url = listener
-    declare(serial)
-    commit()
-    wait_for(lambda: store.load(serial).work, what="work")
-    assert run_agent(url, serial, pid="C9500-24Y4C").outcome == "failed"
-    assert wait_for(lambda: text(show_pnp(serial), "status/state") == "error", what="error state")
+    drive_into_error(store, url, serial)
     command = [sys.executable, "-m", "pnp_service.cli", "reset", "--clixon-socket", socket_path()]
     result = subprocess.run(command + [serial], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "starts over" in result.stdout, result.stderr

@@ -18,7 +18,7 @@ from typing import Iterator
 from lxml import etree
 
 from ... import model
-from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, q
+from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS
 from ...xmlsafe import escape_attribute, escape_text, parser
 from ..base import StoreError, StoreUnavailable
 
@@ -229,6 +229,3 @@ def fetch_declarations(session: Session, source: str, serials: list[str] | None 
     data = session.get_config(source, xpath)
     return model.declarations_from_services(data.find(f"{{{CONTROLLER_NS}}}services"))
 
-
-def pnp_element(data: etree._Element) -> etree._Element | None:
-    return data.find(q("pnp"))

@@ -518,6 +518,7 @@ class ClixonStore:
             thread.join(timeout=5)
         if not self.read_only:
             self.flush()
+            self._journal.close()
         with self._reader_lock:
             if self._reader is not None:
                 self._reader.close()
