@@ -21,6 +21,8 @@ setup(
         "lxml>=4.9",
         "jinja2>=3.1",
         "gunicorn>=21",
+        # The listener's HTTP/1.1 front (pnp_service/httpserver.py): python-hyper's sans-I/O parser.
+        "h11>=0.14",
         "prometheus-client>=0.17",
         # pnp-service import: the YAML device lists and group defaults.
         "pyyaml>=6",

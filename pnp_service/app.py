@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
-from flask import Flask, Response, request, send_file
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, request
+from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.http import http_date
 
+from .httpserver import FileSpan, RangeNotSatisfiable, byte_range
 from .listener import Listener, ListenerSettings, Reply
 from .logs import event
 from .metrics import CONTENT_TYPE as METRICS_TYPE
@@ -34,10 +37,49 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
 
     def respond(reply: Reply) -> Response:
         if reply.file_path:
-            return send_file(reply.file_path, mimetype=reply.content_type, conditional=True)
+            return respond_file(reply)
         response = Response(reply.body, status=reply.status, content_type=reply.content_type)
         for name, value in reply.headers:
             response.headers[name] = value
+        return response
+
+    def respond_file(reply: Reply) -> Response:
+        """An image: whole, or the one range a resuming device asks for; sent with sendfile by our server."""
+        def done(sent: int, complete: bool) -> None:
+            if reply.on_close is not None:
+                reply.on_close(sent, complete)
+
+        try:
+            handle = open(reply.file_path, "rb")
+        except OSError:
+            done(0, False)
+            return Response("404 Not Found: no such image here\n", status=404, content_type="text/plain")
+        info = os.fstat(handle.fileno())
+        size = info.st_size
+        validator = f'"{size:x}-{info.st_mtime_ns:x}"'
+        headers = {"Accept-Ranges": "bytes", "ETag": validator, "Last-Modified": http_date(info.st_mtime)}
+        if_range = request.headers.get("If-Range")
+        try:
+            # A resumed transfer of a file that changed since gets the whole new file (If-Range).
+            wanted = byte_range(request.headers.get("Range"), size) \
+                if if_range is None or if_range in (validator, headers["Last-Modified"]) else None
+        except RangeNotSatisfiable:
+            handle.close()
+            done(0, False)
+            return Response(f"416 Range Not Satisfiable: the image has {size} bytes\n", status=416,
+                            content_type="text/plain", headers={"Content-Range": f"bytes */{size}"})
+        offset, length = wanted or (0, size)
+        if request.method == "HEAD":
+            handle.close()
+            done(0, True)  # a look, not a transfer: it keeps no slot
+            span_body: FileSpan | bytes = b""
+        else:
+            span_body = FileSpan(handle, offset, length, on_close=lambda sent: done(sent, offset + sent == size))
+        response = Response(span_body, status=206 if wanted else 200, mimetype=reply.content_type,
+                            headers=headers, direct_passthrough=True)
+        response.headers["Content-Length"] = str(length)
+        if wanted:
+            response.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
         return response
 
     def address() -> str:
@@ -75,9 +117,15 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
         """The request body; read straight from the server's input when its length is declared and allowed."""
         environ = request.environ
         length = decimal(environ.get("CONTENT_LENGTH"))
-        if length is not None and length <= listener.settings.max_body_bytes and "wsgi.input" in environ:
-            return environ["wsgi.input"].read(length)
-        return request.get_data(cache=False)  # chunked, or too large: werkzeug answers 413
+        try:
+            if length is not None and length <= listener.settings.max_body_bytes and "wsgi.input" in environ:
+                data = environ["wsgi.input"].read(length)
+                if len(data) < length:
+                    raise BadRequest(f"the body ended after {len(data)} of {length} bytes")
+                return data
+            return request.get_data(cache=False)  # chunked, or too large: werkzeug answers 413
+        except (OSError, ValueError) as exc:  # a broken chunked body under another WSGI server
+            raise BadRequest(f"unreadable body: {exc}") from None
 
     @app.post("/pnp/WORK-REQUEST")
     def work_request() -> Response:
@@ -93,8 +141,8 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
             return refused
         return respond(listener.work_response(body(), address(), host_url, request.scheme == "https"))
 
-    @app.get("/pnp/download/<kind>/<serial>/<revision>")
-    @app.get("/pnp/download/<kind>/<serial>/<revision>/<name>")
+    @app.route("/pnp/download/<kind>/<serial>/<revision>", methods=["GET", "HEAD"])
+    @app.route("/pnp/download/<kind>/<serial>/<revision>/<name>", methods=["GET", "HEAD"])
     def download(kind: str, serial: str, revision: str, name: str = "") -> Response:
         args = request.args
         return respond(listener.download(kind, serial, revision, name, args.get("expires", ""), args.get("sig", ""), address(),

@@ -26,6 +26,8 @@ log = logging.getLogger("pnp_service")
 DEFAULT_PORT = 8080
 DEFAULT_DATASTORE = "pnp-datastore.xml"
 DEFAULT_JOURNAL = "pnp-service.journal"
+#: ``serve --server``: the event-driven worker (pnp_service.serving.EventWorker) or gunicorn's threaded one.
+SERVER_MODELS = ("event", "threads")
 
 
 class UsageError(Exception):
@@ -186,6 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         public_url=args.public_url or "",
         secret=_secret(args),
         image_dir=args.image_dir or "",
+        max_image_transfers=args.max_image_transfers,
     )
     if not args.clixon_socket:
         _warn_if_readable(args.datastore, "declarations with credentials and configurations")
@@ -808,11 +811,37 @@ def build_parser() -> argparse.ArgumentParser:
                        help="first retry backoff; doubles with each failure (default: 30)")
     serve.add_argument("--max-body", type=positive, default=256 * 1024,
                        help="largest request body in bytes (default: 262144)")
-    serve.add_argument("--workers", type=positive, default=1, help="gunicorn worker processes (default: 1)")
-    serve.add_argument("--threads", type=positive, default=8, help="threads per worker (default: 8)")
-    serve.add_argument("--timeout", type=positive, default=30, help="worker request timeout in seconds (default: 30)")
-    serve.add_argument("--access-log", action="store_true",
-                       help="also write gunicorn's access log (paths only, never download signatures)")
+    serve.add_argument("--max-image-transfers", type=positive, default=64, metavar="N",
+                       help="devices pulling an image from this listener at once, per worker; the others are told to "
+                       "back off and try again (default: %(default)s)")
+    serve.add_argument("--max-unclaimed", type=positive, default=10_000, metavar="N",
+                       help="unclaimed devices kept; beyond, the longest unseen is forgotten (default: %(default)s)")
+    serve.add_argument("--unclaimed-days", type=positive, default=7, metavar="DAYS",
+                       help="an unclaimed device not seen for this long is forgotten (default: %(default)s)")
+    connections = serve.add_argument_group("connections", "How the listener treats slow, idle and numerous clients "
+                                           "(docs/operations.md)")
+    connections.add_argument("--server", choices=SERVER_MODELS, default="event",
+                             help="event: one event loop per worker, a client costs a socket, never a thread "
+                             "(default); threads: gunicorn's threaded worker, where a slow client holds a thread "
+                             "(for comparison, or behind a proxy that buffers whole requests)")
+    connections.add_argument("--request-timeout", type=positive, default=30, metavar="SECONDS",
+                             help="a client must send a whole request (headers and body) within this; else the "
+                             "connection is closed (default: %(default)s)")
+    connections.add_argument("--keepalive-timeout", type=positive, default=15, metavar="SECONDS",
+                             help="an idle keep-alive connection is closed after this (default: %(default)s)")
+    connections.add_argument("--send-timeout", type=positive, default=60, metavar="SECONDS",
+                             help="a client that takes no byte of an answer or a download for this long is "
+                             "disconnected; a slow download that keeps moving is never cut (default: %(default)s)")
+    connections.add_argument("--max-connections", type=positive, default=4096, metavar="N",
+                             help="open connections per worker; beyond, the longest idle one is closed to make room "
+                             "(default: %(default)s)")
+    connections.add_argument("--workers", type=positive, default=1, help="gunicorn worker processes (default: 1)")
+    connections.add_argument("--threads", type=positive, default=8,
+                             help="threads per worker that run complete requests (default: 8)")
+    connections.add_argument("--timeout", type=positive, default=30, metavar="SECONDS",
+                             help="gunicorn restarts a worker that is stuck this long (default: %(default)s)")
+    connections.add_argument("--access-log", action="store_true",
+                             help="also write an access log line per request (paths only, never download signatures)")
     serve.add_argument("--dev", action="store_true", help="use Flask's development server instead of gunicorn")
     serve.set_defaults(func=cmd_serve)
 

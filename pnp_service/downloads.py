@@ -1,4 +1,4 @@
-"""Signed, expiring download URLs: a configuration is fetched only by its device.
+"""Downloads: signed, expiring URLs (a configuration is fetched only by its device), and image transfer slots.
 
 Owns the URL format ``/pnp/download/KIND/SERIAL/REVISION[/NAME]?expires=T&sig=HMAC``
 (an image URL ends in the image's file name: a device names the copy on its flash
@@ -16,6 +16,9 @@ import hmac
 import os
 import secrets
 import tempfile
+import threading
+import time
+from typing import Callable
 from urllib.parse import quote
 
 from .xmlsafe import decimal
@@ -96,3 +99,67 @@ class UrlSigner:
         if expiry < now:
             return "expired"
         return ""
+
+
+class TransferGate:
+    """At most ``limit`` devices pull an image from this listener process at once; the others are told to wait.
+
+    A device takes a slot when it is sent the request that makes it download
+    (:meth:`reserve`, asked by the image-install step before it sends anything:
+    a device beyond the limit gets a backoff, never a failure), keeps it while any
+    of its transfers runs (:meth:`begin` .. :meth:`end`), and for
+    ``hold_seconds`` after a reservation or an incomplete transfer, so that it can
+    start, or resume a broken transfer with a Range request, without losing its
+    place.  A complete transfer gives the slot back at once.  Per serial:
+    the same device asking twice holds one slot.
+    """
+
+    def __init__(self, limit: int, hold_seconds: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
+        self.hold_seconds = hold_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._running: dict[str, int] = {}  # serial -> transfers in progress
+        self._held: dict[str, float] = {}  # serial -> until when its slot is kept without a transfer
+
+    def _in_use(self, now: float) -> int:
+        for serial in [s for s, until in self._held.items() if until <= now and s not in self._running]:
+            del self._held[serial]
+        return len(self._running.keys() | self._held.keys())
+
+    def _has_slot(self, serial: str, now: float) -> bool:
+        return serial in self._running or self._held.get(serial, 0.0) > now
+
+    def reserve(self, serial: str) -> bool:
+        """Take (or keep) a slot for ``serial`` before it is sent a download; False: all are in use."""
+        with self._lock:
+            now = self._clock()
+            if not self._has_slot(serial, now) and self._in_use(now) >= self.limit:
+                return False
+            self._held[serial] = max(self._held.get(serial, 0.0), now + self.hold_seconds)
+            return True
+
+    def begin(self, serial: str) -> bool:
+        """A transfer of ``serial`` starts; False when it holds no slot and none is free."""
+        with self._lock:
+            now = self._clock()
+            if not self._has_slot(serial, now) and self._in_use(now) >= self.limit:
+                return False
+            self._running[serial] = self._running.get(serial, 0) + 1
+            return True
+
+    def end(self, serial: str, complete: bool) -> None:
+        with self._lock:
+            left = self._running.get(serial, 1) - 1
+            if left > 0:
+                self._running[serial] = left
+                return
+            self._running.pop(serial, None)
+            if complete:
+                self._held.pop(serial, None)
+            else:
+                self._held[serial] = self._clock() + self.hold_seconds
+
+    def in_use(self) -> int:
+        with self._lock:
+            return self._in_use(self._clock())

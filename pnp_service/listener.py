@@ -19,7 +19,7 @@ import time
 from typing import Callable
 
 from . import protocol
-from .downloads import UrlSigner
+from .downloads import TransferGate, UrlSigner
 from .logs import event
 from .model import DeviceRecord
 from .provisioner import Contact, Decision, Event, Provisioner, Settings
@@ -67,6 +67,8 @@ class ListenerSettings:
     image_dir: str = ""
     #: How long a device is told to wait when the store cannot take its change (HTTP 503 Retry-After).
     unavailable_retry_seconds: int = 30
+    #: Devices pulling an image from this listener process at once; the others are told to back off.
+    max_image_transfers: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,8 @@ class Reply:
     headers: tuple[tuple[str, str], ...] = ()
     #: A file to stream instead of ``body`` (image downloads).
     file_path: str = ""
+    #: Called once when the file's transfer ends: ``(bytes sent, whether it reached the end of the file)``.
+    on_close: Callable[[int, bool], None] | None = None
 
 
 def _error(status: int, message: str) -> Reply:
@@ -104,6 +108,7 @@ class Listener:
         self.provisioner = Provisioner(self.settings.provisioning, registry)
         self.registry = self.provisioner.registry
         self.signer = UrlSigner(self.settings.secret, self.settings.download_lifetime_seconds)
+        self.transfers = TransferGate(self.settings.max_image_transfers)
         self.clock = clock
 
     # ------------------------------------------------------------------ PnP endpoints
@@ -182,7 +187,7 @@ class Listener:
             return os.path.getsize(path) if path else None
 
         return Contact(now=utcnow_from(now), address=address, download_url=download_url, file_size=file_size,
-                       secure=secure)
+                       secure=secure, reserve_transfer=self.transfers.reserve)
 
     # ------------------------------------------------------------------ downloads
 
@@ -221,9 +226,23 @@ class Listener:
             event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind,
                   reason=f"{offered.file_name!r} is not a file in the image folder")
             return _error(404, "no such image here")
+        if not self.transfers.begin(serial):
+            self.metrics.refused.labels("transfers-busy").inc()
+            event(log, logging.WARNING, "download-busy", serial=serial, address=address, kind=kind,
+                  limit=self.transfers.limit)
+            return Reply(503, b"image transfers busy, retry later\n", TEXT, (("Retry-After", "60"),))
+        size = os.path.getsize(path)
         event(log, logging.INFO, "download", serial=serial, address=address, hostname=hostname or None, kind=kind,
-              file=offered.file_name, bytes=os.path.getsize(path))
-        return Reply(200, content_type=offered.content_type, file_path=path)
+              file=offered.file_name, bytes=size)
+        began = time.monotonic()
+
+        def finished(sent: int, complete: bool) -> None:
+            self.transfers.end(serial, complete)
+            event(log, logging.INFO if complete else logging.WARNING, "download-done" if complete else "download-broken",
+                  serial=serial, address=address, hostname=hostname or None, kind=kind, file=offered.file_name, bytes=sent,
+                  seconds=round(time.monotonic() - began, 1))
+
+        return Reply(200, content_type=offered.content_type, file_path=path, on_close=finished)
 
     def _image_path(self, name: str) -> str:
         """The file ``name`` inside ``image_dir``, when it is a plain, visible file there."""

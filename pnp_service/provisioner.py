@@ -55,7 +55,7 @@ from typing import Any, Callable, Mapping
 
 from . import protocol, sudi
 from .model import DeviceRecord, Status, Step, Unclaimed, Work, format_time, parse_time
-from .steps import Outcome, RequestContext, StepRegistry, StepType, UnknownStepType, Verdict
+from .steps import Outcome, RequestContext, StepRegistry, StepType, UnknownStepType, Verdict, pid_mismatch
 
 
 class State(enum.StrEnum):
@@ -75,6 +75,7 @@ class Event(enum.StrEnum):
     CHALLENGE = "sudi-challenge"
     PROVEN = "sudi-proven"
     REFUSED = "sudi-refused"
+    REFUSED_CLAIM = "refused-claim"
     HELD_OFF = "sudi-held-off"
     STACK_MEMBER = "stack-member"
     NOT_PLANNED = "not-planned"
@@ -137,6 +138,8 @@ class Contact:
     file_size: Callable[[str], int | None] = lambda name: None
     #: The message came over HTTPS.
     secure: bool = False
+    #: ``reserve_transfer(serial)``: take (or keep) one of the listener's image transfer slots; False: all are busy.
+    reserve_transfer: Callable[[str], bool] = lambda serial: True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +179,7 @@ class Poll(enum.Enum):
     UNDECLARED = enum.auto()
     PROBE = enum.auto()
     NOT_PLANNED = enum.auto()
+    REFUSED_CLAIM = enum.auto()
     IN_ERROR = enum.auto()
     PROVISIONED = enum.auto()
     WAITING = enum.auto()
@@ -250,6 +254,8 @@ class Provisioner:
             if poll.record.declaration is not None:
                 return Poll.NOT_PLANNED
             return Poll.PROBE if self._worth_probing(poll) else Poll.UNDECLARED
+        if self._claim_refused(poll):
+            return Poll.REFUSED_CLAIM
         if poll.status.state == State.ERROR:
             return Poll.IN_ERROR
         if poll.status.state == State.PROVISIONED:
@@ -303,11 +309,19 @@ class Provisioner:
         policy = self.settings.sudi
         assert policy is not None
         now, address = poll.contact.now, poll.contact.address
+        live = [c for c in poll.status.challenges if (parse_time(c[3]) or now) > now]
+        mine = [c for c in live if c[1] == address][-(sudi.CHALLENGES_PER_ADDRESS - 1):]  # its oldest makes room
+        others = [c for c in live if c[1] != address]
+        if not mine and len({c[1] for c in others}) >= sudi.CHALLENGE_ADDRESSES:
+            # Never push out a challenge another address is answering: this one waits for the first to expire.
+            wait = max(1, int(min((parse_time(c[3]) or now) - now for c in others).total_seconds()))
+            reply = protocol.backoff(poll.envelope, "device authentication busy, try again", seconds=wait)
+            return Decision(reply, Event.HELD_OFF, f"challenges are out to {sudi.CHALLENGE_ADDRESSES} other addresses; "
+                            f"asked to come back in {wait}s", poll.status if poll.changed else None)
         challenge = sudi.new_challenge()
         expires = format_time(now + dt.timedelta(seconds=policy.challenge_seconds))
-        kept = tuple(c for c in poll.status.challenges
-                     if c[1] != address and (parse_time(c[3]) or now) > now)[-7:]  # one per address, few, unexpired
-        status = replace(poll.status, challenges=kept + ((poll.request.correlator, address, challenge, expires),))
+        status = replace(poll.status, challenges=tuple(others + mine) + ((poll.request.correlator, address, challenge,
+                                                                           expires),))
         reply = protocol.device_auth(poll.envelope, challenge, ",".join(sudi.ENCRYPTION_METHODS), ",".join(sudi.HASH_METHODS))
         return Decision(reply, Event.CHALLENGE, "asked for a SUDI proof", status, step=poll.status.step)
 
@@ -397,6 +411,36 @@ class Provisioner:
             why,
         )
 
+    def _claim_refused(self, poll: _Poll) -> bool:
+        """The caller claims the declared serial with another PID and has proved nothing (SUDI): not this device."""
+        declaration, record = poll.record.declaration, poll.record
+        if declaration is None or not declaration.pid or (record.caller and record.caller != record.serial):
+            return False  # a stack's member reports its own PID
+        pid = poll.request.udi.pid
+        if not pid or pid == declaration.pid:
+            return False
+        policy = self.settings.sudi
+        return not (policy is not None and record.status is not None
+                    and self._proven(record.status, poll.contact, policy))
+
+    def _poll_refused_claim(self, poll: _Poll) -> Decision:
+        """Record the refused claim where the operator sees it (not more than once per contact_refresh_seconds),
+        back the caller off, and leave the genuine device's progress and contact alone."""
+        declaration, contact = poll.record.declaration, poll.contact
+        assert declaration is not None
+        message = f"refused a claim from {contact.address}: " + pid_mismatch(declaration.pid, poll.request.udi.pid)
+        status = self._refused_claim(poll.record, "pid-mismatch", message, contact.now)
+        reply = protocol.backoff(poll.envelope, "not the declared device", default_minutes=self.settings.error_backoff_minutes)
+        return Decision(reply, Event.REFUSED_CLAIM, message, status)
+
+    def _refused_claim(self, record: DeviceRecord, code: str, message: str, now: dt.datetime) -> Status | None:
+        """The record's status with the refused claim as its last error; None when it says so already, lately."""
+        status = record.status or Status(revision="")
+        recent = status.error_time is not None and (now - status.error_time).total_seconds() < self.settings.contact_refresh_seconds
+        if status.error_code == code and status.error_message == message and recent:
+            return None
+        return replace(status, error_code=code, error_message=message, error_step="", error_time=now)
+
     def _poll_in_error(self, poll: _Poll) -> Decision:
         status = poll.status
         return self._backoff(poll, Event.ERROR_BACKOFF, "provisioning failed; see status",
@@ -444,6 +488,18 @@ class Provisioner:
                 moved = step_type.unanswered(step, status, poll.request.reloaded)
                 if moved is not None and moved != status.phase:
                     status = replace(status, phase=moved, phase_since=contact.now, retry_at=None)
+                elif moved is None:  # asked again: a bounded number of times
+                    status = replace(status, attempts=status.attempts + 1)
+                    if status.attempts >= self.settings.max_attempts:
+                        service = step_type.service(step, status)
+                        message = (f"the device polled {status.attempts} times without answering its {service} "
+                                   "request (gave up)")
+                        return Decision(
+                            protocol.backoff(poll.envelope, "provisioning failed; see status",
+                                             default_minutes=self.settings.error_backoff_minutes),
+                            Event.GAVE_UP, message, _error(status, "no-answer", message, step.id, contact.now),
+                            step=step.id,
+                        )
             if not step_type.is_done(step, status):
                 return self._prechecked(poll, status, step, step_type)
             position += 1
@@ -471,7 +527,8 @@ class Provisioner:
         def download_url(kind: str, name: str) -> str:
             return contact.download_url(kind, record.serial, revision, name, bind)
 
-        return RequestContext(envelope, record.serial, revision, download_url, contact.file_size)
+        return RequestContext(envelope, record.serial, revision, download_url, contact.file_size,
+                              lambda: contact.reserve_transfer(record.serial))
 
     def _prechecked(self, poll: _Poll, status: Status, step: Step, step_type: StepType) -> Decision:
         """What the step checks before sending (it may change phase, or fail before anything is sent)."""
@@ -488,7 +545,7 @@ class Provisioner:
                 reply = protocol.backoff(poll.envelope, "provisioning failed; see status",
                                          default_minutes=self.settings.error_backoff_minutes) \
                     if status.state == State.ERROR else protocol.backoff(poll.envelope, step_type.wait_reason(step, status.phase),
-                                                                         seconds=self.settings.retry_base_seconds)
+                                                                         seconds=outcome.wait_seconds or self.settings.retry_base_seconds)
                 return Decision(reply, event, f"{outcome.code}: {outcome.message}" if outcome.code else outcome.phase,
                                 status, step=step.id)
         return self._send(poll, status, step, step_type, context)
@@ -560,7 +617,9 @@ class Provisioner:
         sent = next((c for c in status.challenges if c[0] == response.correlator), None) if status else None
         if status is None or declaration is None or sent is None:
             return self._ignore(answer, Event.STALE, "device-auth answer to no challenge of ours (old, or used)", recheck=True)
-        remaining = tuple(c for c in status.challenges if c[0] != response.correlator)  # single use, whatever comes
+        # Single use, but only the address it was sent to can use it up: an answer from elsewhere is refused and
+        # leaves it for the device it was sent to.
+        remaining = tuple(c for c in status.challenges if c[0] != response.correlator or c[1] != contact.address)
         expires = parse_time(sent[3])
         try:
             if sent[1] != contact.address:
@@ -579,7 +638,8 @@ class Provisioner:
             )
         except sudi.SudiError as exc:
             failures = next((f for a, _, f in status.throttled if a == contact.address), 0) + 1
-            hold = (policy.throttle_seconds if policy else 300) * 2 ** min(failures - 1, 4)
+            # Growing, but never longer than a challenge lives: behind NAT the genuine switch shares this address.
+            hold = (policy or sudi.Policy()).hold_off_seconds(failures)
             until = format_time(contact.now + dt.timedelta(seconds=hold))
             throttled = tuple(t for t in status.throttled if t[0] != contact.address)[-15:] + ((contact.address, until, failures),)
             refused = replace(status, challenges=remaining, throttled=throttled, error_code=exc.reason,
@@ -645,7 +705,10 @@ class Provisioner:
         # 0 is a fact (a full flash); only what was not reported is left out.
         facts: dict[str, Any] = {name: value for name, value in outcome.facts.items()
                                  if name in _FACT_FIELDS and value is not None and value != ""}
-        base = replace(status, correlator="", last_contact=answer.contact.now, address=answer.contact.address, **facts)
+        if outcome.verdict == Verdict.REFUSE:  # not the declared device: its contact is not the device's
+            base = replace(status, correlator="")
+        else:
+            base = replace(status, correlator="", last_contact=answer.contact.now, address=answer.contact.address, **facts)
         updated, verdict_event = VERDICT_TABLE[outcome.verdict](self, base, work, answer.position, outcome, answer.contact.now)
         if updated.state == State.PROVISIONED and self._hands_off(answer.record):
             updated = _provisioned(updated, answer.contact.now, handoff=True)
@@ -658,7 +721,8 @@ class Provisioner:
     # ------------------------------------------------------------------ verdicts
 
     def _advance(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
-        cleared = _clear_error(replace(status, phase="", attempts=0, retry_at=None, phase_since=None, deadline=None))
+        cleared = _clear_error(replace(status, phase="", attempts=0, retry_at=None, phase_since=None, deadline=None,
+                                       reloaded=None))
         if position + 1 < len(work.steps):
             return replace(cleared, step=work.steps[position + 1].id), Event.ADVANCE
         return _provisioned(cleared, now), Event.PROVISIONED
@@ -668,11 +732,18 @@ class Provisioner:
         same = outcome.phase == status.phase
         deadline = (now + dt.timedelta(seconds=outcome.deadline_seconds) if outcome.deadline_seconds
                     else status.deadline if same else None)
+        # ``reloaded`` is what the device said in this phase: a new phase has not heard it.
         return replace(status, phase=outcome.phase, retry_at=now + wait if wait else None,
-                       phase_since=status.phase_since if same else now, deadline=deadline), Event.PHASE
+                       phase_since=status.phase_since if same else now, deadline=deadline,
+                       reloaded=status.reloaded if same else None), Event.PHASE
 
     def _fail(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
         return _error(status, outcome.code, outcome.message, work.steps[position].id, now), Event.FAIL
+
+    def _refuse(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
+        """Not the declared device: its answer is recorded as a refused claim; attempts and state are untouched."""
+        return replace(status, error_code=outcome.code, error_message=outcome.message, error_step="",
+                       error_time=now), Event.REFUSED_CLAIM
 
     def _retry(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
         step_id = work.steps[position].id
@@ -683,6 +754,7 @@ class Provisioner:
         delay = dt.timedelta(seconds=self.settings.retry_delay(attempts))
         retrying = replace(
             status, attempts=attempts, phase=outcome.phase, retry_at=now + delay, phase_since=now, deadline=None,
+            reloaded=None,
             error_code=outcome.code, error_message=outcome.message, error_step=step_id, error_time=now,
         )
         return retrying, Event.RETRY
@@ -724,6 +796,7 @@ POLL_TABLE: dict[Poll, Callable[[Provisioner, _Poll], Decision]] = {
     Poll.UNDECLARED: Provisioner._poll_undeclared,
     Poll.PROBE: Provisioner._poll_probe,
     Poll.NOT_PLANNED: Provisioner._poll_not_planned,
+    Poll.REFUSED_CLAIM: Provisioner._poll_refused_claim,
     Poll.IN_ERROR: Provisioner._poll_in_error,
     Poll.PROVISIONED: Provisioner._poll_provisioned,
     Poll.WAITING: Provisioner._poll_waiting,
@@ -751,4 +824,5 @@ VERDICT_TABLE: dict[Verdict, Callable[[Provisioner, Status, Work, int, Outcome, 
     Verdict.PHASE: Provisioner._phase,
     Verdict.FAIL: Provisioner._fail,
     Verdict.RETRY: Provisioner._retry,
+    Verdict.REFUSE: Provisioner._refuse,
 }

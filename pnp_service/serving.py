@@ -1,31 +1,110 @@
-"""Serving the Flask app under gunicorn (threads by default), from the command line."""
+"""Serving the Flask app under gunicorn, from the command line.
+
+gunicorn is the process manager (a master that forks workers, restarts a worker
+that dies or hangs, reopens logs on SIGUSR1); the worker class is ours by
+default: :class:`EventWorker` runs :mod:`pnp_service.httpserver`, where a client
+costs a socket and not a thread, every read has a deadline and downloads go out
+with sendfile.  ``serve --server threads`` picks gunicorn's threaded worker
+instead (a thread per connection being read): only for comparison, or behind a
+proxy that buffers whole requests.  docs/operations.md says why.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
+import os
+import signal
 from typing import Callable
 
 from flask import Flask
+from gunicorn.workers.base import Worker
 
 from . import logs
+from .httpserver import Limits, Server, raise_open_files_limit
+
+
+class EventWorker(Worker):
+    """A gunicorn worker that serves with :class:`pnp_service.httpserver.Server` (one event loop, a few app threads).
+
+    ``pnp-service serve`` sets :attr:`limits` from its options before gunicorn forks; gunicorn's own settings give
+    the threads, the connection cap (``worker_connections``) and the graceful timeout.  Usable on its own too:
+    ``gunicorn -k pnp_service.serving.EventWorker``.
+    """
+
+    limits = Limits()
+    access_log = False
+
+    def init_signals(self) -> None:
+        # The event loop installs its handlers in run(); gunicorn's would interrupt it from inside.
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+
+    def run(self) -> None:
+        limits = dataclasses.replace(self.limits, threads=self.cfg.threads, max_connections=self.cfg.worker_connections,
+                                     graceful_timeout=self.cfg.graceful_timeout)
+        raise_open_files_limit(limits.max_connections + 256)
+        asyncio.run(self._serve(limits))
+
+    async def _serve(self, limits: Limits) -> None:
+        from gunicorn.sock import ssl_context
+
+        loop = asyncio.get_running_loop()
+        server = Server(self.wsgi, limits, ssl_context(self.cfg) if self.cfg.is_ssl else None, self.access_log)
+
+        def stop() -> None:
+            self.alive = False
+            server.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            loop.add_signal_handler(sig, stop)
+        loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
+        heartbeat = asyncio.create_task(self._heartbeat(stop))
+        try:
+            await server.serve([listener.sock for listener in self.sockets])
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self, stop: Callable[[], None]) -> None:
+        """Tell the master this worker lives (a blocked loop gets it restarted); stop when the master is gone."""
+        while self.alive:
+            self.notify()
+            if os.getppid() != self.ppid:
+                self.log.info("Parent changed, shutting down: %s", self)
+                stop()
+                return
+            await asyncio.sleep(min(1.0, max(0.1, self.timeout / 4)))
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    return Limits(request_timeout=args.request_timeout, keepalive_timeout=args.keepalive_timeout,
+                  send_timeout=args.send_timeout, max_connections=args.max_connections, max_body_bytes=args.max_body,
+                  threads=args.threads)
 
 
 def run_gunicorn(make_app: Callable[[], Flask], args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
+    limits = limits_from(args)
+    worker_class: type | str = "gthread"
+    if args.server == "event":
+        worker_class = type("PnpEventWorker", (EventWorker,), {"limits": limits, "access_log": args.access_log})
     options = {
         "bind": f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}",
         "workers": args.workers,
         "threads": args.threads,
-        "worker_class": "gthread",
+        "worker_class": worker_class,
+        "worker_connections": limits.max_connections,
+        # The master restarts a worker whose event loop (or, with threads, whose request) blocks this long.
         "timeout": args.timeout,
         "graceful_timeout": 10,
-        "keepalive": 5,
+        "keepalive": int(limits.keepalive_timeout),
         # Headers are small in PnP; keep the request line and header limits tight.
         "limit_request_line": 4094,
         "limit_request_fields": 50,
         # Every PnP request already gets a structured line (serial=... event=...); the access log is extra.
-        "accesslog": "-" if args.access_log else None,
+        "accesslog": "-" if args.access_log and args.server == "threads" else None,
         # The path only: download URLs carry their signature in the query, which must not land in logs.
         "access_log_format": '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
         "errorlog": "-",
@@ -40,6 +119,9 @@ def run_gunicorn(make_app: Callable[[], Flask], args: argparse.Namespace) -> int
         def load_config(self) -> None:
             for key, value in options.items():
                 self.cfg.set(key, value)
+            # Two listeners run by one user must not share (and remove) one control socket.
+            if "control_socket_disable" in self.cfg.settings:
+                self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Flask:
             # Each worker builds its own app and store after the fork.

@@ -16,6 +16,7 @@ its download URL.  So does what the agents' error codes mean (:data:`ADVICE`).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import enum
 import importlib.metadata
 import logging
@@ -38,6 +39,7 @@ class Verdict(enum.StrEnum):
     RETRY = "retry"  # failed: try again after a growing backoff, a bounded number of times
     FAIL = "fail"  # the device is not what was declared, or cannot be: error at once
     PHASE = "phase"  # stay on the step in another phase, maybe after a wait
+    REFUSE = "refuse"  # the caller is not the declared device (it proved nothing): record it, change nothing else
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,12 @@ def fail(code: str, message: str, facts: Mapping[str, Any] | None = None) -> Out
     return Outcome(Verdict.FAIL, code=code, message=message, facts=facts or {})
 
 
+def refuse(code: str, message: str) -> Outcome:
+    """The caller is not the device that was declared: the refused claim is recorded, the declaration stays
+    serviceable for the genuine device (a stranger cannot put it in error)."""
+    return Outcome(Verdict.REFUSE, code=code, message=message)
+
+
 def enter_phase(phase: str, wait_seconds: int = 0, deadline_seconds: int = 0,
                 facts: Mapping[str, Any] | None = None) -> Outcome:
     """Stay on the step in ``phase``; polls get a backoff for ``wait_seconds``; the phase may last ``deadline_seconds``."""
@@ -90,6 +98,9 @@ class RequestContext:
     download_url: Callable[[str, str], str]
     #: Size in bytes of a file in the listener's image folder (None: not there).
     file_size: Callable[[str], int | None] = lambda name: None
+    #: Take one of the listener's image transfer slots for this device before it is sent a download from the
+    #: listener (idempotent); False: every slot is in use, the device must wait.
+    reserve_transfer: Callable[[], bool] = lambda: True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,6 +284,11 @@ def device_facts(response: protocol.WorkResponse) -> dict[str, Any]:
     return facts
 
 
+def pid_mismatch(declared: str, reported: str) -> str:
+    return (f"declared pid {declared} but the caller reports {reported or 'none'}: nothing is served to it; if it is "
+            "your switch, correct the declaration's pid")
+
+
 class DeviceInfoStep(SimpleStep):
     """Ask for device facts; a PID or a stack size other than the declared one is an error."""
 
@@ -287,12 +303,7 @@ class DeviceInfoStep(SimpleStep):
         facts = device_facts(response)
         expected = step.param("expect-pid")
         if expected and facts["platform"] != expected:
-            return fail(
-                "pid-mismatch",
-                f"declared pid {expected} but the device reports {facts['platform'] or 'none'}; "
-                "nothing is served until the declaration is corrected",
-                facts,
-            )
+            return refuse("pid-mismatch", pid_mismatch(expected, facts["platform"]))
         members = step.param("expect-members")
         found = len(facts.get("members", ())) or 1
         if members and int(members) != found:
@@ -350,7 +361,13 @@ class ImageInstallStep:
 
     name = "image-install"
     _SERVICES = {"cleanup": "cli-exec", "recheck": "device-info", "copy": "cli-exec", "activate": "cli-exec",
-                 "check": "device-info", "verify": "device-info"}
+                 "check": "device-info", "verify": "device-info", "copy-queued": "cli-exec"}
+    #: Phases that make the device download from the listener, the phase that waits for a transfer slot instead,
+    #: and back.
+    _QUEUED = {"": "queued", "ready": "queued", "copy": "copy-queued"}
+    _DEQUEUED = {"queued": "", "copy-queued": "copy"}
+    #: How long a device waits for a transfer slot before it asks again.
+    QUEUE_SECONDS = 60
 
     def service(self, step: Step, status: Status) -> str:
         return self._SERVICES.get(status.phase, "image-install")
@@ -363,18 +380,27 @@ class ImageInstallStep:
         return os.path.basename(step.param("location").rstrip("/")) or "image.bin"
 
     def precheck(self, step: Step, status: Status, ctx: RequestContext) -> Outcome | None:
-        if status.phase not in ("", "ready"):
+        local = _local_image(step.param("location"))
+        if status.phase in self._DEQUEUED:
+            return enter_phase(self._DEQUEUED[status.phase]) if ctx.reserve_transfer() else self._queued(status.phase)
+        if status.phase not in ("", "ready", "copy"):
             return None
-        location = step.param("location")
-        size = int(step.param("size") or 0) or (ctx.file_size(self._file(step)) if _local_image(location) else None) or 0
-        if not size or status.flash_free is None or size <= status.flash_free:
-            return None
-        if status.mode == "install" and status.phase == "":
-            return enter_phase("cleanup")  # install remove inactive, then look again
-        where = status.flash or "flash:"
-        after = " even after 'install remove inactive'" if status.phase == "ready" else ""
-        return fail("no-space", f"the image needs {size} bytes but {where} has {status.flash_free} free{after}: free "
-                    f"space on the device (delete old images), then reset it; nothing was copied")
+        if status.phase != "copy":
+            size = int(step.param("size") or 0) or (ctx.file_size(self._file(step)) if local else None) or 0
+            if size and status.flash_free is not None and size > status.flash_free:
+                if status.mode == "install" and status.phase == "":
+                    return enter_phase("cleanup")  # install remove inactive, then look again
+                where = status.flash or "flash:"
+                after = " even after 'install remove inactive'" if status.phase == "ready" else ""
+                return fail("no-space", f"the image needs {size} bytes but {where} has {status.flash_free} free{after}: "
+                            "free space on the device (delete old images), then reset it; nothing was copied")
+        if local and not ctx.reserve_transfer():
+            return self._queued(self._QUEUED[status.phase])
+        return None
+
+    def _queued(self, phase: str) -> Outcome:
+        """Every image transfer slot of the listener is in use: back off, keep the place, nothing counted."""
+        return enter_phase(phase, wait_seconds=self.QUEUE_SECONDS)
 
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
         phase, env = status.phase, ctx.envelope
@@ -424,16 +450,20 @@ class ImageInstallStep:
         return enter_phase("verify", deadline_seconds=self._reload_wait(step))
 
     def _verify_old_version(self, step: Step, status: Status, running: str, facts: Mapping[str, Any]) -> Outcome:
+        """The old version in verify: after the device's word that it reloaded, a failed attempt at once; before the
+        reload wait is over, a backoff for the rest of it (its reload brings it back sooner); after, a failed attempt."""
         wanted, now = step.param("version"), status.last_contact
-        reloaded = status.reloaded is not None and status.phase_since is not None and status.reloaded > status.phase_since
-        if reloaded:
+        if status.reloaded is not None:  # said in this phase (the provisioner forgets it when the phase changes)
             return retry("image-not-running", f"the device reloaded after the install but runs {running}, not {wanted}",
                          phase="", facts=facts)
-        if status.deadline is not None and now is not None and now >= status.deadline:
+        # Entered after an answer that was lost (a poll instead of the install's answer): the wait counts from then.
+        deadline = status.deadline or (status.phase_since + dt.timedelta(seconds=self._reload_wait(step))
+                                       if status.phase_since else None)
+        if deadline is None or now is None or now >= deadline:
             return retry("no-reload", f"the device did not reload within reload-wait ({self._reload_wait(step)} s) "
                          f"and still runs {running}, not {wanted}", phase="", facts=facts)
-        remaining = int((status.deadline - now).total_seconds()) if status.deadline and now else 30
-        return enter_phase("verify", wait_seconds=max(1, min(30, remaining)), facts=facts)
+        remaining = int((deadline - now).total_seconds())
+        return enter_phase("verify", wait_seconds=max(1, remaining), facts=facts)
 
     def unanswered(self, step: Step, status: Status, reloaded: bool) -> str | None:
         # An install may reload the device before it answers: never send it again blind, look first.
@@ -442,6 +472,8 @@ class ImageInstallStep:
         return None
 
     def wait_reason(self, step: Step, phase: str) -> str:
+        if phase in self._DEQUEUED:
+            return "waiting for a free image transfer slot"
         return "waiting for the reload" if phase == "verify" else f"retrying {step.id} after a failure"
 
     def describe(self, step: Step, status: Status) -> str:
@@ -453,6 +485,8 @@ class ImageInstallStep:
                    + (f", running {status.version}" if status.version else "")
         if status.phase == "verify":
             return f"is {step.param('version')} running?"
+        if status.phase in self._DEQUEUED:
+            return "waiting for a free image transfer slot"
         return {"cleanup": "install remove inactive (flash is short)", "copy": f"copy {target} over the command line",
                 "activate": f"install add {target} activate commit", "check": "did the failed install install it?",
                 "recheck": "free space after install remove inactive"}.get(status.phase, "")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 
 import pytest
-from werkzeug.serving import make_server
-
+from pnp_service import httpserver
 from pnp_service.app import create_app
 from pnp_service.listener import Listener, ListenerSettings
 from pnp_service.provisioner import Settings
@@ -60,19 +58,19 @@ def example_path(tmp_path) -> str:
 
 
 class RunningListener:
-    def __init__(self, store: EmbeddedStore, clock: FakeClock, settings: ListenerSettings, ssl_context=None):
+    """The listener on the server ``serve`` runs (pnp_service.httpserver), in a thread, on a loopback port."""
+
+    def __init__(self, store: EmbeddedStore, clock: FakeClock, settings: ListenerSettings, ssl_context=None,
+                 limits: httpserver.Limits | None = None):
         self.store = store
         self.listener = Listener(store, settings, clock=clock)
         self.app = create_app(store, settings, listener=self.listener)
-        self.server = make_server("127.0.0.1", 0, self.app, threaded=True, ssl_context=ssl_context)
-        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.server.server_port}"
-        # A short poll interval: shutdown() waits for it.
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
+        limits = limits or httpserver.Limits(graceful_timeout=1.0)
+        self.server = httpserver.start_in_thread(self.app, limits=limits, ssl_context=ssl_context)
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.server.port}"
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ Layers, lowest first (a module may import its own layer and those below; never a
   2 model and planner: model, planner, validation, importer (pure: device lists in, declarations out)
   3 provisioner: steps, provisioner, sudi
   4 stores: stores.*, downloads, handoff
-  5 edges: listener, app, serving, cli, views, metrics, service_module, simulator.*, clixon_module.*, discovery, element_standin
-Flask, werkzeug and gunicorn only in the web edges; clixon-pyapi only in the Clixon store and the service module.
+  5 edges: listener, app, serving, httpserver, cli, views, metrics, service_module, simulator.*, clixon_module.*, discovery,
+    element_standin
+Flask, werkzeug, gunicorn and h11 only in the web edges; clixon-pyapi only in the Clixon store and the service module.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ LAYERS = [
     {"model", "planner", "validation", "importer"},
     {"steps", "provisioner", "sudi"},
     {"stores", "downloads", "handoff"},
-    {"listener", "app", "serving", "cli", "views", "metrics", "service_module", "simulator", "clixon_module", "discovery",
-     "element_standin"},
+    {"listener", "app", "serving", "httpserver", "cli", "views", "metrics", "service_module", "simulator", "clixon_module",
+     "discovery", "element_standin"},
 ]
-WEB = {"flask", "werkzeug", "gunicorn"}
-WEB_EDGES = {"app", "serving", "cli"}
+WEB = {"flask", "werkzeug", "gunicorn", "h11"}
+WEB_EDGES = {"app", "serving", "httpserver", "cli"}
 CLIXON_EDGES = {"stores.clixon.netconf", "service_module", "clixon_module.pnp_service_module"}
 
 

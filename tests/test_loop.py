@@ -58,13 +58,16 @@ def test_image_upgrade_over_http_is_proven_by_the_device(serve, clock, example_p
     assert status.state == "provisioned" and status.version == "17.09.04a" and status.mode == "bundle"
 
 
-def test_pid_mismatch_over_http(serve, clock, tmp_path):
+def test_a_pid_mismatch_over_http_is_refused_and_the_genuine_switch_provisions(serve, clock, tmp_path):
     running = serve(declare(tmp_path, BASE.format(sn="SN1", host="a")))
-    device = SimulatedDevice("SN1", pid="C9500-24Y4C")
-    result = simulator(running, clock).run(device)
-    assert result.outcome == "failed" and device.config is None
+    stranger = SimulatedDevice("SN1", pid="C9500-24Y4C")
+    result = simulator(running, clock).run(stranger)
+    assert result.outcome == "backed-off" and "not the declared device" in result.reason and stranger.config is None
     status = running.store.load("SN1").status
-    assert status.state == "error" and status.error_code == "pid-mismatch"
+    assert status.state == "planned" and status.error_code == "pid-mismatch" and "C9500-24Y4C" in status.error_message
+    genuine = SimulatedDevice("SN1", pid="C9300-24P")
+    assert simulator(running, clock).run(genuine).outcome == "configured" and genuine.config
+    assert running.store.load("SN1").status.state == "provisioned"
 
 
 def test_step_that_keeps_failing_ends_in_error(serve, clock, tmp_path):

@@ -125,15 +125,38 @@ def test_unclaimed_last_seen_is_refreshed_but_not_on_every_poll():
     assert decision.unclaimed.last_seen == device.now and decision.unclaimed.first_seen == T0
 
 
-def test_pid_mismatch_is_an_error_and_nothing_is_served():
-    device = Device(declared(pid="C9300-48P"))
-    device.poll()
-    device.answer_device_info(pid="C9300-24P")
-    assert device.status.state == "error" and device.status.error_code == "pid-mismatch"
+def test_a_caller_with_another_pid_is_a_refused_claim_and_the_genuine_switch_proceeds():
+    device = Device(declared(pid="C9300-48P"))  # the caller's UDI says C9300-24P
+    decision, message = device.poll()
+    assert message.service == "backoff" and decision.event == "refused-claim"
+    assert device.status.state == "planned" and device.status.error_code == "pid-mismatch"
     assert "C9300-48P" in device.status.error_message and "C9300-24P" in device.status.error_message
-    for _ in range(3):
+    assert "192.0.2.50" in device.status.error_message and device.status.last_contact is None
+    writes = device.writes
+    for _ in range(3):  # backed off each time, recorded once (not a write per stranger's poll)
         _, message = device.poll()
         assert message.service == "backoff"
+    assert device.writes == writes
+    device.udi = protocol.Udi("C9300-48P", "V01", "SN1")  # the switch that was declared
+    _, message = device.poll()
+    assert message.service == "device-info"
+    device.answer_device_info(pid="C9300-48P")
+    _, message = device.poll()
+    device.ok("config-upgrade")
+    assert device.status.state == "provisioned" and device.status.error_code == ""
+
+
+def test_a_device_info_with_another_pid_is_refused_without_putting_the_declaration_in_error():
+    device = Device(declared(pid="C9300-24P"), Settings(max_attempts=2))
+    for _ in range(3):  # a liar that polls with the declared PID and answers with another, again and again
+        device.poll()
+        decision = device.answer_device_info(pid="C9300-48P")
+        assert decision.event == "refused-claim"
+    assert device.status.state == "onboarding" and device.status.attempts == 0
+    assert device.status.error_code == "pid-mismatch" and device.status.platform == ""
+    device.poll()  # the genuine switch
+    device.answer_device_info(pid="C9300-24P")
+    assert device.status.step == "config-upgrade" and device.status.error_code == ""
 
 
 def test_failing_step_retries_with_growing_backoff_then_errors():
@@ -358,20 +381,27 @@ def test_changed_declaration_starts_over():
     assert device.status.revision == device.record.work.revision
 
 
-def test_error_is_cleared_by_a_new_revision():
-    device = Device(declared(pid="WRONG"))
+def failed_once(device: Device) -> None:
+    """Drive the device into error (its settings allow one attempt): config-upgrade fails."""
     device.poll()
     device.answer_device_info()
+    device.poll()
+    device.fail("config-upgrade")
+
+
+def test_error_is_cleared_by_a_new_revision():
+    device = Device(declared(), Settings(max_attempts=1))
+    failed_once(device)
     assert device.status.state == "error"
-    device.record = dataclasses.replace(device.record, work=plan(declared()))
+    device.record = dataclasses.replace(device.record, work=plan(declared(hostname="sw2")))
     _, message = device.poll()
     assert message.service == "device-info" and device.status.state == "onboarding"
 
 
 def test_idle_polls_do_not_write_every_time():
-    device = Device(declared(pid="WRONG"))
-    device.poll()
-    device.answer_device_info()
+    device = Device(declared(), Settings(max_attempts=1))
+    failed_once(device)
+    assert device.status.state == "error"
     writes = device.writes
     for _ in range(5):
         device.wait(5)

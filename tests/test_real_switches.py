@@ -368,7 +368,7 @@ def test_a_device_that_calls_over_http_installs_the_ca_and_goes_on_over_https(tm
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(pki["cert"]), str(pki["key"]))
     secure = RunningListener(open_store(str(path)), clock, ListenerSettings(secret=SECRET), ssl_context=context)
-    port = secure.server.server_port
+    port = secure.server.port
     bootstrap = {"bundle": pki["ca"].read_text(), "host": "127.0.0.1", "port": str(port), "ntp": "192.0.2.123"}
     plain = RunningListener(open_store(str(path)), clock,
                             ListenerSettings(secret=SECRET, provisioning=Settings(https_bootstrap=bootstrap)))

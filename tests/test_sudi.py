@@ -119,7 +119,7 @@ def test_without_a_ca_a_sudi_declaration_is_never_served(lab, pki):
     assert running.store.load("SN1").status.error_code == "sudi-no-ca"
 
 
-def test_a_response_from_another_address_or_after_expiry_is_stale(lab, pki):
+def test_a_challenge_is_used_up_only_by_an_answer_from_the_address_it_was_sent_to(lab, pki):
     running, _ = lab(DEVICE.format(sn="SN1", host="sw", auth=SUDI))
     listener = running.listener
     udi = protocol.Udi("C9300-24P", "V01", "SN1")
@@ -128,11 +128,15 @@ def test_a_response_from_another_address_or_after_expiry_is_stale(lab, pki):
     assert len(challenge) >= 22  # at least 128 bits
     signature, method = messages.sign_challenge(pki["ec"][1], challenge)
     answer = messages.device_auth_response(udi, "c1", pki["ec"][0], signature, method)
-    listener.work_response(answer, "192.0.2.8", "http://x/")  # answered from elsewhere
+    listener.work_response(answer, "192.0.2.8", "http://x/")  # answered from elsewhere: refused, challenge kept
     status = running.store.load("SN1").status
-    assert status.error_code == "sudi-stale-challenge" and status.proven_address == "" and status.challenges == ()
-    listener.work_response(answer, "192.0.2.7", "http://x/")  # single use: the same answer again
-    assert running.store.load("SN1").status.proven_address == ""
+    assert status.error_code == "sudi-stale-challenge" and status.proven_address == ""
+    assert [c[0] for c in status.challenges] == ["c1"]
+    listener.work_response(answer, "192.0.2.7", "http://x/")  # the device it was sent to
+    status = running.store.load("SN1").status
+    assert status.proven_address == "192.0.2.7" and status.challenges == ()
+    listener.work_response(answer, "192.0.2.9", "http://x/")  # single use: the same answer again changes nothing
+    assert running.store.load("SN1").status.proven_address == "192.0.2.7"
 
 
 def test_downloads_after_a_proof_are_bound_to_the_address_that_proved(lab, pki):

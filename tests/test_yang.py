@@ -11,10 +11,9 @@ import threading
 
 import pytest
 from lxml import etree
-from werkzeug.serving import make_server
 
 from conftest import EXAMPLE_DATASTORE, REPO, SECRET, FakeClock
-from pnp_service import views
+from pnp_service import httpserver, views
 from pnp_service.app import create_app
 from pnp_service.listener import Listener, ListenerSettings
 from pnp_service.simulator import AgentSimulator, SimulatedDevice
@@ -69,15 +68,15 @@ def test_state_the_listener_writes_is_valid_in_the_yangs_shape(tmp_path):
     settings = ListenerSettings(secret=SECRET)
     clock = FakeClock()
     app = create_app(store, settings, listener=Listener(store, settings, clock=clock))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    server = httpserver.start_in_thread(app)
     try:
-        sim = AgentSimulator(f"http://127.0.0.1:{server.server_port}", sleep=clock.advance, max_polls=30)
+        sim = AgentSimulator(f"http://127.0.0.1:{server.port}", sleep=clock.advance, max_polls=30)
+        sim.run(SimulatedDevice("FOC2001X0AB", pid="WRONG-PID"))  # a refused claim, in the status
         sim.run(SimulatedDevice("FOC2001X0AB"))
-        sim.run(SimulatedDevice("FOC2001X0CD", pid="WRONG-PID"))
+        sim.run(SimulatedDevice("FOC2001X0CD", pid="C9300-48P", fail_service="config-upgrade"))
         sim.run(SimulatedDevice("UNKNOWN9"))
     finally:
-        server.shutdown()
+        server.stop()
     out = tmp_path / "state.xml"
     out.write_text(views.xml(store.snapshot()))
     assert "<unclaimed>" in out.read_text() and "<state>error</state>" in out.read_text()

@@ -1,0 +1,603 @@
+"""The event-driven HTTP/1.1 server the listener runs on: a client costs a socket, never a thread.
+
+Owns connections and nothing else.  One asyncio event loop reads every request
+with h11 under deadlines: a whole request (head and body) within
+``request_timeout`` of its first byte (of the accept, for a connection's first
+request), an idle keep-alive connection closed after ``keepalive_timeout``, and
+every write bounded by progress (``send_timeout`` without the client taking a
+byte, not a total time).  Only once a request is complete does the WSGI
+application (the Flask app) run, in a small thread pool, so a slow or silent
+client never holds a thread.  A file body (:class:`FileSpan`) is sent by the loop
+with ``sendfile`` in bounded chunks: a gigabyte image pulled over a slow link
+costs a socket and no thread.  What strangers can grow is capped: open
+connections (``max_connections``: an idle keep-alive connection is closed to
+make room, else the newcomer gets a 503), requests waiting for a thread
+(``max_pending``), header and body sizes.  Every request the server refuses
+itself (400, 408, 413, 431, 503) gets a short plain answer and a counter in
+:data:`STATS`, never a traceback.
+
+gunicorn runs it as a worker class (``serving.py``); tests and the benchmark
+run it in a thread (:func:`start_in_thread`).
+
+The rule of this file: HTTP, sockets and WSGI only; nothing of PnP, Flask or gunicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import io
+import logging
+import socket
+import ssl
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator, NoReturn
+from urllib.parse import unquote_to_bytes
+
+import h11
+
+from .logs import event
+
+log = logging.getLogger("pnp_service.http")
+access_log = logging.getLogger("pnp_service.access")
+
+WsgiApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
+
+#: Bytes handed to ``sendfile`` at a time: each must be taken by the client within ``send_timeout``.
+SENDFILE_CHUNK = 256 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Deadlines and caps of one server process (``pnp-service serve`` sets them from its options)."""
+
+    #: A whole request, head and body, must arrive within this many seconds of its first byte.
+    request_timeout: float = 30.0
+    #: An idle keep-alive connection is closed after this many seconds without a new request.
+    keepalive_timeout: float = 15.0
+    #: A write (an answer, a chunk of a download) that makes no progress for this long closes the connection.
+    send_timeout: float = 60.0
+    #: Open connections of this process; beyond, an idle one is closed to make room, else the newcomer gets a 503.
+    max_connections: int = 4096
+    #: Request line and headers together.
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 256 * 1024
+    #: Threads that run the application: requests are complete when they get one, so a few suffice.
+    threads: int = 8
+    #: Complete requests waiting for a thread; beyond, 503 with Retry-After.
+    max_pending: int = 1024
+    #: How long a graceful stop waits for answers and downloads in flight.
+    graceful_timeout: float = 10.0
+
+
+class Stats:
+    """What the server did, for ``/metrics`` (one per process; plain integers, read without a lock)."""
+
+    def __init__(self) -> None:
+        self.open_connections = 0
+        self.transfers = 0  # file bodies being sent
+        self.closed: collections.Counter[str] = collections.Counter()  # connections the server closed, by reason
+        self.refused: collections.Counter[int] = collections.Counter()  # answers the server gave itself, by status
+
+
+STATS = Stats()
+
+
+# --------------------------------------------------------------------------- file bodies
+
+
+class FileSpan:
+    """A part of an open file as a response body: sent with ``sendfile`` by this server, read in blocks by others.
+
+    ``on_close(sent)`` is called once, with the bytes the client took, when the body is done or abandoned.
+    """
+
+    def __init__(self, file: io.BufferedReader, offset: int, length: int,
+                 on_close: Callable[[int], None] | None = None, block: int = 256 * 1024):
+        self.file, self.offset, self.length = file, offset, length
+        self.sent = 0
+        self._on_close = on_close
+        self._block = block
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        """For any WSGI server (Flask's development server): the span in blocks."""
+        self.file.seek(self.offset + self.sent)
+        while self.sent < self.length:
+            data = self.file.read(min(self._block, self.length - self.sent))
+            if not data:
+                break
+            self.sent += len(data)
+            yield data
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.file.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close(self.sent)
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The one range of a ``Range: bytes=...`` header as (offset, length), None to send the whole file.
+
+    Raises :class:`RangeNotSatisfiable` for a range wholly past the end.  Several
+    ranges, or a header this does not understand, are ignored (RFC 9110 lets a
+    server send the whole representation instead).
+    """
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    first, last = first.strip(), last.strip()
+    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == "") or first == last == "":
+        return None
+    if first == "":  # the last N bytes
+        suffix = int(last)
+        if suffix == 0:
+            raise RangeNotSatisfiable(size)
+        return (max(0, size - suffix), min(suffix, size))
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size:
+        raise RangeNotSatisfiable(size)
+    if end < start:
+        return None
+    return (start, end - start + 1)
+
+
+class RangeNotSatisfiable(ValueError):
+    def __init__(self, size: int):
+        super().__init__(f"range not satisfiable (the file has {size} bytes)")
+        self.size = size
+
+
+# --------------------------------------------------------------------------- WSGI
+
+
+def _environ(request: h11.Request, body: bytes, peer: tuple, local: tuple, scheme: str) -> dict[str, Any]:
+    target = request.target
+    if not target.startswith(b"/") and b"://" in target:  # absolute form: http://host/path
+        target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
+    path, _, query = target.partition(b"?")
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": request.method.decode("ascii"),
+        "SCRIPT_NAME": "",
+        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+        "QUERY_STRING": query.decode("latin-1"),
+        "SERVER_NAME": str(local[0]) if local else "",
+        "SERVER_PORT": str(local[1]) if local else "",
+        "SERVER_PROTOCOL": "HTTP/" + request.http_version.decode("ascii"),
+        "REMOTE_ADDR": str(peer[0]) if peer else "",
+        "REMOTE_PORT": str(peer[1]) if peer else "",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scheme,
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for raw_name, raw_value in request.headers:
+        if b"_" in raw_name:
+            continue  # HTTP_X_A would be both X-A and X_A: header smuggling; nothing we serve needs one
+        name = raw_name.decode("latin-1").upper().replace("-", "_")
+        value = raw_value.decode("latin-1")
+        if name == "CONTENT_TYPE":
+            environ["CONTENT_TYPE"] = value
+        elif name in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
+            continue  # the body is whole: its length is CONTENT_LENGTH above
+        else:
+            key = "HTTP_" + name
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+@dataclasses.dataclass
+class _Answer:
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes | FileSpan
+
+
+def _run_app(app: WsgiApp, environ: dict[str, Any]) -> _Answer:
+    """Run the application on a whole request (in a pool thread); the body is read here, a file body is not."""
+    started: list[Any] = []
+    written: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info and started:
+            raise exc_info[1].with_traceback(exc_info[2])
+        started[:] = [status, headers]
+        return written.append
+
+    result = app(environ, start_response)
+    if isinstance(result, FileSpan):
+        body: bytes | FileSpan = result
+    else:
+        try:
+            body = b"".join(written) + b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+    status, headers = started
+    code, _, reason = status.partition(" ")
+    encoded = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    return _Answer(int(code), reason.encode("latin-1"), encoded, body)
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def _plain(status: int, message: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A complete answer the server gives itself, closing the connection."""
+    body = (message + "\n").encode()
+    reason = _REASONS.get(status, "Error")
+    head = [f"HTTP/1.1 {status} {reason}", "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}",
+            "Connection: close", *(f"{name}: {value}" for name, value in extra)]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class _Sized:
+    """Stands for ``sendfile``'s bytes in h11's bookkeeping (h11 counts them against Content-Length)."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class _Close(Exception):
+    """End this connection (quietly: the reason was counted)."""
+
+
+class Connection:
+    """One client: its requests in turn, each under its deadlines."""
+
+    def __init__(self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.server, self.reader, self.writer = server, reader, writer
+        self.limits = server.limits
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        self.peer = writer.get_extra_info("peername") or ()
+        self.local = writer.get_extra_info("sockname") or ()
+        self.scheme = "https" if writer.get_extra_info("sslcontext") is not None else "http"
+        #: Not being answered (between requests, or still reading one): may be closed to make room for another client.
+        self.idle = True
+        self.idle_since = time.monotonic()
+
+    async def run(self) -> None:
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            _keepalive(sock)
+        first = True
+        try:
+            while not self.server.stopping:
+                request, body = await self._read_request(first)
+                if request is None:
+                    return
+                self.idle = False
+                keep_open = await self._answer(request, body)
+                if not keep_open or self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+                    return
+                self.h11.start_next_cycle()
+                self.idle, self.idle_since, first = True, time.monotonic(), False
+        except _Close:
+            pass
+        except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            STATS.closed["reset"] += 1
+        finally:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read_request(self, first: bool) -> tuple[h11.Request | None, bytes]:
+        """The next whole request, or (None, b"") when the client is done or idled out."""
+        loop = asyncio.get_running_loop()
+        limits = self.limits
+        waiting = not first  # a keep-alive connection waits idle for its next request's first byte
+        deadline = loop.time() + (limits.keepalive_timeout if waiting else limits.request_timeout)
+        request: h11.Request | None = None
+        body = bytearray()
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint if exc.error_status_hint in (400, 413, 431) else 400
+                await self._refuse(status, f"{status} {_REASONS[status]}: {exc}")
+            if event is h11.NEED_DATA:
+                if self.h11.they_are_waiting_for_100_continue:
+                    await self._send(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        data = await self.reader.read(65536)
+                except TimeoutError:
+                    if waiting:
+                        STATS.closed["idle"] += 1
+                        raise _Close() from None
+                    await self._refuse(408, f"408 Request Timeout: send a whole request within "
+                                       f"{limits.request_timeout:g} s", reason="request-timeout")
+                if waiting and data:  # the next request began: it has the request deadline now
+                    waiting, deadline = False, loop.time() + limits.request_timeout
+                self.h11.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+                declared = _content_length(event)
+                if declared is not None and declared > limits.max_body_bytes:
+                    await self._refuse(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > limits.max_body_bytes:
+                    await self._refuse(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                return request, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                if request is not None:  # the client went away in the middle of its request
+                    STATS.closed["truncated"] += 1
+                return None, b""
+
+    async def _refuse(self, status: int, message: str, reason: str = "",
+                      extra: tuple[tuple[str, str], ...] = ()) -> NoReturn:
+        """Answer with a short plain message and close the connection (raises :class:`_Close`)."""
+        STATS.refused[status] += 1
+        STATS.closed[reason or f"refused-{status}"] += 1
+        with contextlib.suppress(Exception):
+            self.writer.write(_plain(status, message, extra))
+            async with asyncio.timeout(min(5.0, self.limits.send_timeout)):
+                await self.writer.drain()
+        raise _Close()
+
+    # ------------------------------------------------------------------ answering
+
+    async def _answer(self, request: h11.Request, body: bytes) -> bool:
+        server = self.server
+        if server.pending >= self.limits.max_pending:
+            await self._refuse(503, "503 Service Unavailable: busy, retry later", extra=(("Retry-After", "5"),))
+        environ = _environ(request, body, self.peer, self.local, self.scheme)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        server.pending += 1
+        try:
+            answer = await loop.run_in_executor(server.pool, _run_app, server.app, environ)
+        except Exception:  # noqa: BLE001 - an application bug must not end the server
+            log.exception("the application failed on %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"])
+            await self._refuse(500, "500 Internal Server Error")
+        finally:
+            server.pending -= 1
+        headers = answer.headers
+        if server.stopping:
+            headers = [h for h in headers if h[0].lower() != b"connection"] + [(b"connection", b"close")]
+        try:
+            head = self.h11.send(h11.Response(status_code=answer.status, reason=answer.reason, headers=headers))
+        except h11.LocalProtocolError as exc:
+            if isinstance(answer.body, FileSpan):
+                answer.body.close()
+            log.error("the application's answer is not valid HTTP: %s", exc)
+            await self._refuse(500, "500 Internal Server Error")
+        if isinstance(answer.body, FileSpan):
+            await self._send(head)
+            await self._send_file(answer.body, request.method == b"HEAD")
+            sent = answer.body.sent
+        else:
+            data = b"" if request.method == b"HEAD" or not answer.body else self.h11.send(h11.Data(data=answer.body))
+            await self._send(head + data + self.h11.send(h11.EndOfMessage()))
+            sent = len(answer.body)
+        if server.access_log:
+            # The path only: a download URL carries its signature in the query.
+            event(access_log, logging.INFO, "access", address=environ["REMOTE_ADDR"], method=environ["REQUEST_METHOD"],
+                  path=environ["PATH_INFO"], status=answer.status, bytes=sent, seconds=round(loop.time() - began, 3))
+        return not server.stopping
+
+    async def _send(self, data: bytes) -> None:
+        if not data:
+            return
+        self.writer.write(data)
+        try:
+            async with asyncio.timeout(self.limits.send_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            STATS.closed["send-timeout"] += 1
+            raise _Close() from None
+
+    async def _send_file(self, span: FileSpan, head_only: bool) -> None:
+        loop = asyncio.get_running_loop()
+        STATS.transfers += 1
+        try:
+            if not head_only and span.length:
+                self.h11.send_with_data_passthrough(h11.Data(data=_Sized(span.length)))  # type: ignore[arg-type]
+                while span.sent < span.length:
+                    chunk = min(SENDFILE_CHUNK, span.length - span.sent)
+                    try:
+                        async with asyncio.timeout(self.limits.send_timeout):
+                            sent = await loop.sendfile(self.writer.transport, span.file, span.offset + span.sent, chunk)
+                    except TimeoutError:
+                        STATS.closed["send-timeout"] += 1
+                        raise _Close() from None
+                    if not sent:
+                        raise _Close()  # the file shrank under us
+                    span.sent += sent
+            await self._send(self.h11.send(h11.EndOfMessage()))
+        finally:
+            STATS.transfers -= 1
+            span.close()
+
+
+def _content_length(request: h11.Request) -> int | None:
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)  # h11 has checked it is a number
+    return None
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """TCP keepalive: a peer that vanished (a switch that reloaded mid-download) is noticed by the kernel."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class Server:
+    """Serves a WSGI app on already bound, listening sockets until :meth:`stop`."""
+
+    def __init__(self, app: WsgiApp, limits: Limits | None = None, ssl_context: ssl.SSLContext | None = None,
+                 access_log: bool = False):
+        self.app = app
+        self.limits = limits or Limits()
+        #: A line per answer (method, path without its query, status, bytes, seconds) on ``pnp_service.access``.
+        self.access_log = access_log
+        self.ssl_context = ssl_context
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.limits.threads, thread_name_prefix="pnp-app")
+        self.connections: set[Connection] = set()
+        self.pending = 0
+        self.stopping = False
+        self._stop: asyncio.Event | None = None
+
+    async def serve(self, sockets: Iterable[socket.socket], started: Callable[[], None] | None = None) -> None:
+        self._stop = asyncio.Event()
+        servers = [await asyncio.start_server(self._client, sock=sock, ssl=self.ssl_context,
+                                              ssl_handshake_timeout=self.limits.request_timeout if self.ssl_context else None)
+                   for sock in sockets]
+        if started is not None:
+            started()
+        try:
+            await self._stop.wait()
+        finally:
+            self.stopping = True
+            for listening in servers:
+                listening.close()
+            await self._drain()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def stop(self) -> None:
+        """Stop taking connections; answers and downloads in flight get ``graceful_timeout`` to finish."""
+        self.stopping = True
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _drain(self) -> None:
+        for connection in list(self.connections):
+            if connection.idle:
+                connection.writer.close()
+        deadline = time.monotonic() + self.limits.graceful_timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.writer.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.connections) >= self.limits.max_connections and not self._make_room():
+            STATS.refused[503] += 1
+            STATS.closed["too-many-connections"] += 1
+            with contextlib.suppress(Exception):
+                writer.write(_plain(503, "503 Service Unavailable: too many connections, retry later",
+                                    (("Retry-After", "5"),)))
+                writer.close()
+            return
+        connection = Connection(self, reader, writer)
+        self.connections.add(connection)
+        STATS.open_connections += 1
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+            STATS.open_connections -= 1
+
+    def _make_room(self) -> bool:
+        """Close the longest idle keep-alive connection; False when every connection is busy."""
+        idle = [c for c in self.connections if c.idle]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.idle_since)
+        oldest.idle = False
+        oldest.writer.close()
+        STATS.closed["idle-evicted"] += 1
+        return True
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise this process's soft limit of open files towards ``wanted`` (at most the hard limit); returns it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
+# --------------------------------------------------------------------------- in a thread (tests, benchmark)
+
+
+class Running:
+    """A server running in a thread of its own on a loopback port."""
+
+    def __init__(self, server: Server, sock: socket.socket):
+        self.server = server
+        self.port = sock.getsockname()[1]
+        self._sock = sock
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._run, name="pnp-http", daemon=True)
+        self.thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the HTTP server did not start")
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            await self.server.serve([self._sock], self._ready.set)
+
+        asyncio.run(main())
+
+    def stop(self) -> None:
+        if self._loop is not None and self.thread.is_alive():
+            self._loop.call_soon_threadsafe(self.server.stop)
+        self.thread.join(timeout=self.server.limits.graceful_timeout + 5)
+        self._sock.close()
+
+
+def listening_socket(host: str = "127.0.0.1", port: int = 0, backlog: int = 1024) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def start_in_thread(app: WsgiApp, host: str = "127.0.0.1", port: int = 0, limits: Limits | None = None,
+                    ssl_context: ssl.SSLContext | None = None, access_log: bool = False) -> Running:
+    """Serve ``app`` from a thread of this process (tests, the benchmark); ``.stop()`` ends it."""
+    return Running(Server(app, limits, ssl_context, access_log), listening_socket(host, port))
+
+
+__all__ = ["Connection", "FileSpan", "Limits", "RangeNotSatisfiable", "Running", "STATS", "Server", "Stats",
+           "byte_range", "listening_socket", "raise_open_files_limit", "start_in_thread"]
