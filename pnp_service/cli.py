@@ -67,15 +67,19 @@ def _registry():
 
 
 def open_store(args: argparse.Namespace, *, read_only: bool = False) -> Store:
+    from .stores.base import UnclaimedPolicy
+
+    policy = UnclaimedPolicy(getattr(args, "max_unclaimed", None) or UnclaimedPolicy.max_entries,
+                             getattr(args, "unclaimed_days", None) or UnclaimedPolicy.keep_days)
     if getattr(args, "clixon_socket", None):
         from .stores.clixon import ClixonStore  # imports clixon-pyapi: only on demand
 
         return ClixonStore(args.clixon_socket, journal_path=getattr(args, "journal", None) or DEFAULT_JOURNAL,
-                           read_only=read_only)
+                           read_only=read_only, unclaimed_policy=policy)
     from .stores.embedded import EmbeddedStore
 
     return EmbeddedStore(args.datastore, getattr(args, "state", None), read_only=read_only,
-                         known_step_types=_registry().names(), context=_template_context(args))
+                         known_step_types=_registry().names(), context=_template_context(args), unclaimed_policy=policy)
 
 
 def _template_context(args: argparse.Namespace) -> dict[str, object]:

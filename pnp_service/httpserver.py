@@ -342,6 +342,10 @@ class Connection:
                 continue
             if isinstance(event, h11.Request):
                 request = event
+                # h11 bounds a head that arrives in pieces; a whole one read at once is measured here.
+                if len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers) > limits.max_header_bytes:
+                    await self._refuse(431, f"431 Request Header Fields Too Large: at most {limits.max_header_bytes} "
+                                       "bytes of request line and headers")
                 declared = _content_length(event)
                 if declared is not None and declared > limits.max_body_bytes:
                     await self._refuse(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")

@@ -99,7 +99,6 @@ class Listener:
         from .metrics import Metrics
 
         self.store = store
-        self.metrics = Metrics(store)
         #: Told the serial of every device that became provisioned and waits to be handed on (never blocks).
         self.on_provisioned = on_provisioned
         self.settings = settings or ListenerSettings()
@@ -109,6 +108,7 @@ class Listener:
         self.registry = self.provisioner.registry
         self.signer = UrlSigner(self.settings.secret, self.settings.download_lifetime_seconds)
         self.transfers = TransferGate(self.settings.max_image_transfers)
+        self.metrics = Metrics(store, transfers=self.transfers)
         self.clock = clock
 
     # ------------------------------------------------------------------ PnP endpoints

@@ -21,6 +21,29 @@ from .xmlsafe import visible
 
 FORMATS = ("text", "json")
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: A line is at most this many bytes (2 KB with the time, level and logger before it): one value at most
+#: ``VALUE_LIMIT`` characters, the message at most ``MESSAGE_LIMIT``; what is cut off is said, never silently.
+LINE_LIMIT = 2048
+VALUE_LIMIT = 512
+MESSAGE_LIMIT = 1900
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters, ending in a mark that says how much was left out."""
+    if len(text) <= limit:
+        return text
+    mark = f"...[cut {len(text)} chars]"  # as long as the real mark, or longer
+    kept = max(0, limit - len(mark))
+    return text[:kept] + f"...[cut {len(text) - kept} chars]"
+
+
+def fit(line: str, limit: int = LINE_LIMIT) -> str:
+    """A whole line within ``limit`` UTF-8 bytes, marked when cut."""
+    data = line.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return line
+    kept = data[: limit - len(f"...[cut {len(data)} bytes]")].decode("utf-8", "ignore")
+    return kept + f"...[cut {len(data) - len(kept.encode())} bytes]"
 
 
 def _quote(value: Any) -> str:
@@ -29,7 +52,7 @@ def _quote(value: Any) -> str:
     if isinstance(value, (int, float)):
         return str(value)
     # JSON string escaping: quotes, backslashes and every control character escaped.
-    return json.dumps(str(value), ensure_ascii=False)
+    return json.dumps(cut(str(value), VALUE_LIMIT), ensure_ascii=False)
 
 
 class Event:
@@ -67,8 +90,8 @@ class TextFormatter(logging.Formatter):
         super().__init__(_TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = redact(visible(record.message))
-        return super().formatMessage(record)
+        record.message = cut(redact(visible(record.message)), MESSAGE_LIMIT)
+        return fit(super().formatMessage(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -82,13 +105,20 @@ class JsonFormatter(logging.Formatter):
         }
         if isinstance(record.msg, Event) and not record.args:
             data["event"] = record.msg.name
-            data.update({key: redact(value) if isinstance(value, str) else value
+            data.update({key: cut(redact(value), VALUE_LIMIT) if isinstance(value, str) else value
                          for key, value in record.msg.fields.items() if value is not None and value != ""})
         else:
-            data["message"] = redact(record.getMessage())
-        if record.exc_info:
+            data["message"] = cut(redact(record.getMessage()), MESSAGE_LIMIT)
+        line = json.dumps(data, ensure_ascii=False, default=str)
+        # Escapes can make a value longer than it was: cut the longest values further until the line fits.
+        while len(line.encode()) > LINE_LIMIT:
+            longest = max((key for key, value in data.items() if isinstance(value, str)), key=lambda k: len(data[k]))
+            data[longest] = cut(data[longest], max(32, len(data[longest]) // 2))
+            line = json.dumps(data, ensure_ascii=False, default=str)
+        if record.exc_info:  # a traceback is the program's, not a device's: kept whole
             data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=False, default=str)
+            line = json.dumps(data, ensure_ascii=False, default=str)
+        return line
 
 
 def formatter(log_format: str) -> logging.Formatter:

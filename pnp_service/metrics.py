@@ -2,7 +2,9 @@
 
 Owns the listener's counters (polls by event, inputs refused by reason, SUDI
 proofs refused by reason, writes and their latency), the gauges read at scrape
-time from the store (devices by state, writes waiting in the Clixon journal),
+time from the store (devices by state, writes waiting in the Clixon journal,
+unclaimed devices forgotten), from the HTTP server (open connections, those it
+closed by reason, image transfers),
 and the health verdict (store reachable, declarations valid, controller
 connected).  Each listener process keeps its own registry: with several gunicorn
 workers, scrape each, or run one worker per listener.
@@ -17,17 +19,48 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import views
+from . import httpserver, views
+from .downloads import TransferGate
 from .stores.base import Store
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+class _ScrapeTime:
+    """What is read when scraped: the HTTP server's connections, image transfers, what the store forgot."""
+
+    def __init__(self, store: Store, transfers: TransferGate | None):
+        self.store, self.transfers = store, transfers
+
+    def collect(self):
+        stats = httpserver.STATS
+        yield GaugeMetricFamily("pnp_http_connections", "Open client connections", value=stats.open_connections)
+        closed = CounterMetricFamily("pnp_http_closed", "Connections the server closed, by reason", labels=["reason"])
+        for reason, count in sorted(stats.closed.items()):
+            closed.add_metric([reason], count)
+        yield closed
+        refused = CounterMetricFamily("pnp_http_refused", "Answers the HTTP server gave itself, by status",
+                                      labels=["status"])
+        for status, count in sorted(stats.refused.items()):
+            refused.add_metric([str(status)], count)
+        yield refused
+        yield GaugeMetricFamily("pnp_image_transfers", "Image bodies being sent", value=stats.transfers)
+        if self.transfers is not None:
+            yield GaugeMetricFamily("pnp_image_transfer_slots_in_use", "Devices holding an image transfer slot",
+                                    value=self.transfers.in_use())
+        counters = self.store.counters()
+        yield CounterMetricFamily("pnp_unclaimed_dropped", "Unclaimed devices forgotten to stay within --max-unclaimed",
+                                  value=counters.get("unclaimed_dropped", 0))
+        yield CounterMetricFamily("pnp_unclaimed_expired", "Unclaimed devices forgotten after --unclaimed-days unseen",
+                                  value=counters.get("unclaimed_expired", 0))
+
+
 class Metrics:
     """One listener's metrics."""
 
-    def __init__(self, store: Store, snapshot_seconds: float = 10.0):
+    def __init__(self, store: Store, snapshot_seconds: float = 10.0, transfers: TransferGate | None = None):
         self.store = store
         self.registry = CollectorRegistry()
         self.polls = PromCounter("pnp_messages_total", "Agent messages handled, by event", ["event"], registry=self.registry)
@@ -39,6 +72,7 @@ class Metrics:
                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.devices = Gauge("pnp_devices", "Declared devices by state, and unclaimed ones", ["state"], registry=self.registry)
         self.pending = Gauge("pnp_journal_pending", "Writes waiting in the journal for the controller", registry=self.registry)
+        self.registry.register(_ScrapeTime(store, transfers))
         self._snapshot_seconds = snapshot_seconds
         self._snapshot_at = 0.0
         self._lock = threading.Lock()

@@ -113,3 +113,8 @@ def state_dump(declarations_path: str) -> list:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
         return [(table, *row) for table in ("status", "unclaimed", "work")
                 for row in connection.execute(f"SELECT * FROM {table} ORDER BY serial")]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files marked ``heavy`` (a roll-out under load: half a minute each) first, so two workers take one each."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -555,3 +556,24 @@ def test_a_stack_member_is_recorded_in_running_and_resolves_to_its_stack(control
     assert controller.unclaimed() == []
     again = open_store()  # another listener reads it from running
     assert again.load("MEM9").serial == "SN1" and again.load("MEM9").caller == "MEM9"
+
+
+def test_the_controller_keeps_at_most_max_unclaimed_and_the_journal_says_what_was_forgotten(open_store, controller):
+    from pnp_service.stores.base import UnclaimedPolicy
+
+    store = open_store(unclaimed_policy=UnclaimedPolicy(max_entries=200, keep_days=7))
+    start = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
+    for n in range(260):
+        seen = start + dt.timedelta(seconds=n)
+        entry = model.Unclaimed(f"S{n:04d}", "", "X", "Switch", "192.0.2.9", seen, seen)
+        store.update(entry.serial, change(unclaimed=entry))
+    assert len(store.snapshot().unclaimed) <= 200  # what the listener serves from, before any commit
+    store.flush()
+    kept = controller.unclaimed()
+    assert 190 <= len(kept) <= 200 and "S0259" in kept and "S0000" not in kept  # the longest unseen went first
+    assert store.counters()["unclaimed_dropped"] == 260 - len(kept)
+    restarted = open_store(unclaimed_policy=UnclaimedPolicy(max_entries=200, keep_days=7))
+    later = start + dt.timedelta(days=9)
+    restarted.update("LATE", change(unclaimed=model.Unclaimed("LATE", "", "X", "S", "192.0.2.9", later, later)))
+    restarted.flush()
+    assert controller.unclaimed() == ["LATE"] and restarted.counters()["unclaimed_expired"] == len(kept)

@@ -93,6 +93,7 @@ class FakeController:
         self.opened: list[str] = []
         self.closed: list[str] = []
         self.refuse_delete = False
+        self.locked_rpcs = 0  # connection-change refused this many times: another session holds the candidate
 
     def session(self, sockpath):
         return FakeSession(self)
@@ -131,6 +132,9 @@ class FakeSession:
         return data
 
     def rpc(self, body):
+        if self.controller.locked_rpcs:
+            self.controller.locked_rpcs -= 1
+            raise RpcError("Candidate db is locked by user:root with client-id:12", "operation-failed", "application")
         element = etree.fromstring(body)
         opening = element.findtext(f"{{{CONTROLLER_NS}}}operation") == "OPEN"
         (self.controller.opened if opening else self.controller.closed).append(
@@ -168,6 +172,20 @@ def test_the_device_is_added_its_host_key_pinned_and_it_is_opened(tmp_path):
     assert (tmp_path / "ssh" / "known_hosts").read_text() == f"[192.0.2.31]:830 {HOST_KEY}\n"
     assert oct((tmp_path / "ssh" / "known_hosts").stat().st_mode & 0o777) == "0o600"
     assert action(controller, tmp_path).hand_off(record(user="admin")).state == "managed"  # our own entry: fine again
+
+
+def test_a_connection_change_refused_while_a_status_commit_holds_the_candidate_is_tried_again(tmp_path):
+    controller = FakeController()
+    controller.locked_rpcs = 3  # seen on the real controller: the listener's own status commit, for milliseconds
+    result = action(controller, tmp_path).hand_off(record())
+    assert result.state == "managed" and controller.opened == ["sw1"] and controller.locked_rpcs == 0
+
+
+def test_a_busy_controller_is_never_mistaken_for_refused_data():
+    busy = RpcError("Candidate db is locked by user:root with client-id:12", "operation-failed", "application")
+    assert busy.busy and not busy.rejects_data
+    refused = RpcError("regexp match fail: pattern does not match", "operation-failed", "application")
+    assert refused.rejects_data and not refused.busy
 
 
 def test_an_existing_device_of_that_name_is_never_overwritten(tmp_path):

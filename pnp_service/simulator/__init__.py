@@ -116,10 +116,12 @@ class SimulationResult:
 class _Http:
     """One keep-alive connection to the listener (per simulated device)."""
 
-    def __init__(self, base_url: str, timeout: float, verify_tls: bool, cadata: str = "", source: str = ""):
+    def __init__(self, base_url: str, timeout: float, verify_tls: bool, cadata: str = "", source: str = "",
+                 timed: Callable[[str, float], None] | None = None):
         parts = urlsplit(base_url)
         self.base_url = base_url
         self.timeout = timeout
+        self.timed = timed
         self.source = (source, 0) if source else None
         self.context = None
         if parts.scheme == "https":
@@ -147,9 +149,13 @@ class _Http:
         for attempt in (1, 2):  # a kept-alive connection the server closed is retried once
             connection = self._connection(parts.netloc, parts.scheme)
             try:
+                began = time.perf_counter()
                 connection.request(method, path, body=body, headers=headers)
                 response = connection.getresponse()
-                return response.status, response.read()
+                answer = response.status, response.read()
+                if self.timed is not None:
+                    self.timed(f"{method} {parts.path}", time.perf_counter() - began)
+                return answer
             except (http.client.HTTPException, ConnectionError, OSError):
                 connection.close()
                 self._connections.pop(f"{parts.scheme}://{parts.netloc}", None)
@@ -179,6 +185,7 @@ class AgentSimulator:
         verify_tls: bool = True,
         progress: Progress | None = None,
         source_address: str = "",
+        timed: Callable[[str, float], None] | None = None,
     ):
         self.base_url = base_url.rstrip("/") + "/"
         self.max_polls = max_polls
@@ -190,10 +197,12 @@ class AgentSimulator:
         self.progress = progress or (lambda serial, text: None)
         #: The address the devices call from (a loopback one, e.g. 127.0.0.2 to play a second host).
         self.source_address = source_address
+        #: Told each exchange and how long it took: ``timed("POST /pnp/WORK-REQUEST", seconds)``.
+        self.timed = timed
         self._counter = itertools.count(1)
 
     def run(self, device: SimulatedDevice) -> SimulationResult:
-        client = _Http(self.base_url, self.timeout, self.verify_tls, source=self.source_address)
+        client = _Http(self.base_url, self.timeout, self.verify_tls, source=self.source_address, timed=self.timed)
         result = SimulationResult(device.serial, "max-polls", 0)
         try:
             self._run(device, client, result)
@@ -255,7 +264,7 @@ class AgentSimulator:
                 self._respond(http, device, reply)
             if device.reconnect:  # a certificate-install said: call that server, over HTTPS, from now on
                 http.close()
-                http = connection[0] = _Http(device.reconnect, self.timeout, True, device.trustpool, self.source_address)
+                http = connection[0] = _Http(device.reconnect, self.timeout, True, device.trustpool, self.source_address, self.timed)
                 self.progress(device.serial, f"reconnecting to {device.reconnect}")
                 device.reconnect = ""
                 status, _ = http.request("GET", "pnp/HELLO")

@@ -10,10 +10,15 @@ durable writes batched into one) are written once, here.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import logging
 import threading
+import time
 from typing import Callable, Generic, Mapping, Protocol, TypeVar
 
-from ..model import Declaration, DeviceRecord, Status, Unclaimed
+from ..model import Declaration, DeviceRecord, Status, Unclaimed, format_time
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
@@ -57,6 +62,44 @@ D = TypeVar("D", bound=Decided)
 
 
 @dataclasses.dataclass(frozen=True)
+class UnclaimedPolicy:
+    """What a store keeps of devices nobody declared: anyone on the PnP VLAN can make up serials.
+
+    At most ``max_entries`` (the longest unseen are forgotten first to make room for a newcomer), and none unseen
+    for ``keep_days`` (counted from the newest sighting the store records, so a listener's clock decides).
+    """
+
+    max_entries: int = 10_000
+    keep_days: int = 7
+
+    def expired_before(self, newest: dt.datetime) -> str:
+        """The ``last-seen`` text before which an entry is forgotten (times as the model formats them sort)."""
+        return format_time(newest - dt.timedelta(days=self.keep_days))
+
+
+class ForgottenLog:
+    """One warning when unclaimed devices start being forgotten to make room, then at most one a minute with the count:
+    a flood of made-up serials must not become a flood of log lines."""
+
+    def __init__(self, policy: UnclaimedPolicy, every_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.policy, self.every_seconds, self.clock = policy, every_seconds, clock
+        self._since = 0
+        self._logged = float("-inf")
+        self._lock = threading.Lock()
+
+    def add(self, dropped: int) -> None:
+        if not dropped:
+            return
+        with self._lock:
+            self._since += dropped
+            if self.clock() - self._logged < self.every_seconds:
+                return
+            count, self._since, self._logged = self._since, 0, self.clock()
+        log.warning("%d unclaimed devices forgotten to stay within %d (--max-unclaimed; the longest unseen go first; "
+                    "pnp_unclaimed_dropped_total counts them all)", count, self.policy.max_entries)
+
+
+@dataclasses.dataclass(frozen=True)
 class Change:
     """What one decision records for one serial, and the rule of what it replaces.
 
@@ -76,10 +119,13 @@ class Change:
     status: Status | None = None
     unclaimed: Unclaimed | None = None
     member_of: str = ""
+    #: Forget the serial's unclaimed entry (the store makes room, or the entry expired).
+    forget: bool = False
 
     def __post_init__(self) -> None:
-        if sum((self.status is not None, self.unclaimed is not None, bool(self.member_of))) != 1:
-            raise ValueError(f"{self.serial}: a change records one of a status, an unclaimed entry or a stack membership")
+        if sum((self.status is not None, self.unclaimed is not None, bool(self.member_of), self.forget)) != 1:
+            raise ValueError(f"{self.serial}: a change records one of a status, an unclaimed entry, a stack membership "
+                             "or forgets an unclaimed entry")
 
     @classmethod
     def of(cls, serial: str, decision: Decided) -> Change | None:
@@ -90,7 +136,7 @@ class Change:
 
     @property
     def removes_unclaimed(self) -> bool:
-        return self.status is not None or bool(self.member_of)
+        return self.status is not None or bool(self.member_of) or self.forget
 
     @property
     def removes_status(self) -> bool:
@@ -146,6 +192,9 @@ class Store(Protocol):
         :class:`UnknownSerial` for a serial that is not declared.
     ``problems()``
         What an operator must know about the store now (invalid declarations, controller unreachable).
+    ``counters()``
+        Totals since start, for ``/metrics``: ``unclaimed_dropped`` (forgotten to stay within
+        :class:`UnclaimedPolicy`'s ``max_entries``) and ``unclaimed_expired`` (unseen for ``keep_days``).
     ``close()``
         Make pending writes durable where possible and release connections and threads.
     """
@@ -159,6 +208,8 @@ class Store(Protocol):
     def reset(self, serial: str) -> str: ...
 
     def problems(self) -> tuple[str, ...]: ...
+
+    def counters(self) -> Mapping[str, int]: ...
 
     def close(self) -> None: ...
 

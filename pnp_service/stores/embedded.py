@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -34,14 +35,15 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from .. import model, validation
 from ..model import Declaration, DeviceRecord, Status, Unclaimed, Work
 from ..planner import PlanningError, find_template_file, plan, read_template_file
-from .base import Change, D, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnknownSerial, resolve, stacks_of
+from .base import (Change, D, ForgottenLog, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnclaimedPolicy,
+                   UnknownSerial, resolve, stacks_of)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECK_SECONDS = 1.0
 #: How long a write waits for another process's transaction before the device is told to retry.
 BUSY_TIMEOUT_SECONDS = 5.0
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def default_state_path(declarations_path: str) -> str:
@@ -182,10 +184,19 @@ class Declarations:
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS status (serial TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS unclaimed (serial TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unclaimed (serial TEXT PRIMARY KEY, data TEXT NOT NULL, last_seen TEXT NOT NULL DEFAULT '')
+    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS work (serial TEXT PRIMARY KEY, revision TEXT NOT NULL, data TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stack_member (serial TEXT PRIMARY KEY, stack TEXT NOT NULL) WITHOUT ROWID;
 """
+#: Version 1 kept no column to find the longest unseen unclaimed devices by.
+_MIGRATIONS = {
+    1: """
+ALTER TABLE unclaimed ADD COLUMN last_seen TEXT NOT NULL DEFAULT '';
+UPDATE unclaimed SET last_seen = coalesce(json_extract(data, '$.last_seen'), '');
+""",
+}
+_INDEXES = "CREATE INDEX IF NOT EXISTS unclaimed_by_age ON unclaimed (last_seen)"
 
 
 def _dumps(record: Status | Unclaimed) -> str:
@@ -239,8 +250,17 @@ class StateDb:
         self.exists = True
         connection = self.connection()
         with self._transaction(connection):
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"state database {self.path} was written by a newer pnp-service (schema {version}); "
+                                 "upgrade this one, or give another --state")
+            fresh = not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'status'").fetchone()
             for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                 connection.execute(statement)
+            for since in range(version if not fresh else SCHEMA_VERSION, SCHEMA_VERSION):
+                for statement in filter(None, (s.strip() for s in _MIGRATIONS[since].split(";"))):
+                    connection.execute(statement)
+            connection.execute(_INDEXES)
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def connection(self) -> sqlite3.Connection:
@@ -305,13 +325,29 @@ class StateDb:
         if change.status is not None:
             connection.execute("INSERT OR REPLACE INTO status VALUES (?, ?)", (change.serial, _dumps(change.status)))
         if change.unclaimed is not None:
-            connection.execute("INSERT OR REPLACE INTO unclaimed VALUES (?, ?)", (change.serial, _dumps(change.unclaimed)))
+            connection.execute("INSERT OR REPLACE INTO unclaimed (serial, data, last_seen) VALUES (?, ?, ?)",
+                               (change.serial, _dumps(change.unclaimed), model.format_time(change.unclaimed.last_seen)))
         if change.member_of:
             connection.execute("INSERT OR REPLACE INTO stack_member VALUES (?, ?)", (change.serial, change.member_of))
         if change.removes_unclaimed:
             connection.execute("DELETE FROM unclaimed WHERE serial = ?", (change.serial,))
         if change.removes_status:
             connection.execute("DELETE FROM status WHERE serial = ?", (change.serial,))
+
+    @staticmethod
+    def limit_unclaimed(connection: sqlite3.Connection, policy: UnclaimedPolicy, newest: dt.datetime
+                        ) -> tuple[int, int]:
+        """Forget unclaimed devices unseen for the policy's days, then the longest unseen beyond its size;
+        returns (expired, dropped)."""
+        expired = connection.execute("DELETE FROM unclaimed WHERE last_seen < ?",
+                                     (policy.expired_before(newest),)).rowcount
+        count = connection.execute("SELECT count(*) FROM unclaimed").fetchone()[0]
+        dropped = 0
+        if count > policy.max_entries:
+            dropped = connection.execute(
+                "DELETE FROM unclaimed WHERE serial IN (SELECT serial FROM unclaimed ORDER BY last_seen LIMIT ?)",
+                (count - policy.max_entries,)).rowcount
+        return expired, dropped
 
     def delete_status(self, serial: str) -> bool:
         with self.transaction() as connection:
@@ -368,9 +404,13 @@ class EmbeddedStore:
         known_step_types: Sequence[str] | None = None,
         check_seconds: float = DEFAULT_CHECK_SECONDS,
         context: Mapping[str, object] | None = None,
+        unclaimed_policy: UnclaimedPolicy | None = None,
     ):
         self.path = os.path.abspath(path)
         self.read_only = read_only
+        self.unclaimed_policy = unclaimed_policy or UnclaimedPolicy()
+        self._counters = {"unclaimed_dropped": 0, "unclaimed_expired": 0}
+        self._forgotten = ForgottenLog(self.unclaimed_policy)
         try:
             self.declarations = Declarations(
                 self.path, template_dirs or default_template_dirs(self.path), known_step_types, check_seconds,
@@ -428,6 +468,9 @@ class EmbeddedStore:
         problem = self.declarations.problem
         return (f"{problem} (the last valid declarations stay in service)",) if problem else ()
 
+    def counters(self) -> Mapping[str, int]:
+        return dict(self._counters)
+
     def close(self) -> None:
         self.db.close()
 
@@ -474,6 +517,7 @@ class EmbeddedStore:
 
     def _run_batch(self, jobs: list[_Job]) -> list[BaseException | None]:
         errors: list[BaseException | None] = [None] * len(jobs)
+        newcomer: dt.datetime | None = None  # the latest sighting of a stranger not recorded before
         with self.db.transaction() as connection:
             for index, job in enumerate(jobs):
                 connection.execute("SAVEPOINT job")
@@ -483,11 +527,20 @@ class EmbeddedStore:
                     change = Change.of(record.serial, job.decision)
                     if change is not None:
                         self.db.apply(connection, change)
+                        seen = change.unclaimed.last_seen if change.unclaimed is not None else None
+                        if record.unclaimed is None and seen is not None:
+                            newcomer = max(newcomer, seen) if newcomer else seen
                     connection.execute("RELEASE job")
                 except Exception as exc:
                     connection.execute("ROLLBACK TO job")
                     connection.execute("RELEASE job")
                     errors[index] = exc
+            if newcomer is not None:  # only a newcomer can grow the table
+                expired, dropped = self.db.limit_unclaimed(connection, self.unclaimed_policy, newcomer)
+        if newcomer is not None and (expired or dropped):
+            self._counters["unclaimed_expired"] += expired
+            self._counters["unclaimed_dropped"] += dropped
+            self._forgotten.add(dropped)
         return errors
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 
 import pytest
 from lxml import etree
-from werkzeug.serving import make_server
+
+from pnp_service import httpserver
 
 CONFIG = os.environ.get("PNP_CLIXON_CONFIG", "")
 
@@ -113,11 +113,14 @@ def listener(tmp_path):
     from pnp_service.stores.clixon import ClixonStore
 
     store = ClixonStore(socket_path(), journal_path=str(tmp_path / "journal"), retry_max_seconds=2)
-    app = create_app(store, ListenerSettings(secret=b"integration-secret-0123456789"))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield store, f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    from pnp_service.provisioner import Settings
+
+    # One attempt: a failure is final at once (the simulator does not wait out retry backoffs in real time).
+    app = create_app(store, ListenerSettings(secret=b"integration-secret-0123456789",
+                                             provisioning=Settings(max_attempts=1)))
+    server = httpserver.start_in_thread(app)
+    yield store, f"http://127.0.0.1:{server.port}"
+    server.stop()
     store.close()
 
 
@@ -229,11 +232,12 @@ def test_listener_survives_a_controller_restart(serial, listener):
 
 
 def drive_into_error(store, url: str, serial: str) -> None:
-    """Declared from the CLI, then an agent of the wrong PID: the device ends in error in running."""
+    """Declared from the CLI, then an agent that fails its config-upgrade every time: the device ends in error in
+    running (a wrong PID no longer does: that is a refused claim, which leaves the declaration serviceable)."""
     declare(serial)
     commit()
     wait_for(lambda: store.load(serial).work, what="work")
-    assert run_agent(url, serial, pid="C9500-24Y4C").outcome == "failed"
+    assert run_agent(url, serial, fail_service="config-upgrade").outcome == "failed"
     assert wait_for(lambda: text(show_pnp(serial), "status/state") == "error", what="error state")
 
 
@@ -311,16 +315,15 @@ def test_a_journal_poisoned_by_an_older_version_heals_on_start(serial, tmp_path)
                                    "value": {"serial": "BAD$SERIAL!", "pid": "C9300-24P"}}) + "\n")
     store = ClixonStore(socket_path(), journal_path=str(journal), retry_max_seconds=2)
     app = create_app(store, ListenerSettings(secret=b"integration-secret-0123456789"))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = httpserver.start_in_thread(app)
     try:
-        url = f"http://127.0.0.1:{server.server_port}"
+        url = f"http://127.0.0.1:{server.port}"
         wait_for(lambda: store.load(serial).work, what="work")
         assert run_agent(url, serial).outcome == "configured"
         assert wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", timeout=10,
                         what="provisioned in running")
     finally:
-        server.shutdown()
+        server.stop()
         store.close()
     assert "BAD$SERIAL!" in (tmp_path / "journal.rejected").read_text()
     assert journal.read_text() == ""
@@ -379,8 +382,6 @@ def test_an_extra_step_declared_from_the_cli_is_planned_and_served(serial, liste
 
 
 def test_sudi_authentication_set_from_the_cli_is_enforced_on_the_clixon_store(serial, tmp_path):
-    import datetime as dt
-
     from pnp_service import sudi
     from pnp_service.app import create_app
     from pnp_service.listener import ListenerSettings
@@ -396,10 +397,9 @@ def test_sudi_authentication_set_from_the_cli_is_enforced_on_the_clixon_store(se
     policy = sudi.Policy(anchors=sudi.load_ca_bundle(ca.bundle()))
     store = ClixonStore(socket_path(), journal_path=str(tmp_path / "journal"), retry_max_seconds=2)
     app = create_app(store, ListenerSettings(secret=b"integration-secret-0123456789", provisioning=Settings(sudi=policy)))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = httpserver.start_in_thread(app)
     try:
-        url = f"http://127.0.0.1:{server.server_port}"
+        url = f"http://127.0.0.1:{server.port}"
         wait_for(lambda: store.load(serial).declaration and store.load(serial).declaration.authentication == "sudi",
                  what="the listener to see authentication sudi")
         cert, key = rogue.device(serial, "C9300-24P")
@@ -413,7 +413,7 @@ def test_sudi_authentication_set_from_the_cli_is_enforced_on_the_clixon_store(se
         assert wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", what="provisioned in running")
         assert text(show_pnp(serial), "status/sudi/proven-address") == "127.0.0.1"
     finally:
-        server.shutdown()
+        server.stop()
         store.close()
 
 
@@ -481,10 +481,9 @@ def test_a_provisioned_device_is_handed_to_the_controller_and_managed(serial, tm
     worker.start()
     settings = ListenerSettings(secret=b"integration-secret-0123456789")
     listener = Listener(store, settings, on_provisioned=worker.notify)
-    server = make_server("127.0.0.1", 0, create_app(store, settings, listener=listener), threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = httpserver.start_in_thread(create_app(store, settings, listener=listener))
     try:
-        url = f"http://127.0.0.1:{server.server_port}"
+        url = f"http://127.0.0.1:{server.port}"
         wait_for(lambda: store.load(serial).work and store.load(other).work, what="the listener to see the work")
         for each in (serial, other):
             result = AgentSimulator(url, time_scale=0, max_polls=15).run(SimulatedDevice(each, ssh_host_key=host_key))
@@ -508,7 +507,7 @@ def test_a_provisioned_device_is_handed_to_the_controller_and_managed(serial, tm
                                 capture_output=True, text=True, timeout=60)
         assert "Failed" not in result.stdout + result.stderr and time.monotonic() - started < 30, result
     finally:
-        server.shutdown()
+        server.stop()
         worker.stop()
         store.close()
         if saved is not None:

@@ -107,8 +107,7 @@ class ControllerAction:
             if conflict:
                 return Result("failed", conflict, name, retry=False)
             try:  # from here on the entry is ours: it opens, or it is withdrawn
-                session.rpc(f'<connection-change xmlns="{CONTROLLER_NS}"><device>{escape_text(name)}</device>'
-                            "<operation>OPEN</operation></connection-change>")
+                self._connection_change(session, name, "OPEN")
                 state, message = self._wait_open(session, name)
                 if state == "OPEN":
                     return Result("managed", f"managed by the controller as {name} ({address}:{spec.port})", name)
@@ -145,8 +144,7 @@ class ControllerAction:
         """Close and delete our entry that did not open; what to add to the failure when that failed too."""
         quoted = escape_text(name)
         try:
-            session.rpc(f'<connection-change xmlns="{CONTROLLER_NS}"><device>{quoted}</device>'
-                        "<operation>CLOSE</operation></connection-change>")
+            self._connection_change(session, name, "CLOSE")
             self._commit(session, f'<devices xmlns="{CONTROLLER_NS}" xmlns:nc="{NETCONF_NS}">'
                                   f'<device nc:operation="delete"><name>{quoted}</name></device></devices>')
         except (RpcError, StoreUnavailable) as exc:
@@ -155,6 +153,19 @@ class ControllerAction:
             return (f"; {name} is left enabled under /ctrl:devices and the controller's commits wait while it is "
                     f"closed ({exc}): delete it or set enabled false")
         return f"; {name} withdrawn from /ctrl:devices until the next try"
+
+    def _connection_change(self, session: Session, name: str, operation: str, tries: int = 40) -> None:
+        """OPEN or CLOSE a device.  It starts a controller transaction, which the controller refuses while another
+        session holds the candidate (a listener's status commit, for milliseconds): that is waited for."""
+        for attempt in range(tries):
+            try:
+                session.rpc(f'<connection-change xmlns="{CONTROLLER_NS}"><device>{escape_text(name)}</device>'
+                            f"<operation>{operation}</operation></connection-change>")
+                return
+            except RpcError as exc:
+                if not exc.busy or attempt == tries - 1:
+                    raise
+                self.sleep(0.25)
 
     def _commit(self, session: Session, edit: str, tries: int = 20) -> bool:
         """Commit an edit; False when it creates an entry that exists.  A busy candidate (a status commit) is

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 def _line(change: Change, owner: str = "") -> str:
     if change.member_of:
         entry: dict = {"kind": "stack-member", "serial": change.serial, "value": {"stack": change.member_of}}
+    elif change.forget:
+        entry = {"kind": "forget-unclaimed", "serial": change.serial, "value": {}}
     else:
         kind, record = ("status", change.status) if change.status is not None else ("unclaimed", change.unclaimed)
         assert record is not None
@@ -64,6 +66,8 @@ def _parse(line: str) -> Change:
         return Change(serial, unclaimed=model.record_from_dict(Unclaimed, value))
     if entry["kind"] == "stack-member" and isinstance(value.get("stack"), str):
         return Change(serial, member_of=value["stack"])
+    if entry["kind"] == "forget-unclaimed":
+        return Change(serial, forget=True)
     raise ValueError(f"unknown kind {entry['kind']!r}")
 
 

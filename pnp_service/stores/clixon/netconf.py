@@ -29,6 +29,10 @@ NAMESPACES = {"ctrl": CONTROLLER_NS, "pnp": PNP_NS}
 
 #: rpc-error tags that mean "not now": a lock held, a transaction under way.
 BUSY_TAGS = frozenset({"lock-denied", "in-use", "resource-denied"})
+#: What clixon-controller says, as an operation-failed, when a controller transaction (connection-change, a commit
+#: that pushes to devices) cannot start because another session holds the candidate or a transaction runs
+#: (controller_transaction.c, 1.8.0).
+BUSY_MESSAGES = ("Candidate db is locked", "is ongoing")
 #: rpc-error tags that mean "not this data": the edit itself is wrong and will never be accepted.
 DATA_TAGS = frozenset({
     "invalid-value", "bad-element", "unknown-element", "unknown-namespace", "bad-attribute", "unknown-attribute",
@@ -49,11 +53,14 @@ class RpcError(StoreError):
 
     @property
     def busy(self) -> bool:
-        return self.tag in BUSY_TAGS
+        """Another session holds what this needs (a lock, a controller transaction): the same request will do later."""
+        return self.tag in BUSY_TAGS or any(words in str(self) for words in BUSY_MESSAGES)
 
     @property
     def rejects_data(self) -> bool:
         """The controller refuses the content of the edit (a pattern, an enumeration, an unknown node)."""
+        if self.busy:
+            return False
         return self.tag in DATA_TAGS or (self.tag == "operation-failed" and self.error_type == "application")
 
 

@@ -33,10 +33,12 @@ device is lost.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import heapq
 import logging
 import threading
 import zlib
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from lxml import etree
 
@@ -44,7 +46,8 @@ from ... import model
 from ...logs import event
 from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, Declaration, DeviceRecord, Status, Unclaimed, Work, q
 from ...xmlsafe import escape_text, iterparse
-from ..base import Change, D, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnknownSerial, resolve, stacks_of
+from ..base import (Change, D, ForgottenLog, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnclaimedPolicy,
+                    UnknownSerial, resolve, stacks_of)
 from .journal import Journal
 from .netconf import DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, commit_edit
 
@@ -192,8 +195,13 @@ class ClixonStore:
         retry_max_seconds: float = 30.0,
         session_factory: Callable[[str], Session] | None = None,
         start_threads: bool = True,
+        unclaimed_policy: UnclaimedPolicy | None = None,
     ):
         self.sockpath = sockpath
+        self.unclaimed_policy = unclaimed_policy or UnclaimedPolicy()
+        self._counters = {"unclaimed_dropped": 0, "unclaimed_expired": 0}
+        self._forgotten = ForgottenLog(self.unclaimed_policy)
+        self._expiry_checked: dt.datetime | None = None
         self.refresh_seconds = refresh_seconds
         self.retry_max_seconds = retry_max_seconds
         self._session_factory = session_factory or Session
@@ -204,7 +212,7 @@ class ClixonStore:
         self._serial_locks = [threading.Lock() for _ in range(64)]
         self._reader_lock = threading.Lock()  # the reading session: one round trip at a time
         self._flush_lock = threading.Lock()
-        self._appends: GroupCommit[Change] = GroupCommit(self._append_batch)
+        self._appends: GroupCommit[list[Change]] = GroupCommit(self._append_batch)
         self._pending: dict[str, Change] = {}
         self._generation = 0  # counts flushes; a refresh re-applies what was committed while it fetched
         self._recent: list[tuple[int, Change]] = []
@@ -318,17 +326,55 @@ class ClixonStore:
             if problem:
                 self._quarantine(change, problem)
                 return decision
-            self._appends.submit(change)  # fsynced (with other polls' changes) before the device hears
+            room = self._make_room(change) if change.unclaimed is not None and record.unclaimed is None else []
+            self._appends.submit([change, *room])  # fsynced (with other polls' changes) before the device hears
         self._wake.set()
         return decision
 
-    def _append_batch(self, changes: list[Change]) -> list[BaseException | None]:
+    def _append_batch(self, jobs: list[list[Change]]) -> list[BaseException | None]:
         with self._journal.lock:
-            self._journal.append(changes)
+            self._journal.append(change for changes in jobs for change in changes)
             with self._lock:
-                for change in changes:
-                    self._pending[change.serial] = change
-        return [None] * len(changes)
+                for changes in jobs:
+                    for change in changes:
+                        self._pending[change.serial] = change
+        return [None] * len(jobs)
+
+    def _make_room(self, newcomer: Change) -> list[Change]:
+        """What to forget for a stranger not seen before: entries unseen for the policy's days (looked at once a
+        minute of the listener's clock) and, at the size limit, the longest unseen (1% at a time, so the scan is
+        rare)."""
+        policy, seen = self.unclaimed_policy, newcomer.unclaimed.last_seen if newcomer.unclaimed else None
+        if seen is None:
+            return []
+        with self._lock:
+            full = len(self._view.unclaimed) + len(self._pending) >= policy.max_entries
+            due = self._expiry_checked is None or (seen - self._expiry_checked).total_seconds() >= 60
+            if not (full or due):
+                return []
+            entries = dict(self._view.unclaimed)
+            for serial, pending in self._pending.items():
+                if pending.unclaimed is not None:
+                    entries[serial] = pending.unclaimed
+                elif pending.removes_unclaimed:
+                    entries.pop(serial, None)
+            if due:
+                self._expiry_checked = seen
+        entries.pop(newcomer.serial, None)
+        cutoff = policy.expired_before(seen)
+        expired = [serial for serial, entry in entries.items() if model.format_time(entry.last_seen) < cutoff]
+        for serial in expired:
+            del entries[serial]
+        excess = len(entries) + 1 - policy.max_entries
+        dropped: list[str] = []
+        if excess > 0:
+            batch = max(excess, policy.max_entries // 100, 1)
+            dropped = [serial for serial, _ in heapq.nsmallest(batch, entries.items(),
+                                                              key=lambda item: model.format_time(item[1].last_seen))]
+        self._counters["unclaimed_expired"] += len(expired)
+        self._counters["unclaimed_dropped"] += len(dropped)
+        self._forgotten.add(len(dropped))
+        return [Change(serial, forget=True) for serial in expired + dropped]
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -339,6 +385,9 @@ class ClixonStore:
             records = [self._record(s) for s in serials]
             entries = [r.unclaimed for r in map(self._record, unclaimed_serials) if r.unclaimed is not None]
         return Snapshot(tuple(r for r in records if r.declaration or r.work or r.status), tuple(entries), self.problems())
+
+    def counters(self) -> Mapping[str, int]:
+        return dict(self._counters)
 
     def problems(self) -> tuple[str, ...]:
         problems = []

@@ -1,0 +1,285 @@
+"""A roll-out never stalls: every wait bounded, image transfers admitted, strangers capped, the genuine device served.
+
+The HTTP server's own deadlines and caps are in test_rollout_server.py; the whole roll-out under load, on
+``pnp-service serve`` with its defaults, at the end of this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+
+import pytest
+
+from conftest import SECRET, FakeClock, datastore_xml, open_store
+from pnp_service import logs, protocol, sudi
+from pnp_service.listener import Listener, ListenerSettings
+from pnp_service.model import Unclaimed
+from pnp_service.provisioner import Settings
+from pnp_service.simulator import messages
+from pnp_service.stores.base import UnclaimedPolicy
+from test_provisioner import Device, declared
+
+IMAGE = dict(image_version="17.9.4a", image_url="http://images.invalid/cat9k.17.9.4a.bin", image_md5="b" * 32,
+             image_reload_wait=600)
+
+
+# --------------------------------------------------------------------------- every waiting phase has a deadline
+
+
+def test_a_lost_install_answer_ends_in_a_retry_at_the_reload_deadline_not_a_week_of_device_info():
+    device = Device(declared(**IMAGE), Settings(max_attempts=2))
+    device.poll()
+    device.answer_device_info(version="17.3.1")
+    _, message = device.poll()
+    assert message.service == "image-install"
+    device.wait(5)
+    _, message = device.poll()  # the install's answer was lost: no reload reason, still the old image
+    assert message.service == "device-info" and device.status.phase == "verify"
+    device.answer_device_info(version="17.3.1")
+    asked = 1
+    for _ in range(200):  # a week of polls every hour at most
+        device.wait(3600)
+        _, message = device.poll()
+        if message.service == "device-info":
+            asked += 1
+            device.answer_device_info(version="17.3.1")
+        if device.status.state == "error":
+            break
+    assert device.status.state == "error" and device.status.error_code == "no-reload"
+    assert asked <= 4
+
+
+def test_a_reload_onto_the_old_image_is_counted_at_once():
+    device = Device(declared(**IMAGE), Settings(max_attempts=3))
+    device.install_from("17.3.1")
+    device.wait(240)  # a real reload
+    _, message = device.poll(reloaded=True)
+    assert message.service == "device-info"
+    device.answer_device_info(version="17.3.1")
+    assert device.status.attempts == 1 and device.status.error_code == "image-not-running"
+    for _ in range(10):  # an agent that says "reloaded" in every work request is not asked again in a loop
+        _, message = device.poll(reloaded=True)
+        assert message.service == "backoff"
+
+
+def test_while_a_reload_is_awaited_the_device_backs_off_for_the_rest_of_the_wait():
+    device = Device(declared(**IMAGE))
+    device.install_from("17.3.1")
+    device.wait(10)
+    _, message = device.poll()  # polls once more before it reloads: still the old version
+    device.answer_device_info(version="17.3.1")
+    _, message = device.poll()
+    waits = messages.parse_server_message(protocol.backoff(protocol.Envelope(device.udi, "c"), "x", seconds=590))
+    assert message.service == "backoff" and message.find_text("backoff/callbackAfter/minutes") == \
+        waits.find_text("backoff/callbackAfter/minutes")  # the rest of the 600 s, in one backoff
+    device.wait(100)
+    for _ in range(20):  # polls inside the wait never get a request
+        _, message = device.poll()
+        assert message.service == "backoff"
+
+
+def test_a_request_asked_again_without_an_answer_is_bounded():
+    device = Device(declared(), Settings(max_attempts=3))
+    for _ in range(3):
+        _, message = device.poll()  # never answers its device-info: sent, then asked again twice
+        assert message.service == "device-info"
+    assert device.status.state == "onboarding"
+    _, message = device.poll()
+    assert message.service == "backoff"
+    assert device.status.state == "error" and device.status.error_code == "no-answer"
+    assert "without answering its device-info request" in device.status.error_message
+
+
+# --------------------------------------------------------------------------- image transfers
+
+
+@pytest.fixture
+def image_lab(tmp_path):
+    image = b"IMAGE" * 20_000
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "cat9k.17.9.4a.bin").write_bytes(image)
+    bodies = [f"<serial>IMG{n}</serial><pid>C9300-24P</pid><hostname>h{n}</hostname><config><template>x</template>"
+              f"</config><image><version>17.9.4a</version><url>cat9k.17.9.4a.bin</url>"
+              f"<md5>{hashlib.md5(image).hexdigest()}</md5></image>" for n in (1, 2)]
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml(*bodies))
+    store = open_store(str(path))
+    clock = FakeClock()
+    listener = Listener(store, ListenerSettings(secret=SECRET, image_dir=str(tmp_path / "images"),
+                                                max_image_transfers=1), clock=clock)
+    yield listener, clock, image
+    store.close()
+
+
+def to_install(listener, serial, address="192.0.2.1"):
+    """Poll, answer device-info with the old version, poll again: the message the device then gets."""
+    udi = protocol.Udi("C9300-24P", "V01", serial)
+    reply = messages.parse_server_message(listener.work_request(messages.work_request(udi, f"{serial}-1"), address,
+                                                                "http://pnp.invalid").body)
+    assert reply.service == "device-info"
+    listener.work_response(messages.device_info(udi, f"{serial}-1", version="17.3.1", flash_free=10**9,
+                                                platform="C9300-24P", hostname="Switch"), address, "http://pnp.invalid")
+    return messages.parse_server_message(listener.work_request(messages.work_request(udi, f"{serial}-2"), address,
+                                                               "http://pnp.invalid").body)
+
+
+def test_beyond_the_transfer_limit_a_device_is_told_to_wait_never_failed(image_lab):
+    listener, clock, image = image_lab
+    first = to_install(listener, "IMG1")
+    assert first.service == "image-install"
+    second = to_install(listener, "IMG2")
+    assert second.service == "backoff" and "transfer slot" in second.find_text("backoff/reason")
+    status = listener.store.load("IMG2").status
+    assert status.phase == "queued" and status.attempts == 0 and status.state == "onboarding"
+    # IMG1 downloads the whole image: its slot is free again, and IMG2 gets its install at its next poll.
+    url = first.find_text("image/copy/source/location").split("pnp.invalid", 1)[1]
+    path, _, query = url.partition("?")
+    _, _, _, kind, serial, revision, name = path.split("/")
+    args = dict(part.split("=") for part in query.split("&"))
+    reply = listener.download(kind, serial, revision, name, args["expires"], args["sig"], "192.0.2.1")
+    assert reply.file_path and listener.transfers.in_use() == 1
+    reply.on_close(len(image), True)
+    assert listener.transfers.in_use() == 0
+    clock.advance(61)
+    udi = protocol.Udi("C9300-24P", "V01", "IMG2")
+    again = messages.parse_server_message(listener.work_request(messages.work_request(udi, "IMG2-3"), "192.0.2.2",
+                                                                "http://pnp.invalid").body)
+    assert again.service == "image-install"
+
+
+def test_a_download_without_a_free_slot_gets_503_retry_after(image_lab):
+    listener, _, _ = image_lab
+    to_install(listener, "IMG1")
+    assert listener.transfers.reserve("IMG1") and not listener.transfers.reserve("SOMEONE")
+    work = listener.store.load("IMG2").work
+    path = listener.signer.path("image", "IMG2", work.revision, "cat9k.17.9.4a.bin", listener.clock())
+    query = dict(part.split("=") for part in path.split("?")[1].split("&"))
+    reply = listener.download("image", "IMG2", work.revision, "cat9k.17.9.4a.bin", query["expires"], query["sig"],
+                              "192.0.2.2")
+    assert reply.status == 503 and ("Retry-After", "60") in reply.headers
+
+
+def test_a_broken_transfer_keeps_its_slot_for_the_resume():
+    from pnp_service.downloads import TransferGate
+
+    clock = FakeClock(0)
+    gate = TransferGate(1, hold_seconds=300, clock=clock)
+    assert gate.begin("A")
+    gate.end("A", complete=False)  # the link broke
+    assert not gate.reserve("B")  # A keeps its place...
+    assert gate.begin("A")  # ...and resumes
+    gate.end("A", complete=True)
+    assert gate.reserve("B")
+    clock.advance(301)  # a reservation nobody uses lapses
+    assert gate.reserve("C")
+
+
+# --------------------------------------------------------------------------- what strangers can grow
+
+
+def stranger(serial: str, seen: dt.datetime) -> Unclaimed:
+    return Unclaimed(serial, f"PID:X,VID:V1,SN:{serial}", "X", "Switch", "192.0.2.9", seen, seen)
+
+
+def test_the_embedded_store_keeps_at_most_max_unclaimed_and_forgets_the_longest_unseen(tmp_path):
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml())
+    store = open_store(str(path), unclaimed_policy=UnclaimedPolicy(max_entries=50, keep_days=7))
+    start = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
+    from pnp_service.provisioner import Decision, Event
+
+    for n in range(120):
+        entry = stranger(f"S{n:04d}", start + dt.timedelta(seconds=n))
+        store.update(entry.serial, lambda record, entry=entry: Decision(b"", Event.UNCLAIMED, unclaimed=entry))
+    kept = store.snapshot().unclaimed
+    assert len(kept) == 50 and min(e.serial for e in kept) == "S0070"  # the newest 50
+    assert store.counters()["unclaimed_dropped"] == 70
+    late = stranger("LATE", start + dt.timedelta(days=8))
+    store.update("LATE", lambda record: Decision(b"", Event.UNCLAIMED, unclaimed=late))
+    assert [e.serial for e in store.snapshot().unclaimed] == ["LATE"]  # the others were unseen for 8 days
+    assert store.counters()["unclaimed_expired"] == 50
+    store.close()
+
+
+def test_a_database_from_before_the_cap_is_migrated(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml())
+    state = tmp_path / "ds.state.db"
+    with sqlite3.connect(state) as old:  # version 1: no last_seen column
+        old.execute("CREATE TABLE unclaimed (serial TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID")
+        old.execute("CREATE TABLE status (serial TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID")
+        old.execute("INSERT INTO unclaimed VALUES ('OLD1', ?)", (json.dumps({"serial": "OLD1",
+                                                                          "last_seen": "2027-01-01T00:00:00Z"}),))
+        old.execute("PRAGMA user_version = 1")
+    store = open_store(str(path))
+    assert [e.serial for e in store.snapshot().unclaimed] == ["OLD1"]
+    assert store.db.connection().execute("SELECT last_seen FROM unclaimed").fetchone() == ("2027-01-01T00:00:00Z",)
+    store.close()
+
+
+def test_a_log_line_is_at_most_2_kb_whatever_a_device_sends(tmp_path, caplog):
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml())
+    store = open_store(str(path))
+    listener = Listener(store, ListenerSettings(secret=SECRET), clock=FakeClock())
+    caplog.set_level(logging.INFO)
+    body = b"<pnp xmlns='urn:cisco:pnp'><info>" + b"\x01\n event=forged " * 6_000  # 80 KB, malformed
+    assert listener.work_request(body, "192.0.2.1", "http://x").status == 400
+    body = b"<pnp xmlns='urn:cisco:pnp'><" + b"A" * 80_000 + b"/></pnp>"  # an 80 KB name the error quotes
+    assert listener.work_request(body, "192.0.2.1", "http://x").status == 400
+    hostname = "h\n" + "x" * 5000
+    udi = protocol.Udi("C9300-24P", "V01", "STRANGE1")
+    listener.work_request(messages.work_request(udi, "c1", hostname=hostname), "192.0.2.1", "http://x")
+    # Whatever a future line carries (device text the protocol did not bound, a web server's request line):
+    logs.event(logging.getLogger("pnp_service.listener"), logging.WARNING, "bad-work-request",
+               reason="\u202e" * 10 + "é" * 80_000, detail="y" * 80_000)
+    logging.getLogger("gunicorn.error").warning("Invalid request from ip=192.0.2.1: %s", "GET /" + "z" * 80_000)
+    for formatter in (logs.TextFormatter(), logs.JsonFormatter()):
+        lines = [formatter.format(record) for record in caplog.records]
+        assert lines and all(len(line.encode()) <= logs.LINE_LIMIT and "\n" not in line for line in lines)
+        assert any("cut" in line for line in lines)
+    store.close()
+
+
+# --------------------------------------------------------------------------- SUDI: the genuine switch behind NAT
+
+
+def sudi_device(policy: sudi.Policy) -> Device:
+    return Device(declared(authentication="sudi"), Settings(sudi=policy))
+
+
+def test_a_failed_proof_never_holds_an_address_off_longer_than_a_challenge_lives():
+    policy = sudi.Policy(anchors=("anchor",), challenge_seconds=300, throttle_seconds=60)  # type: ignore[arg-type]
+    assert [policy.hold_off_seconds(n) for n in (1, 2, 3, 4, 10, 40)] == [60, 120, 240, 300, 300, 300]
+
+
+def test_challenges_sent_to_other_addresses_never_push_out_the_genuine_one():
+    policy = sudi.Policy(anchors=("anchor",))  # type: ignore[arg-type]
+    device = sudi_device(policy)
+    decision, message = device.poll()
+    assert message.service == "device-auth"
+    genuine = device.status.challenges[0]
+    contact = device.contact
+    for n in range(30):  # strangers from 30 other addresses ask for challenges
+        device.contact = lambda n=n: dataclasses.replace(contact(), address=f"198.51.100.{n}")
+        device.poll()
+    assert genuine in device.status.challenges
+    assert len({c[1] for c in device.status.challenges}) <= sudi.CHALLENGE_ADDRESSES
+
+
+# --------------------------------------------------------------------------- the YANG and docs keep up
+
+
+def test_the_unclaimed_cap_is_a_serve_option_with_the_documented_defaults():
+    from pnp_service.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.max_unclaimed, args.unclaimed_days, args.max_image_transfers) == (10_000, 7, 64)
+    assert (args.server, args.request_timeout, args.keepalive_timeout, args.send_timeout) == ("event", 30, 15, 60)
+

@@ -1,0 +1,263 @@
+"""The HTTP server a roll-out meets: slow, idle, broken and numerous clients never hold what others need.
+
+Each test runs pnp_service.httpserver in a thread with short deadlines; test_rollout.py runs ``pnp-service serve``
+with its defaults under a whole roll-out's load.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import threading
+import time
+
+import pytest
+from flask import Flask, Response, request
+
+from pnp_service import httpserver
+from pnp_service.httpserver import FileSpan, Limits, byte_range
+
+FAST = Limits(request_timeout=1.0, keepalive_timeout=1.0, send_timeout=1.0, graceful_timeout=0.5, max_body_bytes=4096)
+
+
+def make_app(image: str = "") -> Flask:
+    app = Flask("test")
+    release = threading.Event()
+
+    @app.route("/ping", methods=["GET", "POST"])
+    def ping() -> Response:
+        return Response(b"pong" + request.get_data(), content_type="text/plain")
+
+    @app.get("/slow")
+    def slow() -> Response:
+        release.wait(5)
+        return Response(b"done", content_type="text/plain")
+
+    @app.get("/file")
+    def file() -> Response:
+        handle = open(image, "rb")
+        size = len(open(image, "rb").read())
+        wanted = byte_range(request.headers.get("Range"), size)
+        offset, length = wanted or (0, size)
+        response = Response(FileSpan(handle, offset, length, on_close=app.config["closed"].append),
+                            status=206 if wanted else 200, direct_passthrough=True, mimetype="application/octet-stream")
+        response.headers["Content-Length"] = str(length)
+        return response
+
+    app.config["release"] = release
+    app.config["closed"] = []
+    return app
+
+
+@pytest.fixture
+def server(tmp_path):
+    started = []
+
+    def start(limits: Limits = FAST, image_bytes: int = 0):
+        image = tmp_path / "image.bin"
+        image.write_bytes(bytes(range(256)) * (image_bytes // 256))
+        app = make_app(str(image))
+        running = httpserver.start_in_thread(app, limits=limits)
+        started.append((running, app))
+        return running, app
+
+    yield start
+    for running, app in started:
+        app.config["release"].set()
+        running.stop()
+
+
+def get(port: int, path: str = "/ping", timeout: float = 5.0) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def raw(port: int, data: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    sock.settimeout(timeout)
+    chunks = []
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return b"".join(chunks)
+
+
+def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closed ``sock`` within ``seconds``, and what it said first."""
+    began = time.monotonic()
+    data = read_all(sock, seconds + 1)
+    return time.monotonic() - began <= seconds + 0.5, data
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+@pytest.mark.parametrize("partial", [
+    b"",  # connects, sends nothing
+    b"POST /ping HTTP/1.1\r\nHost: x\r\n",  # half the headers
+    b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",  # half the body
+])
+def test_a_request_that_never_completes_is_closed_at_its_deadline_and_holds_nobody(server, partial):
+    running, _ = server()
+    held = [raw(running.port, partial) for _ in range(20)]  # more than the app has threads
+    assert get(running.port) == (200, b"pong")  # answered while they hang
+    closed, said = closed_within(held[0], FAST.request_timeout + 0.5)
+    assert closed and said.startswith(b"HTTP/1.1 408")
+    for sock in held:
+        sock.close()
+
+
+def test_a_trickle_of_bytes_does_not_extend_the_deadline(server):
+    running, _ = server()
+    sock = raw(running.port, b"POST /ping HTTP/1.1\r\n")
+    stop = threading.Event()
+
+    def trickle() -> None:  # one header byte every 0.2 s, forever
+        while not stop.wait(0.2):
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    closed, said = closed_within(sock, FAST.request_timeout + 0.5)
+    stop.set()
+    assert closed and said.startswith(b"HTTP/1.1 408")
+
+
+def test_an_idle_keep_alive_connection_is_closed(server):
+    running, _ = server()
+    connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=5)
+    connection.request("GET", "/ping")
+    assert connection.getresponse().read() == b"pong"
+    closed, said = closed_within(connection.sock, FAST.keepalive_timeout + 0.5)
+    assert closed and said == b""  # idle between requests: closed without a word
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(server):
+    running, _ = server()
+    connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=5)
+    for n in range(3):
+        connection.request("POST", "/ping", body=str(n).encode())
+        assert connection.getresponse().read() == b"pong" + str(n).encode()
+    connection.close()
+
+
+# --------------------------------------------------------------------------- broken input
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"POST /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n", b"400"),
+    (b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc", b"400"),  # then the client stops sending
+    (b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n", b"413"),
+    (b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", b"431"),
+    (b"NOT HTTP AT ALL\r\n\r\n", b"400"),
+])
+def test_broken_requests_get_a_short_answer_not_a_traceback(server, caplog, request_bytes, status):
+    running, _ = server()
+    sock = raw(running.port, request_bytes)
+    sock.shutdown(socket.SHUT_WR)  # a truncated body: the client says it has nothing more
+    said = read_all(sock)
+    assert said.startswith(b"HTTP/1.1 " + status) and len(said) < 400 and b"Traceback" not in said
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert get(running.port) == (200, b"pong")
+
+
+# --------------------------------------------------------------------------- caps
+
+
+def test_a_full_house_makes_room_by_closing_an_idle_connection(server):
+    running, _ = server(Limits(max_connections=5, request_timeout=30, keepalive_timeout=30, graceful_timeout=0.5))
+    idle = [raw(running.port, b"") for _ in range(5)]
+    time.sleep(0.2)
+    assert get(running.port) == (200, b"pong")  # the oldest idle one was closed for it
+    assert sum(1 for sock in idle if closed_within(sock, 0.3)[0]) >= 1
+    for sock in idle:
+        sock.close()
+
+
+def test_requests_beyond_what_the_threads_can_take_get_503_with_retry_after(server):
+    running, app = server(Limits(threads=1, max_pending=1, graceful_timeout=0.5))
+    slow = threading.Thread(target=get, args=(running.port, "/slow"), daemon=True)
+    slow.start()
+    time.sleep(0.3)  # it holds the one thread
+    sock = raw(running.port, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    said = read_all(sock, 3)
+    assert said.startswith(b"HTTP/1.1 503") and b"Retry-After: 5" in said
+    app.config["release"].set()
+    slow.join(5)
+    assert get(running.port) == (200, b"pong")
+
+
+# --------------------------------------------------------------------------- file bodies
+
+
+def test_a_slow_download_that_keeps_moving_is_never_cut_and_holds_no_thread(server):
+    running, app = server(Limits(threads=1, send_timeout=1.0, graceful_timeout=0.5), image_bytes=8 * 1024 * 1024)
+    sock = raw(running.port, b"GET /file HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    received = 0
+    began = time.monotonic()
+    while time.monotonic() - began < 3.0:  # three send timeouts long, 64 KiB every 0.25 s
+        chunk = sock.recv(65536)
+        assert chunk, "the server cut a download that kept moving"
+        received += len(chunk)
+        assert get(running.port) == (200, b"pong")  # the one app thread is free all along
+        time.sleep(0.25)
+    assert 0 < received < 8 * 1024 * 1024
+    sock.close()
+
+
+def test_a_download_nobody_reads_is_closed_after_the_send_timeout(server):
+    running, app = server(Limits(send_timeout=1.0, graceful_timeout=0.5), image_bytes=16 * 1024 * 1024)
+    sock = raw(running.port, b"GET /file HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    deadline = time.monotonic() + 10
+    while not app.config["closed"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert app.config["closed"] and app.config["closed"][0] < 16 * 1024 * 1024  # given up part way
+    sock.close()
+
+
+def test_a_broken_transfer_resumes_with_a_range_request(server):
+    running, app = server(image_bytes=1024 * 1024)
+    status, first = get(running.port, "/file")
+    assert status == 200 and len(first) == 1024 * 1024
+    connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=5)
+    connection.request("GET", "/file", headers={"Range": "bytes=1000-"})
+    response = connection.getresponse()
+    assert response.status == 206 and response.read() == first[1000:]
+    connection.request("GET", "/file", headers={"Range": "bytes=-10"})
+    assert connection.getresponse().read() == first[-10:]
+    assert app.config["closed"][:2] == [1024 * 1024, 1024 * 1024 - 1000]
+
+
+@pytest.mark.parametrize("header, expected", [
+    (None, None), ("bytes=0-99", (0, 100)), ("bytes=100-", (100, 900)), ("bytes=-50", (950, 50)),
+    ("bytes=990-5000", (990, 10)), ("bytes=5-1,7-9", None), ("items=0-1", None), ("bytes=abc", None),
+    ("bytes=9-3", None),
+])
+def test_byte_ranges(header, expected):
+    assert byte_range(header, 1000) == expected
+
+
+def test_a_range_past_the_end_is_not_satisfiable():
+    with pytest.raises(httpserver.RangeNotSatisfiable):
+        byte_range("bytes=1000-", 1000)
