@@ -44,7 +44,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_datastore(path: str, count: int) -> list[str]:
+#: The image the stalling downloads pull (sparse: no disk), and how many devices pull it.
+STALL_IMAGE = "cat9k_iosxe.17.12.04.SPA.bin"
+STALL_DOWNLOADS = 32
+
+
+def write_datastore(path: str, count: int, image_md5: str = "") -> list[str]:
     serials = [f"BENCH{i:05d}" for i in range(count)]
     with open(path, "w") as out:
         out.write('<config><services xmlns="http://clicon.org/controller">')
@@ -56,8 +61,93 @@ def write_datastore(path: str, count: int) -> list[str]:
                 f"<variable><name>ip</name><value>10.{index // 65536}.{index // 256 % 256}.{index % 256}</value></variable>"
                 "</pnp-device>"
             )
+        for index in range(STALL_DOWNLOADS if image_md5 else 0):
+            out.write(
+                f'<pnp-device xmlns="urn:pnp-service:pnp"><serial>SLOW{index:03d}</serial><pid>C9300-24P</pid>'
+                f"<hostname>slow{index}</hostname><config><template>hostname x</template></config><image>"
+                f"<version>17.12.04</version><url>{STALL_IMAGE}</url><md5>{image_md5}</md5></image></pnp-device>"
+            )
         out.write('</services></config>')
     return serials
+
+
+def write_stall_image(folder: str, size: int = 512 * 1024 * 1024) -> str:
+    """A large image for the stalling downloads (sparse), and its MD5."""
+    import hashlib
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, STALL_IMAGE), "wb") as image:
+        image.truncate(size)
+    digest = hashlib.md5()
+    block = b"\0" * (1 << 20)
+    for _ in range(size >> 20):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+class Stall:
+    """What stalls a listener that gives each client a thread: idle connections, requests sent a byte every few
+    seconds (head, or body), and devices pulling an image at about 128 KiB/s (a branch's WAN link)."""
+
+    def __init__(self, port: int, idle: int = 200, slow_heads: int = 64, slow_bodies: int = 32, downloads: int = 0):
+        self.port = port
+        self.stop = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.received = [0] * downloads
+        self.threads = [threading.Thread(target=self._download, args=(n,), daemon=True) for n in range(downloads)]
+        for thread in self.threads:
+            thread.start()
+        for n in range(idle + slow_heads + slow_bodies):
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            except OSError:
+                continue
+            if n >= idle + slow_heads:
+                sock.sendall(b"POST /pnp/WORK-REQUEST HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n<pnp ")
+            elif n >= idle:
+                sock.sendall(b"POST /pnp/WORK-REQUEST HTTP/1.1\r\nHost: x\r\n")
+            self.sockets.append(sock)
+        threading.Thread(target=self._trickle, args=(idle,), daemon=True).start()
+
+    def _trickle(self, idle: int) -> None:
+        while not self.stop.wait(3):
+            for sock in self.sockets[idle:]:
+                with contextlib.suppress(OSError):
+                    sock.send(b"a")
+
+    def _download(self, n: int) -> None:
+        udi = protocol.Udi("C9300-24P", "V01", f"SLOW{n:03d}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+
+            def post(path: str, body: bytes) -> messages.ServerMessage:
+                connection.request("POST", path, body=body, headers={"Content-Type": "application/xml"})
+                return messages.parse_server_message(connection.getresponse().read())
+
+            post("/pnp/WORK-REQUEST", messages.work_request(udi, "c1"))
+            post("/pnp/WORK-RESPONSE", messages.device_info(udi, "c1", platform="C9300-24P", version="17.3.1",
+                                                            hostname="Switch", image_file="flash:x.bin"))
+            install = post("/pnp/WORK-REQUEST", messages.work_request(udi, "c2"))
+            location = install.find_text("image/copy/source/location")
+            if not location:
+                return
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+            sock.sendall(f"GET {location.split(f':{self.port}', 1)[1]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            while not self.stop.is_set():
+                chunk = sock.recv(16 * 1024)
+                if not chunk:
+                    return
+                self.received[n] += len(chunk)
+                time.sleep(0.125)
+            sock.close()
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self.stop.set()
+        for sock in self.sockets:
+            sock.close()
 
 
 def start(command: list[str], port: int, env=None) -> subprocess.Popen:
@@ -141,7 +231,7 @@ def python_load(port: int, serials: list[str], clients: int, seconds: float) -> 
     stop_at = time.perf_counter() + seconds
 
     def client(index: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         mine = serials[index::clients] or serials
         bodies = [messages.work_request(protocol.Udi("C9300-24P", "V01", s), f"c-{s}") for s in mine]
         position = 0
@@ -158,7 +248,7 @@ def python_load(port: int, serials: list[str], clients: int, seconds: float) -> 
             except (OSError, http.client.HTTPException):
                 errors[index] += 1
                 connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
                 continue
             latencies[index].append(time.perf_counter() - began)
 
@@ -193,14 +283,19 @@ def provision_load(port: int, serials: list[str], clients: int) -> dict:
 # --------------------------------------------------------------------------- the listener
 
 
-def serve_command(app_args: list[str], port: int, workers: int, threads: int) -> list[str]:
+#: ``serve --server``: the worker class each model runs under gunicorn, for the baseline on the same settings.
+WORKER_CLASSES = {"event": "pnp_service.serving.EventWorker", "threads": "gthread"}
+
+
+def serve_command(app_args: list[str], port: int, workers: int, threads: int, model: str = "event") -> list[str]:
     return [sys.executable, "-m", "pnp_service.cli", "--log-level", "error", "serve", "--host", "127.0.0.1",
-            "--port", str(port), "--workers", str(workers), "--threads", str(threads), *app_args]
+            "--port", str(port), "--workers", str(workers), "--threads", str(threads), "--server", model, *app_args]
 
 
-def baseline_command(port: int, workers: int, threads: int) -> list[str]:
+def baseline_command(port: int, workers: int, threads: int, model: str = "event") -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--chdir", HERE, "-b", f"127.0.0.1:{port}", "-w", str(workers),
-            "--threads", str(threads), "-k", "gthread", "--log-level", "error", "baseline_app:create_app()"]
+            "--threads", str(threads), "-k", WORKER_CLASSES[model], "--log-level", "error", "--pythonpath", REPO,
+            "baseline_app:create_app()"]
 
 
 def interleaved(base_port: int, port: int, base_serials: list[str], serials: list[str], args) -> tuple[dict, dict, float]:
@@ -227,42 +322,65 @@ def interleaved(base_port: int, port: int, base_serials: list[str], serials: lis
 
 def bench_listener(args, workdir: str) -> list[dict]:
     rows = []
-    base_port = free_port()
-    baseline = start(baseline_command(base_port, args.workers, args.threads), base_port)
     base_serials = [f"BASE{i:05d}" for i in range(args.devices)]
-    try:
-        datastore = os.path.join(workdir, "bench.xml")
-        serials = write_datastore(datastore, args.devices)
-        port = free_port()
-        began = time.perf_counter()
-        server = start(serve_command(["--datastore", datastore], port, args.workers, args.threads), port)
-        startup = time.perf_counter() - began
+    images = os.path.join(workdir, "images")
+    datastore = os.path.join(workdir, "bench.xml")
+    serials = write_datastore(datastore, args.devices, write_stall_image(images))
+    for model in args.servers.split(","):
+        full = model == args.servers.split(",")[0]  # every row for the first model; the others: what compares them
+        base_port, port = free_port(), free_port()
+        baseline = start(baseline_command(base_port, args.workers, args.threads, model), base_port)
         try:
-            provisioned = provision_load(port, serials[: args.provision], args.clients)
-            # Provisioned devices: the steady state, no write.
-            base, steady, steady_ratio = interleaved(base_port, port, base_serials, serials[: args.provision], args)
-            # Planned devices: each poll sends the next step and writes (a new correlator each time).
-            _, writes, writes_ratio = interleaved(base_port, port, base_serials, serials[args.provision :], args)
-            # Unknown devices: the first poll of each records it as unclaimed.
-            _, strangers, strangers_ratio = interleaved(
-                base_port, port, base_serials, [f"NEW{i:05d}" for i in range(args.devices)], args)
-            rss = peak_rss_kib(server.pid)
+            began = time.perf_counter()
+            server = start(serve_command(["--datastore", datastore, "--image-dir", images], port, args.workers,
+                                         args.threads, model), port)
+            startup = time.perf_counter() - began
+            try:
+                provisioned = provision_load(port, serials[: args.provision], args.clients)
+                # Provisioned devices: the steady state, no write.
+                base, steady, steady_ratio = interleaved(base_port, port, base_serials, serials[: args.provision], args)
+                if full:
+                    # Planned devices: each poll sends the next step and writes (a new correlator each time).
+                    _, writes, writes_ratio = interleaved(base_port, port, base_serials,
+                                                          serials[args.provision:], args)
+                    # Unknown devices: the first poll of each records it as unclaimed.
+                    _, strangers, strangers_ratio = interleaved(
+                        base_port, port, base_serials, [f"NEW{i:05d}" for i in range(args.devices)], args)
+                rss = peak_rss_kib(server.pid)
+                stalled = stalled_polls(port, serials[: args.provision], args)
+            finally:
+                stop(server)
+            base_rss = peak_rss_kib(baseline.pid)
         finally:
-            stop(server)
-        base_rss = peak_rss_kib(baseline.pid)
-    finally:
-        stop(baseline)
-    rows.append({"what": "baseline: bare Flask, fixed bye", **base, "rss_mib": base_rss / 1024})
-    rows.append({"what": f"embedded, {args.devices} declared: poll of a provisioned device", **steady,
-                 "ratio": steady_ratio, "rss_mib": rss / 1024})
-    rows.append({"what": "embedded: poll that sends the next step (writes)", **writes, "ratio": writes_ratio})
-    rows.append({"what": "embedded: poll of an unclaimed device", **strangers, "ratio": strangers_ratio})
-    rows.append({"what": f"embedded: full provisioning of {provisioned['devices']} devices", "rps": provisioned["devices_per_s"],
-                 "unit": "devices/s", "configured": provisioned["configured"], "seconds": provisioned["seconds"],
-                 "startup_s": startup})
+            stop(baseline)
+        name = "event loop" if model == "event" else "gunicorn threads"
+        rows.append({"what": f"baseline on {name}: bare Flask, fixed bye", **base, "rss_mib": base_rss / 1024})
+        rows.append({"what": f"embedded on {name}, {args.devices} declared: poll of a provisioned device", **steady,
+                     "ratio": steady_ratio, "rss_mib": rss / 1024})
+        if full:
+            rows.append({"what": "embedded: poll that sends the next step (writes)", **writes, "ratio": writes_ratio})
+            rows.append({"what": "embedded: poll of an unclaimed device", **strangers, "ratio": strangers_ratio})
+            rows.append({"what": f"embedded: full provisioning of {provisioned['devices']} devices",
+                         "rps": provisioned["devices_per_s"], "unit": "devices/s",
+                         "configured": provisioned["configured"], "seconds": provisioned["seconds"],
+                         "startup_s": startup})
+        rows.append({"what": f"embedded on {name}: poll of a provisioned device while {STALL_DOWNLOADS} slow downloads, "
+                     "200 idle and 96 slow connections are held", **stalled})
     if args.clixon_config:
         rows += bench_clixon(args, base_serials)
     return rows
+
+
+def stalled_polls(port: int, serials: list[str], args) -> dict:
+    """Poll latency while slow and idle clients hold on: what a roll-out's polls see (errors: timed out)."""
+    stall = Stall(port, downloads=STALL_DOWNLOADS)
+    try:
+        time.sleep(2)
+        result = poll_load(port, serials, args.clients, max(4.0, args.seconds / 2))
+        result["downloading"] = sum(1 for n in stall.received if n)
+        return result
+    finally:
+        stall.close()
 
 
 def clixon_cli(config: str, *words: str) -> tuple[float, str]:
@@ -493,6 +611,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| measurement | throughput | p50 ms | p99 ms | ratio to baseline | memory MiB |", "| --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         rate = f"{row['rps']:.0f} {row.get('unit', 'req/s')}" if "rps" in row else (f"{row['seconds']*1000:.2f} ms" if "seconds" in row else "")
+        if row.get("errors"):
+            rate += f" ({row['errors']} timed out or failed)"
         memory = row.get("rss_mib", row.get("peak_mib"))
         lines.append(
             f"| {row['what']} | {rate} | {row.get('p50_ms', 0):.2f} | {row.get('p99_ms', 0):.2f} | "
@@ -517,6 +637,9 @@ def main() -> int:
                         help="alternating baseline/listener rounds each measurement is split into (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers, for both servers (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker (default: %(default)s)")
+    parser.add_argument("--servers", default="event,threads",
+                        help="server models to measure, each against a baseline on the same model: event (serve's "
+                        "default) and threads (gunicorn's threaded worker) (default: %(default)s)")
     parser.add_argument("--plan-sizes", default="1000,10000", help="declaration counts for the service module")
     parser.add_argument("--clixon-config", help="also measure inside this Clixon controller (its config file; "
                         "pnp-service installed into it; bench declarations are added and removed again)")

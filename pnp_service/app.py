@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Callable
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.http import http_date
 
-from .httpserver import FileSpan, RangeNotSatisfiable, byte_range
+from .httpserver import Application, FileSpan, QuickAnswer, QuickRequest, RangeNotSatisfiable, byte_range
 from .listener import Listener, ListenerSettings, Reply
 from .logs import event
 from .metrics import CONTENT_TYPE as METRICS_TYPE
@@ -159,3 +160,27 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
         return Response(f"{error.code} {error.name}: {error.description}\n", status=error.code, content_type="text/plain")
 
     return app
+
+
+def served(app: Flask) -> Application:
+    """The app as the listener's HTTP server runs it: polls that change nothing are answered on its event loop
+    (no thread hand-off, no Flask request), everything else by the Flask app in a thread."""
+    listener: Listener = app.extensions["pnp_listener"]
+    handlers = {"/pnp/WORK-REQUEST": listener.quick_work_request, "/pnp/WORK-RESPONSE": listener.quick_work_response}
+
+    def answer(reply: Reply) -> QuickAnswer:
+        return QuickAnswer(reply.status, reply.body, reply.content_type, reply.headers)
+
+    def quick(request: QuickRequest) -> QuickAnswer | Callable[[], QuickAnswer] | None:
+        handler = handlers.get(request.path)
+        if handler is None or request.method != "POST":
+            return None
+        if request.headers.get("content-type", "") not in ACCEPTED_TYPES:
+            return None  # the Flask app reads the media type and answers 415 when it must
+        reply = handler(request.body, request.address, lambda: request.host_url, request.scheme == "https")
+        if isinstance(reply, Reply):
+            return answer(reply)
+        return lambda: answer(reply())  # the write: in a thread
+
+    return Application(app, quick)
+

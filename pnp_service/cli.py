@@ -205,7 +205,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.tls_cert:
         log.info("HTTPS with certificate %s; devices need DHCP option 43 with K5 (pnp-service option43 --https)", args.tls_cert)
 
-    def make_app():
+    def make_flask():
         from .app import create_app
         from .listener import Listener
 
@@ -216,8 +216,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.dev:
         tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-        make_app().run(host=args.host, port=args.port, threaded=True, ssl_context=tls)
+        make_flask().run(host=args.host, port=args.port, threaded=True, ssl_context=tls)
         return 0
+
+    def make_app():
+        from .app import served
+
+        return served(make_flask())
+
     from .serving import run_gunicorn
 
     return run_gunicorn(make_app, args)

@@ -48,6 +48,57 @@ access_log = logging.getLogger("pnp_service.access")
 
 WsgiApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
 
+
+@dataclasses.dataclass(frozen=True)
+class QuickRequest:
+    """A whole request, as :attr:`Application.quick` sees it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    address: str
+    scheme: str
+    host: str  # the Host header, or the address the client reached
+
+    @property
+    def host_url(self) -> str:
+        return f"{self.scheme}://{self.host}/"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickAnswer:
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+#: What :attr:`Application.quick` returns: an answer now, what finishes it in a thread, or None (the WSGI app).
+Quick = Callable[[QuickRequest], "QuickAnswer | Callable[[], QuickAnswer] | None"]
+
+
+class Application:
+    """A WSGI application, and what it can answer on the event loop itself, without a thread.
+
+    ``quick(request)`` is called on the loop with every whole request whose body is at most
+    ``QUICK_BODY_BYTES``; it returns a :class:`QuickAnswer`, a function that finishes the answer in a thread
+    (it waits for something: a durable write), or None to have the WSGI application answer in a thread.
+    It must never wait itself: no disk write, no network, no lock a thread may hold for long.  It is how the
+    listener answers the polls that change nothing without a thread hand-off, and the others without the WSGI
+    layer.
+    """
+
+    def __init__(self, wsgi: WsgiApp, quick: Quick | None = None):
+        self.wsgi, self.quick = wsgi, quick
+
+    def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return self.wsgi(environ, start_response)
+
+
+#: Bodies larger than this always go to a thread: parsing them is work the loop should not do.
+QUICK_BODY_BYTES = 16 * 1024
+
 #: Bytes handed to ``sendfile`` at a time: each must be taken by the client within ``send_timeout``.
 SENDFILE_CHUNK = 256 * 1024
 
@@ -373,21 +424,47 @@ class Connection:
 
     # ------------------------------------------------------------------ answering
 
+    def _quick(self, request: h11.Request, body: bytes) -> QuickAnswer | Callable[[], QuickAnswer] | None:
+        quick = self.server.quick
+        if quick is None or len(body) > QUICK_BODY_BYTES:
+            return None
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
+        host = headers.get("host") or (f"{self.local[0]}:{self.local[1]}" if self.local else "")
+        path = unquote_to_bytes(request.target.partition(b"?")[0]).decode("latin-1")
+        try:
+            return quick(QuickRequest(request.method.decode("ascii"), path, headers, body,
+                                      str(self.peer[0]) if self.peer else "", self.scheme, host))
+        except Exception:  # noqa: BLE001 - the WSGI app answers (and logs) what the quick path could not
+            log.exception("quick answer failed on %s %s; answered in a thread", request.method, path)
+            return None
+
     async def _answer(self, request: h11.Request, body: bytes) -> bool:
         server = self.server
-        if server.pending >= self.limits.max_pending:
-            await self._refuse(503, "503 Service Unavailable: busy, retry later", extra=(("Retry-After", "5"),))
-        environ = _environ(request, body, self.peer, self.local, self.scheme)
         loop = asyncio.get_running_loop()
         began = loop.time()
+        quick = self._quick(request, body)
+        if isinstance(quick, QuickAnswer):
+            return await self._send_answer(request, _from_quick(quick), began)
+        if server.pending >= self.limits.max_pending:
+            await self._refuse(503, "503 Service Unavailable: busy, retry later", extra=(("Retry-After", "5"),))
+        what = f"{request.method.decode('ascii')} {request.target.partition(b'?')[0].decode('latin-1')}"
         server.pending += 1
         try:
-            answer = await loop.run_in_executor(server.pool, _run_app, server.app, environ)
+            if quick is not None:
+                answer = _from_quick(await loop.run_in_executor(server.pool, quick))
+            else:
+                environ = _environ(request, body, self.peer, self.local, self.scheme)
+                answer = await loop.run_in_executor(server.pool, _run_app, server.app, environ)
         except Exception:  # noqa: BLE001 - an application bug must not end the server
-            log.exception("the application failed on %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"])
+            log.exception("the application failed on %s", what)
             await self._refuse(500, "500 Internal Server Error")
         finally:
             server.pending -= 1
+        return await self._send_answer(request, answer, began)
+
+    async def _send_answer(self, request: h11.Request, answer: _Answer, began: float) -> bool:
+        server = self.server
+        loop = asyncio.get_running_loop()
         headers = answer.headers
         if server.stopping:
             headers = [h for h in headers if h[0].lower() != b"connection"] + [(b"connection", b"close")]
@@ -408,8 +485,10 @@ class Connection:
             sent = len(answer.body)
         if server.access_log:
             # The path only: a download URL carries its signature in the query.
-            event(access_log, logging.INFO, "access", address=environ["REMOTE_ADDR"], method=environ["REQUEST_METHOD"],
-                  path=environ["PATH_INFO"], status=answer.status, bytes=sent, seconds=round(loop.time() - began, 3))
+            event(access_log, logging.INFO, "access", address=str(self.peer[0]) if self.peer else "",
+                  method=request.method.decode("ascii"),
+                  path=unquote_to_bytes(request.target.partition(b"?")[0]).decode("latin-1"), status=answer.status,
+                  bytes=sent, seconds=round(loop.time() - began, 3))
         return not server.stopping
 
     async def _send(self, data: bytes) -> None:
@@ -446,6 +525,14 @@ class Connection:
             span.close()
 
 
+def _from_quick(answer: QuickAnswer) -> _Answer:
+    headers = [(b"content-type", answer.content_type.encode("latin-1")),
+               (b"content-length", str(len(answer.body)).encode())]
+    headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers]
+    return _Answer(answer.status, _REASONS.get(answer.status, "OK" if answer.status == 200 else "").encode(), headers,
+                   answer.body)
+
+
 def _content_length(request: h11.Request) -> int | None:
     for name, value in request.headers:
         if name == b"content-length":
@@ -471,6 +558,8 @@ class Server:
     def __init__(self, app: WsgiApp, limits: Limits | None = None, ssl_context: ssl.SSLContext | None = None,
                  access_log: bool = False):
         self.app = app
+        #: What the application answers on the loop (:class:`Application`), when it says.
+        self.quick = app.quick if isinstance(app, Application) else None
         self.limits = limits or Limits()
         #: A line per answer (method, path without its query, status, bytes, seconds) on ``pnp_service.access``.
         self.access_log = access_log
@@ -603,5 +692,5 @@ def start_in_thread(app: WsgiApp, host: str = "127.0.0.1", port: int = 0, limits
     return Running(Server(app, limits, ssl_context, access_log), listening_socket(host, port))
 
 
-__all__ = ["Connection", "FileSpan", "Limits", "RangeNotSatisfiable", "Running", "STATS", "Server", "Stats",
+__all__ = ["Application", "Connection", "FileSpan", "Limits", "QuickAnswer", "QuickRequest", "RangeNotSatisfiable", "Running", "STATS", "Server", "Stats",
            "byte_range", "listening_socket", "raise_open_files_limit", "start_in_thread"]

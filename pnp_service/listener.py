@@ -83,6 +83,10 @@ class Reply:
     on_close: Callable[[int, bool], None] | None = None
 
 
+#: What finishes an answer that must wait (a durable write, a controller round trip): run it in a thread.
+Later = Callable[[], Reply]
+
+
 def _error(status: int, message: str) -> Reply:
     return Reply(status, (message + "\n").encode(), TEXT)
 
@@ -114,6 +118,29 @@ class Listener:
     # ------------------------------------------------------------------ PnP endpoints
 
     def work_request(self, body: bytes, address: str, base_url: BaseUrl, secure: bool = False) -> Reply:
+        reply = self._work_request(body, address, base_url, secure, quick=False)
+        assert isinstance(reply, Reply)
+        return reply
+
+    def work_response(self, body: bytes, address: str, base_url: BaseUrl, secure: bool = False) -> Reply:
+        reply = self._work_response(body, address, base_url, secure, quick=False)
+        assert isinstance(reply, Reply)
+        return reply
+
+    def quick_work_request(self, body: bytes, address: str, base_url: BaseUrl, secure: bool = False) -> Reply | Later:
+        """The answer when it needs no wait (nothing to record, nothing to look up elsewhere); else what finishes
+        it in a thread (:data:`Later`: it decides again, on the record as it is then, and makes it durable).
+
+        Most polls of a roll-out are such (a provisioned device, a device told to wait, a bye): the server
+        answers them on its event loop, and hands only the others to a thread.
+        """
+        return self._work_request(body, address, base_url, secure, quick=True)
+
+    def quick_work_response(self, body: bytes, address: str, base_url: BaseUrl, secure: bool = False) -> Reply | Later:
+        """As :meth:`quick_work_request`, for a WORK-RESPONSE (a backoff's acknowledgement, a stale answer)."""
+        return self._work_response(body, address, base_url, secure, quick=True)
+
+    def _work_request(self, body: bytes, address: str, base_url: BaseUrl, secure: bool, quick: bool) -> Reply | Later:
         try:
             request = protocol.parse_work_request(body)
         except protocol.ProtocolError as exc:
@@ -126,9 +153,10 @@ class Listener:
             lambda record: self.provisioner.on_work_request(record, request, contact),
             address,
             request.hostname,
+            quick,
         )
 
-    def work_response(self, body: bytes, address: str, base_url: BaseUrl, secure: bool = False) -> Reply:
+    def _work_response(self, body: bytes, address: str, base_url: BaseUrl, secure: bool, quick: bool) -> Reply | Later:
         try:
             response = protocol.parse_work_response(body)
         except protocol.ProtocolError as exc:
@@ -140,9 +168,22 @@ class Listener:
             response.udi.serial,
             lambda record: self.provisioner.on_work_response(record, response, contact),
             address,
+            quick=quick,
         )
 
-    def _decide(self, serial: str, decide: Callable[[DeviceRecord], Decision], address: str, reported: str = "") -> Reply:
+    def _decide(self, serial: str, decide: Callable[[DeviceRecord], Decision], address: str, reported: str = "",
+                quick: bool = False) -> Reply | Later:
+        began = time.perf_counter()
+        if quick:
+            record = self.store.peek(serial)
+            decision = decide(record) if record is not None else None
+            if decision is None or decision.changes or decision.recheck:
+                # To be made durable (or looked up) first: decided again in a thread, on the record as it is then.
+                return lambda: self._durable(serial, decide, address, reported)
+            return self._answered(serial, decision, address, reported, began)
+        return self._durable(serial, decide, address, reported)
+
+    def _durable(self, serial: str, decide: Callable[[DeviceRecord], Decision], address: str, reported: str) -> Reply:
         began = time.perf_counter()
         try:
             decision = self.store.update(serial, decide)
@@ -151,6 +192,10 @@ class Listener:
             event(log, logging.ERROR, "store-unavailable", serial=serial, address=address, reason=str(exc))
             retry = str(self.settings.unavailable_retry_seconds)
             return Reply(503, b"store unavailable, retry later\n", TEXT, (("Retry-After", retry),))
+        return self._answered(serial, decision, address, reported, began)
+
+    def _answered(self, serial: str, decision: Decision, address: str, reported: str, began: float) -> Reply:
+        """Count, hand on and log a decision that is made (and durable when it changed something): its reply."""
         status = decision.status
         self.metrics.polls.labels(decision.event.value).inc()
         if decision.changes:

@@ -18,11 +18,10 @@ import os
 import signal
 from typing import Callable
 
-from flask import Flask
 from gunicorn.workers.base import Worker
 
 from . import logs
-from .httpserver import Limits, Server, raise_open_files_limit
+from .httpserver import Application, Limits, Server, raise_open_files_limit
 
 
 class EventWorker(Worker):
@@ -83,7 +82,7 @@ def limits_from(args: argparse.Namespace) -> Limits:
                   threads=args.threads)
 
 
-def run_gunicorn(make_app: Callable[[], Flask], args: argparse.Namespace) -> int:
+def run_gunicorn(make_app: Callable[[], Application], args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
     limits = limits_from(args)
@@ -123,7 +122,7 @@ def run_gunicorn(make_app: Callable[[], Flask], args: argparse.Namespace) -> int
             if "control_socket_disable" in self.cfg.settings:
                 self.cfg.set("control_socket_disable", True)
 
-        def load(self) -> Flask:
+        def load(self) -> Application:
             # Each worker builds its own app and store after the fork.
             return make_app()
 

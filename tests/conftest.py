@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 from pnp_service import httpserver
-from pnp_service.app import create_app
+from pnp_service.app import create_app, served
 from pnp_service.listener import Listener, ListenerSettings
 from pnp_service.provisioner import Settings
 from pnp_service.stores.embedded import EmbeddedStore
@@ -66,7 +66,7 @@ class RunningListener:
         self.listener = Listener(store, settings, clock=clock)
         self.app = create_app(store, settings, listener=self.listener)
         limits = limits or httpserver.Limits(graceful_timeout=1.0)
-        self.server = httpserver.start_in_thread(self.app, limits=limits, ssl_context=ssl_context)
+        self.server = httpserver.start_in_thread(served(self.app), limits=limits, ssl_context=ssl_context)
         self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.server.port}"
 
     def stop(self) -> None:

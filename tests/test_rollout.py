@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import http.client
 import json
+import threading
 import logging
 
 import pytest
@@ -283,3 +285,58 @@ def test_the_unclaimed_cap_is_a_serve_option_with_the_documented_defaults():
     assert (args.max_unclaimed, args.unclaimed_days, args.max_image_transfers) == (10_000, 7, 64)
     assert (args.server, args.request_timeout, args.keepalive_timeout, args.send_timeout) == ("event", 30, 15, 60)
 
+
+
+# --------------------------------------------------------------------------- polls that change nothing
+
+
+def test_polls_that_change_nothing_are_answered_on_the_event_loop_and_writes_in_one_thread_pass(tmp_path, clock):
+    from conftest import RunningListener
+    from pnp_service import httpserver
+    from pnp_service.simulator import AgentSimulator, SimulatedDevice
+
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml("<serial>SN1</serial><pid>C9300-24P</pid><hostname>h</hostname>"
+                                  "<config><template>x</template></config>"))
+    store = open_store(str(path), check_seconds=3600)  # the file is not looked at again: peek can answer
+    running = RunningListener(store, clock, ListenerSettings(secret=SECRET), limits=httpserver.Limits(threads=1))
+    try:
+        assert AgentSimulator(running.url, sleep=clock.advance).run(SimulatedDevice("SN1")).outcome == "configured"
+        calls = []
+        update = store.update
+        store.update = lambda serial, decide: calls.append(serial) or update(serial, decide)  # type: ignore[method-assign]
+        blocked = threading.Event()
+        running.server.server.pool.submit(blocked.wait, 10)  # the one app thread is busy from here on
+        udi = protocol.Udi("C9300-24P", "V01", "SN1")
+        connection = http.client.HTTPConnection("127.0.0.1", running.server.port, timeout=5)
+        for n in range(5):  # a provisioned device polling: answered while the thread is busy
+            connection.request("POST", "/pnp/WORK-REQUEST", body=messages.work_request(udi, f"q{n}"),
+                               headers={"Content-Type": "application/xml"})
+            assert b"backoff" in connection.getresponse().read()
+        assert calls == []
+        blocked.set()
+        stranger = protocol.Udi("C9300-24P", "V01", "NEW1")  # its first poll records it: once, in a thread
+        connection.request("POST", "/pnp/WORK-REQUEST", body=messages.work_request(stranger, "n1"),
+                           headers={"Content-Type": "application/xml"})
+        assert b"backoff" in connection.getresponse().read()
+        assert calls == ["NEW1"] and store.load("NEW1").unclaimed is not None
+    finally:
+        running.stop()
+        store.close()
+
+
+def test_peek_never_waits_for_a_look_at_the_declarations_file(tmp_path):
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml("<serial>SN1</serial><hostname>h</hostname><config><template>x</template></config>"))
+    clock = FakeClock(0)
+    from pnp_service.stores.embedded import EmbeddedStore
+
+    store = EmbeddedStore(str(path), check_seconds=1.0)
+    store.declarations.clock = clock
+    store.declarations._checked = 0.0
+    assert store.peek("SN1") is not None and store.peek("SN1").declaration.hostname == "h"
+    clock.advance(2)  # a look at the file is due: whoever can wait does it
+    assert store.peek("SN1") is None
+    store.load("SN1")
+    assert store.peek("SN1") is not None
+    store.close()

@@ -7,14 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 
 import pytest
 from lxml import etree
 
 from conftest import EXAMPLE_DATASTORE, REPO, SECRET, FakeClock
 from pnp_service import httpserver, views
-from pnp_service.app import create_app
+from pnp_service.app import create_app, served
 from pnp_service.listener import Listener, ListenerSettings
 from pnp_service.simulator import AgentSimulator, SimulatedDevice
 from pnp_service.stores.embedded import EmbeddedStore
@@ -68,7 +67,7 @@ def test_state_the_listener_writes_is_valid_in_the_yangs_shape(tmp_path):
     settings = ListenerSettings(secret=SECRET)
     clock = FakeClock()
     app = create_app(store, settings, listener=Listener(store, settings, clock=clock))
-    server = httpserver.start_in_thread(app)
+    server = httpserver.start_in_thread(served(app))
     try:
         sim = AgentSimulator(f"http://127.0.0.1:{server.port}", sleep=clock.advance, max_polls=30)
         sim.run(SimulatedDevice("FOC2001X0AB", pid="WRONG-PID"))  # a refused claim, in the status

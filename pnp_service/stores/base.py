@@ -177,6 +177,10 @@ class Store(Protocol):
     ``load(serial)``
         The record of ``serial`` (an empty one for a serial nobody knows).  Never waits for a controller:
         the Clixon store reads its copy of running, the embedded store its file and database.
+    ``peek(serial)``
+        The same record from what is in memory and a local read, without waiting for anything (no look at
+        the declarations file, no network, no lock another caller may hold); None when it cannot say without
+        waiting.  The listener answers polls that change nothing from it on the server's event loop.
     ``update(serial, decide)``
         Runs ``decide(record)`` and returns its decision.  A decision that changes something
         (:class:`Change`) is durable before ``update`` returns: committed to the database, or fsynced to the
@@ -200,6 +204,8 @@ class Store(Protocol):
     """
 
     def load(self, serial: str) -> DeviceRecord: ...
+
+    def peek(self, serial: str) -> DeviceRecord | None: ...
 
     def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D: ...
 

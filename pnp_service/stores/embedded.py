@@ -133,6 +133,10 @@ class Declarations:
         finally:
             self._lock.release()
 
+    def in_service(self) -> DeclarationSet | None:
+        """The set in service when no look at the files is due (never waits); None when one is."""
+        return self._current if self.clock() - self._checked < self.check_seconds else None
+
     def reload(self) -> DeclarationSet:
         """Look at the files now, whatever ``check_seconds`` says."""
         self._checked = float("-inf")
@@ -428,6 +432,12 @@ class EmbeddedStore:
 
     def load(self, serial: str) -> DeviceRecord:
         return self._resolved(self._current(), serial)
+
+    def peek(self, serial: str) -> DeviceRecord | None:
+        current = self.declarations.in_service()
+        if current is None or current is not self._synced:
+            return None  # a look at the files, or recording new work, is due: whoever can wait does it
+        return self._resolved(current, serial)
 
     def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
         current = self._current()

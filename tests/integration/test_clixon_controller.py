@@ -108,7 +108,7 @@ def declare(serial: str, hostname: str = "it-switch", template_line: str = "host
 
 @pytest.fixture
 def listener(tmp_path):
-    from pnp_service.app import create_app
+    from pnp_service.app import create_app, served
     from pnp_service.listener import ListenerSettings
     from pnp_service.stores.clixon import ClixonStore
 
@@ -118,7 +118,7 @@ def listener(tmp_path):
     # One attempt: a failure is final at once (the simulator does not wait out retry backoffs in real time).
     app = create_app(store, ListenerSettings(secret=b"integration-secret-0123456789",
                                              provisioning=Settings(max_attempts=1)))
-    server = httpserver.start_in_thread(app)
+    server = httpserver.start_in_thread(served(app))
     yield store, f"http://127.0.0.1:{server.port}"
     server.stop()
     store.close()
@@ -304,7 +304,7 @@ def test_a_journal_poisoned_by_an_older_version_heals_on_start(serial, tmp_path)
     """Listener 0.1 journaled BAD$SERIAL! and retried it forever; now it is set aside and the rest is committed."""
     import json
 
-    from pnp_service.app import create_app
+    from pnp_service.app import create_app, served
     from pnp_service.listener import ListenerSettings
     from pnp_service.stores.clixon import ClixonStore
 
@@ -315,7 +315,7 @@ def test_a_journal_poisoned_by_an_older_version_heals_on_start(serial, tmp_path)
                                    "value": {"serial": "BAD$SERIAL!", "pid": "C9300-24P"}}) + "\n")
     store = ClixonStore(socket_path(), journal_path=str(journal), retry_max_seconds=2)
     app = create_app(store, ListenerSettings(secret=b"integration-secret-0123456789"))
-    server = httpserver.start_in_thread(app)
+    server = httpserver.start_in_thread(served(app))
     try:
         url = f"http://127.0.0.1:{server.port}"
         wait_for(lambda: store.load(serial).work, what="work")
@@ -383,7 +383,7 @@ def test_an_extra_step_declared_from_the_cli_is_planned_and_served(serial, liste
 
 def test_sudi_authentication_set_from_the_cli_is_enforced_on_the_clixon_store(serial, tmp_path):
     from pnp_service import sudi
-    from pnp_service.app import create_app
+    from pnp_service.app import create_app, served
     from pnp_service.listener import ListenerSettings
     from pnp_service.provisioner import Settings
     from pnp_service.simulator import AgentSimulator, SimulatedDevice
@@ -397,7 +397,7 @@ def test_sudi_authentication_set_from_the_cli_is_enforced_on_the_clixon_store(se
     policy = sudi.Policy(anchors=sudi.load_ca_bundle(ca.bundle()))
     store = ClixonStore(socket_path(), journal_path=str(tmp_path / "journal"), retry_max_seconds=2)
     app = create_app(store, ListenerSettings(secret=b"integration-secret-0123456789", provisioning=Settings(sudi=policy)))
-    server = httpserver.start_in_thread(app)
+    server = httpserver.start_in_thread(served(app))
     try:
         url = f"http://127.0.0.1:{server.port}"
         wait_for(lambda: store.load(serial).declaration and store.load(serial).declaration.authentication == "sudi",
@@ -455,7 +455,7 @@ def controller_device(name: str) -> tuple[str, str]:
 
 @needs_netconf_device
 def test_a_provisioned_device_is_handed_to_the_controller_and_managed(serial, tmp_path):
-    from pnp_service.app import create_app
+    from pnp_service.app import create_app, served
     from pnp_service.handoff import HandoffWorker
     from pnp_service.listener import Listener, ListenerSettings
     from pnp_service.simulator import AgentSimulator, SimulatedDevice
@@ -481,7 +481,7 @@ def test_a_provisioned_device_is_handed_to_the_controller_and_managed(serial, tm
     worker.start()
     settings = ListenerSettings(secret=b"integration-secret-0123456789")
     listener = Listener(store, settings, on_provisioned=worker.notify)
-    server = httpserver.start_in_thread(create_app(store, settings, listener=listener))
+    server = httpserver.start_in_thread(served(create_app(store, settings, listener=listener)))
     try:
         url = f"http://127.0.0.1:{server.port}"
         wait_for(lambda: store.load(serial).work and store.load(other).work, what="the listener to see the work")

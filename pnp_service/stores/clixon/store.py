@@ -258,6 +258,9 @@ class ClixonStore:
     def load(self, serial: str) -> DeviceRecord:
         return self._record(serial)
 
+    def peek(self, serial: str) -> DeviceRecord | None:
+        return self._record(serial)  # the copy of running and the pending writes: memory only
+
     def _fetch(self, xpath: str, previous: View | None = None) -> View:
         """One get-config from running, outside every lock but the reader session's."""
         with self._reader_lock:
