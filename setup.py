@@ -26,13 +26,15 @@ setup(
         "prometheus-client>=0.17",
         # pnp-service import: the YAML device lists and group defaults.
         "pyyaml>=6",
+        # SUDI proofs (sudi.py), SSH host keys read over PnP (steps.py), the simulator's lab PKI.
+        "cryptography>=41",
         # libyang's Python bindings need Debian's libyang2-dev to build; install.sh installs it and picks
         # the binding release that matches the installed libyang (2.8.0 for Debian 12's libyang 2.1.30).
         "libyang>=2.8,<4",
     ],
     # clixon-pyapi is needed only inside the controller (service module, --clixon-socket); it is not on
     # PyPI: docs/controller.md says how to install it from its git repository.
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "pyang>=2.5", "cryptography>=41", "mypy>=1.8", "types-PyYAML>=6"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "pyang>=2.5", "mypy>=1.8", "types-PyYAML>=6"]},
     entry_points={
         "console_scripts": ["pnp-service = pnp_service.cli:main"],
         "pnp_service.steps": [

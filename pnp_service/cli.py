@@ -66,7 +66,7 @@ def _registry():
         raise StoreError(str(exc)) from None
 
 
-def open_store(args: argparse.Namespace, *, read_only: bool = False) -> Store:
+def open_store(args: argparse.Namespace, *, read_only: bool = False, tolerate_invalid: bool = False) -> Store:
     from .stores.base import UnclaimedPolicy
 
     policy = UnclaimedPolicy(getattr(args, "max_unclaimed", None) or UnclaimedPolicy.max_entries,
@@ -79,7 +79,8 @@ def open_store(args: argparse.Namespace, *, read_only: bool = False) -> Store:
     from .stores.embedded import EmbeddedStore
 
     return EmbeddedStore(args.datastore, getattr(args, "state", None), read_only=read_only,
-                         known_step_types=_registry().names(), context=_template_context(args), unclaimed_policy=policy)
+                         known_step_types=_registry().names(), context=_template_context(args), unclaimed_policy=policy,
+                         tolerate_invalid=tolerate_invalid)
 
 
 def _template_context(args: argparse.Namespace) -> dict[str, object]:
@@ -378,7 +379,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from . import views
 
-    store = open_store(args, read_only=True)
+    store = open_store(args, read_only=True, tolerate_invalid=True)
     try:
         while True:
             snapshot = store.snapshot()
@@ -406,7 +407,9 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
     # A reset is its own commit on the controller: without a journal, so a listener's pending writes are never
     # replayed, committed or truncated from here.
-    store = open_store(args, read_only=bool(getattr(args, "clixon_socket", None)))
+    store = open_store(args, read_only=bool(getattr(args, "clixon_socket", None)), tolerate_invalid=True)
+    for problem in store.problems():
+        print(f"warning: {problem}", file=sys.stderr)
     failed = 0
     try:
         for serial in args.serial:
@@ -616,7 +619,7 @@ def cmd_claim(args: argparse.Namespace) -> int:
     try:
         groups = importer.load_groups(_read_text(args.groups, "groups file"), args.groups) if args.groups else None
         imported = importer.claimed([r.unclaimed for r in records if r.unclaimed is not None], groups, args.group or (),
-                                    args.hostname or "")
+                                    args.hostname or "", args.template_file or "", args.var)
         beside = where if not args.clixon_socket else os.path.join(os.getcwd(), "claim")
         importer.verify(imported, "claim", file_template_loader(_template_dirs(args, beside)), _registry().names(),
                         _template_context(args))
@@ -639,8 +642,21 @@ def device_spec(text: str) -> tuple[str, str]:
     return serial, pid
 
 
+def stack_spec(text: str) -> list[tuple[str, str]]:
+    """``SERIAL[:PID],SERIAL[:PID],...``: a stack's switches in slot order, the first the active member."""
+    members = [device_spec(part) for part in text.split(",") if part]
+    if len(members) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: a stack is two or more SERIAL[:PID], separated by commas")
+    return members
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     import threading
+    from urllib.parse import urlsplit
+
+    url = urlsplit(args.url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise UsageError(f"--url {args.url}: give the listener's URL with its scheme, e.g. http://127.0.0.1:8080")
 
     from .simulator import AgentSimulator, SimulatedDevice, simulated_fleet
 
@@ -671,21 +687,32 @@ def cmd_agent(args: argparse.Namespace) -> int:
     )
     specs = [(serial, "") for serial in args.serial] + list(args.device)
     devices = [SimulatedDevice(serial=serial, hostname="Switch", pid=pid or args.pid, **common) for serial, pid in specs]
+    for stack in args.stack:
+        (active, pid), *members = stack
+        devices.append(SimulatedDevice(serial=active, hostname="Switch", pid=pid or args.pid,
+                                       stack=tuple((serial, member_pid or args.pid) for serial, member_pid in members),
+                                       **common))
     if args.count:
         devices += simulated_fleet(args.serial_prefix, args.count, pid=args.pid, **common)
     if not devices:
-        raise UsageError("give --device SERIAL[:PID] (repeatable), --serial SN or --count N")
+        raise UsageError("give --device SERIAL[:PID] (repeatable), --serial SN, --stack ... or --count N")
     lock = threading.Lock()
-    finished = [0]
+    fleet = args.count and not args.verbose  # a fleet: one line that counts, not a line per step
+    done = [0]
 
     def progress(serial: str, text: str) -> None:
+        if not fleet:
+            with lock:
+                print(f"{serial}: {text}", flush=True)
+
+    def finished(result) -> None:
         with lock:
-            if args.count and not args.verbose:  # a fleet: one line that counts, not a line per step
-                if "after" in text and " polls " in text:
-                    finished[0] += 1
-                    print(f"\r{finished[0]}/{len(devices)} devices done", end="", file=sys.stderr, flush=True)
-                return
-            print(f"{serial}: {text}", flush=True)
+            done[0] += 1
+            if fleet:
+                print(f"\r{done[0]}/{len(devices)} devices done", end="", file=sys.stderr, flush=True)
+            else:
+                print(f"{result.serial}: {result.outcome} after {result.polls} polls ({result.reason}) "
+                      f"[{' '.join(result.trace)}]", flush=True)
 
     simulator = AgentSimulator(
         args.url,
@@ -694,16 +721,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
         time_scale=args.time_scale,
         verify_tls=not args.insecure,
         progress=progress,
+        finished=finished,
     )
     results = simulator.run_many(devices, args.concurrency)
-    if args.count and not args.verbose:
+    if fleet:
         print(file=sys.stderr)
     outcomes: dict[str, int] = {}
     for result in results:
         outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
-        if args.count and not args.verbose:
-            continue
-        print(f"{result.serial}: {result.outcome} after {result.polls} polls ({result.reason}) [{' '.join(result.trace)}]")
     print(", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items())))
     bad = sum(count for outcome, count in outcomes.items() if outcome in ("http-error", "max-polls", "failed"))
     return 1 if bad else 0
@@ -888,8 +913,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "Print declared devices (state, step, attempts, last contact, last error) and unclaimed ones. "
                      "Reads only; changes nothing.")
     _datastore_arguments(status)
-    status.add_argument("--format", choices=["table", "json", "xml"], default="table",
-                        help="table, RFC 7951 JSON, or XML in the YANG's shape (default: table)")
+    status.add_argument("--format", choices=["table", "json", "rfc7951", "xml"], default="table",
+                        help="table; json: the table's rows; rfc7951 (JSON) or xml: the /pnp tree in the YANG's shape "
+                        "(default: table)")
     status.add_argument("--watch", type=positive, nargs="?", const=2, default=0, metavar="SECONDS",
                         help="redraw every SECONDS (default 2) until Ctrl-C")
     status.set_defaults(func=cmd_status)
@@ -924,6 +950,10 @@ def build_parser() -> argparse.ArgumentParser:
     claim.add_argument("--group", action="append", metavar="G",
                        help="a group of --groups to apply (repeatable, applied in order, e.g. site then role)")
     claim.add_argument("--hostname", metavar="H", help="the device's hostname (one serial only)")
+    claim.add_argument("--template-file", metavar="NAME", help="its configuration template, a file in the template "
+                       "folder (templates/ beside the declarations file; under a controller the service module's)")
+    claim.add_argument("--var", action="append", default=[], metavar="NAME[:TYPE]=VALUE",
+                       help="a template variable (repeatable; TYPE number, boolean or list as in a CSV header)")
     _output_arguments(claim)
     claim.set_defaults(func=cmd_claim)
 
@@ -933,6 +963,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--device", action="append", default=[], type=device_spec, metavar="SERIAL[:PID]",
                        help="a simulated device, with its product id (repeatable)")
     agent.add_argument("--serial", action="append", default=[], help="serial of a simulated device (repeatable)")
+    agent.add_argument("--stack", action="append", default=[], type=stack_spec, metavar="SN[:PID],SN[:PID],...",
+                       help="a simulated stack: its switches in slot order, the first one the active member that "
+                       "calls in (repeatable)")
     agent.add_argument("--count", type=int, default=0, help="also simulate N devices named PREFIX0001...")
     agent.add_argument("--serial-prefix", default="SIM", help="serial prefix with --count (default: %(default)s)")
     agent.add_argument("--pid", default="C9300-24P", help="product id the devices report (default: %(default)s)")
@@ -954,7 +987,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--max-wait", type=float, default=60,
                        help="stop when told to back off longer than this many seconds (default: %(default)s)")
     agent.add_argument("--time-scale", type=float, default=1.0,
-                       help="multiply every backoff by this (0 for no waiting; default: %(default)s)")
+                       help="multiply every backoff by this (0 for no waiting; a backoff the listener repeats at once, "
+                       "such as a retry after a failure, is waited out in real time; default: %(default)s)")
     agent.add_argument("--insecure", action="store_true", help="do not verify the listener's TLS certificate")
     agent.set_defaults(func=cmd_agent)
 

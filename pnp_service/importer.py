@@ -738,19 +738,38 @@ def devices_from_csv(text: str, source: str, groups: Groups | None = None) -> li
 
 
 def claimed(unclaimed: Sequence[Unclaimed], groups: Groups | None = None, group_names: Sequence[str] = (),
-            hostname: str = "") -> list[Imported]:
+            hostname: str = "", template_file: str = "", variables: Sequence[str] = ()) -> list[Imported]:
     """Declarations for devices that called in undeclared: ``defaults``, the groups named, then the serial and
-    the PID each device reported (and ``hostname``)."""
+    the PID each device reported, and what the command line gives (``hostname``, ``template_file``, and
+    ``variables`` written ``NAME=VALUE`` or ``NAME:TYPE=VALUE``, as a CSV header types them)."""
     problems = _Problems()
+    given = _claimed_variables(variables, problems)
     entries = []
     for entry in unclaimed:
         where = Where(f"claim {entry.serial}")
         fields = {"pid": Value(entry.pid, entry.pid, None)} if entry.pid else {}
         if hostname:
             fields["hostname"] = Value(hostname, hostname, None)
-        entries.append(_Entry(where, entry.serial, tuple(group_names), _layer(fields, where, problems, what="a claim")))
+        if template_file:
+            fields["template-file"] = Value(template_file, template_file, None)
+        layer = _layer(fields, where, problems, what="a claim", variables=given)
+        entries.append(_Entry(where, entry.serial, tuple(group_names), layer))
     problems.raise_any()
     return _build(entries, groups or Groups(), problems)
+
+
+def _claimed_variables(variables: Sequence[str], problems: _Problems) -> dict[str, tuple[str, str] | None]:
+    found: dict[str, tuple[str, str] | None] = {}
+    for text in variables:
+        where = Where(f"--var {text}")
+        name, equals, value = text.partition("=")
+        if not equals:
+            problems.add(where, "--var", "write it NAME=VALUE (or NAME:TYPE=VALUE)")
+            continue
+        column = _columns([f"var.{name}", "serial"], where, problems)[0]
+        if column is not None:
+            found[column.name] = _csv_variable(column, value, where, problems)
+    return found
 
 
 # --------------------------------------------------------------------------- checking the result

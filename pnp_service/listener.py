@@ -47,6 +47,8 @@ EVENT_LEVELS = {
     Event.WAIT: logging.DEBUG,
     Event.PROVISIONED_BACKOFF: logging.DEBUG,
     Event.ERROR_BACKOFF: logging.DEBUG,
+    # Said once, at ERROR, when the declarations are loaded (and on /healthz and in status), not at every poll.
+    Event.NOT_PLANNED: logging.DEBUG,
 }
 
 

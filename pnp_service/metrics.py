@@ -97,8 +97,9 @@ class Metrics:
 
 
 def health(store: Store) -> tuple[bool, dict[str, Any]]:
-    """Whether the listener can do its job, and why not: the store answers, the declarations are valid,
-    the controller is connected."""
+    """Whether the listener can serve devices (the store answers: 200, else 503), and what an operator should look
+    at even so (``degraded``: an invalid live edit, declarations that cannot be planned, a controller that is
+    unreachable while the last copy is served).  A load balancer keeps a degraded listener: it serves."""
     problems: list[str] = []
     try:
         store.load("HEALTHZ-PROBE")  # a read, which also looks at the declarations file
@@ -115,4 +116,4 @@ def health(store: Store) -> tuple[bool, dict[str, Any]]:
     }
     if controller is not None:
         body["controller"] = "unreachable" if controller else "connected"
-    return reachable and not problems, body
+    return reachable, body

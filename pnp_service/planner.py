@@ -268,6 +268,11 @@ def _check_extra_steps(declaration: Declaration, known_step_types: Collection[st
             f"{where}: a step after the configuration never runs when the configuration reloads the device "
             "(PnP stops once a startup configuration exists): set config/reload false or move the step before-config"
         )
+    if not has_config and not declaration.steps and not declaration.commands:
+        raise PlanningError(
+            f"{where}: declares no configuration, so it would read provisioned having been sent none: give it "
+            "config/template (or config line entries, config/template-file, config/url)"
+        )
     if declaration.handoff is not None and (declaration.reload or declaration.apply_to != "running" or not has_config):
         raise PlanningError(
             f"{where}: a device handed to the controller gets its configuration applied to running without a reload "

@@ -21,7 +21,8 @@ is the model's (``model.work_to_xml``), copied into pyapi's tree.
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping
+import sys
+from typing import Callable, Mapping, Sequence
 
 from lxml import etree
 
@@ -60,13 +61,39 @@ def template_dirs() -> list[str]:
     return [d for d in configured.split(os.pathsep) if d] or list(DEFAULT_TEMPLATE_DIRS)
 
 
+def server_socket(argv: Sequence[str]) -> str:
+    """The controller socket the running clixon_server.py was started with: its ``-s``/``--sockpath``, else
+    CLICON_SOCK of its ``-f``/``--configfile``, else the default.
+
+    Read from its command line here, not asked of pyapi: pyapi answers nothing at all when NO_CLIXON_ARGS happens
+    to be in the environment the controller was started from, and the module would then talk to the default
+    socket of another installation."""
+    import argparse
+
+    from .stores.clixon.netconf import DEFAULT_SOCKET
+    from .xmlsafe import parser
+
+    options = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    options.add_argument("-s", "--sockpath")
+    options.add_argument("-f", "--configfile")
+    known, _ = options.parse_known_args(list(argv[1:]))
+    if known.sockpath:
+        return known.sockpath
+    if known.configfile:
+        try:
+            config = etree.parse(known.configfile, parser(large=True)).getroot()
+        except (OSError, etree.XMLSyntaxError):
+            return DEFAULT_SOCKET
+        found = config.findtext("{http://clicon.org/config}CLICON_SOCK") or config.findtext("CLICON_SOCK")
+        return (found or "").strip() or DEFAULT_SOCKET
+    return DEFAULT_SOCKET
+
+
 def read_from_controller(instance: str | None) -> Mapping[str, Declaration]:
     """The declarations of ``instance`` (or all), read raw from the actions datastore."""
-    from clixon.args import get_sockpath  # the socket clixon_server.py itself was started with
+    from .stores.clixon.netconf import fetch_declarations, session
 
-    from .stores.clixon.netconf import DEFAULT_SOCKET, fetch_declarations, session
-
-    with session(get_sockpath() or DEFAULT_SOCKET) as opened:
+    with session(server_socket(sys.argv)) as opened:
         return fetch_declarations(opened, "actions", None if instance is None else [instance])
 
 

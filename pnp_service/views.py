@@ -7,6 +7,7 @@ a row or forge one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from typing import Any
@@ -18,41 +19,58 @@ from .model import DeviceRecord, format_time
 from .stores.base import Snapshot
 from .xmlsafe import visible
 
-FORMATS = ("table", "json", "xml")
+FORMATS = ("table", "json", "rfc7951", "xml")
 #: Lists of the YANG, and leaves whose JSON value is a number (RFC 7951: uint32 is a number).
 _LISTS = {"device", "unclaimed", "step", "param"}
 _NUMBERS = {"attempts"}
 
 
-def shown_state(record: DeviceRecord) -> str:
-    """The state column: the status's state, or what the declaration alone says."""
+def shown_state(record: DeviceRecord, declarations_known: bool = True) -> str:
+    """The state column: the status's state, or what the declaration alone says.  A declaration that cannot be
+    planned says so whatever the status: the device is served nothing until it is fixed."""
     if record.declaration is None:
+        if not declarations_known:
+            return record.status.state if record.status is not None else "unknown"
         return "removed" if record.status is not None else "unknown"
+    if record.work is None and record.planning_error:
+        return "planning-error"
     if record.status is not None:
         return record.status.state
-    if record.work is not None:
-        return "planned"
-    return "planning-error" if record.planning_error else "declared"
+    return "planned" if record.work is not None else "declared"
 
 
-def _row(record: DeviceRecord) -> list[str]:
+COLUMNS = ("serial", "state", "hostname", "pid", "step", "attempts", "last-contact", "address", "last-error")
+
+
+def row(record: DeviceRecord, declarations_known: bool = True) -> dict[str, str]:
+    """One device as the operator sees it: the declared hostname and PID (else what the device reported)."""
     status, declaration = record.status, record.declaration
     hostname = (declaration.hostname if declaration else "") or (status.hostname if status else "")
     pid = (declaration.pid if declaration else "") or (status.platform if status else "")
-    if status is None:
-        return [record.serial, shown_state(record), hostname, pid, "", "", "", "", record.planning_error]
-    error = f"{status.error_code}: {status.error_message}" if status.error_code or status.error_message else ""
-    step = status.step + (f" ({status.phase})" if status.phase else "")
-    return [record.serial, shown_state(record), hostname, pid, step, str(status.attempts),
-            format_time(status.last_contact), status.address, error]
+    shown = dict.fromkeys(COLUMNS, "")
+    shown.update(serial=record.serial, state=shown_state(record, declarations_known), hostname=hostname, pid=pid)
+    if record.work is None and record.planning_error:
+        shown["last-error"] = record.planning_error
+    if status is not None:
+        error = f"{status.error_code}: {status.error_message}" if status.error_code or status.error_message else ""
+        shown.update({"step": status.step + (f" ({status.phase})" if status.phase else ""),
+                      "attempts": str(status.attempts), "last-contact": format_time(status.last_contact),
+                      "address": status.address, "last-error": shown["last-error"] or error})
+    return shown
+
+
+def _unclaimed_row(entry: model.Unclaimed) -> dict[str, str]:
+    shown = dict.fromkeys(COLUMNS, "")
+    shown.update(serial=entry.serial, state="unclaimed", hostname=entry.hostname, pid=entry.pid,
+                 **{"last-contact": format_time(entry.last_seen)}, address=entry.address)
+    return shown
 
 
 def table(snapshot: Snapshot) -> str:
-    rows = [["SERIAL", "STATE", "HOSTNAME", "PID", "STEP", "ATTEMPTS", "LAST-CONTACT", "ADDRESS", "LAST-ERROR"]]
-    rows += [_row(record) for record in snapshot.devices]
-    rows += [[u.serial, "unclaimed", u.hostname, u.pid, "", "", format_time(u.last_seen), u.address, ""]
-             for u in snapshot.unclaimed]
-    rows = [[visible(cell) for cell in row] for row in rows]
+    rows = [[column.upper() for column in COLUMNS]]
+    rows += [list(row(record, snapshot.declarations_known).values()) for record in snapshot.devices]
+    rows += [list(_unclaimed_row(u).values()) for u in snapshot.unclaimed]
+    rows = [[visible(cell) for cell in cells] for cells in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
     lines.append(totals(snapshot))
@@ -60,17 +78,35 @@ def table(snapshot: Snapshot) -> str:
 
 
 def totals(snapshot: Snapshot) -> str:
-    states = Counter(shown_state(record) for record in snapshot.devices)
-    order = ["provisioned", "onboarding", "planned", "error", "planning-error", "declared", "removed"]
+    """``6 declared: 2 provisioned, ...; 1 removed; 3 unclaimed``: the parts of each count add up to it."""
+    if not snapshot.declarations_known:
+        return (f"declarations unreadable (see the warning): {len(snapshot.devices)} with a status; "
+                f"{len(snapshot.unclaimed)} unclaimed")
+    states = Counter(shown_state(record) for record in snapshot.devices if record.declaration is not None)
+    order = ["provisioned", "onboarding", "planned", "error", "planning-error", "declared"]
     parts = [f"{states[s]} {s}" for s in order if states[s]] + [f"{states[s]} {s}" for s in sorted(states) if s not in order]
-    declared = sum(1 for record in snapshot.devices if record.declaration is not None)
-    return f"{declared} declared: {', '.join(parts) or 'none'}; {len(snapshot.unclaimed)} unclaimed"
+    removed = sum(1 for record in snapshot.devices if record.declaration is None)
+    return (f"{sum(states.values())} declared: {', '.join(parts) or 'none'}; "
+            + (f"{removed} removed; " if removed else "") + f"{len(snapshot.unclaimed)} unclaimed")
+
+
+def rows_json(snapshot: Snapshot) -> str:
+    """The table as JSON: ``{"devices": [{serial, state, hostname, ...}], "unclaimed": [...], "totals": ...}``."""
+    return json.dumps({
+        "devices": [row(record, snapshot.declarations_known) for record in snapshot.devices],
+        "unclaimed": [_unclaimed_row(entry) for entry in snapshot.unclaimed],
+        "totals": totals(snapshot),
+        "problems": list(snapshot.problems),
+    }, indent=2, ensure_ascii=False)
 
 
 def xml_tree(snapshot: Snapshot) -> etree._Element:
-    """``<pnp xmlns="urn:pnp-service:pnp">`` with each device's status (and work revision) and the unclaimed."""
+    """``<pnp xmlns="urn:pnp-service:pnp">`` with each device's status (and work revision) and the unclaimed.
+    A planned device that never called in has the state ``planned`` (what the controller's tree reads too)."""
     pnp = etree.Element(model.q("pnp"), nsmap={None: model.PNP_NS})
     for record in snapshot.devices:
+        if record.status is None and record.work is not None:
+            record = dataclasses.replace(record, status=model.Status(state="planned", revision=record.work.revision))
         device = model.device_to_xml(record)
         if record.work is not None:
             work = etree.Element(model.q("work"))
@@ -113,6 +149,8 @@ def rfc7951(snapshot: Snapshot) -> str:
 
 def render(snapshot: Snapshot, form: str) -> str:
     if form == "json":
+        return rows_json(snapshot)
+    if form == "rfc7951":
         return rfc7951(snapshot)
     if form == "xml":
         return xml(snapshot)

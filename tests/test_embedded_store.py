@@ -261,3 +261,27 @@ def test_a_decision_that_fails_inside_a_batch_fails_alone(example_path):
     [t.join() for t in threads]
     assert outcomes == {"B0": "failed", "B1": "ok", "B2": "ok", "B3": "ok"}
     assert store.load("B1").status.step == "B1" and store.load("B0").status.step == ""
+
+
+def test_a_device_declared_a_moment_ago_is_served_at_its_first_poll_not_told_it_is_unknown(tmp_path):
+    from pnp_service.listener import Listener, ListenerSettings
+    from pnp_service.simulator import messages
+    from pnp_service import protocol
+    from pnp_service.stores.embedded import EmbeddedStore
+    from conftest import SECRET, FakeClock
+
+    body = "<serial>{sn}</serial><hostname>{sn}</hostname><config><template>x</template></config>"
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml(body.format(sn="OLD1")))
+    store = EmbeddedStore(str(path), check_seconds=3600)  # the file would not be looked at again for an hour
+    listener = Listener(store, ListenerSettings(secret=SECRET), clock=FakeClock())
+    path.write_text(datastore_xml(body.format(sn="OLD1"), body.format(sn="NEW1")))  # the operator adds a device
+    udi = protocol.Udi("C9300-24P", "V01", "NEW1")
+    for quick in (True, False):
+        reply = (listener.quick_work_request if quick else listener.work_request)(
+            messages.work_request(udi, f"c{quick}"), "192.0.2.1", "http://x")
+        if callable(reply):
+            reply = reply()
+        assert b"device-info" in reply.body, reply.body
+    assert store.load("NEW1").unclaimed is None
+    store.close()

@@ -6,6 +6,8 @@ listener on a loopback port and provisioned by the agent simulator.
 
 from __future__ import annotations
 
+import pathlib
+
 import logging
 import os
 import stat
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from conftest import EXAMPLE_DATASTORE, REPO, state_dump
-from pnp_service import cli, importer, validation
+from pnp_service import cli, importer, model, validation
 from pnp_service.model import CONTROLLER_NS, NETCONF_NS, PNP_NS, Declaration, Unclaimed
 from pnp_service.planner import file_template_loader, plan, template_variables
 from pnp_service.simulator import AgentSimulator, SimulatedDevice
@@ -397,7 +399,8 @@ def test_flags_that_do_not_go_together_are_refused(run, tmp_path, flags, message
 def test_a_list_that_is_not_utf8_or_has_a_byte_order_mark(run, tmp_path):
     templates(tmp_path)
     bom = tmp_path / "bom.csv"
-    bom.write_bytes(b"\xef\xbb\xbfserial,hostname,var.vlan:number,var.ntp_servers:list\nSN1,a,1,x\n")
+    bom.write_bytes(b"\xef\xbb\xbfserial,hostname,template-file,var.vlan:number,var.ntp_servers:list\n"
+                    b"SN1,a,access.j2,1,x\n")
     assert run("import", str(bom))[0] == 0
     latin = tmp_path / "latin.csv"
     latin.write_bytes(b"serial,hostname\nSN1,caf\xe9\n")
@@ -597,13 +600,30 @@ def stranger(serve, clock, path: str, serial: str = "STRANGER1", pid: str = "C92
 
 def test_claim_prints_a_declaration_from_what_the_device_reported_and_writes_nothing(run, serve, clock, example_path):
     stranger(serve, clock, example_path)
+    templates(pathlib.Path(example_path).parent)
     before, state = open(example_path, "rb").read(), state_dump(example_path)
-    code, out, err = run("claim", "STRANGER1", "--datastore", example_path)
+    code, out, err = run("claim", "STRANGER1", "--datastore", example_path, "--template-file", "access.j2",
+                         "--hostname", "edge-1", "--var", "vlan:number=10", "--var", "ntp_servers:list=192.0.2.1,192.0.2.2")
     assert code == 0, err
     element = etree.fromstring(out.encode())
     assert element.tag == f"{{{PNP_NS}}}pnp-device"
-    assert [(etree.QName(c).localname, c.text) for c in element] == [("serial", "STRANGER1"), ("pid", "C9200L-24T-4G")]
+    assert [(etree.QName(c).localname, c.text) for c in element][:2] == [("serial", "STRANGER1"),
+                                                                        ("pid", "C9200L-24T-4G")]
+    declaration = model.declaration_from_xml(element)
+    assert declaration.template_file == "access.j2" and dict(declaration.variables)["vlan"] == "10"
     assert open(example_path, "rb").read() == before and state_dump(example_path) == state
+
+
+def test_a_claim_that_would_send_no_configuration_is_refused_with_what_to_give(run, serve, clock, example_path):
+    stranger(serve, clock, example_path)
+    code, out, err = run("claim", "STRANGER1", "--datastore", example_path)
+    assert code == 1 and out == "" and "declares no configuration" in err and "template" in err
+    templates(pathlib.Path(example_path).parent)
+    code, out, err = run("claim", "STRANGER1", "--datastore", example_path, "--template-file", "access.j2",
+                         "--hostname", "edge-1")
+    assert code == 1 and "vlan" in err and "undefined" in err  # the template's variable, named
+    code, _, err = run("claim", "STRANGER1", "--datastore", example_path, "--var", "novalue")
+    assert code == 2 or (code == 1 and "NAME=VALUE" in err)
 
 
 def test_claim_with_groups_merged_into_the_file_is_served_at_the_next_poll(run, serve, clock, tmp_path):
@@ -627,11 +647,16 @@ def test_claim_with_groups_merged_into_the_file_is_served_at_the_next_poll(run, 
 
 def test_claim_as_clixon_cli_lines(run, serve, clock, example_path):
     stranger(serve, clock, example_path)
-    code, out, _ = run("claim", "STRANGER1", "--datastore", example_path, "--hostname", "edge-1", "--clixon-cli")
-    assert code == 0
-    assert out.splitlines()[1:] == ["configure", "set services pnp-device STRANGER1",
-                                    "set services pnp-device STRANGER1 pid C9200L-24T-4G",
-                                    "set services pnp-device STRANGER1 hostname edge-1", "commit"]
+    templates(pathlib.Path(example_path).parent)
+    code, out, err = run("claim", "STRANGER1", "--datastore", example_path, "--hostname", "edge-1", "--clixon-cli",
+                         "--template-file", "access.j2", "--var", "vlan=20", "--var", "ntp_servers:list=192.0.2.1")
+    assert code == 0, err
+    lines = out.splitlines()[1:]
+    assert lines[:4] == ["configure", "set services pnp-device STRANGER1",
+                         "set services pnp-device STRANGER1 pid C9200L-24T-4G",
+                         "set services pnp-device STRANGER1 hostname edge-1"]
+    assert "set services pnp-device STRANGER1 config template-file access.j2" in lines
+    assert "set services pnp-device STRANGER1 variable vlan value 20" in lines and lines[-1] == "commit"
 
 
 def test_claim_refuses_serials_that_are_not_unclaimed(run, serve, clock, example_path):

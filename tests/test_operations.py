@@ -39,9 +39,17 @@ def test_healthz_says_ok_and_names_what_is_wrong(client):
     assert response.status_code == 200 and response.json == {"status": "ok", "store": "EmbeddedStore", "problems": []}
     with open(path, "a") as handle:
         handle.write("<broken")  # an invalid live edit
-    response = http.get("/healthz")
-    assert response.status_code == 503 and response.json["status"] == "degraded"
+    response = http.get("/healthz")  # it serves the last valid declarations: a balancer keeps it, an operator looks
+    assert response.status_code == 200 and response.json["status"] == "degraded"
     assert "not well-formed" in response.json["problems"][0]
+
+
+def test_healthz_is_503_only_when_the_store_cannot_be_read(client):
+    http, path = client
+    listener = http.application.extensions["pnp_listener"]
+    listener.store.load = lambda serial: (_ for _ in ()).throw(OSError("disk gone"))
+    response = http.get("/healthz")
+    assert response.status_code == 503 and "disk gone" in " ".join(response.json["problems"])
 
 
 def test_metrics_count_messages_refusals_writes_and_devices(client):
@@ -163,3 +171,97 @@ def test_the_simulated_device_runs_the_version_in_the_image_name_never_one_from_
         "a" * 32))
     sim._image_install(device, None, request)
     assert device.pending_version == "17.12.01"
+
+
+def test_at_time_scale_0_a_failing_device_reaches_error_and_each_result_is_printed_once(tmp_path):
+    from test_rollout_load import start_serve, stop
+
+    (tmp_path / "ds.xml").write_text(datastore_xml(
+        "<serial>SN1</serial><hostname>h1</hostname><config><template>hostname x</template></config>"))
+    server, port, _ = start_serve(tmp_path, "--retry-seconds", "1", "--max-attempts", "2")
+    try:
+        result = cli("agent", "--url", f"http://127.0.0.1:{port}", "--device", "SN1", "--fail-service", "config-upgrade",
+                     "--time-scale", "0")
+    finally:
+        stop(server)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1 and lines[-1] == "1 failed", result.stdout
+    assert sum(line.startswith("SN1: failed after") for line in lines) == 1  # once, not twice
+    assert len([line for line in lines if "backoff" in line or "waiting" in line]) <= 4  # not 98 identical lines
+
+
+def test_a_stack_can_be_played_from_the_command_line(serve, tmp_path):
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml("<serial>TOP1</serial><pid>C9300-48P</pid><hostname>stack1</hostname>"
+                                  "<stack><member>MEM2</member><members>2</members></stack>"
+                                  "<config><template>hostname {{ hostname }}</template></config>"))
+    running = serve(str(path))
+    result = cli("agent", "--url", running.url, "--stack", "TOP1:C9300-48P,MEM2:C9300-24P", "--time-scale", "0")
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "1 configured", result.stdout
+    members = running.store.load("TOP1").status.members
+    assert [(slot, serial) for slot, serial, _, _ in members] == [(1, "TOP1"), (2, "MEM2")]
+
+
+def test_a_url_without_a_scheme_is_a_usage_error():
+    result = cli("agent", "--url", "127.0.0.1:8080", "--serial", "SN1")
+    assert result.returncode == 2 and "http://127.0.0.1:8080" in result.stderr and "Name or service" not in result.stderr
+
+
+def test_status_json_has_every_devices_state_and_the_hostname_the_table_shows_and_totals_add_up(serve, tmp_path, clock):
+    body = "<serial>{sn}</serial><hostname>{host}</hostname><config><template>hostname x</template></config>"
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml(body.format(sn="SN1", host="access-1"), body.format(sn="SN2", host="access-2"),
+                                  body.format(sn="SN3", host="access-3")))
+    running = serve(str(path))
+    AgentSimulator(running.url, sleep=clock.advance).run(SimulatedDevice("SN1"))  # reports hostname "Switch"
+    AgentSimulator(running.url, sleep=clock.advance).run(SimulatedDevice("SN3"))
+    AgentSimulator(running.url, sleep=clock.advance).run(SimulatedDevice("STRANGER1"))
+    path.write_text(datastore_xml(body.format(sn="SN1", host="access-1"), body.format(sn="SN2", host="access-2")))
+    result = cli("status", "--datastore", str(path), "--format", "json")
+    data = json.loads(result.stdout)
+    shown = {row["serial"]: row for row in data["devices"]}
+    assert shown["SN1"]["state"] == "provisioned" and shown["SN1"]["hostname"] == "access-1"
+    assert shown["SN2"]["state"] == "planned" and shown["SN2"]["hostname"] == "access-2"
+    assert shown["SN3"]["state"] == "removed" and [u["serial"] for u in data["unclaimed"]] == ["STRANGER1"]
+    assert data["totals"] == "2 declared: 1 provisioned, 1 planned; 1 removed; 1 unclaimed"
+    table = cli("status", "--datastore", str(path)).stdout.splitlines()
+    assert table[-1] == data["totals"]
+    tree = json.loads(cli("status", "--datastore", str(path), "--format", "rfc7951").stdout)["pnp-service:pnp"]
+    states = {device["serial"]: device.get("status", {}).get("state") for device in tree["device"]}
+    assert states["SN2"] == "planned" and states["SN1"] == "provisioned"
+
+
+def test_a_template_that_stops_rendering_for_a_provisioned_device_is_shown_not_hidden(serve, tmp_path, clock, caplog):
+    path = tmp_path / "ds.xml"
+    good = "<serial>SN1</serial><hostname>h1</hostname><config><template>hostname {{ hostname }}</template></config>"
+    path.write_text(datastore_xml(good))
+    running = serve(str(path))
+    AgentSimulator(running.url, sleep=clock.advance).run(SimulatedDevice("SN1"))
+    path.write_text(datastore_xml(good.replace("{{ hostname }}", "{{ missing }}")))
+    caplog.set_level(logging.DEBUG)
+    for n in range(5):
+        running.listener.work_request(messages.work_request(protocol.Udi("C9300-24P", "V01", "SN1"), f"c{n}"),
+                                      "192.0.2.1", "http://x")
+    assert not [r for r in caplog.records if r.levelno == logging.INFO and "not-planned" in r.getMessage()]
+    table = cli("status", "--datastore", str(path)).stdout
+    assert "planning-error" in table and "missing" in table
+    health = running.app.test_client().get("/healthz")
+    assert health.status_code == 200 and health.json["status"] == "degraded"
+    assert "cannot be planned" in health.json["problems"][0] and "missing" in health.json["problems"][0]
+
+
+def test_status_and_reset_work_when_the_declarations_file_is_broken(serve, tmp_path, clock):
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml("<serial>SN1</serial><hostname>h1</hostname><config><template>x</template></config>"))
+    running = serve(str(path), max_attempts=1)
+    AgentSimulator(running.url, sleep=clock.advance).run(SimulatedDevice("SN1", fail_service="config-upgrade"))
+    path.write_text(path.read_text().replace("<hostname>", "<hostnam>"))  # a typo
+    status = cli("status", "--datastore", str(path))
+    assert status.returncode == 0 and "SN1" in status.stdout and " error " in status.stdout
+    assert "warning:" in status.stderr and "hostnam" in status.stderr
+    assert "declarations unreadable" in status.stdout.splitlines()[-1]
+    reset = cli("reset", "--datastore", str(path), "SN1")
+    assert reset.returncode == 0 and "status cleared" in reset.stdout and "hostnam" in reset.stderr
+    assert running.store.load("SN1").status is None
+    render = cli("render", "--datastore", str(path), "SN1")
+    assert render.returncode == 1 and "hostnam" in render.stderr and "Traceback" not in render.stderr

@@ -99,3 +99,50 @@ def test_drop_in_file_only_imports_the_package():
     namespace = {}
     exec(compile(open(path).read(), path, "exec"), namespace)
     assert namespace["SERVICE"] == "pnp-device" and namespace["setup"] is setup
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["clixon_server.py", "-s", "/opt/ctl/controller.sock"], "/opt/ctl/controller.sock"),
+    (["clixon_server.py", "--sockpath=/opt/ctl/c.sock", "-m", "/mods"], "/opt/ctl/c.sock"),
+    (["clixon_server.py", "-f", "CONFIG"], "/opt/prefix/var/run/controller.sock"),
+    (["clixon_server.py"], "/usr/local/var/run/controller/controller.sock"),
+])
+def test_the_module_talks_to_the_socket_its_server_was_started_with_whatever_the_environment(
+        argv, expected, tmp_path, monkeypatch):
+    from pnp_service.service_module import server_socket
+
+    config = tmp_path / "controller.xml"
+    config.write_text('<clixon-config xmlns="http://clicon.org/config">'
+                      "<CLICON_SOCK>/opt/prefix/var/run/controller.sock</CLICON_SOCK></clixon-config>")
+    monkeypatch.setenv("NO_CLIXON_ARGS", "1")  # inherited from whoever started the controller: pyapi says nothing
+    assert server_socket([str(config) if a == "CONFIG" else a for a in argv]) == expected
+
+
+def test_opening_a_controller_session_leaves_nothing_in_the_environment(monkeypatch):
+    import os
+    import sys
+    import types
+
+    from pnp_service.stores.clixon import netconf
+
+    seen = {}
+    fake = types.ModuleType("clixon.sock")
+    fake.create_socket = fake.read = fake.send = lambda *a: None
+    monkeypatch.setitem(sys.modules, "clixon", types.ModuleType("clixon"))
+    monkeypatch.delitem(sys.modules, "clixon.sock", raising=False)
+    monkeypatch.delenv("NO_CLIXON_ARGS", raising=False)
+
+    import builtins
+
+    real_import = builtins.__import__
+
+    def importing(name, *args, **kwargs):
+        if name == "clixon.sock":
+            seen["during"] = os.environ.get("NO_CLIXON_ARGS")
+            sys.modules["clixon.sock"] = fake
+            return fake
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", importing)
+    netconf._pyapi_socket()
+    assert seen["during"] == "1" and "NO_CLIXON_ARGS" not in os.environ

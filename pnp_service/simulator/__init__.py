@@ -186,6 +186,7 @@ class AgentSimulator:
         progress: Progress | None = None,
         source_address: str = "",
         timed: Callable[[str, float], None] | None = None,
+        finished: Callable[[SimulationResult], None] | None = None,
     ):
         self.base_url = base_url.rstrip("/") + "/"
         self.max_polls = max_polls
@@ -199,6 +200,8 @@ class AgentSimulator:
         self.source_address = source_address
         #: Told each exchange and how long it took: ``timed("POST /pnp/WORK-REQUEST", seconds)``.
         self.timed = timed
+        #: Told each device's result as soon as it has one.
+        self.finished = finished or (lambda result: None)
         self._counter = itertools.count(1)
 
     def run(self, device: SimulatedDevice) -> SimulationResult:
@@ -210,7 +213,7 @@ class AgentSimulator:
             result.outcome, result.reason = "http-error", str(exc)
         finally:
             client.close()
-        self.progress(device.serial, f"{result.outcome} after {result.polls} polls ({result.reason})")
+        self.finished(result)
         return result
 
     def run_many(self, devices: Iterable[SimulatedDevice], concurrency: int = 10) -> list[SimulationResult]:
@@ -231,6 +234,7 @@ class AgentSimulator:
 
     def _rounds(self, device: SimulatedDevice, connection: list[_Http], result: SimulationResult) -> None:
         http = connection[0]
+        told = ""  # the last backoff, as a line: told again at once means the listener insists
         while result.polls < self.max_polls:
             result.polls += 1
             self._maybe_reload(device)
@@ -249,13 +253,26 @@ class AgentSimulator:
                 if terminate:
                     result.outcome, result.reason = "terminated", reason
                     return
+                if device.pending_version:
+                    continue  # it reloads before any backoff ends (the reload takes reload_seconds)
                 if wait > self.max_wait:
                     failed = "failed" in reason
                     result.outcome, result.reason = ("failed" if failed else "backed-off"), f"{reason} ({wait:.0f}s)"
                     return
-                self.progress(device.serial, f"backoff {wait:.0f}s: {reason}")
-                self.sleep(wait * self.time_scale)
+                # A backoff the listener repeats at once (a retry after a failure, a reload wait) is waited out
+                # in real time whatever the time scale: nothing changes for the device before that.
+                insists = reason == told
+                told = reason
+                if insists and wait * self.time_scale < wait:
+                    self.progress(device.serial, f"waiting {wait:.0f}s: {reason}")
+                    self.sleep(wait)
+                elif not insists:
+                    self.progress(device.serial, f"backoff {wait:.0f}s: {reason}")
+                    self.sleep(wait * self.time_scale)
+                else:
+                    self.sleep(wait * self.time_scale)
                 continue
+            told = ""
             if request.username is not None:
                 device.credentials = (request.username, request.password or "")
             self.progress(device.serial, _describe(request))

@@ -40,6 +40,8 @@ class Snapshot:
     devices: tuple[DeviceRecord, ...]
     unclaimed: tuple[Unclaimed, ...]
     problems: tuple[str, ...] = ()
+    #: False when the declarations could not be read (an invalid file): records carry statuses only.
+    declarations_known: bool = True
 
 
 class Decided(Protocol):

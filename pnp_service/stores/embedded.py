@@ -93,6 +93,7 @@ class Declarations:
         clock: Callable[[], float] = time.monotonic,
         announce: bool = True,
         context: Mapping[str, object] | None = None,
+        tolerate_invalid: bool = False,
     ):
         self.path = os.path.abspath(path)
         self.context = dict(context or {})  # template variables every declaration gets (the controller's SSH key)
@@ -102,8 +103,18 @@ class Declarations:
         self.check_seconds = check_seconds
         self.clock = clock
         self.problem = ""
+        #: False when the file could not be read at start (tolerated: nothing is declared, ``problem`` says why).
+        self.readable = True
         self._lock = threading.Lock()
-        self._current = self._load(None)  # an invalid or missing file fails here, with what to fix
+        try:
+            self._current = self._load(None)  # an invalid or missing file fails here, with what to fix...
+        except validation.DeclarationsError as exc:
+            if not tolerate_invalid or not os.path.exists(self.path):  # a missing file is the wrong path
+                raise
+            # ...unless the caller only looks (status) or clears statuses (reset): it works without them.
+            self.problem = str(exc)
+            self.readable = False
+            self._current = DeclarationSet({}, {}, {}, (self.path,), (_stamp(self.path),))
         self._checked = clock()
 
     def current(self) -> DeclarationSet:
@@ -128,10 +139,20 @@ class Declarations:
             if self.problem:
                 log.info("declarations %s are valid again", self.path)
             self.problem = ""
+            self.readable = True
             self._current = fresh
             return fresh
         finally:
             self._lock.release()
+
+    def changed(self) -> bool:
+        """Whether the files differ from the set in service (a few stats: cheap, never a read)."""
+        current = self._current
+        return tuple(_stamp(path) for path in current.watched) != current.stamps
+
+    def in_service_or_last(self) -> DeclarationSet:
+        """The set in service, without looking at the files."""
+        return self._current
 
     def in_service(self) -> DeclarationSet | None:
         """The set in service when no look at the files is due (never waits); None when one is."""
@@ -409,7 +430,11 @@ class EmbeddedStore:
         check_seconds: float = DEFAULT_CHECK_SECONDS,
         context: Mapping[str, object] | None = None,
         unclaimed_policy: UnclaimedPolicy | None = None,
+        tolerate_invalid: bool = False,
     ):
+        """``tolerate_invalid``: an invalid declarations file does not stop the store (for ``status`` and
+        ``reset``, which an operator needs most when the file is broken): nothing is declared, ``problems`` says
+        why, and no work is recorded."""
         self.path = os.path.abspath(path)
         self.read_only = read_only
         self.unclaimed_policy = unclaimed_policy or UnclaimedPolicy()
@@ -418,7 +443,7 @@ class EmbeddedStore:
         try:
             self.declarations = Declarations(
                 self.path, template_dirs or default_template_dirs(self.path), known_step_types, check_seconds,
-                announce=not read_only, context=context,
+                announce=not read_only, context=context, tolerate_invalid=tolerate_invalid,
             )
         except validation.DeclarationsError as exc:
             raise StoreError(str(exc)) from None
@@ -431,16 +456,31 @@ class EmbeddedStore:
     # ------------------------------------------------------------------ the Store contract
 
     def load(self, serial: str) -> DeviceRecord:
-        return self._resolved(self._current(), serial)
+        return self._resolved(self._current_for(serial), serial)
 
     def peek(self, serial: str) -> DeviceRecord | None:
         current = self.declarations.in_service()
         if current is None or current is not self._synced:
             return None  # a look at the files, or recording new work, is due: whoever can wait does it
+        if not self._declared(current, serial) and self.declarations.changed():
+            return None  # maybe declared a moment ago: looked at by whoever can wait
         return self._resolved(current, serial)
 
-    def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
+    @staticmethod
+    def _declared(current: DeclarationSet, serial: str) -> bool:
+        return serial in current.declarations or serial in current.stacks
+
+    def _current_for(self, serial: str) -> DeclarationSet:
+        """The set in service; for a serial it does not declare, looked at again now when the file changed: a
+        device declared a moment ago is never told it is not (and backed off for minutes)."""
         current = self._current()
+        if not self._declared(current, serial) and self.declarations.changed():
+            self.declarations.reload()
+            current = self._current()
+        return current
+
+    def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
+        current = self._current_for(serial)
         # Most polls change nothing: decide on what is there, outside any transaction.
         decision = decide(self._resolved(current, serial))
         if Change.of(serial, decision) is None:
@@ -457,7 +497,7 @@ class EmbeddedStore:
         serials = sorted(set(current.declarations) | set(statuses))
         records = tuple(self._record(current, s, statuses.get(s), None, s) for s in serials)
         entries = tuple(unclaimed[s] for s in sorted(unclaimed) if s not in current.declarations)
-        return Snapshot(records, entries, self.problems())
+        return Snapshot(records, entries, self.problems(), declarations_known=self.declarations.readable)
 
     def reset(self, serial: str) -> str:
         current = self._current()
@@ -465,6 +505,8 @@ class EmbeddedStore:
         if serial not in current.declarations:
             if status is not None:
                 self.db.delete_status(serial)
+                if not self.declarations.readable:
+                    return f"{serial}: status cleared (the declarations file cannot be read: fix it before it polls)"
                 return f"{serial} is not declared any more; its old status is removed"
             if unclaimed is not None:
                 raise UnknownSerial(f"{serial} is unclaimed, not declared: declare it in {self.path} first")
@@ -476,7 +518,15 @@ class EmbeddedStore:
 
     def problems(self) -> tuple[str, ...]:
         problem = self.declarations.problem
-        return (f"{problem} (the last valid declarations stay in service)",) if problem else ()
+        kept = "the last valid declarations stay in service" if self.declarations.readable else \
+            "nothing is declared until it is fixed"
+        problems = [f"{problem} ({kept})"] if problem else []
+        errors = self.declarations.in_service_or_last().errors
+        if errors:
+            named = "; ".join(f"{message}" for _, message in sorted(errors.items())[:3])
+            problems.append(f"{len(errors)} declared devices cannot be planned and are served nothing: {named}"
+                            + ("; ..." if len(errors) > 3 else ""))
+        return tuple(problems)
 
     def counters(self) -> Mapping[str, int]:
         return dict(self._counters)
@@ -493,7 +543,7 @@ class EmbeddedStore:
 
     def _current(self) -> DeclarationSet:
         current = self.declarations.current()
-        if current is not self._synced and not self.read_only:
+        if current is not self._synced and not self.read_only and self.declarations.readable:
             with self._sync_lock:
                 if current is not self._synced:
                     changed = self.db.sync_work(current.plans)

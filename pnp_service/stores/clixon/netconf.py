@@ -73,22 +73,35 @@ def _current_user() -> str:
         return "pnp-service"
 
 
+def _pyapi_socket():
+    """clixon-pyapi's socket functions, imported without letting it parse our command line, and without leaving
+    anything in our environment for the processes we start (a restarted controller would inherit it, and its
+    clixon_server.py would then ignore its own arguments)."""
+    if "clixon.sock" in sys.modules:
+        from clixon.sock import create_socket, read, send
+
+        return create_socket, send, read
+    added = "NO_CLIXON_ARGS" not in os.environ
+    if added:
+        os.environ["NO_CLIXON_ARGS"] = "1"
+    try:
+        from clixon.sock import create_socket, read, send
+    except ImportError as exc:
+        raise StoreError(
+            "clixon-pyapi is not installed in this Python; install it (pip install <clixon-pyapi source dir>, "
+            f"see docs/controller.md) or serve an embedded datastore with --datastore ({exc})"
+        ) from None
+    finally:
+        if added:
+            os.environ.pop("NO_CLIXON_ARGS", None)
+    return create_socket, send, read
+
+
 class Session:
     """One NETCONF session on the controller socket."""
 
     def __init__(self, sockpath: str = DEFAULT_SOCKET, user: str | None = None):
-        if "clixon" not in sys.modules:
-            # Importing pyapi in our own process must not parse our argv.  Inside
-            # clixon_server.py it is already imported, and this would hide its arguments.
-            os.environ.setdefault("NO_CLIXON_ARGS", "1")
-        try:
-            from clixon.sock import create_socket, read, send
-        except ImportError as exc:
-            raise StoreError(
-                "clixon-pyapi is not installed in this Python; install it (pip install <clixon-pyapi source dir>, "
-                f"see docs/controller.md) or serve an embedded datastore with --datastore ({exc})"
-            ) from None
-        self._send, self._read = send, read
+        create_socket, self._send, self._read = _pyapi_socket()
         self.user = user or _current_user()
         try:
             self.sock = create_socket(sockpath)
