@@ -490,16 +490,17 @@ def _check_output_flags(args: argparse.Namespace) -> None:
 
 
 def _template_dirs(args: argparse.Namespace, beside: str) -> list[str]:
-    """Where ``config/template-file`` names are checked: --template-dir, else templates/ beside the output file
-    (where ``serve`` will look), else beside ``beside``; for a controller also the service module's folder."""
-    from .planner import DEFAULT_TEMPLATE_DIRS
+    """Where ``config/template-file`` names are checked: --template-dir; for a controller (--clixon-cli,
+    --netconf, --clixon-socket) where its service module reads them ($PNP_TEMPLATE_DIRS, else
+    /usr/local/share/pnp-service/templates: a file beside the list would pass here and fail the commit); else
+    templates/ beside the output file (where ``serve`` will look), or beside ``beside``."""
+    from .planner import controller_template_dirs
 
     if args.template_dir:
         return list(args.template_dir)
-    dirs = [os.path.join(os.path.dirname(os.path.abspath(args.output or beside)), "templates")]
     if args.clixon_cli or args.netconf or getattr(args, "clixon_socket", None):
-        dirs += list(DEFAULT_TEMPLATE_DIRS)
-    return dirs
+        return controller_template_dirs(os.environ)
+    return [os.path.join(os.path.dirname(os.path.abspath(args.output or beside)), "templates")]
 
 
 def _deliver(args: argparse.Namespace, imported, what: str, origin: str) -> int:

@@ -29,6 +29,9 @@ from .model import Declaration, ExtraStep, Step, Work
 PLAN_FORMAT = "2"
 
 DEFAULT_TEMPLATE_DIRS = ("/usr/local/share/pnp-service/templates",)
+#: The environment variable that tells the controller's service module (clixon_server.py) where template files
+#: are, instead of DEFAULT_TEMPLATE_DIRS (folders separated by ``:``).
+TEMPLATE_DIRS_VARIABLE = "PNP_TEMPLATE_DIRS"
 _TEMPLATE_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 #: Where an extra step may go, relative to the built-in steps (the YANG's enumeration).
@@ -42,6 +45,12 @@ TemplateLoader = Callable[[str], str]
 
 class PlanningError(ValueError):
     """A declaration that cannot be planned; the message names the device and what to fix."""
+
+
+def controller_template_dirs(environ: Mapping[str, str]) -> list[str]:
+    """Where the controller's service module reads template files: $PNP_TEMPLATE_DIRS, else the default folder."""
+    configured = environ.get(TEMPLATE_DIRS_VARIABLE, "")
+    return [d for d in configured.split(os.pathsep) if d] or list(DEFAULT_TEMPLATE_DIRS)
 
 
 def file_template_loader(directories: Sequence[str] = DEFAULT_TEMPLATE_DIRS) -> TemplateLoader:

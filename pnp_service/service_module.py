@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Sequence
 from lxml import etree
 
 from .model import CLIXON_LIB_NS, NETCONF_NS, PNP_NS, SERVICE_NAME, Declaration, Work, q, work_to_xml
-from .planner import DEFAULT_TEMPLATE_DIRS, PlanningError, file_template_loader, plan
+from .planner import PlanningError, controller_template_dirs, file_template_loader, plan
 from .steps import StepRegistry
 from .xmlsafe import escape_text
 
@@ -57,8 +57,7 @@ def template_context() -> dict[str, object]:
 
 
 def template_dirs() -> list[str]:
-    configured = os.environ.get("PNP_TEMPLATE_DIRS", "")
-    return [d for d in configured.split(os.pathsep) if d] or list(DEFAULT_TEMPLATE_DIRS)
+    return controller_template_dirs(os.environ)
 
 
 def server_socket(argv: Sequence[str]) -> str:

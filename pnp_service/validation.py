@@ -223,16 +223,18 @@ def load(data: bytes, source: str) -> dict[str, Declaration]:
     return declarations
 
 
-def load_file(path: str) -> dict[str, Declaration]:
-    """Read and check a declarations file; a missing or unreadable one is a :class:`DeclarationsError` too."""
+def load_file(path: str, shown: str = "") -> dict[str, Declaration]:
+    """Read and check a declarations file; a missing or unreadable one is a :class:`DeclarationsError` too.
+    ``shown``: the path as the operator wrote it, for the messages."""
+    shown = shown or path
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
-        raise DeclarationsError(path, [Problem("no such file (pnp-service init FILE writes a commented example)")]) from None
+        raise DeclarationsError(shown, [Problem("no such file (pnp-service init FILE writes a commented example)")]) from None
     except OSError as exc:
-        raise DeclarationsError(path, [Problem(f"cannot read it: {exc.strerror}")]) from None
-    return load(data, path)
+        raise DeclarationsError(shown, [Problem(f"cannot read it: {exc.strerror}")]) from None
+    return load(data, shown)
 
 
 __all__ = ["DeclarationsError", "Problem", "load", "load_file", "SERVICE_NAME"]

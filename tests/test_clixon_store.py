@@ -577,3 +577,31 @@ def test_the_controller_keeps_at_most_max_unclaimed_and_the_journal_says_what_wa
     restarted.update("LATE", change(unclaimed=model.Unclaimed("LATE", "", "X", "S", "192.0.2.9", later, later)))
     restarted.flush()
     assert controller.unclaimed() == ["LATE"] and restarted.counters()["unclaimed_expired"] == len(kept)
+
+
+def test_a_reset_made_elsewhere_is_seen_at_the_devices_next_poll(open_store, controller, monkeypatch):
+    from pnp_service.stores.clixon import store as clixon_store
+
+    listener = open_store()
+    listener.update("SN1", change(status=Status(state="error", error_code="x")))
+    listener.flush()
+    assert listener.peek("SN1") is None  # an error is looked up in the controller before it is answered
+    listener.update("SN1", lambda record: Decision(b"", Event.ERROR_BACKOFF))
+    assert listener.peek("SN1") is not None  # ... at most every RELOOK_SECONDS
+    other = open_store(read_only=True)  # pnp-service reset, or a NETCONF edit: a plain commit announces nothing
+    other.reset("SN1")
+    monkeypatch.setattr(clixon_store, "RELOOK_SECONDS", 0.0)  # the device's next poll, minutes later
+    seen = listener.update("SN1", lambda record: Decision(b"", Event.REQUEST, detail=str(record.status)))
+    assert seen.detail == "None"
+
+
+def test_a_reset_while_the_candidate_holds_uncommitted_edits_says_what_to_do(open_store, controller, monkeypatch):
+    from pnp_service.stores.clixon import store as clixon_store
+
+    listener = open_store()
+    listener.update("SN1", change(status=Status(state="error", error_code="x")))
+    listener.flush()
+    controller.candidate_modified = True  # an operator's uncommitted edits
+    monkeypatch.setattr(clixon_store.time, "sleep", lambda seconds: None)
+    with pytest.raises(StoreUnavailable, match="commit or discard them in clixon_cli, then reset again"):
+        open_store(read_only=True).reset("SN1")

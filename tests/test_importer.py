@@ -540,7 +540,8 @@ devices:
     assert typed["credentials password"] == "p@ss word" and typed["image md5"] == MD5
 
 
-def test_clixon_cli_replace_deletes_first_and_untypable_values_are_refused(run, tmp_path):
+def test_clixon_cli_replace_deletes_first_and_untypable_values_are_refused(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("PNP_TEMPLATE_DIRS", str(tmp_path / "templates"))  # the controller's template folder
     groups, devices = import_files(tmp_path)
     code, out, _ = run("import", devices, "--groups", groups, "--clixon-cli", "--replace")
     assert code == 0
@@ -553,7 +554,8 @@ def test_clixon_cli_replace_deletes_first_and_untypable_values_are_refused(run, 
     assert "--output or --netconf instead" in err
 
 
-def test_a_clixon_cli_script_commits_in_batches_the_controller_finishes_in_time(run, tmp_path):
+def test_a_clixon_cli_script_commits_in_batches_the_controller_finishes_in_time(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("PNP_TEMPLATE_DIRS", str(tmp_path / "templates"))
     rows = "".join(f"SN{n},h{n},site-a\n" for n in range(1, 6))
     groups, devices = import_files(tmp_path, rows)
     code, out, err = run("import", devices, "--groups", groups, "--clixon-cli", "--commit-every", "2")
@@ -571,7 +573,8 @@ def test_a_clixon_cli_script_commits_in_batches_the_controller_finishes_in_time(
     assert code == 2 and "--commit-every" in err
 
 
-def test_netconf_body_is_an_edit_config_of_valid_declarations(run, tmp_path):
+def test_netconf_body_is_an_edit_config_of_valid_declarations(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("PNP_TEMPLATE_DIRS", str(tmp_path / "templates"))
     groups, devices = import_files(tmp_path)
     for flags, operation in (([], "create"), (["--replace"], "replace")):
         code, out, _ = run("import", devices, "--groups", groups, "--netconf", *flags)
@@ -645,9 +648,10 @@ def test_claim_with_groups_merged_into_the_file_is_served_at_the_next_poll(run, 
     assert device.config.startswith("hostname edge-1\nvlan 200\nntp server 192.0.2.1\n")
 
 
-def test_claim_as_clixon_cli_lines(run, serve, clock, example_path):
+def test_claim_as_clixon_cli_lines(run, serve, clock, example_path, monkeypatch):
     stranger(serve, clock, example_path)
     templates(pathlib.Path(example_path).parent)
+    monkeypatch.setenv("PNP_TEMPLATE_DIRS", str(pathlib.Path(example_path).parent / "templates"))
     code, out, err = run("claim", "STRANGER1", "--datastore", example_path, "--hostname", "edge-1", "--clixon-cli",
                          "--template-file", "access.j2", "--var", "vlan=20", "--var", "ntp_servers:list=192.0.2.1")
     assert code == 0, err
@@ -761,3 +765,11 @@ devices:
     code, out, err = run("import", devices, "--clixon-cli", "--controller-ssh-key", str(tmp_path / "id_ed25519.pub"))
     assert code == 0, err
     assert "set services pnp-device SN1 config line" in out
+
+
+def test_a_template_beside_the_list_does_not_pass_for_a_controller_that_reads_its_own_folder(run, tmp_path,
+                                                                                              monkeypatch):
+    monkeypatch.setenv("PNP_TEMPLATE_DIRS", str(tmp_path / "controller-templates"))
+    groups, devices = import_files(tmp_path)  # templates/access.j2 beside the list
+    code, out, err = run("import", devices, "--groups", groups, "--clixon-cli")
+    assert code == 1 and out == "" and "access.j2" in err and "controller-templates" in err

@@ -265,3 +265,23 @@ def test_status_and_reset_work_when_the_declarations_file_is_broken(serve, tmp_p
     assert running.store.load("SN1").status is None
     render = cli("render", "--datastore", str(path), "SN1")
     assert render.returncode == 1 and "hostnam" in render.stderr and "Traceback" not in render.stderr
+
+
+def test_two_listeners_of_one_user_do_not_share_or_remove_a_control_socket(tmp_path):
+    import http.client
+
+    from test_rollout_load import start_serve, stop
+
+    (tmp_path / "ds.xml").write_text(datastore_xml(
+        "<serial>SN1</serial><hostname>h1</hostname><config><template>x</template></config>"))
+    home = {"HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": ""}
+    first, _, _ = start_serve(tmp_path, "--state", str(tmp_path / "a.db"), env=home, log_name="a.log")
+    second, port, _ = start_serve(tmp_path, "--state", str(tmp_path / "b.db"), env=home, log_name="b.log")
+    try:
+        stop(first)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/pnp/HELLO")
+        assert connection.getresponse().status == 200
+        assert not (tmp_path / "home" / ".gunicorn").exists()  # no gunicorn.ctl to share
+    finally:
+        stop(second)

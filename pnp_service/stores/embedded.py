@@ -96,6 +96,7 @@ class Declarations:
         tolerate_invalid: bool = False,
     ):
         self.path = os.path.abspath(path)
+        self.shown = path  # as the operator wrote it: what messages name
         self.context = dict(context or {})  # template variables every declaration gets (the controller's SSH key)
         self.announce = announce  # a listener says what it loaded; a command that only looks does not
         self.template_dirs = tuple(template_dirs)
@@ -165,7 +166,7 @@ class Declarations:
 
     def _load(self, previous: DeclarationSet | None) -> DeclarationSet:
         before = tuple(_stamp(p) for p in (self.path, *self.template_dirs))
-        declarations = validation.load_file(self.path)
+        declarations = validation.load_file(self.path, self.shown)
         texts: dict[str, str] = {}
         used: dict[str, str] = {}
 

@@ -353,15 +353,21 @@ def test_a_change_the_controller_refuses_is_set_aside_and_the_others_are_committ
         commit()
 
 
-def test_pnp_service_reset_on_the_controller(serial, listener):
+def test_pnp_service_reset_on_the_controller(serial, listener, monkeypatch):
     import sys
 
+    from pnp_service.stores.clixon import store as clixon_store
+
+    # A device in error polls again after 10 minutes, well beyond the relook interval; this one at once.
+    monkeypatch.setattr(clixon_store, "RELOOK_SECONDS", 0.0)
     store, url = listener
     drive_into_error(store, url, serial)
     command = [sys.executable, "-m", "pnp_service.cli", "reset", "--clixon-socket", socket_path()]
     result = subprocess.run(command + [serial], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "starts over" in result.stdout, result.stderr
     assert text(show_pnp(serial), "status/state") is None
+    # The listener hears of it at the device's next poll, not at its next refresh (a plain commit announces nothing).
+    assert run_agent(url, serial).outcome == "configured"
     unknown = subprocess.run(command + ["NOSUCH" + serial], capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 1 and "not declared" in unknown.stderr
 
@@ -404,7 +410,7 @@ def test_sudi_authentication_set_from_the_cli_is_enforced_on_the_clixon_store(se
                  what="the listener to see authentication sudi")
         cert, key = rogue.device(serial, "C9300-24P")
         spoofer = SimulatedDevice(serial, sudi_cert=cert, sudi_key=key)
-        result = AgentSimulator(url, time_scale=0, max_polls=4, source_address="127.0.0.2").run(spoofer)
+        result = AgentSimulator(url, time_scale=0, max_polls=4, max_wait=5, source_address="127.0.0.2").run(spoofer)
         assert result.trace[0] == "device-auth" and spoofer.config is None
         cert, key = ca.device(serial, "C9300-24P")
         genuine = SimulatedDevice(serial, sudi_cert=cert, sudi_key=key)

@@ -37,6 +37,7 @@ import datetime as dt
 import heapq
 import logging
 import threading
+import time
 import zlib
 from typing import Callable, Iterable, Mapping
 
@@ -54,6 +55,11 @@ from .netconf import DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, c
 log = logging.getLogger(__name__)
 
 _ALL = "/pnp:pnp | /ctrl:services/pnp:pnp-device"
+#: A device waiting for an operator (error) or done (provisioned) is looked up in the controller before it is
+#: answered, at most this often per device: a reset or an edit, by whatever path it came (a plain NETCONF commit
+#: announces nothing), is seen at the device's next poll.  Such devices poll every 10 or 60 minutes.
+RELOOK_SECONDS = 30.0
+_RELOOKED_STATES = ("error", "provisioned")
 
 
 # --------------------------------------------------------------------------- the copy of running
@@ -202,6 +208,7 @@ class ClixonStore:
         self._counters = {"unclaimed_dropped": 0, "unclaimed_expired": 0}
         self._forgotten = ForgottenLog(self.unclaimed_policy)
         self._expiry_checked: dt.datetime | None = None
+        self._looked: dict[str, float] = {}  # serial -> when it was last looked up on its own (monotonic)
         self.refresh_seconds = refresh_seconds
         self.retry_max_seconds = retry_max_seconds
         self._session_factory = session_factory or Session
@@ -259,7 +266,13 @@ class ClixonStore:
         return self._record(serial)
 
     def peek(self, serial: str) -> DeviceRecord | None:
-        return self._record(serial)  # the copy of running and the pending writes: memory only
+        record = self._record(serial)  # the copy of running and the pending writes: memory only
+        return None if self._relook_due(record) else record
+
+    def _relook_due(self, record: DeviceRecord) -> bool:
+        status = record.status
+        return (status is not None and status.state in _RELOOKED_STATES
+                and time.monotonic() - self._looked.get(record.serial, float("-inf")) >= RELOOK_SECONDS)
 
     def _fetch(self, xpath: str, previous: View | None = None) -> View:
         """One get-config from running, outside every lock but the reader session's."""
@@ -290,6 +303,7 @@ class ClixonStore:
         """Bring one serial's record up to date (one round trip); quiet when the controller cannot answer."""
         if not model.is_serial(serial):
             return
+        self._looked[serial] = time.monotonic()
         generation = self._generation
         xpath = f"/pnp:pnp/pnp:device[pnp:serial='{serial}'] | /ctrl:services/pnp:pnp-device[pnp:serial='{serial}']"
         try:
@@ -317,6 +331,9 @@ class ClixonStore:
         target = self._target(serial)
         with self._serial_locks[zlib.crc32(target.encode()) % len(self._serial_locks)]:
             record = self._record(serial)
+            if self._relook_due(record):
+                self._reload(record.serial)
+                record = self._record(serial)
             decision = decide(record)
             if decision.recheck:
                 self._reload(record.serial)
@@ -414,8 +431,20 @@ class ClixonStore:
         edit = f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}"><device><serial>{serial}</serial><status nc:operation="remove"/></device></pnp>'
         session = self._session_factory(self.sockpath)
         try:
-            commit_edit(session, edit)
+            for attempt in range(20):  # a listener's status commit holds the candidate for milliseconds
+                try:
+                    commit_edit(session, edit)
+                    break
+                except RpcError as exc:
+                    if not exc.busy or attempt == 19:
+                        raise
+                    time.sleep(0.25)
         except RpcError as exc:
+            if exc.busy:
+                raise StoreUnavailable(
+                    "the controller's candidate holds uncommitted edits (yours or another session's; a commit would "
+                    f"publish them) or is locked: commit or discard them in clixon_cli, then reset again ({exc})"
+                ) from None
             raise StoreUnavailable(f"the controller refused the reset: {exc}") from None
         finally:
             session.close()
