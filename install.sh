@@ -14,8 +14,11 @@ venv="$here/.venv"
 python=""
 dev=0
 controller=0
-yang_dir=/usr/local/share/controller/main
-modules_dir=/usr/local/share/controller/modules
+controller_config=/usr/local/etc/clixon/controller.xml
+yang_dir=""
+modules_dir=""
+config_dir=/usr/local/etc/pnp-service
+template_dir=/usr/local/share/pnp-service/templates
 datastore=pnp-datastore.xml
 controller_key=""
 
@@ -28,12 +31,17 @@ Options:
                       (with --controller: the Python that runs clixon_server.py)
   --dev               also install the test needs
   --controller        also install into a Clixon controller (YANG + service module)
-  --yang-dir DIR      controller main YANG dir (default: $yang_dir)
-  --modules-dir DIR   clixon_server.py modules path (default: $modules_dir)
-  --datastore FILE    declarations file to create from the example if missing (default: $datastore)
+  --controller-config FILE
+                      the controller's config file, read for its folders, socket and SSH identity
+                      (default: $controller_config)
+  --yang-dir DIR      controller main YANG dir (default: its CLICON_YANG_MAIN_DIR)
+  --modules-dir DIR   clixon_server.py modules path (default: its CONTROLLER_PYAPI_MODULE_PATH)
+  --template-dir DIR  where the service module reads config template-file names (default: $template_dir)
+  --config-dir DIR    where the controller's public SSH key is kept for templates (default: $config_dir)
   --controller-ssh-key FILE
-                      with --controller: the controller's SSH public key (e.g. the backend user's
-                      ~/.ssh/id_ed25519.pub), for templates of devices handed to it
+                      the controller's SSH public key, for templates of devices handed to it (default: the
+                      .pub of its CONTROLLER_SSH_IDENTITYFILE, else of root's ~/.ssh/id_ed25519, id_ecdsa, id_rsa)
+  --datastore FILE    declarations file to create from the example if missing (default: $datastore)
   -h, --help          this text
 TXT
 }
@@ -44,8 +52,11 @@ while [ $# -gt 0 ]; do
     --python) python=$2; shift 2 ;;
     --dev) dev=1; shift ;;
     --controller) controller=1; shift ;;
+    --controller-config) controller_config=$2; shift 2 ;;
     --yang-dir) yang_dir=$2; shift 2 ;;
     --modules-dir) modules_dir=$2; shift 2 ;;
+    --template-dir) template_dir=$2; shift 2 ;;
+    --config-dir) config_dir=$2; shift 2 ;;
     --datastore) datastore=$2; shift 2 ;;
     --controller-ssh-key) controller_key=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -106,25 +117,66 @@ fi
 if [ "$controller" = 1 ]; then
   "$python" -c 'import clixon' 2>/dev/null \
     || echo "install.sh: warning: clixon-pyapi is not importable by $python; install it there (pip install <clixon-pyapi source dir>)" >&2
+  # What the controller's config says (a missing file: the defaults).
+  setting() {
+    [ -r "$controller_config" ] || return 0
+    "$python" - "$controller_config" "$1" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+for element in ET.parse(sys.argv[1]).getroot().iter():
+    if element.tag.rsplit("}", 1)[-1] == sys.argv[2] and (element.text or "").strip():
+        print(element.text.strip())
+        break
+PY
+  }
+  [ -r "$controller_config" ] || echo "install.sh: warning: $controller_config not found: the controller's default folders are assumed (--controller-config FILE)" >&2
+  yang_dir=${yang_dir:-$(setting CLICON_YANG_MAIN_DIR)}
+  yang_dir=${yang_dir:-/usr/local/share/controller/main}
+  modules_dir=${modules_dir:-$(setting CONTROLLER_PYAPI_MODULE_PATH)}
+  modules_dir=${modules_dir:-/usr/local/share/controller/modules}
+  socket=$(setting CLICON_SOCK)
+  socket=${socket:-/usr/local/var/run/controller/controller.sock}
+  if [ -z "$controller_key" ]; then
+    identity=$(setting CONTROLLER_SSH_IDENTITYFILE)
+    for candidate in ${identity:+"$identity.pub"} /root/.ssh/id_ed25519.pub /root/.ssh/id_ecdsa.pub /root/.ssh/id_rsa.pub; do
+      if [ -r "$candidate" ]; then controller_key=$candidate; break; fi
+    done
+  fi
   say "installing YANG into $yang_dir"
   install -d "$yang_dir"
   rm -f "$yang_dir"/pnp-service@*.yang  # one revision only: the controller loads every file there
   install -m 0644 "$here"/yang/pnp-service@*.yang "$yang_dir/"
+  key_file="$config_dir/controller_ssh_key.pub"
   if [ -n "$controller_key" ]; then
-    say "installing the controller's SSH public key for templates (/usr/local/etc/pnp-service/controller_ssh_key.pub)"
-    install -d /usr/local/etc/pnp-service
-    install -m 0644 "$controller_key" /usr/local/etc/pnp-service/controller_ssh_key.pub
+    say "installing the controller's SSH public key ($controller_key) as $key_file, for templates"
+    install -d -m 0755 "$config_dir"
+    install -m 0644 "$controller_key" "$key_file"
+  else
+    echo "install.sh: no SSH public key of the controller found (CONTROLLER_SSH_IDENTITYFILE, root's ~/.ssh): templates that use controller_ssh_key fail until you give --controller-ssh-key FILE" >&2
   fi
+  say "creating the template folder $template_dir (config template-file names are read from it)"
+  install -d -m 0755 "$template_dir"
   say "installing the service module into $modules_dir"
   install -d "$modules_dir"
-  install -m 0644 "$here/pnp_service/clixon_module/pnp_service_module.py" "$modules_dir/pnp_service_module.py"
+  module="$modules_dir/pnp_service_module.py"
+  {
+    cat "$here/pnp_service/clixon_module/pnp_service_module.py"
+    printf '\n# Written by install.sh --controller: where this installation keeps templates and the controller'"'"'s key.\n'
+    printf 'from pnp_service.service_module import configure  # noqa: E402\n\n'
+    printf 'configure(template_dirs=[%s], controller_key=%s)\n' \
+      "$("$python" -c 'import sys; print(repr(sys.argv[1]))' "$template_dir")" \
+      "$("$python" -c 'import sys; print(repr(sys.argv[1]))' "$key_file")"
+  } > "$module.tmp"
+  chmod 0644 "$module.tmp" && mv "$module.tmp" "$module"
   cat <<TXT
 ==> done. Now restart the controller so it loads the YANG, and the service server so it loads the module:
-      clixon_backend -f /usr/local/etc/clixon/controller.xml -z    # stop
-      clixon_backend -f /usr/local/etc/clixon/controller.xml -s running
-    (or your service manager's restart), then from clixon_cli:  processes services restart
+      clixon_backend -f $controller_config -z
+      clixon_backend -f $controller_config -s running
+      clixon_cli -f $controller_config -1 connection open
+      clixon_cli -f $controller_config -1 processes services restart
+    (or your service manager's restart). Template files go in $template_dir (readable by user clicon).
     Serve the devices from the controller:
-      $(dirname "$python")/pnp-service serve --clixon-socket /usr/local/var/run/controller/controller.sock
+      $(dirname "$python")/pnp-service serve --clixon-socket $socket
 TXT
 else
   if [ ! -e "$datastore" ]; then

@@ -25,7 +25,28 @@ log = logging.getLogger("pnp_service")
 
 DEFAULT_PORT = 8080
 DEFAULT_DATASTORE = "pnp-datastore.xml"
-DEFAULT_JOURNAL = "pnp-service.journal"
+JOURNAL_NAME = "pnp-service.journal"
+SECRET_NAME = "url-signing.secret"
+
+
+def default_state_dir() -> str:
+    """Where a listener on a controller keeps its journal and URL secret: /var/lib/pnp-service as root (the
+    systemd unit's StateDirectory), else $XDG_STATE_HOME/pnp-service (~/.local/state/pnp-service)."""
+    if os.geteuid() == 0:
+        return "/var/lib/pnp-service"
+    return os.path.join(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "pnp-service")
+
+
+def _state_file(args: argparse.Namespace, given: str | None, name: str) -> str:
+    """``given``, else ``name`` in --state-dir (created private)."""
+    if given:
+        return given
+    folder = getattr(args, "state_dir", None) or default_state_dir()
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"state folder {folder}: {exc.strerror} (choose one with --state-dir)") from None
+    return os.path.join(folder, name)
 #: ``serve --server``: the event-driven worker (pnp_service.serving.EventWorker) or gunicorn's threaded one.
 SERVER_MODELS = ("event", "threads")
 
@@ -74,8 +95,8 @@ def open_store(args: argparse.Namespace, *, read_only: bool = False, tolerate_in
     if getattr(args, "clixon_socket", None):
         from .stores.clixon import ClixonStore  # imports clixon-pyapi: only on demand
 
-        return ClixonStore(args.clixon_socket, journal_path=getattr(args, "journal", None) or DEFAULT_JOURNAL,
-                           read_only=read_only, unclaimed_policy=policy)
+        journal = None if read_only else _state_file(args, getattr(args, "journal", None), JOURNAL_NAME)
+        return ClixonStore(args.clixon_socket, journal_path=journal, read_only=read_only, unclaimed_policy=policy)
     from .stores.embedded import EmbeddedStore
 
     return EmbeddedStore(args.datastore, getattr(args, "state", None), read_only=read_only,
@@ -117,7 +138,7 @@ def _secret(args: argparse.Namespace) -> bytes:
 
     path = args.secret_file
     if not path:
-        path = (args.datastore if not args.clixon_socket else os.path.join(os.getcwd(), "pnp-service")) + ".secret"
+        path = _state_file(args, None, SECRET_NAME) if args.clixon_socket else args.datastore + ".secret"
     try:
         secret = load_or_create_secret(path)
     except OSError as exc:
@@ -815,8 +836,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)")
     serve.add_argument("--public-url", help="base URL devices reach this listener at, for download URLs "
                        "(default: the URL each device called)")
-    serve.add_argument("--secret-file", help="file with the shared secret that signs download URLs "
-                       "(default: DATASTORE.secret, created on first start, mode 0600)")
+    serve.add_argument("--secret-file", help="file with the secret that signs download URLs, shared by every "
+                       "listener of one deployment (default: DATASTORE.secret; with --clixon-socket "
+                       f"{SECRET_NAME} in --state-dir; created on first start, mode 0600)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM); needs --tls-key")
     serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     serve.add_argument("--image-dir", help="folder of image files served to devices whose image/url is a bare file name")
@@ -839,9 +861,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "e.g. https://pnp.example.net:8443")
     serve.add_argument("--ntp", metavar="ADDR", help="with --trustpool: NTP server the device sets its clock from first "
                        "(certificates need the right time)")
-    serve.add_argument("--journal", default=DEFAULT_JOURNAL,
-                       help="with --clixon-socket: where writes wait while the controller is busy or down "
-                       "(default: %(default)s)")
+    serve.add_argument("--state-dir", metavar="DIR",
+                       help="with --clixon-socket: where the journal and the URL secret are kept (default: "
+                       "/var/lib/pnp-service as root, else ~/.local/state/pnp-service; created mode 0700)")
+    serve.add_argument("--journal", metavar="FILE",
+                       help=f"with --clixon-socket: where writes wait while the controller is busy or down "
+                       f"(default: {JOURNAL_NAME} in --state-dir)")
     serve.add_argument("--max-attempts", type=positive, default=3, help="tries of a failing step before error (default: 3)")
     serve.add_argument("--retry-seconds", type=positive, default=30,
                        help="first retry backoff; doubles with each failure (default: 30)")
@@ -924,7 +949,7 @@ def build_parser() -> argparse.ArgumentParser:
     reset = command("reset", "clear a device's status so it starts over",
                     "Clear the status of declared devices, so each starts over at its next poll.")
     _datastore_arguments(reset)
-    reset.add_argument("--journal", default=DEFAULT_JOURNAL, help=argparse.SUPPRESS)
+    reset.add_argument("--journal", help=argparse.SUPPRESS)
     reset.add_argument("serial", nargs="+")
     reset.set_defaults(func=cmd_reset)
 

@@ -42,13 +42,25 @@ _PREFIXES = {CLIXON_LIB_NS: "cl", NETCONF_NS: "nc"}
 
 #: The controller's public SSH key, for templates that make the device manageable (controller_ssh_key...).
 CONTROLLER_KEY_FILE = "/usr/local/etc/pnp-service/controller_ssh_key.pub"
+#: What install.sh --controller chose (configure()); the environment variables of clixon_server.py win.
+_configured: dict[str, object] = {}
+
+
+def configure(template_dirs: Sequence[str] | None = None, controller_key: str | None = None) -> None:
+    """Where this installation keeps template files and the controller's public key (install.sh --controller
+    writes this call into the module file it installs, with the folders it was given)."""
+    if template_dirs is not None:
+        _configured["template_dirs"] = list(template_dirs)
+    if controller_key is not None:
+        _configured["controller_key"] = controller_key
 
 
 def template_context() -> dict[str, object]:
-    """Variables every declaration gets: the controller's SSH key, from $PNP_CONTROLLER_SSH_KEY or the default file."""
+    """Variables every declaration gets: the controller's SSH key, from $PNP_CONTROLLER_SSH_KEY, the installed
+    path, or the default file."""
     from .planner import controller_variables
 
-    path = os.environ.get("PNP_CONTROLLER_SSH_KEY", CONTROLLER_KEY_FILE)
+    path = os.environ.get("PNP_CONTROLLER_SSH_KEY") or str(_configured.get("controller_key", CONTROLLER_KEY_FILE))
     try:
         with open(path, encoding="ascii") as handle:
             return controller_variables(handle.read().strip())
@@ -57,6 +69,11 @@ def template_context() -> dict[str, object]:
 
 
 def template_dirs() -> list[str]:
+    from .planner import TEMPLATE_DIRS_VARIABLE
+
+    installed = _configured.get("template_dirs")
+    if installed and not os.environ.get(TEMPLATE_DIRS_VARIABLE):
+        return list(installed)  # type: ignore[call-overload]
     return controller_template_dirs(os.environ)
 
 

@@ -256,6 +256,9 @@ class AgentSimulator:
                 if device.pending_version:
                     continue  # it reloads before any backoff ends (the reload takes reload_seconds)
                 if wait > self.max_wait:
+                    if reason == "provisioned" and device.config is not None:  # applied to running, no reload
+                        result.outcome, result.reason = "configured", "provisioned, configuration applied"
+                        return
                     failed = "failed" in reason
                     result.outcome, result.reason = ("failed" if failed else "backed-off"), f"{reason} ({wait:.0f}s)"
                     return
