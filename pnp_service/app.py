@@ -52,9 +52,13 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
 
         try:
             handle = open(reply.file_path, "rb")
-        except OSError:
-            done(0, False)
+        except FileNotFoundError:
+            done(0, True)
             return Response("404 Not Found: no such image here\n", status=404, content_type="text/plain")
+        except OSError:  # out of file descriptors, say: a moment's trouble, not a missing image
+            done(0, True)
+            return Response("503 Service Unavailable: retry later\n", status=503, content_type="text/plain",
+                            headers={"Retry-After": "60"})
         info = os.fstat(handle.fileno())
         size = info.st_size
         validator = f'"{size:x}-{info.st_mtime_ns:x}"'
@@ -72,7 +76,7 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
         offset, length = wanted or (0, size)
         if request.method == "HEAD":
             handle.close()
-            done(0, True)  # a look, not a transfer: it keeps no slot
+            done(0, True)  # a look, not a transfer: it took no slot
             span_body: FileSpan | bytes = b""
         else:
             span_body = FileSpan(handle, offset, length, on_close=lambda sent: done(sent, offset + sent == size))
@@ -147,7 +151,7 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
     def download(kind: str, serial: str, revision: str, name: str = "") -> Response:
         args = request.args
         return respond(listener.download(kind, serial, revision, name, args.get("expires", ""), args.get("sig", ""), address(),
-                                         args.get("bound") == "1"))
+                                         args.get("bound") == "1", head=request.method == "HEAD"))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

@@ -901,6 +901,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="threads per worker that run complete requests (default: 8)")
     connections.add_argument("--timeout", type=positive, default=30, metavar="SECONDS",
                              help="gunicorn restarts a worker that is stuck this long (default: %(default)s)")
+    connections.add_argument("--graceful-timeout", type=positive, default=30, metavar="SECONDS",
+                             help="on SIGTERM, answers and downloads in flight get this long to finish (default: "
+                             "%(default)s)")
     connections.add_argument("--access-log", action="store_true",
                              help="also write an access log line per request (paths only, never download signatures)")
     serve.add_argument("--dev", action="store_true", help="use Flask's development server instead of gunicorn")

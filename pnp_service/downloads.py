@@ -139,10 +139,16 @@ class TransferGate:
             self._held[serial] = max(self._held.get(serial, 0.0), now + self.hold_seconds)
             return True
 
+    #: Transfers one device may run at once (a resume while its broken connection lingers); one signed URL must
+    #: not open a thousand.
+    PER_DEVICE = 2
+
     def begin(self, serial: str) -> bool:
-        """A transfer of ``serial`` starts; False when it holds no slot and none is free."""
+        """A transfer of ``serial`` starts; False when it holds no slot and none is free, or it runs enough."""
         with self._lock:
             now = self._clock()
+            if self._running.get(serial, 0) >= self.PER_DEVICE:
+                return False
             if not self._has_slot(serial, now) and self._in_use(now) >= self.limit:
                 return False
             self._running[serial] = self._running.get(serial, 0) + 1

@@ -31,8 +31,10 @@ import contextlib
 import dataclasses
 import io
 import logging
+import re
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -99,8 +101,11 @@ class Application:
 #: Bodies larger than this always go to a thread: parsing them is work the loop should not do.
 QUICK_BODY_BYTES = 16 * 1024
 
-#: Bytes handed to ``sendfile`` at a time: each must be taken by the client within ``send_timeout``.
-SENDFILE_CHUNK = 256 * 1024
+#: A file goes out with ``sendfile`` in pieces that fit the room the client's socket has now (up to 1 MiB), so a
+#: piece never waits on the client; while the socket is full, the server looks every 50 ms whether the client took
+#: anything, and only ``send_timeout`` without a byte taken ends the transfer: a slow link that keeps moving,
+#: however slowly, is never cut.
+SENDFILE_MIN, SENDFILE_MAX, SENDFILE_LOOK = 4 * 1024, 1024 * 1024, 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +127,11 @@ class Limits:
     threads: int = 8
     #: Complete requests waiting for a thread; beyond, 503 with Retry-After.
     max_pending: int = 1024
+    #: Request body bytes buffered at once by all connections of this process; beyond, 503 (4,096 almost complete
+    #: bodies of 256 KiB would otherwise hold a gigabyte).
+    max_buffered_bytes: int = 32 * 1024 * 1024
+    #: Chunks of one chunked request body (agents send Content-Length; a body in one-byte chunks is work, not data).
+    max_chunks: int = 1024
     #: How long a graceful stop waits for answers and downloads in flight.
     graceful_timeout: float = 10.0
 
@@ -191,7 +201,8 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     first, dash, last = spec.strip().partition("-")
     first, last = first.strip(), last.strip()
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == "") or first == last == "":
+    digits = re.compile(r"[0-9]{0,18}")  # ASCII digits ("²".isdigit() is true, and int() refuses it), 18 at most
+    if not dash or not digits.fullmatch(first) or not digits.fullmatch(last) or first == last == "":
         return None
     if first == "":  # the last N bytes
         suffix = int(last)
@@ -332,7 +343,13 @@ class Connection:
         self.scheme = "https" if writer.get_extra_info("sslcontext") is not None else "http"
         #: Not being answered (between requests, or still reading one): may be closed to make room for another client.
         self.idle = True
+        self.buffered = 0  # body bytes of the request being read
+        self.evicted = False  # closed to make room: counted once, as such
         self.idle_since = time.monotonic()
+
+    def _release_buffer(self) -> None:
+        self.server.buffered -= self.buffered
+        self.buffered = 0
 
     async def run(self) -> None:
         sock = self.writer.get_extra_info("socket")
@@ -340,6 +357,21 @@ class Connection:
             _keepalive(sock)
         first = True
         try:
+            if self.server.ssl_context is not None:  # the handshake, counted and under the request deadline
+                plain = self.writer.transport
+                try:
+                    async with asyncio.timeout(self.limits.request_timeout):
+                        await self.writer.start_tls(self.server.ssl_context)
+                except (TimeoutError, ssl.SSLError, ConnectionError, OSError):
+                    STATS.closed["tls-handshake"] += 1
+                    return
+                finally:
+                    if self.writer.transport is None:  # asyncio 3.11: a client gone mid-handshake leaves none
+                        self.writer._transport = plain  # so closing it still works
+                if self.writer.transport is plain:
+                    STATS.closed["tls-handshake"] += 1
+                    return
+                self.scheme = "https"
             while not self.server.stopping:
                 request, body = await self._read_request(first)
                 if request is None:
@@ -353,8 +385,10 @@ class Connection:
         except _Close:
             pass
         except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
-            STATS.closed["reset"] += 1
+            if not self.evicted:
+                STATS.closed["reset"] += 1
         finally:
+            self._release_buffer()
             self.writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.writer.wait_closed(), 1.0)
@@ -365,6 +399,7 @@ class Connection:
         """The next whole request, or (None, b"") when the client is done or idled out."""
         loop = asyncio.get_running_loop()
         limits = self.limits
+        chunks = 0
         waiting = not first  # a keep-alive connection waits idle for its next request's first byte
         deadline = loop.time() + (limits.keepalive_timeout if waiting else limits.request_timeout)
         request: h11.Request | None = None
@@ -373,6 +408,8 @@ class Connection:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
+                if self.evicted:
+                    raise _Close() from None
                 status = exc.error_status_hint if exc.error_status_hint in (400, 413, 431) else 400
                 await self._refuse(status, f"{status} {_REASONS[status]}: {exc}")
             if event is h11.NEED_DATA:
@@ -397,14 +434,29 @@ class Connection:
                 if len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers) > limits.max_header_bytes:
                     await self._refuse(431, f"431 Request Header Fields Too Large: at most {limits.max_header_bytes} "
                                        "bytes of request line and headers")
+                names = {name for name, _ in event.headers}
+                if b"content-length" in names and b"transfer-encoding" in names:
+                    # Which one frames the body is where request smuggling lives: neither is trusted.
+                    await self._refuse(400, "400 Bad Request: Content-Length and Transfer-Encoding together")
                 declared = _content_length(event)
                 if declared is not None and declared > limits.max_body_bytes:
                     await self._refuse(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
+                chunks = 0
             elif isinstance(event, h11.Data):
                 body += event.data
+                self.buffered += len(event.data)
+                self.server.buffered += len(event.data)
+                chunks += 1
                 if len(body) > limits.max_body_bytes:
                     await self._refuse(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
+                if chunks > limits.max_chunks:
+                    await self._refuse(400, f"400 Bad Request: a body in more than {limits.max_chunks} chunks")
+                if self.server.buffered > limits.max_buffered_bytes:
+                    await self._refuse(503, "503 Service Unavailable: busy, retry later", extra=(("Retry-After", "5"),))
+                if chunks % 64 == 0:
+                    await asyncio.sleep(0)  # many small chunks: let the other clients have the loop
             elif isinstance(event, h11.EndOfMessage):
+                self._release_buffer()
                 return request, bytes(body)
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 if request is not None:  # the client went away in the middle of its request
@@ -476,7 +528,11 @@ class Connection:
             log.error("the application's answer is not valid HTTP: %s", exc)
             await self._refuse(500, "500 Internal Server Error")
         if isinstance(answer.body, FileSpan):
-            await self._send(head)
+            try:
+                await self._send(head)
+            except BaseException:
+                answer.body.close()  # its transfer slot goes back whatever ended the connection
+                raise
             await self._send_file(answer.body, request.method == b"HEAD")
             sent = answer.body.sent
         else:
@@ -508,17 +564,35 @@ class Connection:
         try:
             if not head_only and span.length:
                 self.h11.send_with_data_passthrough(h11.Data(data=_Sized(span.length)))  # type: ignore[arg-type]
+                transport = self.writer.transport
+                sock = self.writer.get_extra_info("socket")
+                moved, queued_before = loop.time(), -1
                 while span.sent < span.length:
-                    chunk = min(SENDFILE_CHUNK, span.length - span.sent)
+                    queued, capacity = _unsent(sock), _send_buffer(sock)
+                    queued += transport.get_write_buffer_size()
+                    # A quarter of the buffer at most in flight: how much the kernel takes of a full one varies
+                    # with the client's window, and a piece that does not fit would wait on the client.
+                    room = capacity // 4 - queued
+                    if room < SENDFILE_MIN:  # the client has not taken what it was given: look again soon
+                        if 0 <= queued < queued_before:
+                            moved = loop.time()
+                        queued_before = queued
+                        if loop.time() - moved > self.limits.send_timeout:
+                            STATS.closed["send-timeout"] += 1
+                            raise _Close()
+                        await asyncio.sleep(SENDFILE_LOOK)
+                        continue
+                    size = min(room, SENDFILE_MAX, span.length - span.sent)
                     try:
                         async with asyncio.timeout(self.limits.send_timeout):
-                            sent = await loop.sendfile(self.writer.transport, span.file, span.offset + span.sent, chunk)
+                            sent = await loop.sendfile(transport, span.file, span.offset + span.sent, size)
                     except TimeoutError:
                         STATS.closed["send-timeout"] += 1
                         raise _Close() from None
                     if not sent:
                         raise _Close()  # the file shrank under us
                     span.sent += sent
+                    moved, queued_before = loop.time(), -1
             await self._send(self.h11.send(h11.EndOfMessage()))
         finally:
             STATS.transfers -= 1
@@ -538,6 +612,25 @@ def _content_length(request: h11.Request) -> int | None:
         if name == b"content-length":
             return int(value)  # h11 has checked it is a number
     return None
+
+
+def _unsent(sock: Any) -> int:
+    """Bytes the kernel holds for the peer that it has not taken yet (Linux: TIOCOUTQ); 0 where unknown."""
+    try:
+        import fcntl
+        import termios
+
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, AttributeError, ImportError, ValueError):
+        return 0
+
+
+def _send_buffer(sock: Any) -> int:
+    """Room of the socket's send buffer for data (the kernel reports twice what it holds of it)."""
+    try:
+        return max(SENDFILE_MIN * 2, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)
+    except (OSError, AttributeError):
+        return SENDFILE_MAX
 
 
 def _keepalive(sock: socket.socket) -> None:
@@ -567,14 +660,16 @@ class Server:
         self.pool = concurrent.futures.ThreadPoolExecutor(self.limits.threads, thread_name_prefix="pnp-app")
         self.connections: set[Connection] = set()
         self.pending = 0
+        self.buffered = 0  # request body bytes held by all connections
         self.stopping = False
         self._stop: asyncio.Event | None = None
 
     async def serve(self, sockets: Iterable[socket.socket], started: Callable[[], None] | None = None) -> None:
         self._stop = asyncio.Event()
-        servers = [await asyncio.start_server(self._client, sock=sock, ssl=self.ssl_context,
-                                              ssl_handshake_timeout=self.limits.request_timeout if self.ssl_context else None)
-                   for sock in sockets]
+        asyncio.get_running_loop().set_exception_handler(_QuietLoopErrors())
+        # TLS is started by each connection itself (Connection.run): a client in its handshake is counted and evicted
+        # like any other, and a failed handshake is a counter, not a log line.
+        servers = [await asyncio.start_server(self._client, sock=sock) for sock in sockets]
         if started is not None:
             started()
         try:
@@ -627,9 +722,31 @@ class Server:
             return False
         oldest = min(idle, key=lambda c: c.idle_since)
         oldest.idle = False
+        oldest.evicted = True
         oldest.writer.close()
         STATS.closed["idle-evicted"] += 1
         return True
+
+
+class _QuietLoopErrors:
+    """The event loop's error reports, at most one line a minute per kind: asyncio writes a traceback for each
+    accept() that fails (out of file descriptors), thousands a second under a flood."""
+
+    def __init__(self, every: float = 60.0):
+        self.every = every
+        self._said: dict[str, float] = {}
+        self._since: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exception = context.get("exception")
+        kind = f"{context.get('message', '')} {type(exception).__name__ if exception else ''}".strip()
+        self._since[kind] += 1
+        now = time.monotonic()
+        if now - self._said.get(kind, float("-inf")) < self.every:
+            return
+        self._said[kind] = now
+        count, self._since[kind] = self._since[kind], 0
+        event(log, logging.ERROR, "event-loop-error", what=kind, detail=str(exception or ""), times=count)
 
 
 def raise_open_files_limit(wanted: int) -> int:

@@ -239,7 +239,8 @@ class Listener:
     # ------------------------------------------------------------------ downloads
 
     def download(self, kind: str, serial: str, revision: str, name: str, expires: str, signature: str, address: str,
-                 bound: bool = False) -> Reply:
+                 bound: bool = False, head: bool = False) -> Reply:
+        """A signed download; ``head``: only its headers (a look takes no image transfer slot)."""
         refused = self.signer.check(kind, serial, revision, name, expires, signature, self.clock(),
                                     address if bound else "")
         if refused:
@@ -258,10 +259,11 @@ class Listener:
                 continue
             if offered is not None:
                 hostname = record.declaration.hostname if record.declaration else ""
-                return self._serve(offered, serial, address, kind, name, hostname)
+                return self._serve(offered, serial, address, kind, name, hostname, head)
         return _error(404, f"this device's work has no {kind} to download here")
 
-    def _serve(self, offered: Download, serial: str, address: str, kind: str, name: str, hostname: str = "") -> Reply:
+    def _serve(self, offered: Download, serial: str, address: str, kind: str, name: str, hostname: str = "",
+               head: bool = False) -> Reply:
         if offered.text is not None:
             data = offered.text.encode()
             # A configuration carries secrets: log its size, never its text.
@@ -273,6 +275,8 @@ class Listener:
             event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind,
                   reason=f"{offered.file_name!r} is not a file in the image folder")
             return _error(404, "no such image here")
+        if head:
+            return Reply(200, content_type=offered.content_type, file_path=path, on_close=lambda sent, complete: None)
         if not self.transfers.begin(serial):
             self.metrics.refused.labels("transfers-busy").inc()
             event(log, logging.WARNING, "download-busy", serial=serial, address=address, kind=kind,

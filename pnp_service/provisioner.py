@@ -196,6 +196,8 @@ class Answer(enum.Enum):
     PROOF = enum.auto()
     PROBE_ANSWER = enum.auto()
     NOTHING_OUTSTANDING = enum.auto()
+    NOT_REQUESTER = enum.auto()
+    ANOTHER_PID = enum.auto()
     FAULT = enum.auto()
     STALE = enum.auto()
     WRONG_SERVICE = enum.auto()
@@ -305,25 +307,45 @@ class Provisioner:
         return Decision(reply, Event.HELD_OFF, f"a proof from this address failed; held off {wait}s")  # writes nothing
 
     def _poll_challenge(self, poll: _Poll) -> Decision:
-        """Ask for the proof: a fresh challenge, single use, bound to this serial and address, expiring soon."""
+        """Ask for the proof: a challenge bound to this serial and this address, expiring soon, single use.
+
+        One challenge per address: an address that polls again gets the same one again (it is never refreshed, so
+        a caller that never answers does not keep its place). At most CHALLENGE_ADDRESSES addresses hold one; a
+        newcomer beyond them takes the place of the oldest that has had CHALLENGE_ANSWER_SECONDS to answer, never
+        of a younger one (the genuine device answers in seconds), else it is told when to come back.  An unproven
+        caller's poll is not the device's contact: only the challenges change in the device's status.
+        """
         policy = self.settings.sudi
         assert policy is not None
         now, address = poll.contact.now, poll.contact.address
-        live = [c for c in poll.status.challenges if (parse_time(c[3]) or now) > now]
-        mine = [c for c in live if c[1] == address][-(sudi.CHALLENGES_PER_ADDRESS - 1):]  # its oldest makes room
-        others = [c for c in live if c[1] != address]
-        if not mine and len({c[1] for c in others}) >= sudi.CHALLENGE_ADDRESSES:
-            # Never push out a challenge another address is answering: this one waits for the first to expire.
-            wait = max(1, int(min((parse_time(c[3]) or now) - now for c in others).total_seconds()))
-            reply = protocol.backoff(poll.envelope, "device authentication busy, try again", seconds=wait)
-            return Decision(reply, Event.HELD_OFF, f"challenges are out to {sudi.CHALLENGE_ADDRESSES} other addresses; "
-                            f"asked to come back in {wait}s", poll.status if poll.changed else None)
+        record, work = poll.record, poll.record.work
+        current = record.status is not None and work is not None and record.status.revision == work.revision
+        base = record.status if current and record.status is not None else poll.status
+        live = [c for c in base.challenges if (parse_time(c[3]) or now) > now]
+        mine = next((c for c in live if c[1] == address), None)
+        if mine is not None:  # the same challenge again, under this request's correlator
+            kept = [c for c in live if c is not mine] + [(poll.request.correlator, *mine[1:])]
+            status = replace(base, challenges=tuple(kept))
+            reply = protocol.device_auth(poll.envelope, mine[2], ",".join(sudi.ENCRYPTION_METHODS),
+                                         ",".join(sudi.HASH_METHODS))
+            return Decision(reply, Event.CHALLENGE, "asked again for a SUDI proof", status, step=base.step)
+        if len(live) >= sudi.CHALLENGE_ADDRESSES:
+            def issued(c: tuple[str, str, str, str]) -> dt.datetime:
+                return (parse_time(c[3]) or now) - dt.timedelta(seconds=policy.challenge_seconds)
+
+            oldest = min(live, key=issued)
+            answered_in = (now - issued(oldest)).total_seconds()
+            if answered_in < sudi.CHALLENGE_ANSWER_SECONDS:
+                wait = max(1, int(sudi.CHALLENGE_ANSWER_SECONDS - answered_in))
+                reply = protocol.backoff(poll.envelope, "device authentication busy, try again", seconds=wait)
+                return Decision(reply, Event.HELD_OFF, f"challenges are out to {len(live)} other addresses; asked "
+                                f"to come back in {wait}s")
+            live.remove(oldest)  # it had its time to answer
         challenge = sudi.new_challenge()
         expires = format_time(now + dt.timedelta(seconds=policy.challenge_seconds))
-        status = replace(poll.status, challenges=tuple(others + mine) + ((poll.request.correlator, address, challenge,
-                                                                           expires),))
+        status = replace(base, challenges=tuple(live) + ((poll.request.correlator, address, challenge, expires),))
         reply = protocol.device_auth(poll.envelope, challenge, ",".join(sudi.ENCRYPTION_METHODS), ",".join(sudi.HASH_METHODS))
-        return Decision(reply, Event.CHALLENGE, "asked for a SUDI proof", status, step=poll.status.step)
+        return Decision(reply, Event.CHALLENGE, "asked for a SUDI proof", status, step=base.step)
 
     def _worth_probing(self, poll: _Poll) -> bool:
         """Stacks are declared and this stranger was not asked lately whether it is one of their members."""
@@ -417,8 +439,8 @@ class Provisioner:
         if declaration is None or not declaration.pid or (record.caller and record.caller != record.serial):
             return False  # a stack's member reports its own PID
         pid = poll.request.udi.pid
-        if not pid or pid == declaration.pid:
-            return False
+        if pid == declaration.pid:
+            return False  # (a UDI without a PID is no better a claim than one with another)
         policy = self.settings.sudi
         return not (policy is not None and record.status is not None
                     and self._proven(record.status, poll.contact, policy))
@@ -595,6 +617,10 @@ class Provisioner:
         except UnknownStepType:
             return Answer.NOTHING_OUTSTANDING, answer
         answer = replace(answer, position=position, step=step, step_type=step_type)
+        if self._not_the_requester(answer):
+            return Answer.NOT_REQUESTER, answer
+        if self._claims_another_pid(answer):
+            return Answer.ANOTHER_PID, answer
         if isinstance(response, protocol.Fault):
             return Answer.FAULT, answer
         if response.correlator != status.correlator:
@@ -602,6 +628,35 @@ class Provisioner:
         if response.service != step_type.service(step, status):
             return Answer.WRONG_SERVICE, answer
         return Answer.ANSWER, answer
+
+    def _not_the_requester(self, answer: _Answer) -> bool:
+        """An answer (a fault above all: it carries no correlator) from another address than the one the outstanding
+        request went to (the proven one, for SUDI): someone else's, ignored; the requester may still answer."""
+        status, declaration, contact = answer.record.status, answer.record.declaration, answer.contact
+        assert status is not None
+        sudi_declared = declaration is not None and declaration.authentication == "sudi"
+        requester = status.proven_address if sudi_declared else status.address
+        return bool(requester) and contact.address != requester
+
+    def _claims_another_pid(self, answer: _Answer) -> bool:
+        """The requester answers as another product than the declared one (its poll said otherwise)."""
+        declaration, record = answer.record.declaration, answer.record
+        caller_is_device = not record.caller or record.caller == record.serial
+        pid = answer.response.udi.pid
+        return bool(declaration is not None and declaration.pid and caller_is_device and pid != declaration.pid)
+
+    def _answer_not_requester(self, answer: _Answer) -> Decision:
+        what = "fault" if isinstance(answer.response, protocol.Fault) else f"{answer.response.service} response"
+        return self._ignore(answer, Event.STALE, f"{what} from {answer.contact.address}, not the address the request "
+                            "went to: ignored")
+
+    def _answer_another_pid(self, answer: _Answer) -> Decision:
+        """A refused claim: its request is withdrawn, nothing counted (the declaration stays for the real switch)."""
+        declaration = answer.record.declaration
+        assert declaration is not None
+        message = f"refused an answer from {answer.contact.address}: " + pid_mismatch(declaration.pid,
+                                                                                     answer.response.udi.pid)
+        return self._judge(answer, Event.REFUSED_CLAIM, Outcome(Verdict.REFUSE, code="pid-mismatch", message=message))
 
     def _ignore(self, answer: _Answer, event: Event, detail: str, recheck: bool = False) -> Decision:
         return Decision(answer.reply, event, detail, recheck=recheck)
@@ -614,12 +669,15 @@ class Provisioner:
         response, record, contact = answer.response, answer.record, answer.contact
         assert isinstance(response, protocol.WorkResponse)
         status, declaration, policy = record.status, record.declaration, self.settings.sudi
+        # The challenge sent under this correlator; else the one this address holds (asked again, it got the same).
         sent = next((c for c in status.challenges if c[0] == response.correlator), None) if status else None
+        if sent is None and status is not None:
+            sent = next((c for c in status.challenges if c[1] == contact.address), None)
         if status is None or declaration is None or sent is None:
             return self._ignore(answer, Event.STALE, "device-auth answer to no challenge of ours (old, or used)", recheck=True)
         # Single use, but only the address it was sent to can use it up: an answer from elsewhere is refused and
         # leaves it for the device it was sent to.
-        remaining = tuple(c for c in status.challenges if c[0] != response.correlator or c[1] != contact.address)
+        remaining = tuple(c for c in status.challenges if c is not sent or c[1] != contact.address)
         expires = parse_time(sent[3])
         try:
             if sent[1] != contact.address:
@@ -812,6 +870,8 @@ RESPONSE_TABLE: dict[Answer, Callable[[Provisioner, _Answer], Decision]] = {
     Answer.PROOF: Provisioner._answer_proof,
     Answer.PROBE_ANSWER: Provisioner._answer_probe,
     Answer.NOTHING_OUTSTANDING: Provisioner._answer_nothing_outstanding,
+    Answer.NOT_REQUESTER: Provisioner._answer_not_requester,
+    Answer.ANOTHER_PID: Provisioner._answer_another_pid,
     Answer.FAULT: Provisioner._answer_fault,
     Answer.STALE: Provisioner._answer_stale,
     Answer.WRONG_SERVICE: Provisioner._answer_wrong_service,

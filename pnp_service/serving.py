@@ -39,11 +39,14 @@ class EventWorker(Worker):
         # The event loop installs its handlers in run(); gunicorn's would interrupt it from inside.
         for sig in self.SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        # The master's signals, sent to a worker by hand, must not kill it mid-download.
+        for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGWINCH):
+            signal.signal(sig, signal.SIG_IGN)
 
     def run(self) -> None:
         limits = dataclasses.replace(self.limits, threads=self.cfg.threads, max_connections=self.cfg.worker_connections,
                                      graceful_timeout=self.cfg.graceful_timeout)
-        raise_open_files_limit(limits.max_connections + 256)
+        raise_open_files_limit(2 * limits.max_connections + 256)  # a download holds its socket and its file
         asyncio.run(self._serve(limits))
 
     async def _serve(self, limits: Limits) -> None:
@@ -97,7 +100,8 @@ def run_gunicorn(make_app: Callable[[], Application], args: argparse.Namespace) 
         "worker_connections": limits.max_connections,
         # The master restarts a worker whose event loop (or, with threads, whose request) blocks this long.
         "timeout": args.timeout,
-        "graceful_timeout": 10,
+        # On SIGTERM: answers and downloads in flight get this long (a cut download costs its device an attempt).
+        "graceful_timeout": args.graceful_timeout,
         "keepalive": int(limits.keepalive_timeout),
         # Headers are small in PnP; keep the request line and header limits tight.
         "limit_request_line": 4094,

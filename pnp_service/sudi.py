@@ -86,19 +86,21 @@ class Policy:
     challenge_seconds: int = 300
     trust_seconds: int = 1800
     #: After a failed proof its address gets no challenge for this long, doubling with each failure, but never
-    #: longer than a challenge lives (many switches of a branch share one address behind NAT).
-    throttle_seconds: int = 60
+    #: longer than a minute (nor than a challenge lives): switches of a branch share one address behind NAT.
+    throttle_seconds: int = 15
     #: Download URLs handed out after a proof are bound to the device's address and expire this soon.
     download_seconds: int = 300
 
     def hold_off_seconds(self, failures: int) -> int:
-        return min(self.challenge_seconds, self.throttle_seconds * 2 ** min(max(failures, 1) - 1, 10))
+        return min(self.challenge_seconds, HOLD_OFF_MAX_SECONDS,
+                   self.throttle_seconds * 2 ** min(max(failures, 1) - 1, 10))
 
 
-#: Open challenges of one declaration: per address (the oldest of that address makes room for its newest), and
-#: addresses at once (a newcomer waits; another address's challenge is never pushed out).
-CHALLENGES_PER_ADDRESS = 2
+HOLD_OFF_MAX_SECONDS = 60
+#: Open challenges of one declaration: one per address, at most this many addresses at once; a newcomer takes the
+#: place of the oldest only once that one had CHALLENGE_ANSWER_SECONDS to answer (an agent answers in seconds).
 CHALLENGE_ADDRESSES = 8
+CHALLENGE_ANSWER_SECONDS = 60
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,9 @@ from pnp_service.model import Unclaimed
 from pnp_service.provisioner import Settings
 from pnp_service.simulator import messages
 from pnp_service.stores.base import UnclaimedPolicy
-from test_provisioner import Device, declared
+from test_provisioner import UDI, Device, declared
+
+UDI_OTHER_PID = protocol.Udi("WS-C2960X-48", "V01", "SN1")
 
 IMAGE = dict(image_version="17.9.4a", image_url="http://images.invalid/cat9k.17.9.4a.bin", image_md5="b" * 32,
              image_reload_wait=600)
@@ -256,23 +258,85 @@ def sudi_device(policy: sudi.Policy) -> Device:
     return Device(declared(authentication="sudi"), Settings(sudi=policy))
 
 
-def test_a_failed_proof_never_holds_an_address_off_longer_than_a_challenge_lives():
-    policy = sudi.Policy(anchors=("anchor",), challenge_seconds=300, throttle_seconds=60)  # type: ignore[arg-type]
-    assert [policy.hold_off_seconds(n) for n in (1, 2, 3, 4, 10, 40)] == [60, 120, 240, 300, 300, 300]
+def test_a_failed_proof_never_holds_an_address_off_longer_than_a_minute_or_a_challenge():
+    policy = sudi.Policy(anchors=("anchor",), challenge_seconds=300)  # type: ignore[arg-type]
+    assert [policy.hold_off_seconds(n) for n in (1, 2, 3, 4, 10, 40)] == [15, 30, 60, 60, 60, 60]
+    short = sudi.Policy(anchors=("anchor",), challenge_seconds=20)  # type: ignore[arg-type]
+    assert max(short.hold_off_seconds(n) for n in range(1, 9)) == 20
 
 
-def test_challenges_sent_to_other_addresses_never_push_out_the_genuine_one():
-    policy = sudi.Policy(anchors=("anchor",))  # type: ignore[arg-type]
-    device = sudi_device(policy)
-    decision, message = device.poll()
+def at(device: Device, address: str) -> None:
+    contact = Device.contact
+    device.contact = lambda: dataclasses.replace(contact(device), address=address)  # type: ignore[method-assign]
+
+
+def test_challenges_sent_to_other_addresses_never_push_out_a_young_one():
+    device = sudi_device(sudi.Policy(anchors=("anchor",)))  # type: ignore[arg-type]
+    _, message = device.poll()
     assert message.service == "device-auth"
     genuine = device.status.challenges[0]
-    contact = device.contact
-    for n in range(30):  # strangers from 30 other addresses ask for challenges
-        device.contact = lambda n=n: dataclasses.replace(contact(), address=f"198.51.100.{n}")
+    for n in range(30):  # strangers from 30 other addresses ask for challenges within the answer time
+        at(device, f"198.51.100.{n}")
         device.poll()
-    assert genuine in device.status.challenges
+    assert genuine[2] in [c[2] for c in device.status.challenges]
     assert len({c[1] for c in device.status.challenges}) <= sudi.CHALLENGE_ADDRESSES
+
+
+def test_strangers_that_never_answer_cannot_keep_the_genuine_switch_from_a_challenge():
+    device = sudi_device(sudi.Policy(anchors=("anchor",)))  # type: ignore[arg-type]
+    for n in range(8):  # eight addresses take every place...
+        at(device, f"198.51.100.{n}")
+        device.poll()
+    for _ in range(10):  # ...and poll again every half minute, never answering: their challenges are not renewed
+        device.wait(30)
+        for n in range(8):
+            at(device, f"198.51.100.{n}")
+            device.poll()
+        assert len(device.status.challenges) == 8
+    at(device, "192.0.2.50")  # the genuine switch, doing as it is told
+    _, message = device.poll()
+    if message.service == "backoff":  # the strangers' challenges just renewed on expiry: at most a minute
+        wait = int(message.find_text("backoff/callbackAfter/seconds") or 0) + \
+            60 * int(message.find_text("backoff/callbackAfter/minutes") or 0)
+        assert wait <= sudi.CHALLENGE_ANSWER_SECONDS
+        device.wait(wait)
+        _, message = device.poll()
+    assert message.service == "device-auth"
+    assert "192.0.2.50" in [c[1] for c in device.status.challenges]
+
+
+def test_an_address_polling_again_is_asked_the_same_challenge():
+    device = sudi_device(sudi.Policy(anchors=("anchor",)))  # type: ignore[arg-type]
+    _, first = device.poll()
+    device.wait(10)
+    _, second = device.poll()
+    assert first.find_text("deviceAuth/challenge-request") == second.find_text("deviceAuth/challenge-request")
+    assert len(device.status.challenges) == 1 and device.status.challenges[0][0] == device.correlator
+
+
+# --------------------------------------------------------------------------- answers from someone else
+
+
+def test_a_fault_from_another_address_or_pid_counts_nothing():
+    device = Device(declared(), Settings(max_attempts=2))
+    device.poll()  # the genuine device holds a device-info request
+    for _ in range(3):  # a stranger elsewhere, faulting blind: ignored, the request still the device's
+        at(device, "198.51.100.9")
+        assert device.respond(messages.fault(UDI, "Client", "x")).event == "stale"
+        assert device.status.attempts == 0 and device.status.correlator
+    at(device, "192.0.2.50")
+    for _ in range(3):  # from its address, as another product: a refused claim, the request withdrawn, nothing counted
+        assert device.respond(messages.fault(UDI_OTHER_PID, "Client", "x")).event == "refused-claim"
+        assert device.status.attempts == 0 and device.status.state == "onboarding"
+        device.poll()
+    device.answer_device_info()
+    assert device.status.step == "config-upgrade" and device.status.state == "onboarding"
+
+
+def test_a_udi_without_a_pid_is_refused_like_another_pid():
+    device = Device(declared(pid="C9300-24P"), udi=protocol.Udi("", "", "SN1"))
+    decision, message = device.poll()
+    assert message.service == "backoff" and decision.event == "refused-claim"
 
 
 # --------------------------------------------------------------------------- the YANG and docs keep up

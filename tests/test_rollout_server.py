@@ -78,8 +78,14 @@ def get(port: int, path: str = "/ping", timeout: float = 5.0) -> tuple[int, byte
         connection.close()
 
 
-def raw(port: int, data: bytes) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+def raw(port: int, data: bytes, receive_buffer: int = 0) -> socket.socket:
+    """A connection that sends ``data``; ``receive_buffer``: small, set before connecting, so that the window the
+    server sees follows what this client reads (a slow link, not a big buffer filled at once)."""
+    sock = socket.socket()
+    sock.settimeout(5)
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
     if data:
         sock.sendall(data)
     return sock
@@ -261,3 +267,87 @@ def test_byte_ranges(header, expected):
 def test_a_range_past_the_end_is_not_satisfiable():
     with pytest.raises(httpserver.RangeNotSatisfiable):
         byte_range("bytes=1000-", 1000)
+
+
+# --------------------------------------------------------------------------- what the red team found
+
+
+def test_a_slow_link_that_keeps_moving_is_not_cut_by_a_big_piece(server):
+    running, app = server(Limits(send_timeout=2.0, graceful_timeout=0.5), image_bytes=8 * 1024 * 1024)
+    sock = raw(running.port, b"GET /file HTTP/1.1\r\nHost: x\r\n\r\n", receive_buffer=4096)
+    received, began = 0, time.monotonic()
+    while time.monotonic() - began < 6.0:  # about 12 KiB/s: a piece of 1 MiB would take a minute and a half
+        chunk = sock.recv(4096)
+        assert chunk, f"cut after {received} bytes: {httpserver.STATS.closed}"
+        received += len(chunk)
+        time.sleep(0.3)
+    assert not app.config["closed"], httpserver.STATS.closed
+    sock.close()
+
+
+def test_a_connection_reset_before_the_head_is_written_gives_the_file_back(server):
+    running, app = server(image_bytes=1024 * 1024)
+    for _ in range(20):
+        sock = raw(running.port, b"GET /file HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # RST at once
+    deadline = time.monotonic() + 5
+    while len(app.config["closed"]) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(app.config["closed"]) == 20  # every span closed: its slot (on_close) released
+
+
+@pytest.mark.parametrize("header", ["bytes=\u00b2-", "bytes=" + "9" * 5000 + "-", "bytes=-\u0661"])
+def test_a_range_no_one_can_parse_is_ignored_not_a_crash(header):
+    assert byte_range(header, 1000) is None
+
+
+def test_content_length_and_chunked_together_are_refused(server):
+    running, _ = server()
+    sock = raw(running.port, b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"3\r\nabc\r\n0\r\n\r\nGET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    said = read_all(sock)
+    assert said.startswith(b"HTTP/1.1 400") and said.count(b"HTTP/1.1") == 1
+
+
+def test_a_body_in_thousands_of_tiny_chunks_is_refused_and_others_are_answered(server):
+    running, _ = server(Limits(max_chunks=100, graceful_timeout=0.5))
+    sock = raw(running.port, b"POST /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\na\r\n" * 500)
+    assert read_all(sock).startswith(b"HTTP/1.1 400")
+    assert get(running.port) == (200, b"pong")
+
+
+def test_partial_bodies_cannot_hold_more_than_the_buffer_budget(server):
+    running, _ = server(Limits(max_buffered_bytes=100_000, max_body_bytes=60_000, graceful_timeout=0.5))
+    first = raw(running.port, b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n" + b"a" * 59_000)
+    time.sleep(0.2)
+    second = raw(running.port, b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n" + b"a" * 59_000)
+    said = read_all(second, 3)
+    assert said.startswith(b"HTTP/1.1 503") and b"Retry-After" in said
+    first.sendall(b"a" * 1000)
+    assert read_all(first, 3).startswith(b"HTTP/1.1 200")  # its budget was given back to it
+
+
+def test_tls_clients_still_in_their_handshake_are_counted_and_make_room(tmp_path):
+    import ssl
+
+    from test_real_switches import lab_pki
+
+    pki = lab_pki(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(pki["cert"]), str(pki["key"]))
+    app = make_app()
+    running = httpserver.start_in_thread(app, limits=Limits(max_connections=5, request_timeout=30, graceful_timeout=0.5),
+                                         ssl_context=context)
+    try:
+        silent = [raw(running.port, b"") for _ in range(5)]  # connect, never start the handshake
+        time.sleep(0.3)
+        assert httpserver.STATS.open_connections >= 5
+        client = ssl.create_default_context(cafile=str(pki["ca"]))
+        connection = http.client.HTTPSConnection("127.0.0.1", running.port, timeout=5, context=client)
+        connection.request("GET", "/ping")
+        assert connection.getresponse().read() == b"pong"  # one of the silent ones made room
+        for sock in silent:
+            sock.close()
+    finally:
+        running.stop()
