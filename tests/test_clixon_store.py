@@ -605,3 +605,14 @@ def test_a_reset_while_the_candidate_holds_uncommitted_edits_says_what_to_do(ope
     monkeypatch.setattr(clixon_store.time, "sleep", lambda seconds: None)
     with pytest.raises(StoreUnavailable, match="commit or discard them in clixon_cli, then reset again"):
         open_store(read_only=True).reset("SN1")
+
+
+def test_strangers_cannot_grow_a_stacks_recorded_members_in_the_controller(open_store, controller):
+    from pnp_service.stores.base import STACK_MEMBERS_MAX
+
+    store = open_store()
+    for n in range(20):
+        store.update(f"FAKE{n}", lambda record: Decision(b"", Event.STACK_MEMBER, member_of="SN1"))
+    store.flush()
+    members = controller.running.find(p("pnp")).findall(p("stack-member"))
+    assert len(members) == STACK_MEMBERS_MAX

@@ -404,3 +404,18 @@ def test_peek_never_waits_for_a_look_at_the_declarations_file(tmp_path):
     store.load("SN1")
     assert store.peek("SN1") is not None
     store.close()
+
+
+def test_strangers_cannot_grow_a_stacks_recorded_members_without_bound(tmp_path):
+    from pnp_service.provisioner import Decision, Event
+    from pnp_service.stores.base import STACK_MEMBERS_MAX
+
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml("<serial>TOP1</serial><hostname>s</hostname><stack><members>3</members></stack>"
+                                  "<config><template>x</template></config>"))
+    store = open_store(str(path))
+    for n in range(40):  # each claims, in its device-info, to be an active member of TOP1
+        store.update(f"FAKE{n}", lambda record: Decision(b"", Event.STACK_MEMBER, member_of="TOP1"))
+    rows = store.db.connection().execute("SELECT count(*) FROM stack_member").fetchone()[0]
+    assert rows == STACK_MEMBERS_MAX
+    store.close()

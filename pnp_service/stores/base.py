@@ -79,6 +79,10 @@ class UnclaimedPolicy:
         return format_time(newest - dt.timedelta(days=self.keep_days))
 
 
+#: Switches recorded as members of one declared stack (a stack has at most 8): more are strangers' claims, refused.
+STACK_MEMBERS_MAX = 8
+
+
 class ForgottenLog:
     """One warning when unclaimed devices start being forgotten to make room, then at most one a minute with the count:
     a flood of made-up serials must not become a flood of log lines."""

@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from .. import model, validation
 from ..model import Declaration, DeviceRecord, Status, Unclaimed, Work
 from ..planner import PlanningError, find_template_file, plan, read_template_file
-from .base import (Change, D, ForgottenLog, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnclaimedPolicy,
-                   UnknownSerial, resolve, stacks_of)
+from .base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Snapshot, StoreError, StoreUnavailable,
+                   UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +348,12 @@ class StateDb:
     @staticmethod
     def apply(connection: sqlite3.Connection, change: Change) -> None:
         """Record ``change`` following the unclaimed rule of :class:`~pnp_service.stores.base.Change`."""
+        if change.member_of and connection.execute(
+                "SELECT count(*) FROM stack_member WHERE stack = ? AND serial != ?",
+                (change.member_of, change.serial)).fetchone()[0] >= STACK_MEMBERS_MAX:
+            log.error("stack %s has %d recorded members already: %s is not recorded as another (it stays unclaimed)",
+                      change.member_of, STACK_MEMBERS_MAX, change.serial)
+            return
         if change.status is not None:
             connection.execute("INSERT OR REPLACE INTO status VALUES (?, ?)", (change.serial, _dumps(change.status)))
         if change.unclaimed is not None:

@@ -47,8 +47,8 @@ from ... import model
 from ...logs import event
 from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, Declaration, DeviceRecord, Status, Unclaimed, Work, q
 from ...xmlsafe import escape_text, iterparse
-from ..base import (Change, D, ForgottenLog, GroupCommit, Snapshot, StoreError, StoreUnavailable, UnclaimedPolicy,
-                    UnknownSerial, resolve, stacks_of)
+from ..base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Snapshot, StoreError, StoreUnavailable,
+                    UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
 from .journal import Journal
 from .netconf import DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, commit_edit
 
@@ -346,10 +346,21 @@ class ClixonStore:
             if problem:
                 self._quarantine(change, problem)
                 return decision
+            if change.member_of and self._stack_full(change):
+                log.error("stack %s has %d recorded members already: %s is not recorded as another (it stays "
+                          "unclaimed)", change.member_of, STACK_MEMBERS_MAX, change.serial)
+                return decision
             room = self._make_room(change) if change.unclaimed is not None and record.unclaimed is None else []
             self._appends.submit([change, *room])  # fsynced (with other polls' changes) before the device hears
         self._wake.set()
         return decision
+
+    def _stack_full(self, change: Change) -> bool:
+        with self._lock:
+            members = {serial for serial, stack in self._view.aliases.items() if stack == change.member_of}
+            members |= {serial for serial, pending in self._pending.items() if pending.member_of == change.member_of}
+        members.discard(change.serial)
+        return len(members) >= STACK_MEMBERS_MAX
 
     def _append_batch(self, jobs: list[list[Change]]) -> list[BaseException | None]:
         with self._journal.lock:
