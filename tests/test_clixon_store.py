@@ -616,3 +616,15 @@ def test_strangers_cannot_grow_a_stacks_recorded_members_in_the_controller(open_
     store.flush()
     members = controller.running.find(p("pnp")).findall(p("stack-member"))
     assert len(members) == STACK_MEMBERS_MAX
+
+
+def test_a_replayed_journal_keeps_the_newest_change_of_a_serial(tmp_path):
+    """Kills the mutant where the oldest journal line wins on replay."""
+    from pnp_service.stores.clixon.journal import Journal
+
+    journal = Journal(str(tmp_path / "journal"))
+    journal.append([Change("SN1", status=Status(state="onboarding", attempts=1))])
+    journal.append([Change("SN1", status=Status(state="error", attempts=3))])
+    journal.close()
+    replayed = Journal(str(tmp_path / "journal")).replay()
+    assert replayed["SN1"].status.state == "error" and replayed["SN1"].status.attempts == 3

@@ -390,3 +390,12 @@ def test_trustpool_needs_an_https_url(example_path, tmp_path):
     command = [sys.executable, "-m", "pnp_service.cli", "serve", "--datastore", example_path, "--trustpool", str(pki["ca"])]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "--https-url https://HOST[:PORT]" in result.stderr
+
+
+def test_a_stack_whose_declared_serial_is_not_in_slot_1_is_still_matched(lab):
+    """Kills the mutant that matches a stack by its slot-1 member only."""
+    running, sim = lab(STACK)
+    device = SimulatedDevice("MEM3", pid="C9300-48P", stack=(("MEM2", "C9300-24P"), ("TOP1", "C9300-48P")),
+                             active_slot=3)
+    assert sim.run(device).outcome == "configured"
+    assert running.store.load("MEM3").serial == "TOP1"

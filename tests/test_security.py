@@ -477,3 +477,22 @@ def test_the_signing_secret_is_created_once_private_and_a_crash_leaves_nothing_i
     path.write_bytes(b"short\n")
     replaced = load_or_create_secret(str(path))
     assert replaced != b"short" and path.read_bytes().strip() == replaced
+
+
+def test_the_one_parser_factory_itself_resolves_no_entity_and_reads_no_file(tmp_path):
+    """Kills the mutant that turns entity resolution and DTD loading on in xmlsafe.parser: every parser it makes,
+    the controller-reply one included, leaves a DTD's entities unexpanded and never opens a file."""
+    from lxml import etree
+
+    from pnp_service import xmlsafe
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    document = (f'<!DOCTYPE r [<!ENTITY inner "EXPANDED"><!ENTITY outer SYSTEM "file://{secret}">]>'
+                "<r>&inner;&outer;</r>").encode()
+    for large in (False, True):
+        root = etree.fromstring(document, xmlsafe.parser(large=large))
+        text = etree.tostring(root).decode()
+        assert "EXPANDED" not in text and "TOP-SECRET" not in text
+    for _, element in xmlsafe.iterparse(document):
+        assert "TOP-SECRET" not in (element.text or "") and "EXPANDED" not in (element.text or "")

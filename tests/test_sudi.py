@@ -235,3 +235,21 @@ def test_what_an_unverified_certificate_says_is_cleaned_before_it_is_recorded(pk
     message = str(raised.value)
     assert raised.value.reason == sudi.Reason.UNTRUSTED and "Rogue" in message
     assert "\x07" not in message and "\x1b" not in message
+
+
+def test_an_rsa_certificate_with_a_signature_from_another_key_is_refused(lab, pki):
+    """Kills the mutant that skips the RSA signature check (the other spoofers use EC keys)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives import serialization
+
+    running, _ = lab(DEVICE.format(sn="SN2", host="sw", auth=SUDI))
+    listener = running.listener
+    udi = protocol.Udi("C9300-24P", "V01", "SN2")
+    reply = messages.parse_server_message(listener.work_request(messages.work_request(udi, "c1"), "192.0.2.7", "http://x/").body)
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    signature, method = messages.sign_challenge(other_key, reply.find_text("deviceAuth/challenge-request"))
+    listener.work_response(messages.device_auth_response(udi, "c1", pki["rsa"][0], signature, method), "192.0.2.7",
+                           "http://x/")
+    status = running.store.load("SN2").status
+    assert status.proven_address == "" and status.error_code == "sudi-bad-signature"
