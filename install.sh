@@ -100,11 +100,6 @@ if "$python" -c 'import sys, sysconfig, os; sys.exit(not os.path.exists(os.path.
    && [ "$python" != "$venv/bin/python" ]; then
   pip_flags+=(--break-system-packages)
 fi
-# The bindings' releases follow libyang's: 2.8.0 is the last one that builds against libyang 2.1.30 (Debian 12).
-libyang_version=$(pkg-config --modversion libyang)
-if [ "$(printf '%s\n' "$libyang_version" 2.1.111 | sort -V | head -n 1)" != 2.1.111 ]; then
-  "$python" -m pip install "${pip_flags[@]}" "libyang==2.8.0"
-fi
 if [ "$dev" = 1 ]; then
   "$python" -m pip install "${pip_flags[@]}" -e "$here[test]"
   if ! command -v yanglint >/dev/null 2>&1; then

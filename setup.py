@@ -1,8 +1,22 @@
 """pnp-service: Day-0 provisioning of Cisco devices over PnP from the Clixon controller."""
 
 import glob
+import os
 
 from setuptools import find_packages, setup
+
+
+def _missing_libyang() -> str:
+    """build_support/libyang.py's verdict (loaded by path: the package is not installed while it builds)."""
+    namespace: dict = {}
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "build_support", "libyang.py"), encoding="utf-8") as source:
+        exec(compile(source.read(), source.name, "exec"), namespace)
+    return namespace["missing_libyang"]()
+
+
+if _missing_libyang():
+    raise SystemExit(_missing_libyang())
 
 setup(
     name="pnp-service",
@@ -28,9 +42,11 @@ setup(
         "pyyaml>=6",
         # SUDI proofs (sudi.py), SSH host keys read over PnP (steps.py), the simulator's lab PKI.
         "cryptography>=41",
-        # libyang's Python bindings need Debian's libyang2-dev to build; install.sh installs it and picks
-        # the binding release that matches the installed libyang (2.8.0 for Debian 12's libyang 2.1.30).
-        "libyang>=2.8,<4",
+        # libyang's Python bindings, built against the system's libyang (libyang2-dev). 2.8.0 is the one release
+        # that builds against every libyang 2.1 the distributions ship: Debian 12's 2.1.30 (2.8.1 and later do
+        # not), Ubuntu 24.04's 2.1.128 and Debian 13's 2.1.148 (3.x needs libyang 3). Checked by building each
+        # pair: docs/operations.md.
+        "libyang==2.8.0",
     ],
     # clixon-pyapi is needed only inside the controller (service module, --clixon-socket); it is not on
     # PyPI: docs/controller.md says how to install it from its git repository.

@@ -212,3 +212,23 @@ def test_the_image_builds():
     result = subprocess.run(["docker", "build", "-f", os.path.join(DEPLOY, "Dockerfile"), "-t", "pnp-service:test",
                              REPO], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def test_without_libyangs_headers_pip_install_says_in_one_line_which_package_to_install():
+    import runpy
+    import subprocess
+
+    check = runpy.run_path(os.path.join(REPO, "build_support", "libyang.py"))["missing_libyang"]
+    failing = lambda command: subprocess.CompletedProcess(command, 1)  # noqa: E731
+    message = check({}, which=lambda name: "/usr/bin/pkg-config", run=failing, exists=lambda path: False)
+    assert "apt-get install libyang2-dev" in message and "\n" not in message
+    assert check({}, which=lambda name: None, run=failing, exists=lambda path: path.endswith("libyang/libyang.h")) == ""
+    passing = lambda command: subprocess.CompletedProcess(command, 0)  # noqa: E731
+    assert check({}, which=lambda name: "/usr/bin/pkg-config", run=passing, exists=lambda path: False) == ""
+    assert check({"LIBYANG_HEADERS": "/opt/ly/include"}, which=lambda name: None, run=failing,
+                 exists=lambda path: False) == ""
+
+
+def test_the_bindings_release_is_pinned_to_the_one_that_builds_on_every_libyang_2_1():
+    setup = open(os.path.join(REPO, "setup.py")).read()
+    assert '"libyang==2.8.0"' in setup and "cryptography>=" in setup.split("extras_require")[0]
