@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from typing import Callable
 
-MESSAGE = ("pnp-service: libyang's headers are missing: install libyang2-dev (Debian, Ubuntu: "
+MESSAGE = ("pnp-service: libyang's headers are missing: install libyang2-dev (Debian 12 and 13, Ubuntu 24.04: "
            "apt-get install libyang2-dev pkg-config gcc), then pip install again")
 INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
 
