@@ -388,7 +388,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         shown = " ".join(f"{name}={value!r}" for name, value in params.items())
         print(f"{number}. {step.id} ({step.type}) {shown}".rstrip())
         if "config" in step.params:
-            print(f"   configuration served at the signed download URL:\n")
+            print("   configuration served at the signed download URL:\n")
             print("\n".join(f"     {line}" for line in step.params["config"].splitlines()))
             print()
     return 0

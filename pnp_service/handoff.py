@@ -27,7 +27,7 @@ import urllib.request
 from typing import Any, Callable, Protocol
 
 from .logs import event
-from .model import DeviceRecord, format_time
+from .model import DeviceRecord, Handoff, format_time
 from .provisioner import Decision, Event
 from .stores.base import Store, StoreError
 from .xmlsafe import clean_text
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class Result:
     """What an action achieved: ``managed``, or not yet (``retry``), or not at all until an operator acts."""
 
-    state: str  # managed | failed
+    state: Handoff  # MANAGED or FAILED
     message: str = ""
     device: str = ""
     retry: bool = True
@@ -90,10 +90,10 @@ class HookAction:
             try:
                 result = subprocess.run(shlex.split(self.command), input=data, capture_output=True, timeout=self.timeout)
             except (OSError, subprocess.TimeoutExpired) as exc:
-                return Result("failed", f"--on-provisioned did not run: {exc}", ",".join(sorted(done)))
+                return Result(Handoff.FAILED, f"--on-provisioned did not run: {exc}", ",".join(sorted(done)))
             if result.returncode != 0:
                 tail = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-                return Result("failed", f"--on-provisioned exited {result.returncode}: {tail[0][:200]}",
+                return Result(Handoff.FAILED, f"--on-provisioned exited {result.returncode}: {tail[0][:200]}",
                               ",".join(sorted(done)))
             ran.append("command")
         if self.webhook and "webhook" not in done:
@@ -102,9 +102,9 @@ class HookAction:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     response.read()
             except (urllib.error.URLError, OSError) as exc:
-                return Result("failed", f"--webhook {self.webhook}: {exc}", ",".join(sorted(done | set(ran))))
+                return Result(Handoff.FAILED, f"--webhook {self.webhook}: {exc}", ",".join(sorted(done | set(ran))))
             ran.append("webhook")
-        return Result("managed", f"hooks ran ({', '.join(ran) or 'none left'})", ",".join(sorted(done | set(ran))))
+        return Result(Handoff.MANAGED, f"hooks ran ({', '.join(ran) or 'none left'})", ",".join(sorted(done | set(ran))))
 
 
 class HandoffWorker:
@@ -156,7 +156,7 @@ class HandoffWorker:
         """Hand on every device that is due (after a restart, or a retry whose time has come)."""
         now = self._now()
         due = [r.serial for r in self.store.snapshot().devices
-               if r.status is not None and r.status.handoff in ("pending", "failed")
+               if r.status is not None and r.status.handoff in (Handoff.PENDING, Handoff.FAILED)
                and r.status.handoff_next is not None and r.status.handoff_next <= now]
         return sum(self.run(serial) for serial in due)  # run() checks again, under the device's lock
 
@@ -170,7 +170,7 @@ class HandoffWorker:
 
         def claim(record: DeviceRecord) -> Decision:
             status = record.status
-            due = (status is not None and status.handoff in ("pending", "failed") and status.handoff_next is not None
+            due = (status is not None and status.handoff in (Handoff.PENDING, Handoff.FAILED) and status.handoff_next is not None
                    and status.handoff_next <= now and status.handoff_revision == status.revision)
             if not due:
                 return Decision(b"", Event.HANDOFF, "not due")
@@ -188,7 +188,7 @@ class HandoffWorker:
         try:
             result = self.action.hand_off(record)
         except Exception as exc:  # noqa: BLE001 - a failing action is a failed hand-off, retried
-            result = Result("failed", f"{type(exc).__name__}: {exc}")
+            result = Result(Handoff.FAILED, f"{type(exc).__name__}: {exc}")
         self._record(serial, claimed.status.revision, result)
         return True
 
@@ -201,7 +201,7 @@ class HandoffWorker:
                 return Decision(b"", Event.HANDOFF, "the work changed meanwhile")
             attempts = status.handoff_attempts + 1
             delay = min(self.retry_max_seconds, self.retry_base_seconds * 2 ** min(attempts - 1, 12))
-            retry = result.state != "managed" and result.retry
+            retry = result.state != Handoff.MANAGED and result.retry
             updated = dataclasses.replace(
                 status, handoff=result.state, handoff_message=result.message, handoff_device=result.device or
                 status.handoff_device, handoff_attempts=attempts, handoff_time=now,
@@ -210,6 +210,6 @@ class HandoffWorker:
             return Decision(b"", Event.HANDOFF, result.message, updated)
 
         self.store.update(serial, decide)
-        level = logging.INFO if result.state == "managed" else logging.WARNING
+        level = logging.INFO if result.state == Handoff.MANAGED else logging.WARNING
         event(log, level, f"handoff-{result.state}", serial=serial, device=result.device or None,
-              detail=result.message, retry="yes" if result.retry and result.state != "managed" else "no")
+              detail=result.message, retry="yes" if result.retry and result.state != Handoff.MANAGED else "no")

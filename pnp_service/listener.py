@@ -21,7 +21,7 @@ from typing import Callable
 from . import protocol
 from .downloads import TransferGate, UrlSigner
 from .logs import event
-from .model import DeviceRecord
+from .model import DeviceRecord, Handoff, State
 from .provisioner import Contact, Decision, Event, Provisioner, Settings
 from .steps import Download, StepRegistry, UnknownStepType
 from .stores.base import Store, StoreUnavailable
@@ -204,7 +204,7 @@ class Listener:
             self.metrics.writes.observe(time.perf_counter() - began)
         if decision.event == Event.REFUSED and status is not None:
             self.metrics.sudi_refused.labels(status.error_code or "unknown").inc()
-        if status is not None and status.handoff == "pending" and status.state == "provisioned" and self.on_provisioned:
+        if status is not None and status.handoff == Handoff.PENDING and status.state == State.PROVISIONED and self.on_provisioned:
             self.on_provisioned(status_serial(serial, decision))
         event(
             log,

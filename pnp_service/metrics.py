@@ -83,7 +83,7 @@ class Metrics:
             if time.monotonic() - self._snapshot_at < self._snapshot_seconds:
                 return
             snapshot = self.store.snapshot()
-            states = Counter(views.shown_state(record) for record in snapshot.devices)
+            states: Counter[str] = Counter(str(views.shown_state(record)) for record in snapshot.devices)
             states["unclaimed"] = len(snapshot.unclaimed)
             self.devices.clear()
             for state, count in states.items():

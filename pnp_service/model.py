@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import json
 from typing import Any, Iterable, Mapping, TypeVar
 
@@ -160,11 +161,30 @@ class Work:
         return None
 
 
+class State(enum.StrEnum):
+    """``/pnp/device/status/state``: the YANG's ``device-state`` enumeration."""
+
+    PLANNED = "planned"
+    ONBOARDING = "onboarding"
+    PROVISIONED = "provisioned"
+    ERROR = "error"
+
+
+class Handoff(enum.StrEnum):
+    """``/pnp/device/status/handoff/state``: where a provisioned device is in being handed to its controller (or
+    the hooks); NONE: nobody to hand it to."""
+
+    NONE = ""
+    PENDING = "pending"
+    MANAGED = "managed"
+    FAILED = "failed"
+
+
 @dataclasses.dataclass(frozen=True)
 class Status:
-    """A device's progress, as recorded by the listener.  ``state`` holds a provisioner ``State``."""
+    """A device's progress, as recorded by the listener."""
 
-    state: str = "planned"
+    state: State = State.PLANNED
     revision: str = ""
     step: str = ""
     phase: str = ""
@@ -199,7 +219,7 @@ class Status:
     throttled: tuple[tuple[str, str, int], ...] = ()
     #: The device's SSH host key, read over PnP, and the hand-off to the controller (or the hooks).
     host_key: str = ""
-    handoff: str = ""
+    handoff: Handoff = Handoff.NONE
     handoff_revision: str = ""
     handoff_device: str = ""
     handoff_message: str = ""
@@ -210,6 +230,13 @@ class Status:
     error_message: str = ""
     error_step: str = ""
     error_time: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        # Read back from JSON, XML or a journal as plain text: held as the enums, a misspelt value fails here.
+        if type(self.state) is not State:
+            object.__setattr__(self, "state", State(self.state))
+        if type(self.handoff) is not Handoff:
+            object.__setattr__(self, "handoff", Handoff(self.handoff))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -626,7 +653,7 @@ def status_from_xml(element: etree._Element | None) -> Status | None:
             for c in element.iterfind(f"{q('sudi')}/{q('challenge')}")
         ),
         host_key=child_text(element, "host-key"),
-        handoff=child_text(element, "handoff", "state"),
+        handoff=Handoff(child_text(element, "handoff", "state")),
         handoff_revision=child_text(element, "handoff", "revision"),
         handoff_device=child_text(element, "handoff", "device"),
         handoff_message=child_text(element, "handoff", "message"),

@@ -8,10 +8,12 @@ attempts, the correlator of the outstanding request, retry time, facts the
 device reported).  No state lives in this process, so any listener can answer
 any poll.
 
-A message is first *classified*, then the classified case is looked up in a
-table that says what to answer and what to record:
+A message is first *classified* into a case; the serial's stage and the case are
+looked up in the transition table, :data:`pnp_service.machine.MOVES`, which names
+the handler here that works out the reply and the record, and the stages it may
+lead to (checked: a move the table lacks is a ``TransitionError``, never a guess):
 
-WORK-REQUEST (:data:`POLL_TABLE`): an undeclared serial is recorded as unclaimed
+WORK-REQUEST (:class:`~pnp_service.machine.Poll`): an undeclared serial is recorded as unclaimed
 and told to back off (while stacks are declared, it is first asked for
 device-info, to learn whether it is the active member of one); a status of
 another revision starts over at the first step; a device in error, provisioned,
@@ -25,7 +27,7 @@ request is sent, its correlator remembered.  A device that polls again without
 answering is asked what its step says (an image install goes to verify, never
 installs twice).
 
-WORK-RESPONSE (:data:`RESPONSE_TABLE`): always answered with a Bye.  A device-auth
+WORK-RESPONSE (:class:`~pnp_service.machine.Answer`): always answered with a Bye.  A device-auth
 answer is checked against the challenge sent under its correlator (single use):
 a valid proof is recorded with its address; a failed one holds that address
 off and is recorded as the last error, never as a failed attempt, so a spoofer
@@ -36,7 +38,7 @@ attempt; a stale correlator, a response when nothing is outstanding and a
 backoff acknowledgement change nothing (the first two ask a caching store to
 look again: another listener may have sent that request).
 
-The step's verdict moves the status (:data:`VERDICT_TABLE`): advance to the next
+The step's verdict moves the status (:data:`~pnp_service.machine.VERDICTS`): advance to the next
 step or to provisioned, enter a phase, retry with a growing backoff until
 ``max_attempts``, or fail at once.
 
@@ -54,17 +56,9 @@ from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from . import protocol, sudi
-from .model import DeviceRecord, Status, Step, Unclaimed, Work, format_time, parse_time
+from .machine import VERDICTS, Answer, Poll, Stage, TransitionError, move, stage_of
+from .model import DeviceRecord, Handoff, State, Status, Step, Unclaimed, Work, format_time, parse_time
 from .steps import Outcome, RequestContext, StepRegistry, StepType, UnknownStepType, Verdict, pid_mismatch
-
-
-class State(enum.StrEnum):
-    """``/pnp/device/status/state``: the YANG's ``device-state`` enumeration."""
-
-    PLANNED = "planned"
-    ONBOARDING = "onboarding"
-    PROVISIONED = "provisioned"
-    ERROR = "error"
 
 
 class Event(enum.StrEnum):
@@ -173,37 +167,6 @@ _FACT_FIELDS = ("udi", "platform", "version", "hostname", "image_file", "mode", 
                 "host_key")
 
 
-class Poll(enum.Enum):
-    """The cases of a WORK-REQUEST, in the order :meth:`Provisioner._classify_poll` tests them."""
-
-    UNDECLARED = enum.auto()
-    PROBE = enum.auto()
-    NOT_PLANNED = enum.auto()
-    REFUSED_CLAIM = enum.auto()
-    IN_ERROR = enum.auto()
-    PROVISIONED = enum.auto()
-    WAITING = enum.auto()
-    UNPROVABLE = enum.auto()
-    HELD_OFF = enum.auto()
-    CHALLENGE = enum.auto()
-    DUE = enum.auto()
-
-
-class Answer(enum.Enum):
-    """The cases of a WORK-RESPONSE, in the order :meth:`Provisioner._classify_response` tests them."""
-
-    BACKOFF_ACK = enum.auto()
-    PROOF = enum.auto()
-    PROBE_ANSWER = enum.auto()
-    NOTHING_OUTSTANDING = enum.auto()
-    NOT_REQUESTER = enum.auto()
-    ANOTHER_PID = enum.auto()
-    FAULT = enum.auto()
-    STALE = enum.auto()
-    WRONG_SERVICE = enum.auto()
-    ANSWER = enum.auto()
-
-
 @dataclasses.dataclass(frozen=True)
 class _Poll:
     """A WORK-REQUEST being decided: the record, the message, and the status to act on."""
@@ -235,6 +198,30 @@ class Provisioner:
         self._bootstrap = (Step("trustpool", "trustpool", dict(bootstrap)),) if bootstrap is not None else ()
 
 
+    # ================================================================== the table's interpreter
+
+    def _apply(self, case: Poll | Answer, message: _Poll | _Answer) -> Decision:
+        """Run the move :data:`~pnp_service.machine.MOVES` has for this case in the serial's stage, and check that it
+        left the serial in a stage the move may lead to."""
+        record = message.record
+        stage = _stage(record, record.status)
+        step = move(stage, case)
+        decision: Decision = getattr(self, step.handler)(message)
+        after = _stage(record, decision.status) if decision.status is not None else stage
+        if after not in step.to:
+            raise TransitionError(f"{case.name} in stage {stage} led to {after}; the table allows "
+                                  f"{', '.join(sorted(step.to))}")
+        return decision
+
+    def _apply_verdict(self, status: Status, work: Work, position: int, outcome: Outcome,
+                       now: dt.datetime) -> tuple[Status, Event]:
+        """Apply a step's verdict through :data:`~pnp_service.machine.VERDICTS`."""
+        verdict = VERDICTS[outcome.verdict]
+        judged: tuple[Status, Event] = getattr(self, verdict.handler)(status, work, position, outcome, now)
+        if Stage(judged[0].state.value) not in verdict.to:
+            raise TransitionError(f"verdict {outcome.verdict} led to {judged[0].state}")
+        return judged
+
     # ================================================================== WORK-REQUEST
 
     def effective_work(self, work: Work | None) -> Work | None:
@@ -249,7 +236,7 @@ class Provisioner:
         work = record.work
         status, changed = (record.status or Status(), False) if work is None else self._current(record, work, request, contact)
         poll = _Poll(record, request, contact, envelope, status, changed)
-        return _for(record, POLL_TABLE[self._classify_poll(poll)](self, poll))
+        return _for(record, self._apply(self._classify_poll(poll), poll))
 
     def _classify_poll(self, poll: _Poll) -> Poll:
         if poll.record.work is None:
@@ -561,8 +548,7 @@ class Provisioner:
                 break
             work = poll.record.work
             assert work is not None
-            status, event = VERDICT_TABLE[outcome.verdict](self, status, work, work.index(step.id) or 0, outcome,
-                                                            poll.contact.now)
+            status, event = self._apply_verdict(status, work, work.index(step.id) or 0, outcome, poll.contact.now)
             if outcome.verdict != Verdict.PHASE or status.retry_at is not None:
                 reply = protocol.backoff(poll.envelope, "provisioning failed; see status",
                                          default_minutes=self.settings.error_backoff_minutes) \
@@ -594,7 +580,7 @@ class Provisioner:
         record = replace(record, work=self.effective_work(record.work))
         answer = _Answer(record, response, contact, protocol.bye(protocol.Envelope(response.udi, correlator)))
         case, answer = self._classify_response(answer)
-        return _for(record, RESPONSE_TABLE[case](self, answer))
+        return _for(record, self._apply(case, answer))
 
     def _classify_response(self, answer: _Answer) -> tuple[Answer, _Answer]:
         response, status, work = answer.response, answer.record.status, answer.record.work
@@ -606,7 +592,8 @@ class Provisioner:
         if (work is None and probed is not None and probed.correlator and isinstance(response, protocol.WorkResponse)
                 and response.correlator == probed.correlator and response.service == "device-info"):
             return Answer.PROBE_ANSWER, answer
-        if work is None or status is None or not status.correlator or status.revision != work.revision:
+        if (work is None or status is None or not status.correlator or status.revision != work.revision
+                or status.state != State.ONBOARDING):
             return Answer.NOTHING_OUTSTANDING, answer
         position = work.index(status.step)
         if position is None:
@@ -757,7 +744,7 @@ class Provisioner:
         return self.settings.hooks or (record.declaration is not None and record.declaration.handoff is not None)
 
     def _judge(self, answer: _Answer, event: Event | None, outcome: Outcome) -> Decision:
-        """Apply a step's verdict to the status, through :data:`VERDICT_TABLE`."""
+        """Apply a step's verdict on an answer to the status (:meth:`_apply_verdict`) and say what it did."""
         status, work, step = answer.record.status, answer.record.work, answer.step
         assert status is not None and work is not None and step is not None
         # 0 is a fact (a full flash); only what was not reported is left out.
@@ -767,7 +754,7 @@ class Provisioner:
             base = replace(status, correlator="")
         else:
             base = replace(status, correlator="", last_contact=answer.contact.now, address=answer.contact.address, **facts)
-        updated, verdict_event = VERDICT_TABLE[outcome.verdict](self, base, work, answer.position, outcome, answer.contact.now)
+        updated, verdict_event = self._apply_verdict(base, work, answer.position, outcome, answer.contact.now)
         if updated.state == State.PROVISIONED and self._hands_off(answer.record):
             updated = _provisioned(updated, answer.contact.now, handoff=True)
         reported = f"{outcome.code}: {outcome.message}" if outcome.code or outcome.message else "ok"
@@ -818,6 +805,12 @@ class Provisioner:
         return retrying, Event.RETRY
 
 
+def _stage(record: DeviceRecord, status: Status | None) -> Stage:
+    work = record.work
+    return stage_of(work.revision if work is not None else None, record.declaration is not None,
+                    status.state if status is not None else None, status.revision if status is not None else "")
+
+
 def _for(record: DeviceRecord, decision: Decision) -> Decision:
     """Say whose record the decision was taken on (a stack's, when a member called) and its declared hostname."""
     if record.declaration is not None and record.declaration.hostname:
@@ -837,7 +830,7 @@ def _provisioned(status: Status, now: dt.datetime, handoff: bool = False) -> Sta
     done = replace(status, state=State.PROVISIONED, step="", phase="", correlator="", attempts=0, retry_at=None,
                    last_contact=now)
     if handoff and status.handoff_revision != status.revision:  # once per device and revision
-        done = replace(done, handoff="pending", handoff_revision=status.revision, handoff_attempts=0,
+        done = replace(done, handoff=Handoff.PENDING, handoff_revision=status.revision, handoff_attempts=0,
                        handoff_message="", handoff_next=now, handoff_time=now)
     return done
 
@@ -847,42 +840,3 @@ def _error(status: Status, code: str, message: str, step_id: str, now: dt.dateti
         status, state=State.ERROR, correlator="", retry_at=None,
         error_code=code, error_message=message, error_step=step_id, error_time=now,
     )
-
-
-#: WORK-REQUEST: case -> what to do.
-POLL_TABLE: dict[Poll, Callable[[Provisioner, _Poll], Decision]] = {
-    Poll.UNDECLARED: Provisioner._poll_undeclared,
-    Poll.PROBE: Provisioner._poll_probe,
-    Poll.NOT_PLANNED: Provisioner._poll_not_planned,
-    Poll.REFUSED_CLAIM: Provisioner._poll_refused_claim,
-    Poll.IN_ERROR: Provisioner._poll_in_error,
-    Poll.PROVISIONED: Provisioner._poll_provisioned,
-    Poll.WAITING: Provisioner._poll_waiting,
-    Poll.UNPROVABLE: Provisioner._poll_unprovable,
-    Poll.HELD_OFF: Provisioner._poll_held_off,
-    Poll.CHALLENGE: Provisioner._poll_challenge,
-    Poll.DUE: Provisioner._poll_due,
-}
-
-#: WORK-RESPONSE: case -> what to do.
-RESPONSE_TABLE: dict[Answer, Callable[[Provisioner, _Answer], Decision]] = {
-    Answer.BACKOFF_ACK: Provisioner._answer_backoff_ack,
-    Answer.PROOF: Provisioner._answer_proof,
-    Answer.PROBE_ANSWER: Provisioner._answer_probe,
-    Answer.NOTHING_OUTSTANDING: Provisioner._answer_nothing_outstanding,
-    Answer.NOT_REQUESTER: Provisioner._answer_not_requester,
-    Answer.ANOTHER_PID: Provisioner._answer_another_pid,
-    Answer.FAULT: Provisioner._answer_fault,
-    Answer.STALE: Provisioner._answer_stale,
-    Answer.WRONG_SERVICE: Provisioner._answer_wrong_service,
-    Answer.ANSWER: Provisioner._answer,
-}
-
-#: A step's verdict -> the status it leads to (and the event it is logged as).
-VERDICT_TABLE: dict[Verdict, Callable[[Provisioner, Status, Work, int, Outcome, dt.datetime], tuple[Status, Event]]] = {
-    Verdict.ADVANCE: Provisioner._advance,
-    Verdict.PHASE: Provisioner._phase,
-    Verdict.FAIL: Provisioner._fail,
-    Verdict.RETRY: Provisioner._retry,
-    Verdict.REFUSE: Provisioner._refuse,
-}

@@ -344,36 +344,100 @@ def _local_image(location: str) -> bool:
     return "://" not in location
 
 
+class Phase(enum.StrEnum):
+    """The phases of an image install (``status/phase``)."""
+
+    INSTALL = ""  # image-install of the .bin (in install mode the agent drives the installer itself)
+    CLEANUP = "cleanup"  # flash is short in install mode: install remove inactive
+    RECHECK = "recheck"  # device-info: the free space after the cleanup
+    READY = "ready"  # image-install, after the cleanup
+    COPY = "copy"  # the agent has no installer (1826/1827): copy over the command line...
+    ACTIVATE = "activate"  # ...then install add file ... activate commit prompt-level none
+    CHECK = "check"  # device-info after a failed install: it may have installed anyway
+    VERIFY = "verify"  # device-info after the install: the target version, or the reload is awaited
+    QUEUED = "queued"  # every image transfer slot is in use: wait for one, then install
+    COPY_QUEUED = "copy-queued"  # the same, before a copy
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseSpec:
+    """One phase of a step's graph: what it sends and where each kind of answer leads.
+
+    ``success`` None: the device-info answer is judged by the version it reports: the target version ends the step,
+    another goes to ``otherwise``.  ``failure``: the phase a failed answer retries from (after the retry backoff,
+    counted).  ``no_answer``: where a device that polls again without answering goes on (None: it is asked again,
+    counted).  ``queue``: the phase that waits for a transfer slot before a download from the listener;
+    ``dequeue``: in such a phase, where a free slot leads.  ``installer_missing``: where the agent's codes
+    1826/1827 lead on an install-mode switch.  ``flash_short``: where an install-mode switch with too little free
+    space goes before anything is sent (None: an error, nothing copied).  ``expired``: the phase a wait that
+    ran out (or a reload onto the old version) retries from.  ``wait``: why the device backs off while in this phase.
+    """
+
+    service: str
+    success: Phase | None = None
+    otherwise: Phase | None = None
+    failure: Phase | None = None
+    no_answer: Phase | None = None
+    queue: Phase | None = None
+    dequeue: Phase | None = None
+    installer_missing: Phase | None = None
+    flash_short: Phase | None = None
+    expired: Phase | None = None
+    wait: str = ""
+    does: str = ""
+
+
 class ImageInstallStep:
     """Install the target image unless it runs already; the device proves the reload with its version.
 
-    Phases: ``""`` image-install of the .bin (the agent drives the installer itself in
-    install mode: Cisco's codes 1826/1827 are its installer's), ``cleanup`` (``install
-    remove inactive`` when flash is short in install mode) then ``recheck``
-    (device-info) and ``ready``; ``copy`` and ``activate``: the command-line path
-    (``copy``, then ``install add file ... activate commit prompt-level none``) when the
-    agent has no installer; ``check``: device-info after a failed install (it may have
-    installed anyway); ``verify``: device-info after the install, at once at every
-    poll: the target version advances, the old one waits for the reload until
-    ``reload-wait`` has passed.  The image is never installed twice without a
-    device-info in between.
+    The phase graph is :attr:`PHASES` (drawn in docs/protocol.md): the .bin goes by image-install (the agent drives
+    the installer itself in install mode: Cisco's codes 1826/1827 are its installer's); flash short in install
+    mode: ``install remove inactive`` and a look at the space again first; no installer: the command line copies
+    and activates.  After the install every poll is answered with device-info at once: the target version ends
+    the step, the old one waits for the reload until ``reload-wait`` has passed.  The image is never installed
+    twice without a device-info in between.
     """
 
     name = "image-install"
-    _SERVICES = {"cleanup": "cli-exec", "recheck": "device-info", "copy": "cli-exec", "activate": "cli-exec",
-                 "check": "device-info", "verify": "device-info", "copy-queued": "cli-exec"}
-    #: Phases that make the device download from the listener, the phase that waits for a transfer slot instead,
-    #: and back.
-    _QUEUED = {"": "queued", "ready": "queued", "copy": "copy-queued"}
-    _DEQUEUED = {"queued": "", "copy-queued": "copy"}
+    _READY = PhaseSpec("image-install", success=Phase.VERIFY, failure=Phase.CHECK, no_answer=Phase.VERIFY,
+                       queue=Phase.QUEUED, installer_missing=Phase.COPY, does="install {target} from {source}")
+    PHASES: Mapping[Phase, PhaseSpec] = {
+        Phase.INSTALL: dataclasses.replace(_READY, flash_short=Phase.CLEANUP),
+        Phase.CLEANUP: PhaseSpec("cli-exec", success=Phase.RECHECK, failure=Phase.CLEANUP,
+                                 does="install remove inactive (flash is short)"),
+        Phase.RECHECK: PhaseSpec("device-info", success=Phase.READY, failure=Phase.RECHECK,
+                                 does="free space after install remove inactive"),
+        Phase.READY: _READY,
+        Phase.COPY: PhaseSpec("cli-exec", success=Phase.ACTIVATE, failure=Phase.COPY, queue=Phase.COPY_QUEUED,
+                              does="copy {target} over the command line"),
+        Phase.ACTIVATE: PhaseSpec("cli-exec", success=Phase.VERIFY, failure=Phase.CHECK, no_answer=Phase.VERIFY,
+                                  does="install add {target} activate commit"),
+        Phase.CHECK: PhaseSpec("device-info", otherwise=Phase.INSTALL, failure=Phase.CHECK,
+                               does="did the failed install install it?"),
+        # The old version: wait for the reload (retried from the install once reload-wait has passed, or at once
+        # when the device says it has reloaded).
+        Phase.VERIFY: PhaseSpec("device-info", otherwise=Phase.VERIFY, failure=Phase.VERIFY, expired=Phase.INSTALL,
+                                wait="waiting for the reload", does="is {version} running?"),
+        Phase.QUEUED: PhaseSpec("image-install", dequeue=Phase.INSTALL, wait="waiting for a free image transfer slot",
+                                does="waiting for a free image transfer slot"),
+        Phase.COPY_QUEUED: PhaseSpec("cli-exec", dequeue=Phase.COPY, wait="waiting for a free image transfer slot",
+                                     does="waiting for a free image transfer slot"),
+    }
     #: How long a device waits for a transfer slot before it asks again.
     QUEUE_SECONDS = 60
 
+    @classmethod
+    def _spec(cls, status: Status) -> tuple[Phase, PhaseSpec]:
+        phase = Phase(status.phase) if status.phase in cls._PHASE_NAMES else Phase.INSTALL
+        return phase, cls.PHASES[phase]
+
+    _PHASE_NAMES = frozenset(phase.value for phase in Phase)
+
     def service(self, step: Step, status: Status) -> str:
-        return self._SERVICES.get(status.phase, "image-install")
+        return self._spec(status)[1].service
 
     def is_done(self, step: Step, status: Status) -> bool:
-        return status.phase == "" and bool(status.version) and status.version == step.param("version")
+        return status.phase == Phase.INSTALL and bool(status.version) and status.version == step.param("version")
 
     @staticmethod
     def _file(step: Step) -> str:
@@ -381,41 +445,42 @@ class ImageInstallStep:
 
     def precheck(self, step: Step, status: Status, ctx: RequestContext) -> Outcome | None:
         local = _local_image(step.param("location"))
-        if status.phase in self._DEQUEUED:
-            return enter_phase(self._DEQUEUED[status.phase]) if ctx.reserve_transfer() else self._queued(status.phase)
-        if status.phase not in ("", "ready", "copy"):
+        phase, spec = self._spec(status)
+        if spec.dequeue is not None:
+            return enter_phase(spec.dequeue) if ctx.reserve_transfer() else self._queued(phase)
+        if spec.queue is None:
             return None
-        if status.phase != "copy":
+        if spec.service == "image-install":
             size = int(step.param("size") or 0) or (ctx.file_size(self._file(step)) if local else None) or 0
             if size and status.flash_free is not None and size > status.flash_free:
-                if status.mode == "install" and status.phase == "":
-                    return enter_phase("cleanup")  # install remove inactive, then look again
+                if status.mode == "install" and spec.flash_short is not None:
+                    return enter_phase(spec.flash_short)  # install remove inactive, then look again
                 where = status.flash or "flash:"
-                after = " even after 'install remove inactive'" if status.phase == "ready" else ""
+                after = " even after 'install remove inactive'" if status.mode == "install" else ""
                 return fail("no-space", f"the image needs {size} bytes but {where} has {status.flash_free} free{after}: "
                             "free space on the device (delete old images), then reset it; nothing was copied")
         if local and not ctx.reserve_transfer():
-            return self._queued(self._QUEUED[status.phase])
+            return self._queued(spec.queue)
         return None
 
-    def _queued(self, phase: str) -> Outcome:
+    def _queued(self, phase: Phase) -> Outcome:
         """Every image transfer slot of the listener is in use: back off, keep the place, nothing counted."""
         return enter_phase(phase, wait_seconds=self.QUEUE_SECONDS)
 
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
-        phase, env = status.phase, ctx.envelope
-        if phase in ("recheck", "check", "verify"):
+        (phase, spec), env = self._spec(status), ctx.envelope
+        if spec.service == "device-info":
             return protocol.device_info(env, "all")
-        if phase == "cleanup":
+        if phase == Phase.CLEANUP:
             return protocol.cli_exec(env, "install remove inactive", "PT10M", dialogue=[("[y/n]", "y")])
         location = step.param("location")
         if _local_image(location):
             location = ctx.download_url("image", self._file(step))
         flash = status.flash or "flash:"
-        if phase == "copy":
+        if phase == Phase.COPY:
             return protocol.cli_exec(env, f"copy {location} {flash}{self._file(step)}", "PT60M",
                                      dialogue=[("Destination filename", ""), ("[confirm]", "y")])
-        if phase == "activate":
+        if phase == Phase.ACTIVATE:
             return protocol.cli_exec(env, f"install add file {flash}{self._file(step)} activate commit prompt-level none",
                                      "PT60M")
         return protocol.image_install(env, location, step.param("checksum"), destination=flash,
@@ -425,29 +490,23 @@ class ImageInstallStep:
         return int(step.param("reload-wait", "60") or 60)
 
     def on_response(self, step: Step, status: Status, response: protocol.WorkResponse) -> Outcome:
-        phase, wanted = status.phase, step.param("version")
-        if phase in ("recheck", "check", "verify"):
-            if not response.success:
-                return agent_failure(response, phase)
-            facts = device_facts(response)
-            running = facts.get("version") or "an unknown version"
-            if phase == "recheck":
-                return enter_phase("ready", facts=facts)
-            if facts.get("version") == wanted:
-                return advance(facts)
-            if phase == "check":
-                return enter_phase("", facts=facts)  # not installed after all: install (precheck first)
-            return self._verify_old_version(step, status, running, facts)
+        phase, spec = self._spec(status)
         if not response.success:
             number = error_number(response.error.code if response.error else "")
-            if phase in ("", "ready") and number in ("1826", "1827") and status.mode == "install":
-                return enter_phase("copy")  # the agent's installer is missing or failed: the command line does it
-            return agent_failure(response, "check" if phase in ("", "ready", "activate") else phase)
-        if phase == "cleanup":
-            return enter_phase("recheck")
-        if phase == "copy":
-            return enter_phase("activate")
-        return enter_phase("verify", deadline_seconds=self._reload_wait(step))
+            if spec.installer_missing is not None and number in ("1826", "1827") and status.mode == "install":
+                return enter_phase(spec.installer_missing)  # the agent's installer is missing or failed
+            return agent_failure(response, spec.failure or phase)
+        if spec.service != "device-info":
+            deadline = self._reload_wait(step) if spec.success == Phase.VERIFY else 0
+            return enter_phase(spec.success or phase, deadline_seconds=deadline)
+        facts = device_facts(response)
+        if spec.success is not None:
+            return enter_phase(spec.success, facts=facts)
+        if facts.get("version") == step.param("version"):
+            return advance(facts)
+        if phase == Phase.VERIFY:
+            return self._verify_old_version(step, status, facts.get("version") or "an unknown version", facts)
+        return enter_phase(spec.otherwise or Phase.INSTALL, facts=facts)  # not installed after all: install
 
     def _verify_old_version(self, step: Step, status: Status, running: str, facts: Mapping[str, Any]) -> Outcome:
         """The old version in verify: after the device's word that it reloaded, a failed attempt at once; before the
@@ -455,41 +514,33 @@ class ImageInstallStep:
         wanted, now = step.param("version"), status.last_contact
         if status.reloaded is not None:  # said in this phase (the provisioner forgets it when the phase changes)
             return retry("image-not-running", f"the device reloaded after the install but runs {running}, not {wanted}",
-                         phase="", facts=facts)
+                         phase=self.PHASES[Phase.VERIFY].expired or Phase.INSTALL, facts=facts)
         # Entered after an answer that was lost (a poll instead of the install's answer): the wait counts from then.
         deadline = status.deadline or (status.phase_since + dt.timedelta(seconds=self._reload_wait(step))
                                        if status.phase_since else None)
         if deadline is None or now is None or now >= deadline:
             return retry("no-reload", f"the device did not reload within reload-wait ({self._reload_wait(step)} s) "
-                         f"and still runs {running}, not {wanted}", phase="", facts=facts)
+                         f"and still runs {running}, not {wanted}", phase=self.PHASES[Phase.VERIFY].expired or Phase.INSTALL, facts=facts)
         remaining = int((deadline - now).total_seconds())
         return enter_phase("verify", wait_seconds=max(1, remaining), facts=facts)
 
     def unanswered(self, step: Step, status: Status, reloaded: bool) -> str | None:
         # An install may reload the device before it answers: never send it again blind, look first.
-        if status.phase in ("", "ready", "activate"):
-            return "verify"
-        return None
+        return self._spec(status)[1].no_answer
 
     def wait_reason(self, step: Step, phase: str) -> str:
-        if phase in self._DEQUEUED:
-            return "waiting for a free image transfer slot"
-        return "waiting for the reload" if phase == "verify" else f"retrying {step.id} after a failure"
+        spec = self.PHASES.get(Phase(phase)) if phase in self._PHASE_NAMES else None
+        return (spec.wait if spec is not None else "") or f"retrying {step.id} after a failure"
 
     def describe(self, step: Step, status: Status) -> str:
-        target = f"{self._file(step)} ({step.param('version')})"
-        if status.phase in ("", "ready"):
-            source = "the listener's image folder" if _local_image(step.param("location")) \
-                else _without_query(step.param("location"))
-            return f"install {target} from {source} to {status.flash or 'flash:'}" \
-                   + (f", running {status.version}" if status.version else "")
-        if status.phase == "verify":
-            return f"is {step.param('version')} running?"
-        if status.phase in self._DEQUEUED:
-            return "waiting for a free image transfer slot"
-        return {"cleanup": "install remove inactive (flash is short)", "copy": f"copy {target} over the command line",
-                "activate": f"install add {target} activate commit", "check": "did the failed install install it?",
-                "recheck": "free space after install remove inactive"}.get(status.phase, "")
+        phase, spec = self._spec(status)
+        location = step.param("location")
+        source = "the listener's image folder" if _local_image(location) else _without_query(location)
+        said = spec.does.format(target=f"{self._file(step)} ({step.param('version')})", source=source,
+                                version=step.param("version"))
+        if spec.service == "image-install" and spec.dequeue is None:
+            said += f" to {status.flash or 'flash:'}" + (f", running {status.version}" if status.version else "")
+        return said
 
     def download(self, step: Step, kind: str) -> Download | None:
         location = step.param("location")

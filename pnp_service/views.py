@@ -8,6 +8,7 @@ a row or forge one.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from collections import Counter
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from lxml import etree
 
 from . import model
-from .model import DeviceRecord, format_time
+from .model import DeviceRecord, State, format_time
 from .stores.base import Snapshot
 from .xmlsafe import visible
 
@@ -25,18 +26,32 @@ _LISTS = {"device", "unclaimed", "step", "param"}
 _NUMBERS = {"attempts"}
 
 
-def shown_state(record: DeviceRecord, declarations_known: bool = True) -> str:
+class Shown(enum.StrEnum):
+    """The state column: the YANG's device states, and what the operator is told where there is none, in the
+    order the totals list them."""
+
+    PROVISIONED = State.PROVISIONED.value
+    ONBOARDING = State.ONBOARDING.value
+    PLANNED = State.PLANNED.value
+    ERROR = State.ERROR.value
+    PLANNING_ERROR = "planning-error"  # declared, its template does not render: served nothing until fixed
+    DECLARED = "declared"  # declared, not planned yet
+    REMOVED = "removed"  # a status whose declaration is gone
+    UNKNOWN = "unknown"
+
+
+def shown_state(record: DeviceRecord, declarations_known: bool = True) -> Shown:
     """The state column: the status's state, or what the declaration alone says.  A declaration that cannot be
     planned says so whatever the status: the device is served nothing until it is fixed."""
     if record.declaration is None:
         if not declarations_known:
-            return record.status.state if record.status is not None else "unknown"
-        return "removed" if record.status is not None else "unknown"
+            return Shown(record.status.state.value) if record.status is not None else Shown.UNKNOWN
+        return Shown.REMOVED if record.status is not None else Shown.UNKNOWN
     if record.work is None and record.planning_error:
-        return "planning-error"
+        return Shown.PLANNING_ERROR
     if record.status is not None:
-        return record.status.state
-    return "planned" if record.work is not None else "declared"
+        return Shown(record.status.state.value)
+    return Shown.PLANNED if record.work is not None else Shown.DECLARED
 
 
 COLUMNS = ("serial", "state", "hostname", "pid", "step", "attempts", "last-contact", "address", "last-error")
@@ -83,8 +98,7 @@ def totals(snapshot: Snapshot) -> str:
         return (f"declarations unreadable (see the warning): {len(snapshot.devices)} with a status; "
                 f"{len(snapshot.unclaimed)} unclaimed")
     states = Counter(shown_state(record) for record in snapshot.devices if record.declaration is not None)
-    order = ["provisioned", "onboarding", "planned", "error", "planning-error", "declared"]
-    parts = [f"{states[s]} {s}" for s in order if states[s]] + [f"{states[s]} {s}" for s in sorted(states) if s not in order]
+    parts = [f"{states[shown]} {shown}" for shown in Shown if states[shown]]
     removed = sum(1 for record in snapshot.devices if record.declaration is None)
     return (f"{sum(states.values())} declared: {', '.join(parts) or 'none'}; "
             + (f"{removed} removed; " if removed else "") + f"{len(snapshot.unclaimed)} unclaimed")
@@ -106,7 +120,7 @@ def xml_tree(snapshot: Snapshot) -> etree._Element:
     pnp = etree.Element(model.q("pnp"), nsmap={None: model.PNP_NS})
     for record in snapshot.devices:
         if record.status is None and record.work is not None:
-            record = dataclasses.replace(record, status=model.Status(state="planned", revision=record.work.revision))
+            record = dataclasses.replace(record, status=model.Status(state=State.PLANNED, revision=record.work.revision))
         device = model.device_to_xml(record)
         if record.work is not None:
             work = etree.Element(model.q("work"))

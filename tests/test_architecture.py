@@ -25,7 +25,7 @@ LAYERS = [
     {"xmlsafe", "logs"},
     {"protocol"},
     {"model", "planner", "validation", "importer"},
-    {"steps", "provisioner", "sudi"},
+    {"steps", "machine", "provisioner", "sudi"},
     {"stores", "downloads", "handoff"},
     {"listener", "app", "serving", "httpserver", "cli", "views", "metrics", "service_module", "simulator", "clixon_module",
      "discovery", "element_standin"},

@@ -353,7 +353,7 @@ def test_a_refused_change_is_set_aside_and_every_other_change_is_committed(open_
     store = open_store()
     for number in range(7):
         store.update(f"OK{number}", change(unclaimed=Unclaimed(f"OK{number}", pid="C9200L")))
-    store.update("SN1", change(status=Status(state="bogus")))  # the controller's enumeration refuses it
+    store.update("SN1", change(status=unchecked(Status(), state="bogus")))  # the controller's enumeration refuses it
     store.update("OK7", change(unclaimed=Unclaimed("OK7")))
     with caplog.at_level(logging.ERROR):
         assert store.flush() is True
@@ -628,3 +628,10 @@ def test_a_replayed_journal_keeps_the_newest_change_of_a_serial(tmp_path):
     journal.close()
     replayed = Journal(str(tmp_path / "journal")).replay()
     assert replayed["SN1"].status.state == "error" and replayed["SN1"].status.attempts == 3
+
+
+def unchecked(status: Status, **fields: object) -> Status:
+    """A status carrying values its types refuse: what an older or buggy writer might have sent the controller."""
+    for name, value in fields.items():
+        object.__setattr__(status, name, value)
+    return status

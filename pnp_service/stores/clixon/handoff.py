@@ -21,7 +21,7 @@ import time
 from typing import Callable
 
 from ...handoff import Result
-from ...model import CONTROLLER_NS, NETCONF_NS, DeviceRecord
+from ...model import CONTROLLER_NS, NETCONF_NS, DeviceRecord, Handoff
 from ...xmlsafe import escape_text
 from ..base import StoreUnavailable
 from .netconf import DEFAULT_SOCKET, RpcError, Session, commit_edit
@@ -85,36 +85,36 @@ class ControllerAction:
     def hand_off(self, record: DeviceRecord) -> Result:
         declaration, status = record.declaration, record.status
         if declaration is None or declaration.handoff is None or status is None:
-            return Result("managed", "no controller declared for it", retry=False)
+            return Result(Handoff.MANAGED, "no controller declared for it", retry=False)
         spec = declaration.handoff
         name = spec.name or declaration.hostname or record.serial
         address = spec.address or status.address
         if spec.check_host_key:
             if not status.host_key:
-                return Result("failed", "no SSH host key was read over PnP: nothing to pin", name, retry=False)
+                return Result(Handoff.FAILED, "no SSH host key was read over PnP: nothing to pin", name, retry=False)
             refused = pin_host_key(self.known_hosts, address, spec.port, status.host_key)
             if refused:
-                return Result("failed", refused, name, retry=False)
+                return Result(Handoff.FAILED, refused, name, retry=False)
         try:
             session = self.session_factory(self.sockpath)
         except StoreUnavailable as exc:
-            return Result("failed", f"controller unreachable: {exc}", name)
+            return Result(Handoff.FAILED, f"controller unreachable: {exc}", name)
         try:
             try:
                 conflict = self._add(session, record.serial, name, address, spec)
             except (RpcError, StoreUnavailable) as exc:
-                return Result("failed", f"the controller refused the device entry: {exc}", name)
+                return Result(Handoff.FAILED, f"the controller refused the device entry: {exc}", name)
             if conflict:
-                return Result("failed", conflict, name, retry=False)
+                return Result(Handoff.FAILED, conflict, name, retry=False)
             try:  # from here on the entry is ours: it opens, or it is withdrawn
                 self._connection_change(session, name, "OPEN")
                 state, message = self._wait_open(session, name)
                 if state == "OPEN":
-                    return Result("managed", f"managed by the controller as {name} ({address}:{spec.port})", name)
+                    return Result(Handoff.MANAGED, f"managed by the controller as {name} ({address}:{spec.port})", name)
                 failure = f"connection {state or 'not opened'}: {message or 'no logmsg'}"
             except (RpcError, StoreUnavailable) as exc:
                 failure = f"the controller refused: {exc}"
-            return Result("failed", failure + self._withdraw(session, name), name)
+            return Result(Handoff.FAILED, failure + self._withdraw(session, name), name)
         finally:
             session.close()
 
