@@ -414,9 +414,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             if not args.watch:
                 return 0
             time.sleep(args.watch)
-            refresh = getattr(store, "refresh", None)
-            if refresh is not None:
-                refresh()
+            store.refresh()
     except KeyboardInterrupt:
         return 0
     finally:

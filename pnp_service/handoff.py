@@ -27,8 +27,7 @@ import urllib.request
 from typing import Any, Callable, Protocol
 
 from .logs import event
-from .model import DeviceRecord, Handoff, format_time
-from .provisioner import Decision, Event
+from .model import DeviceRecord, Handoff, Status, format_time
 from .stores.base import Store, StoreError
 from .xmlsafe import clean_text
 
@@ -168,37 +167,34 @@ class HandoffWorker:
         now = self._now()
         lease = now + dt.timedelta(seconds=self.lease_seconds)
 
-        def claim(record: DeviceRecord) -> Decision:
+        def claim(record: DeviceRecord) -> Status | None:
             status = record.status
             due = (status is not None and status.handoff in (Handoff.PENDING, Handoff.FAILED) and status.handoff_next is not None
                    and status.handoff_next <= now and status.handoff_revision == status.revision)
-            if not due:
-                return Decision(b"", Event.HANDOFF, "not due")
-            assert status is not None
-            return Decision(b"", Event.HANDOFF, "claimed", dataclasses.replace(status, handoff_next=lease))
+            return dataclasses.replace(status, handoff_next=lease) if due and status is not None else None
 
         try:
-            claimed = self.store.update(serial, claim)
+            claimed = self.store.write_status(serial, claim)
         except StoreError as exc:
             log.warning("hand-off of %s not claimed: %s", serial, exc)
             return False
-        if claimed.status is None:
+        if claimed is None:
             return False
         record = self.store.load(serial)
         try:
             result = self.action.hand_off(record)
         except Exception as exc:  # noqa: BLE001 - a failing action is a failed hand-off, retried
             result = Result(Handoff.FAILED, f"{type(exc).__name__}: {exc}")
-        self._record(serial, claimed.status.revision, result)
+        self._record(serial, claimed.revision, result)
         return True
 
     def _record(self, serial: str, revision: str, result: Result) -> None:
         now = self._now()
 
-        def decide(record: DeviceRecord) -> Decision:
+        def decide(record: DeviceRecord) -> Status | None:
             status = record.status
             if status is None or status.revision != revision:
-                return Decision(b"", Event.HANDOFF, "the work changed meanwhile")
+                return None  # the work changed meanwhile
             attempts = status.handoff_attempts + 1
             delay = min(self.retry_max_seconds, self.retry_base_seconds * 2 ** min(attempts - 1, 12))
             retry = result.state != Handoff.MANAGED and result.retry
@@ -207,9 +203,9 @@ class HandoffWorker:
                 status.handoff_device, handoff_attempts=attempts, handoff_time=now,
                 handoff_next=now + dt.timedelta(seconds=delay) if retry else None,
             )
-            return Decision(b"", Event.HANDOFF, result.message, updated)
+            return updated
 
-        self.store.update(serial, decide)
+        self.store.write_status(serial, decide)
         level = logging.INFO if result.state == Handoff.MANAGED else logging.WARNING
         event(log, level, f"handoff-{result.state}", serial=serial, device=result.device or None,
               detail=result.message, retry="yes" if result.retry and result.state != Handoff.MANAGED else "no")

@@ -88,7 +88,7 @@ class Metrics:
             self.devices.clear()
             for state, count in states.items():
                 self.devices.labels(state).set(count)
-            self.pending.set(len(getattr(self.store, "_pending", {}) or {}))
+            self.pending.set(self.store.pending_writes())
             self._snapshot_at = time.monotonic()
 
     def render(self) -> bytes:
@@ -108,7 +108,7 @@ def health(store: Store) -> tuple[bool, dict[str, Any]]:
         reachable = False
         problems.append(f"store: {exc}")
     problems[:0] = store.problems()
-    controller = getattr(store, "last_error", None)
+    controller = store.controller_error()
     body = {
         "status": "ok" if reachable and not problems else "degraded",
         "store": type(store).__name__,

@@ -89,7 +89,6 @@ class Event(enum.StrEnum):
     STALE = "stale"
     UNEXPECTED = "unexpected"
     BACKOFF_ACK = "backoff-ack"
-    HANDOFF = "handoff"
 
 
 @dataclasses.dataclass(frozen=True)

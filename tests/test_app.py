@@ -9,7 +9,6 @@ from pnp_service import protocol
 from pnp_service.simulator import messages
 from pnp_service.app import create_app
 from pnp_service.listener import Listener, ListenerSettings
-from pnp_service.stores.embedded import EmbeddedStore
 
 UDI = protocol.Udi("C9300-24P", "V01", "FOC2001X0AB")
 

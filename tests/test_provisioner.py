@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-import pytest
 
 from pnp_service import protocol
 from pnp_service.simulator import messages

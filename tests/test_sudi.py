@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 

@@ -64,6 +64,28 @@ D = TypeVar("D", bound=Decided)
 
 
 @dataclasses.dataclass(frozen=True)
+class StatusWrite:
+    """A decision that writes a status, or nothing (None): what :meth:`StoreBase.write_status` records."""
+
+    status: Status | None = None
+    unclaimed: Unclaimed | None = None
+    recheck: bool = False
+    member_of: str = ""
+
+
+class StoreBase:
+    """What both stores implement the same way on top of :meth:`Store.update`."""
+
+    def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:  # pragma: no cover - each store's own
+        raise NotImplementedError
+
+    def write_status(self, serial: str, change: Callable[[DeviceRecord], Status | None]) -> Status | None:
+        """Write ``change(record)`` as the status of ``serial`` (None: write nothing), under the same rules as a
+        poll's decision; returns what was written.  For writers that are not the provisioner (the hand-off)."""
+        return self.update(serial, lambda record: StatusWrite(change(record))).status
+
+
+@dataclasses.dataclass(frozen=True)
 class UnclaimedPolicy:
     """What a store keeps of devices nobody declared: anyone on the PnP VLAN can make up serials.
 
@@ -205,6 +227,17 @@ class Store(Protocol):
     ``counters()``
         Totals since start, for ``/metrics``: ``unclaimed_dropped`` (forgotten to stay within
         :class:`UnclaimedPolicy`'s ``max_entries``) and ``unclaimed_expired`` (unseen for ``keep_days``).
+    ``write_status(serial, change)``
+        ``update`` for writers other than the provisioner: writes the status ``change(record)`` returns
+        (None: nothing) and returns it (:class:`StoreBase`).
+    ``refresh()``
+        Look at the source of truth now rather than at the next interval (the declarations file; the
+        controller's running datastore).
+    ``pending_writes()``
+        Writes made durable here but not yet at the source of truth (the Clixon store's journal; 0 for the
+        embedded store, whose database is the source).
+    ``controller_error()``
+        None for a store without a controller; else the last error talking to it, "" while it answers.
     ``close()``
         Make pending writes durable where possible and release connections and threads.
     """
@@ -222,6 +255,14 @@ class Store(Protocol):
     def problems(self) -> tuple[str, ...]: ...
 
     def counters(self) -> Mapping[str, int]: ...
+
+    def write_status(self, serial: str, change: Callable[[DeviceRecord], Status | None]) -> Status | None: ...
+
+    def refresh(self) -> None: ...
+
+    def pending_writes(self) -> int: ...
+
+    def controller_error(self) -> str | None: ...
 
     def close(self) -> None: ...
 

@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from .. import model, validation
 from ..model import Declaration, DeviceRecord, Status, Unclaimed, Work
 from ..planner import PlanningError, find_template_file, plan, read_template_file
-from .base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Snapshot, StoreError, StoreUnavailable,
-                   UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
+from .base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Snapshot, StoreBase, StoreError,
+                   StoreUnavailable, UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +423,7 @@ class _Job:
     decision: Any = None
 
 
-class EmbeddedStore:
+class EmbeddedStore(StoreBase):
     """Store of the embedded mode; see the module docstring."""
 
     def __init__(
@@ -542,6 +542,12 @@ class EmbeddedStore:
         self.db.close()
 
     # ------------------------------------------------------------------ internals
+
+    def pending_writes(self) -> int:
+        return 0  # every write is committed to the database before update returns
+
+    def controller_error(self) -> str | None:
+        return None
 
     def refresh(self) -> None:
         """Look at the declarations file now (tests, and ``status`` after an edit)."""

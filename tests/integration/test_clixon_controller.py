@@ -528,7 +528,7 @@ def test_a_provisioned_device_is_handed_to_the_controller_and_managed(serial, tm
         commit()
 
 
-def unchecked(status: Status, **fields: object) -> Status:
+def unchecked(status, **fields: object):
     """A status carrying values its types refuse: what an older or buggy writer might have sent the controller."""
     for name, value in fields.items():
         object.__setattr__(status, name, value)

@@ -47,8 +47,8 @@ from ... import model
 from ...logs import event
 from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, Declaration, DeviceRecord, Status, Unclaimed, Work, q
 from ...xmlsafe import escape_text, iterparse
-from ..base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Snapshot, StoreError, StoreUnavailable,
-                    UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
+from ..base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Snapshot, StoreBase, StoreError,
+                    StoreUnavailable, UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
 from .journal import Journal
 from .netconf import DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, commit_edit
 
@@ -189,7 +189,7 @@ class _Refused(Exception):
 # --------------------------------------------------------------------------- the store
 
 
-class ClixonStore:
+class ClixonStore(StoreBase):
     """Store backed by a Clixon controller; see the module docstring."""
 
     def __init__(
@@ -416,6 +416,13 @@ class ClixonStore:
             records = [self._record(s) for s in serials]
             entries = [r.unclaimed for r in map(self._record, unclaimed_serials) if r.unclaimed is not None]
         return Snapshot(tuple(r for r in records if r.declaration or r.work or r.status), tuple(entries), self.problems())
+
+    def pending_writes(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def controller_error(self) -> str | None:
+        return self.last_error
 
     def counters(self) -> Mapping[str, int]:
         return dict(self._counters)

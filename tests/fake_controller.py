@@ -1,0 +1,142 @@
+"""A fake Clixon controller: the running datastore as far as the Clixon store uses it, validating like Clixon."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from lxml import etree
+
+from pnp_service import model, protocol
+from pnp_service.model import NETCONF_NS
+from pnp_service.planner import plan
+from pnp_service.stores.base import StoreUnavailable
+from pnp_service.stores.clixon import RpcError
+
+PNP = model.PNP_NS
+SERIAL = re.compile(protocol.SERIAL_PATTERN.pattern)
+STATES = {"planned", "onboarding", "provisioned", "error"}
+
+
+def p(name):
+    return f"{{{PNP}}}{name}"
+
+
+class FakeController:
+    """Running datastore of a controller, as far as the store uses it; validates like Clixon does."""
+
+    def __init__(self):
+        declaration = model.Declaration(serial="SN1", pid="C9300-24P", hostname="sw1", template="hostname {{ hostname }}\nend\n")
+        self.running = etree.fromstring(
+            f'<data xmlns="{NETCONF_NS}"><services xmlns="{model.CONTROLLER_NS}">'
+            f'<pnp-device xmlns="{PNP}"><serial>SN1</serial><pid>C9300-24P</pid><hostname>sw1</hostname></pnp-device>'
+            f'</services><pnp xmlns="{PNP}"/></data>'
+        )
+        self.running.find(p("pnp")).append(model.work_to_xml("SN1", plan(declaration)))
+        self.up = True
+        self.candidate_modified = False  # another session's uncommitted edits
+        self.gets = 0
+        self.commits = 0
+        self.refused = 0
+        self.get_gate: threading.Event | None = None  # set: get-config waits for it (a slow controller)
+
+    def session(self, sockpath):
+        if not self.up:
+            raise StoreUnavailable("controller socket: connection refused")
+        return FakeSession(self)
+
+    def device(self, serial, create=False):
+        pnp = self.running.find(p("pnp"))
+        for device in pnp.iterfind(p("device")):
+            if device.findtext(p("serial")) == serial:
+                return device
+        if create:
+            device = etree.SubElement(pnp, p("device"))
+            etree.SubElement(device, p("serial")).text = serial
+            return device
+        return None
+
+    def status(self, serial):
+        device = self.device(serial)
+        return model.status_from_xml(device.find(p("status"))) if device is not None else None
+
+    def unclaimed(self):
+        return [u.findtext(p("serial")) for u in self.running.find(p("pnp")).iterfind(p("unclaimed"))]
+
+
+class FakeSession:
+    def __init__(self, controller: FakeController):
+        self.controller = controller
+        self.edit = None
+
+    def _alive(self):
+        if not self.controller.up:
+            raise StoreUnavailable("controller connection lost")
+
+    def get_config_raw(self, source, xpath, namespaces=None):
+        self._alive()
+        if self.controller.get_gate is not None:
+            self.controller.get_gate.wait(10)
+        self.controller.gets += 1
+        return f'<rpc-reply xmlns="{NETCONF_NS}">'.encode() + etree.tostring(self.controller.running) + b"</rpc-reply>"
+
+    def lock(self):
+        self._alive()
+        if self.controller.candidate_modified:
+            raise RpcError("Operation failed, candidate has already been modified", "lock-denied", "protocol")
+
+    def edit_config(self, config, default_operation="merge"):
+        self._alive()
+        self.edit = etree.fromstring(config)
+
+    def commit(self):
+        """Validate the whole edit first (Clixon rejects the batch whole), then apply it."""
+        self._alive()
+        for element in self.edit.iter(p("serial")):
+            if not SERIAL.fullmatch(element.text or ""):
+                self.controller.refused += 1
+                raise RpcError(f"regexp match fail: pattern does not match {element.text}", "bad-element", "application")
+        for element in self.edit.iter(p("state")):
+            if element.text not in STATES:
+                self.controller.refused += 1
+                raise RpcError(f"'{element.text}' does not match enumeration", "bad-element", "application")
+        pnp = self.controller.running.find(p("pnp"))
+        for device in self.edit.iterfind(p("device")):
+            target = self.controller.device(device.findtext(p("serial")), create=True)
+            for old in target.findall(p("status")):
+                target.remove(old)
+            status = device.find(p("status"))
+            if status.get(f"{{{NETCONF_NS}}}operation") != "remove":
+                target.append(status)
+        for entry in self.edit.iterfind(p("stack-member")):
+            serial = entry.findtext(p("serial"))
+            for old in [m for m in pnp.iterfind(p("stack-member")) if m.findtext(p("serial")) == serial]:
+                pnp.remove(old)
+            pnp.append(entry)
+        for entry in self.edit.iterfind(p("unclaimed")):
+            serial = entry.findtext(p("serial"))
+            for old in [u for u in pnp.iterfind(p("unclaimed")) if u.findtext(p("serial")) == serial]:
+                pnp.remove(old)
+            if entry.get(f"{{{NETCONF_NS}}}operation") != "remove":
+                pnp.append(entry)
+        self.controller.commits += 1
+
+    def discard_changes(self):
+        pass
+
+    def unlock(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def declare(controller: FakeController, serial: str, hostname: str) -> None:
+    """Declare ``serial`` in the controller's running datastore, planned as the service module would."""
+    declaration = model.Declaration(serial=serial, pid="C9300-24P", hostname=hostname,
+                                    template="hostname {{ hostname }}\nend\n")
+    services = controller.running.find(f"{{{model.CONTROLLER_NS}}}services")
+    device = etree.SubElement(services, p("pnp-device"))
+    for name, value in (("serial", serial), ("pid", "C9300-24P"), ("hostname", hostname)):
+        etree.SubElement(device, p(name)).text = value
+    controller.running.find(p("pnp")).append(model.work_to_xml(serial, plan(declaration)))
