@@ -53,15 +53,5 @@ setup(
     extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "pyang>=2.5", "mypy>=1.8", "types-PyYAML>=6"]},
     entry_points={
         "console_scripts": ["pnp-service = pnp_service.cli:main"],
-        "pnp_service.steps": [
-            "trustpool = pnp_service.steps:TrustpoolStep",
-            "device-info = pnp_service.steps:DeviceInfoStep",
-            "stack-check = pnp_service.steps:StackCheckStep",
-            "image-install = pnp_service.steps:ImageInstallStep",
-            "cli-exec = pnp_service.steps:CliExecStep",
-            "cli-config = pnp_service.steps:CliConfigStep",
-            "config-upgrade = pnp_service.steps:ConfigUpgradeStep",
-            "ssh-host-key = pnp_service.steps:SshHostKeyStep",
-        ],
     },
 )

@@ -16,10 +16,13 @@ import stat
 import sys
 import tempfile
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__, logs
 from .stores.base import Store, StoreError
+
+if TYPE_CHECKING:
+    from .model import Step
 
 log = logging.getLogger("pnp_service")
 
@@ -79,10 +82,10 @@ def positive(text: str) -> int:
 
 
 def _registry():
-    from .steps import StepRegistry, StepRegistryError
+    from .steps import StepRegistryError, default_registry
 
     try:
-        return StepRegistry()
+        return default_registry()
     except StepRegistryError as exc:
         raise StoreError(str(exc)) from None
 
@@ -305,9 +308,11 @@ def _handoff_worker(args: argparse.Namespace, store: Store):
     return worker
 
 
-def _https_bootstrap(args: argparse.Namespace) -> dict[str, str] | None:
+def _https_bootstrap(args: argparse.Namespace) -> Step | None:
     """``--trustpool CA --https-url URL [--ntp ADDR]``: what the trustpool step sends every device over HTTP."""
     from urllib.parse import urlsplit
+
+    from .steps import TrustpoolStep
 
     if not args.trustpool:
         if args.https_url or args.ntp:
@@ -323,7 +328,7 @@ def _https_bootstrap(args: argparse.Namespace) -> dict[str, str] | None:
     url = urlsplit(args.https_url or "")
     if url.scheme != "https" or not url.hostname:
         raise UsageError("--trustpool needs --https-url https://HOST[:PORT], the listener devices reconnect to")
-    return {"bundle": bundle, "host": url.hostname, "port": str(url.port or 443), "ntp": args.ntp or ""}
+    return TrustpoolStep.plan(bundle, url.hostname, url.port or 443, ntp=args.ntp or "")
 
 
 # ---------------------------------------------------------------------------- init, check, render

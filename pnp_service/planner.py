@@ -24,6 +24,8 @@ import jinja2
 import jinja2.sandbox
 
 from .model import Declaration, ExtraStep, Step, Work
+from .steps import (CliConfigStep, CliExecStep, ConfigUpgradeStep, DeviceInfoStep, ImageInstallStep, SshHostKeyStep,
+                    StackCheckStep)
 
 #: Bump when the plan format changes, so every device re-plans.
 PLAN_FORMAT = "2"
@@ -219,41 +221,28 @@ def _extra(declaration: Declaration, position: str, context: Mapping[str, object
 
 
 def _steps(declaration: Declaration, config: str | None, context: Mapping[str, object] | None = None) -> Iterable[Step]:
-    facts = {"expect-pid": declaration.pid} if declaration.pid else {}
-    if declaration.stack_size:
-        facts["expect-members"] = str(declaration.stack_size)
-    yield Step("device-info", "device-info", facts)
+    """The built-in steps in their order, each built by its step type, with the declaration's extra steps
+    where they ask to be."""
+    yield DeviceInfoStep.plan(expect_pid=declaration.pid, expect_members=declaration.stack_size)
     if declaration.stack:
-        yield Step("stack-check", "stack-check", {})
+        yield StackCheckStep.plan()
     yield from _extra(declaration, "after-device-info", context)
     if declaration.has_image:
-        image = {
-            "version": declaration.image_version,
-            "location": declaration.image_url,
-            "checksum": declaration.image_md5,
-            "reload-wait": str(declaration.image_reload_wait),
-        }
-        if declaration.image_size:
-            image["size"] = str(declaration.image_size)
-        yield Step("image-install", "image-install", image)
+        yield ImageInstallStep.plan(declaration.image_version, declaration.image_url, declaration.image_md5,
+                                    declaration.image_reload_wait, declaration.image_size)
     yield from _extra(declaration, "after-image", context)
     for seq, command in sorted(declaration.commands):
-        yield Step(f"cli-exec-{seq}", "cli-exec", {"command": command})
+        yield CliExecStep.plan(f"cli-exec-{seq}", command)
     yield from _extra(declaration, "before-config", context)
     if declaration.handoff is not None and declaration.handoff.check_host_key:
         # The controller will check the host key it is given, not trust the first one it sees: make it here.
-        yield Step("ssh-keygen", "cli-exec", {"command": SSH_KEYGEN_COMMAND})
+        yield CliExecStep.plan("ssh-keygen", SSH_KEYGEN_COMMAND)
     if config is not None or declaration.config_url:
-        params = {"apply-to": declaration.apply_to, "reload": "true" if declaration.reload else "false"}
-        if config is not None:
-            params["config"] = config
-        else:
-            params["url"] = declaration.config_url
-        yield Step("config-upgrade", "config-upgrade", params)
+        yield ConfigUpgradeStep.plan(declaration.apply_to, declaration.reload, config, declaration.config_url)
     if declaration.handoff is not None:
         if declaration.handoff.check_host_key:
-            yield Step("ssh-host-key", "ssh-host-key", {"command": SSH_HOST_KEY_COMMAND})
-        yield Step("save-config", "cli-config", {"persist": "true"})
+            yield SshHostKeyStep.plan(SSH_HOST_KEY_COMMAND)
+        yield CliConfigStep.plan_save()
     yield from _extra(declaration, "after-config", context)
 
 

@@ -53,12 +53,13 @@ import dataclasses
 import datetime as dt
 import enum
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from . import protocol, sudi
 from .machine import VERDICTS, Answer, Poll, Stage, TransitionError, move, stage_of
 from .model import DeviceRecord, Handoff, State, Status, Step, Unclaimed, Work, format_time, parse_time
-from .steps import Outcome, RequestContext, StepRegistry, StepType, UnknownStepType, Verdict, pid_mismatch
+from .steps import (Outcome, RequestContext, StepRegistry, StepType, UnknownStepType, Verdict, default_registry,
+                    pid_mismatch)
 
 
 class Event(enum.StrEnum):
@@ -106,9 +107,9 @@ class Settings:
     #: last-seen) is written only when the recorded time is older than this, so idle
     #: polls cost no write.
     contact_refresh_seconds: int = 300
-    #: HTTPS from day 0 (``serve --trustpool``): the parameters of a ``trustpool`` step put ahead of every
-    #: device's work (bundle, host, port, ntp); None: no such step.
-    https_bootstrap: Mapping[str, str] | None = None
+    #: HTTPS from day 0 (``serve --trustpool``): the ``trustpool`` step put ahead of every device's work
+    #: (``steps.TrustpoolStep.plan``); None: no such step.
+    https_bootstrap: Step | None = None
     #: SUDI device authentication (``serve --sudi-ca``); None: declarations that ask for it are never served.
     sudi: sudi.Policy | None = None
     #: Provisioned devices are handed to hooks (``--on-provisioned``, ``--webhook``), not only to a controller.
@@ -192,9 +193,9 @@ class _Answer:
 class Provisioner:
     def __init__(self, settings: Settings | None = None, registry: StepRegistry | None = None):
         self.settings = settings or Settings()
-        self.registry = registry or StepRegistry()
+        self.registry = registry or default_registry()
         bootstrap = self.settings.https_bootstrap
-        self._bootstrap = (Step("trustpool", "trustpool", dict(bootstrap)),) if bootstrap is not None else ()
+        self._bootstrap = (bootstrap,) if bootstrap is not None else ()
 
 
     # ================================================================== the table's interpreter

@@ -28,7 +28,7 @@ from lxml import etree
 
 from .model import CLIXON_LIB_NS, NETCONF_NS, PNP_NS, SERVICE_NAME, Declaration, Work, q, work_to_xml
 from .planner import PlanningError, controller_template_dirs, file_template_loader, plan
-from .steps import StepRegistry
+from .steps import default_registry
 from .xmlsafe import escape_text
 
 SERVICE = SERVICE_NAME
@@ -113,14 +113,8 @@ def read_from_controller(instance: str | None) -> Mapping[str, Declaration]:
         return fetch_declarations(opened, "actions", None if instance is None else [instance])
 
 
-_registry: StepRegistry | None = None
-
-
 def _known_step_types() -> list[str]:
-    global _registry
-    if _registry is None:
-        _registry = StepRegistry()
-    return _registry.names()
+    return default_registry().names()
 
 
 def setup(root, log, instance=None, diff=False, read_declarations: ReadDeclarations | None = None):

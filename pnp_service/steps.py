@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import importlib.metadata
 import logging
 import os
@@ -294,6 +295,13 @@ class DeviceInfoStep(SimpleStep):
 
     name = pnp_service = "device-info"
 
+    @classmethod
+    def plan(cls, expect_pid: str = "", expect_members: int = 0) -> Step:
+        params = {"expect-pid": expect_pid} if expect_pid else {}
+        if expect_members:
+            params["expect-members"] = str(expect_members)
+        return Step(cls.name, cls.name, params)
+
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
         return protocol.device_info(ctx.envelope, "all")
 
@@ -317,6 +325,10 @@ class StackCheckStep(SimpleStep):
 
     name = "stack-check"
     pnp_service = "cli-exec"
+
+    @classmethod
+    def plan(cls) -> Step:
+        return Step(cls.name, cls.name, {})
 
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
         return protocol.cli_exec(ctx.envelope, "show switch")
@@ -425,6 +437,14 @@ class ImageInstallStep:
     }
     #: How long a device waits for a transfer slot before it asks again.
     QUEUE_SECONDS = 60
+
+    @classmethod
+    def plan(cls, version: str, location: str, checksum: str, reload_wait: int, size: int = 0) -> Step:
+        """``location``: a URL, or a file name in the listener's image folder; ``size``: bytes (0: unknown)."""
+        params = {"version": version, "location": location, "checksum": checksum, "reload-wait": str(reload_wait)}
+        if size:
+            params["size"] = str(size)
+        return Step(cls.name, cls.name, params)
 
     @classmethod
     def _spec(cls, status: Status) -> tuple[Phase, PhaseSpec]:
@@ -559,6 +579,14 @@ class TrustpoolStep(SimpleStep):
     name = "trustpool"
     pnp_service = "certificate-install"
 
+    @classmethod
+    def plan(cls, bundle: str, host: str = "", port: int = 443, ntp: str = "") -> Step:
+        """``bundle``: the CA certificates (PEM); ``host``/``port``: where the agent reconnects over HTTPS."""
+        params = {"bundle": bundle, "host": host, "port": str(port)}
+        if ntp:
+            params["ntp"] = ntp
+        return Step(cls.name, cls.name, params)
+
     def is_done(self, step: Step, status: Status) -> bool:
         return status.secure
 
@@ -604,6 +632,11 @@ class SshHostKeyStep(SimpleStep):
     name = "ssh-host-key"
     pnp_service = "cli-exec"
 
+    @classmethod
+    def plan(cls, command: str) -> Step:
+        """``command``: what shows the key (``show crypto key mypubkey rsa LABEL`` on IOS-XE)."""
+        return Step(cls.name, cls.name, {"command": command})
+
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
         return protocol.cli_exec(ctx.envelope, step.param("command"))
 
@@ -620,6 +653,10 @@ class SshHostKeyStep(SimpleStep):
 class CliExecStep(SimpleStep):
     name = pnp_service = "cli-exec"
 
+    @classmethod
+    def plan(cls, step_id: str, command: str) -> Step:
+        return Step(step_id, cls.name, {"command": command})
+
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
         return protocol.cli_exec(ctx.envelope, step.param("command"))
 
@@ -628,6 +665,11 @@ class CliConfigStep(SimpleStep):
     """Apply configuration lines (param ``lines``, ``on-fail``), or save running to startup (``persist`` true)."""
 
     name = pnp_service = "cli-config"
+
+    @classmethod
+    def plan_save(cls, step_id: str = "save-config") -> Step:
+        """Save the running configuration to startup."""
+        return Step(step_id, cls.name, {"persist": "true"})
 
     def request(self, step: Step, status: Status, ctx: RequestContext) -> bytes:
         if step.param("persist") == "true":
@@ -639,6 +681,16 @@ class ConfigUpgradeStep(SimpleStep):
     """Have the device copy its configuration from the listener (or the declared URL)."""
 
     name = pnp_service = "config-upgrade"
+
+    @classmethod
+    def plan(cls, apply_to: str, reload: bool, config: str | None = None, url: str = "") -> Step:
+        """The rendered ``config`` (served by the listener under a signed URL), or the ``url`` the device copies."""
+        params = {"apply-to": apply_to, "reload": "true" if reload else "false"}
+        if config is not None:
+            params["config"] = config
+        else:
+            params["url"] = url
+        return Step(cls.name, cls.name, params)
 
     def describe(self, step: Step, status: Status) -> str:
         where = _without_query(step.param("url")) if step.param("url") else "the listener"
@@ -677,7 +729,8 @@ def _source_of(step_type: object) -> str:
 
 
 class StepRegistry:
-    """Step types by name: the built-ins, then those of the ``pnp_service.steps`` entry points."""
+    """Step types by name: the built-ins (:data:`BUILTIN_STEP_TYPES`, registered here and nowhere else), then
+    those of the ``pnp_service.steps`` entry points (a site's plugins)."""
 
     def __init__(self, step_types: Mapping[str, StepType] | None = None, load_entry_points: bool = True):
         self._types: dict[str, StepType] = {}
@@ -695,9 +748,6 @@ class StepRegistry:
             except Exception as exc:
                 raise StepRegistryError(f"step type plugin {source} failed to load: {exc}") from exc
             step_type = loaded() if isinstance(loaded, type) else loaded
-            known = self._types.get(entry_point.name)
-            if known is not None and type(known) is type(step_type):
-                continue  # this package's own entry points name its built-ins
             self.register(entry_point.name, step_type, source=source)
 
     def register(self, name: str, step_type: StepType, source: str = "") -> None:
@@ -724,3 +774,10 @@ class StepRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._types)
+
+
+@functools.lru_cache(maxsize=1)
+def default_registry() -> StepRegistry:
+    """The process's registry: the built-ins and the installed plugins, loaded once (a plugin that fails to load
+    raises StepRegistryError here, each time it is asked for, until it is fixed)."""
+    return StepRegistry()

@@ -24,8 +24,8 @@ PACKAGE = os.path.join(REPO, "pnp_service")
 LAYERS = [
     {"xmlsafe", "logs"},
     {"protocol"},
-    {"model", "planner", "validation", "importer"},
-    {"steps", "machine", "provisioner", "sudi"},
+    {"model", "steps", "planner", "validation", "importer"},
+    {"machine", "provisioner", "sudi"},
     {"stores", "downloads", "handoff"},
     {"listener", "app", "serving", "httpserver", "cli", "views", "metrics", "service_module", "simulator", "clixon_module",
      "discovery", "element_standin"},

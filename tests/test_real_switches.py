@@ -361,6 +361,7 @@ def test_a_device_that_calls_over_http_installs_the_ca_and_goes_on_over_https(tm
     from conftest import SECRET, RunningListener, open_store
     from pnp_service.listener import ListenerSettings
     from pnp_service.provisioner import Settings
+    from pnp_service.steps import TrustpoolStep
 
     pki = lab_pki(tmp_path)
     path = tmp_path / "ds.xml"
@@ -369,7 +370,7 @@ def test_a_device_that_calls_over_http_installs_the_ca_and_goes_on_over_https(tm
     context.load_cert_chain(str(pki["cert"]), str(pki["key"]))
     secure = RunningListener(open_store(str(path)), clock, ListenerSettings(secret=SECRET), ssl_context=context)
     port = secure.server.port
-    bootstrap = {"bundle": pki["ca"].read_text(), "host": "127.0.0.1", "port": str(port), "ntp": "192.0.2.123"}
+    bootstrap = TrustpoolStep.plan(pki["ca"].read_text(), "127.0.0.1", port, ntp="192.0.2.123")
     plain = RunningListener(open_store(str(path)), clock,
                             ListenerSettings(secret=SECRET, provisioning=Settings(https_bootstrap=bootstrap)))
     try:

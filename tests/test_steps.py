@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 
@@ -130,3 +131,29 @@ def test_a_step_type_without_a_request_is_refused_when_registered_not_mid_provis
 
     with pytest.raises(StepRegistryError, match="'half' from .* has no request: subclass pnp_service.steps.SimpleStep"):
         StepRegistry(load_entry_points=False).register("half", NoRequest())
+
+
+def test_the_built_ins_are_registered_once_in_code_and_every_plugin_by_its_entry_point():
+    from conftest import REPO
+    from pnp_service.steps import ENTRY_POINT_GROUP, default_registry
+
+    assert ENTRY_POINT_GROUP not in open(os.path.join(REPO, "setup.py")).read()  # no second registration
+    assert default_registry() is default_registry()  # one registry per process
+    assert set(BUILTIN_STEP_TYPES) <= set(default_registry().names())
+
+
+def test_the_planner_builds_each_built_in_step_through_its_step_type():
+    from pnp_service.model import Declaration, HandOff, Status
+    from pnp_service.planner import plan
+
+    declaration = Declaration("SN1", "C9300-24P", "sw1", "hostname {{ hostname }}\n", image_version="17.9.4",
+                              image_url="http://images.invalid/cat9k.bin", image_md5="0" * 32, image_size=7,
+                              commands=((10, "show version"),), stack=True, stack_size=2,
+                              handoff=HandOff(check_host_key=True), apply_to="running", reload=False)
+    steps = plan(declaration).steps
+    assert {step.type for step in steps} <= set(BUILTIN_STEP_TYPES)
+    image = next(step for step in steps if step.type == "image-install")
+    assert BUILTIN_STEP_TYPES["image-install"].describe(image, Status()) \
+        == "install cat9k.bin (17.9.4) from http://images.invalid/cat9k.bin to flash:"
+    assert next(step for step in steps if step.type == "device-info").params == \
+        {"expect-pid": "C9300-24P", "expect-members": "2"}
