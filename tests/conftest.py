@@ -118,3 +118,18 @@ def state_dump(declarations_path: str) -> list:
 def pytest_collection_modifyitems(config, items):
     """Files marked ``heavy`` (a roll-out under load: half a minute each) first, so two workers take one each."""
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Files go to workers whole (``--dist loadfile``); the integration files all to one worker (they share one
+    controller, whose candidate two CLI sessions would fight over), and with them the documentation's own
+    commands (tests/test_docs.py), which bind the documented port 8080 as the controller walkthrough does."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneControllerAtATime(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            together = scope.startswith("tests/integration/") or scope == "tests/test_docs.py"
+            return "tests/integration" if together else scope
+
+    return OneControllerAtATime(config, log) if config.getvalue("dist") == "loadfile" else None
