@@ -29,66 +29,98 @@ log = logging.getLogger("pnp_service.listener")
 ACCEPTED_TYPES = {"", "application/xml", "text/xml", "text/plain"}
 
 
+def _respond(reply: Reply) -> Response:
+    if reply.file_path:
+        return _respond_file(reply)
+    response = Response(reply.body, status=reply.status, content_type=reply.content_type)
+    for name, value in reply.headers:
+        response.headers[name] = value
+    return response
+
+def _respond_file(reply: Reply) -> Response:
+    """An image: whole, or the one range a resuming device asks for; sent with sendfile by our server."""
+    def done(sent: int, complete: bool) -> None:
+        if reply.on_close is not None:
+            reply.on_close(sent, complete)
+
+    try:
+        handle = open(reply.file_path, "rb")
+    except FileNotFoundError:
+        done(0, True)
+        return Response("404 Not Found: no such image here\n", status=404, content_type="text/plain")
+    except OSError:  # out of file descriptors, say: a moment's trouble, not a missing image
+        done(0, True)
+        return Response("503 Service Unavailable: retry later\n", status=503, content_type="text/plain",
+                        headers={"Retry-After": "60"})
+    info = os.fstat(handle.fileno())
+    size = info.st_size
+    validator = f'"{size:x}-{info.st_mtime_ns:x}"'
+    headers = {"Accept-Ranges": "bytes", "ETag": validator, "Last-Modified": http_date(info.st_mtime)}
+    if_range = request.headers.get("If-Range")
+    try:
+        # A resumed transfer of a file that changed since gets the whole new file (If-Range).
+        wanted = byte_range(request.headers.get("Range"), size) \
+            if if_range is None or if_range in (validator, headers["Last-Modified"]) else None
+    except RangeNotSatisfiable:
+        handle.close()
+        done(0, False)
+        return Response(f"416 Range Not Satisfiable: the image has {size} bytes\n", status=416,
+                        content_type="text/plain", headers={"Content-Range": f"bytes */{size}"})
+    offset, length = wanted or (0, size)
+    if request.method == "HEAD":
+        handle.close()
+        done(0, True)  # a look, not a transfer: it took no slot
+        span_body: FileSpan | bytes = b""
+    else:
+        span_body = FileSpan(handle, offset, length, on_close=lambda sent: done(sent, offset + sent == size))
+    response = Response(span_body, status=206 if wanted else 200, mimetype=reply.content_type,
+                        headers=headers, direct_passthrough=True)
+    response.headers["Content-Length"] = str(length)
+    if wanted:
+        response.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
+    return response
+
+
+def _address() -> str:
+    return request.remote_addr or ""
+
+
+def _host_url() -> str:
+    return request.host_url
+
+
+def _unacceptable_type(listener: Listener) -> Response | None:
+    """Agents send XML (application/xml or text/xml); refuse bodies that say they are something else."""
+    if request.environ.get("CONTENT_TYPE", "") in ACCEPTED_TYPES:
+        return None  # the common case, without parsing the header
+    mimetype = request.mimetype
+    if mimetype in ACCEPTED_TYPES or mimetype.endswith("+xml"):
+        return None
+    listener.metrics.refused.labels("bad-content-type").inc()
+    event(log, logging.WARNING, "bad-content-type", address=_address(), path=request.path, content_type=mimetype)
+    return Response(f"415 Unsupported Media Type: send XML, not {mimetype}\n", status=415, content_type="text/plain")
+
+def _body(listener: Listener) -> bytes:
+    """The request body; read straight from the server's input when its length is declared and allowed."""
+    environ = request.environ
+    length = decimal(environ.get("CONTENT_LENGTH"))
+    try:
+        if length is not None and length <= listener.settings.max_body_bytes and "wsgi.input" in environ:
+            data = environ["wsgi.input"].read(length)
+            if len(data) < length:
+                raise BadRequest(f"the body ended after {len(data)} of {length} bytes")
+            return data
+        return request.get_data(cache=False)  # chunked, or too large: werkzeug answers 413
+    except (OSError, ValueError) as exc:  # a broken chunked body under another WSGI server
+        raise BadRequest(f"unreadable body: {exc}") from None
+
+
 def create_app(store: Store, settings: ListenerSettings | None = None, listener: Listener | None = None) -> Flask:
     listener = listener or Listener(store, settings)
     app = Flask("pnp_service")
     # Werkzeug answers 413 for larger bodies before the view reads them.
     app.config["MAX_CONTENT_LENGTH"] = listener.settings.max_body_bytes
     app.extensions["pnp_listener"] = listener
-
-    def respond(reply: Reply) -> Response:
-        if reply.file_path:
-            return respond_file(reply)
-        response = Response(reply.body, status=reply.status, content_type=reply.content_type)
-        for name, value in reply.headers:
-            response.headers[name] = value
-        return response
-
-    def respond_file(reply: Reply) -> Response:
-        """An image: whole, or the one range a resuming device asks for; sent with sendfile by our server."""
-        def done(sent: int, complete: bool) -> None:
-            if reply.on_close is not None:
-                reply.on_close(sent, complete)
-
-        try:
-            handle = open(reply.file_path, "rb")
-        except FileNotFoundError:
-            done(0, True)
-            return Response("404 Not Found: no such image here\n", status=404, content_type="text/plain")
-        except OSError:  # out of file descriptors, say: a moment's trouble, not a missing image
-            done(0, True)
-            return Response("503 Service Unavailable: retry later\n", status=503, content_type="text/plain",
-                            headers={"Retry-After": "60"})
-        info = os.fstat(handle.fileno())
-        size = info.st_size
-        validator = f'"{size:x}-{info.st_mtime_ns:x}"'
-        headers = {"Accept-Ranges": "bytes", "ETag": validator, "Last-Modified": http_date(info.st_mtime)}
-        if_range = request.headers.get("If-Range")
-        try:
-            # A resumed transfer of a file that changed since gets the whole new file (If-Range).
-            wanted = byte_range(request.headers.get("Range"), size) \
-                if if_range is None or if_range in (validator, headers["Last-Modified"]) else None
-        except RangeNotSatisfiable:
-            handle.close()
-            done(0, False)
-            return Response(f"416 Range Not Satisfiable: the image has {size} bytes\n", status=416,
-                            content_type="text/plain", headers={"Content-Range": f"bytes */{size}"})
-        offset, length = wanted or (0, size)
-        if request.method == "HEAD":
-            handle.close()
-            done(0, True)  # a look, not a transfer: it took no slot
-            span_body: FileSpan | bytes = b""
-        else:
-            span_body = FileSpan(handle, offset, length, on_close=lambda sent: done(sent, offset + sent == size))
-        response = Response(span_body, status=206 if wanted else 200, mimetype=reply.content_type,
-                            headers=headers, direct_passthrough=True)
-        response.headers["Content-Length"] = str(length)
-        if wanted:
-            response.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
-        return response
-
-    def address() -> str:
-        return request.remote_addr or ""
 
     @app.route("/pnp/HELLO", methods=["GET", "HEAD", "POST"])
     def hello() -> Response:
@@ -104,53 +136,25 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
     def metrics() -> Response:
         return Response(listener.metrics.render(), status=200, content_type=METRICS_TYPE)
 
-    def unacceptable_type() -> Response | None:
-        """Agents send XML (application/xml or text/xml); refuse bodies that say they are something else."""
-        if request.environ.get("CONTENT_TYPE", "") in ACCEPTED_TYPES:
-            return None  # the common case, without parsing the header
-        mimetype = request.mimetype
-        if mimetype in ACCEPTED_TYPES or mimetype.endswith("+xml"):
-            return None
-        listener.metrics.refused.labels("bad-content-type").inc()
-        event(log, logging.WARNING, "bad-content-type", address=address(), path=request.path, content_type=mimetype)
-        return Response(f"415 Unsupported Media Type: send XML, not {mimetype}\n", status=415, content_type="text/plain")
-
-    def host_url() -> str:
-        return request.host_url
-
-    def body() -> bytes:
-        """The request body; read straight from the server's input when its length is declared and allowed."""
-        environ = request.environ
-        length = decimal(environ.get("CONTENT_LENGTH"))
-        try:
-            if length is not None and length <= listener.settings.max_body_bytes and "wsgi.input" in environ:
-                data = environ["wsgi.input"].read(length)
-                if len(data) < length:
-                    raise BadRequest(f"the body ended after {len(data)} of {length} bytes")
-                return data
-            return request.get_data(cache=False)  # chunked, or too large: werkzeug answers 413
-        except (OSError, ValueError) as exc:  # a broken chunked body under another WSGI server
-            raise BadRequest(f"unreadable body: {exc}") from None
-
     @app.post("/pnp/WORK-REQUEST")
     def work_request() -> Response:
-        refused = unacceptable_type()
+        refused = _unacceptable_type(listener)
         if refused is not None:
             return refused
-        return respond(listener.work_request(body(), address(), host_url, request.scheme == "https"))
+        return _respond(listener.work_request(_body(listener), _address(), _host_url, request.scheme == "https"))
 
     @app.post("/pnp/WORK-RESPONSE")
     def work_response() -> Response:
-        refused = unacceptable_type()
+        refused = _unacceptable_type(listener)
         if refused is not None:
             return refused
-        return respond(listener.work_response(body(), address(), host_url, request.scheme == "https"))
+        return _respond(listener.work_response(_body(listener), _address(), _host_url, request.scheme == "https"))
 
     @app.route("/pnp/download/<kind>/<serial>/<revision>", methods=["GET", "HEAD"])
     @app.route("/pnp/download/<kind>/<serial>/<revision>/<name>", methods=["GET", "HEAD"])
     def download(kind: str, serial: str, revision: str, name: str = "") -> Response:
         args = request.args
-        return respond(listener.download(kind, serial, revision, name, args.get("expires", ""), args.get("sig", ""), address(),
+        return _respond(listener.download(kind, serial, revision, name, args.get("expires", ""), args.get("sig", ""), _address(),
                                          args.get("bound") == "1", head=request.method == "HEAD"))
 
     @app.errorhandler(HTTPException)
@@ -160,7 +164,7 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
             # Scanners probe every path: a 404 is not worth a warning.
             level = logging.DEBUG if error.code == 404 else logging.WARNING
             listener.metrics.refused.labels(f"http-{error.code}").inc()
-            event(log, level, f"http-{error.code}", address=address(), method=request.method, path=request.path)
+            event(log, level, f"http-{error.code}", address=_address(), method=request.method, path=request.path)
         return Response(f"{error.code} {error.name}: {error.description}\n", status=error.code, content_type="text/plain")
 
     return app

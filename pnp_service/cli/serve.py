@@ -1,0 +1,183 @@
+"""``pnp-service serve``: check what can be checked before forking, then run the listener under gunicorn
+(or Flask's development server); what it serves is built by :mod:`pnp_service.composition`."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import socket
+from .. import __version__, logs
+from ..stores.base import StoreError
+
+from .common import DEFAULT_PORT, JOURNAL_NAME, SECRET_NAME, UsageError, datastore_arguments, port_number, positive, warn_if_readable
+
+log = logging.getLogger("pnp_service")
+
+
+#: ``serve --server``: the event-driven worker (pnp_service.serving.EventWorker) or gunicorn's threaded one.
+SERVER_MODELS = ("event", "threads")
+
+
+def _check_in_child(check) -> None:
+    """Run ``check`` in a short-lived child process: the gunicorn master never holds what it loads."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        code = 0
+        try:
+            check()
+        except StoreError as exc:
+            os.write(write, str(exc).encode())
+            code = 1
+        except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
+            os.write(write, f"{type(exc).__name__}: {exc}".encode())
+            code = 2
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        message = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise StoreError(message or "the store check failed")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {port} on {host} is already in use (another listener?): choose another with --port")
+            if exc.errno == errno.EACCES:
+                raise UsageError(f"no permission to listen on port {port}: ports below 1024 need root "
+                                 "(or CAP_NET_BIND_SERVICE); or choose a port above 1023 with --port")
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .. import composition
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    for path in filter(None, (args.tls_cert, args.tls_key)):
+        if not os.path.isfile(path):
+            raise UsageError(f"TLS file {path} not found")
+    if args.image_dir and not os.path.isdir(args.image_dir):
+        raise UsageError(f"--image-dir {args.image_dir} is not a folder")
+    policy = composition.sudi_policy(args)
+    # Fail early, with the store's message, before forking workers.
+    if args.dev:
+        composition.check_store(args, policy is not None)
+    else:
+        _check_in_child(lambda: composition.check_store(args, policy is not None))
+    settings = composition.listener_settings(args, policy)
+    if not args.clixon_socket:
+        warn_if_readable(args.datastore, "declarations with credentials and configurations")
+    _check_port_free(args.host, args.port)
+    where = (f"Clixon controller at {args.clixon_socket}" if args.clixon_socket
+             else f"declarations {os.path.abspath(args.datastore)}")
+    scheme = "https" if args.tls_cert else "http"
+    logs.event(log, logging.INFO, "serving", version=__version__, store=where, url=f"{scheme}://{args.host}:{args.port}",
+               workers=args.workers, threads=args.threads)
+    if args.tls_cert:
+        log.info("HTTPS with certificate %s; devices need DHCP option 43 with K5 (pnp-service option43 --https)", args.tls_cert)
+    if args.dev:
+        tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+        composition.build_app(args, settings).run(host=args.host, port=args.port, threaded=True, ssl_context=tls)
+        return 0
+
+    def make_app():
+        from ..app import served
+
+        return served(composition.build_app(args, settings))
+
+    from ..serving import run_gunicorn
+
+    return run_gunicorn(make_app, args)
+
+
+def add_parsers(command) -> None:
+    """Add this module's commands; ``command(name, help, description)`` makes each subparser."""
+    serve = command("serve", "run the PnP listener", "Run the PnP HTTP listener.")
+    datastore_arguments(serve)
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)")
+    serve.add_argument("--public-url", help="base URL devices reach this listener at, for download URLs "
+                       "(default: the URL each device called)")
+    serve.add_argument("--secret-file", help="file with the secret that signs download URLs, shared by every "
+                       "listener of one deployment (default: DATASTORE.secret; with --clixon-socket "
+                       f"{SECRET_NAME} in --state-dir; created on first start, mode 0600)")
+    serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM); needs --tls-key")
+    serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+    serve.add_argument("--image-dir", help="folder of image files served to devices whose image/url is a bare file name")
+    serve.add_argument("--known-hosts", default="~/.ssh/known_hosts", metavar="FILE",
+                       help="with --clixon-socket: the known_hosts of the user the controller's backend runs as, where "
+                       "host keys read over PnP are pinned (default: %(default)s)")
+    serve.add_argument("--on-provisioned", metavar="CMD", help="without a controller: run CMD once per provisioned "
+                       "device and revision, the device's facts as JSON on its stdin")
+    serve.add_argument("--webhook", metavar="URL", help="without a controller: POST the same JSON to URL (retried)")
+    serve.add_argument("--controller-ssh-key", metavar="FILE", help="an SSH public key (id_*.pub) templates get as "
+                       "controller_ssh_key, controller_ssh_key_lines... (under a controller: PNP_CONTROLLER_SSH_KEY "
+                       "in the service module's environment)")
+    serve.add_argument("--sudi-ca", metavar="FILE", help="PEM bundle of the CA certificates that issue SUDI "
+                       "certificates (Cisco's roots and SUDI sub-CAs, docs/security.md); needed by declarations with "
+                       "authentication sudi")
+    serve.add_argument("--trustpool", metavar="CA.pem", help="HTTPS from day 0: devices that call over HTTP first "
+                       "install this CA bundle (the one that signed the HTTPS listener's certificate) into their "
+                       "trustpool, then reconnect to --https-url")
+    serve.add_argument("--https-url", metavar="URL", help="with --trustpool: the HTTPS listener devices reconnect to, "
+                       "e.g. https://pnp.example.net:8443")
+    serve.add_argument("--ntp", metavar="ADDR", help="with --trustpool: NTP server the device sets its clock from first "
+                       "(certificates need the right time)")
+    serve.add_argument("--state-dir", metavar="DIR",
+                       help="with --clixon-socket: where the journal and the URL secret are kept (default: "
+                       "/var/lib/pnp-service as root, else ~/.local/state/pnp-service; created mode 0700)")
+    serve.add_argument("--journal", metavar="FILE",
+                       help=f"with --clixon-socket: where writes wait while the controller is busy or down "
+                       f"(default: {JOURNAL_NAME} in --state-dir)")
+    serve.add_argument("--max-attempts", type=positive, default=3, help="tries of a failing step before error (default: 3)")
+    serve.add_argument("--retry-seconds", type=positive, default=30,
+                       help="first retry backoff; doubles with each failure (default: 30)")
+    serve.add_argument("--max-body", type=positive, default=256 * 1024,
+                       help="largest request body in bytes (default: 262144)")
+    serve.add_argument("--max-image-transfers", type=positive, default=64, metavar="N",
+                       help="devices pulling an image from this listener at once, per worker; the others are told to "
+                       "back off and try again (default: %(default)s)")
+    serve.add_argument("--max-unclaimed", type=positive, default=10_000, metavar="N",
+                       help="unclaimed devices kept; beyond, the longest unseen is forgotten (default: %(default)s)")
+    serve.add_argument("--unclaimed-days", type=positive, default=7, metavar="DAYS",
+                       help="an unclaimed device not seen for this long is forgotten (default: %(default)s)")
+    connections = serve.add_argument_group("connections", "How the listener treats slow, idle and numerous clients "
+                                           "(docs/operations.md)")
+    connections.add_argument("--server", choices=SERVER_MODELS, default="event",
+                             help="event: one event loop per worker, a client costs a socket, never a thread "
+                             "(default); threads: gunicorn's threaded worker, where a slow client holds a thread "
+                             "(for comparison, or behind a proxy that buffers whole requests)")
+    connections.add_argument("--request-timeout", type=positive, default=30, metavar="SECONDS",
+                             help="a client must send a whole request (headers and body) within this; else the "
+                             "connection is closed (default: %(default)s)")
+    connections.add_argument("--keepalive-timeout", type=positive, default=15, metavar="SECONDS",
+                             help="an idle keep-alive connection is closed after this (default: %(default)s)")
+    connections.add_argument("--send-timeout", type=positive, default=60, metavar="SECONDS",
+                             help="a client that takes no byte of an answer or a download for this long is "
+                             "disconnected; a slow download that keeps moving is never cut (default: %(default)s)")
+    connections.add_argument("--max-connections", type=positive, default=4096, metavar="N",
+                             help="open connections per worker; beyond, the longest idle one is closed to make room "
+                             "(default: %(default)s)")
+    connections.add_argument("--workers", type=positive, default=1, help="gunicorn worker processes (default: 1)")
+    connections.add_argument("--threads", type=positive, default=8,
+                             help="threads per worker that run complete requests (default: 8)")
+    connections.add_argument("--timeout", type=positive, default=30, metavar="SECONDS",
+                             help="gunicorn restarts a worker that is stuck this long (default: %(default)s)")
+    connections.add_argument("--graceful-timeout", type=positive, default=30, metavar="SECONDS",
+                             help="on SIGTERM, answers and downloads in flight get this long to finish (default: "
+                             "%(default)s)")
+    connections.add_argument("--access-log", action="store_true",
+                             help="also write an access log line per request (paths only, never download signatures)")
+    serve.add_argument("--dev", action="store_true", help="use Flask's development server instead of gunicorn")
+    serve.set_defaults(func=cmd_serve)
