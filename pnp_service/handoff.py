@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable, Protocol
 
+from .backoff import Backoff
 from .logs import event
 from .model import DeviceRecord, Handoff, Status, format_time
 from .stores.base import Store, StoreError
@@ -196,7 +197,7 @@ class HandoffWorker:
             if status is None or status.revision != revision:
                 return None  # the work changed meanwhile
             attempts = status.handoff_attempts + 1
-            delay = min(self.retry_max_seconds, self.retry_base_seconds * 2 ** min(attempts - 1, 12))
+            delay = Backoff(self.retry_base_seconds, self.retry_max_seconds).delay(attempts)
             retry = result.state != Handoff.MANAGED and result.retry
             updated = dataclasses.replace(
                 status, handoff=result.state, handoff_message=result.message, handoff_device=result.device or

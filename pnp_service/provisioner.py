@@ -56,6 +56,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from . import protocol, sudi
+from .backoff import Backoff
 from .machine import VERDICTS, Answer, Poll, Stage, TransitionError, move, stage_of
 from .model import DeviceRecord, Handoff, State, Status, Step, Unclaimed, Work, format_time, parse_time
 from .steps import (Outcome, RequestContext, StepRegistry, StepType, UnknownStepType, Verdict, default_registry,
@@ -116,7 +117,7 @@ class Settings:
     hooks: bool = False
 
     def retry_delay(self, attempts: int) -> int:
-        return min(self.retry_max_seconds, self.retry_base_seconds * 2 ** max(0, attempts - 1))
+        return int(Backoff(self.retry_base_seconds, self.retry_max_seconds).delay(attempts))
 
 
 @dataclasses.dataclass(frozen=True)

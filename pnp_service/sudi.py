@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from .backoff import Backoff
 from .xmlsafe import clean_text
 
 #: What the server offers; the device answers with one of each.
@@ -92,8 +93,7 @@ class Policy:
     download_seconds: int = 300
 
     def hold_off_seconds(self, failures: int) -> int:
-        return min(self.challenge_seconds, HOLD_OFF_MAX_SECONDS,
-                   self.throttle_seconds * 2 ** min(max(failures, 1) - 1, 10))
+        return int(Backoff(self.throttle_seconds, min(self.challenge_seconds, HOLD_OFF_MAX_SECONDS)).delay(failures))
 
 
 HOLD_OFF_MAX_SECONDS = 60

@@ -22,7 +22,7 @@ from conftest import REPO
 
 PACKAGE = os.path.join(REPO, "pnp_service")
 LAYERS = [
-    {"xmlsafe", "logs"},
+    {"xmlsafe", "logs", "backoff"},
     {"protocol"},
     {"model", "steps", "planner", "validation", "importer"},
     {"machine", "provisioner", "sudi"},

@@ -44,6 +44,7 @@ from typing import Callable, Iterable, Mapping
 from lxml import etree
 
 from ... import model
+from ...backoff import Backoff
 from ...logs import event
 from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, Declaration, DeviceRecord, Status, Unclaimed, Work, q
 from ...xmlsafe import escape_text, iterparse
@@ -583,7 +584,7 @@ class ClixonStore(StoreBase):
                 watcher = self._watcher = self._session_factory(self.sockpath)
             except StoreUnavailable:
                 self._stop.wait(delay)
-                delay = min(self.retry_max_seconds, delay * 2)
+                delay = Backoff(1.0, self.retry_max_seconds).after(delay)
                 continue
             try:
                 watcher.subscribe("controller-transaction")
@@ -605,7 +606,7 @@ class ClixonStore(StoreBase):
             self._wake.clear()
             if self._stop.is_set():
                 break
-            delay = 0.5 if self.flush() else min(self.retry_max_seconds, delay * 2)
+            delay = 0.5 if self.flush() else Backoff(0.5, self.retry_max_seconds).after(delay)
 
     def close(self) -> None:
         self._stop.set()
