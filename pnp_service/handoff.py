@@ -59,17 +59,17 @@ def facts(record: DeviceRecord) -> dict[str, Any]:
     status, declaration = record.status, record.declaration
     assert status is not None
     started = status.started
-    done = status.handoff_time or status.last_contact
+    done = status.handoff.time or status.last_contact
     return {
         "serial": record.serial,
-        "hostname": declaration.hostname if declaration else status.hostname,
-        "pid": (declaration.pid if declaration else "") or status.platform,
-        "udi": status.udi,
+        "hostname": declaration.hostname if declaration else status.facts.hostname,
+        "pid": (declaration.pid if declaration else "") or status.facts.platform,
+        "udi": status.facts.udi,
         "address": status.address,
-        "version": status.version,
+        "version": status.facts.version,
         "revision": status.revision,
-        "host_key": status.host_key,
-        "members": [list(m) for m in status.members],
+        "host_key": status.facts.host_key,
+        "members": [list(m) for m in status.facts.members],
         "provisioned": format_time(status.last_contact),
         "seconds": int((done - started).total_seconds()) if started and done else None,
     }
@@ -84,7 +84,7 @@ class HookAction:
     def hand_off(self, record: DeviceRecord) -> Result:
         data = json.dumps(facts(record), ensure_ascii=False).encode()
         status = record.status
-        done = {hook for hook in (status.handoff_device if status else "").split(",") if hook}  # hooks that already ran
+        done = {hook for hook in (status.handoff.device if status else "").split(",") if hook}  # hooks that already ran
         ran = []
         if self.command and "command" not in done:
             try:
@@ -156,8 +156,8 @@ class HandoffWorker:
         """Hand on every device that is due (after a restart, or a retry whose time has come)."""
         now = self._now()
         due = [r.serial for r in self.store.snapshot().devices
-               if r.status is not None and r.status.handoff in (Handoff.PENDING, Handoff.FAILED)
-               and r.status.handoff_next is not None and r.status.handoff_next <= now]
+               if r.status is not None and r.status.handoff.state in (Handoff.PENDING, Handoff.FAILED)
+               and r.status.handoff.next is not None and r.status.handoff.next <= now]
         return sum(self.run(serial) for serial in due)  # run() checks again, under the device's lock
 
     def _now(self) -> dt.datetime:
@@ -170,9 +170,9 @@ class HandoffWorker:
 
         def claim(record: DeviceRecord) -> Status | None:
             status = record.status
-            due = (status is not None and status.handoff in (Handoff.PENDING, Handoff.FAILED) and status.handoff_next is not None
-                   and status.handoff_next <= now and status.handoff_revision == status.revision)
-            return dataclasses.replace(status, handoff_next=lease) if due and status is not None else None
+            due = (status is not None and status.handoff.state in (Handoff.PENDING, Handoff.FAILED) and status.handoff.next is not None
+                   and status.handoff.next <= now and status.handoff.revision == status.revision)
+            return dataclasses.replace(status, handoff=status.handoff.claimed(lease)) if due and status is not None else None
 
         try:
             claimed = self.store.write_status(serial, claim)
@@ -196,15 +196,11 @@ class HandoffWorker:
             status = record.status
             if status is None or status.revision != revision:
                 return None  # the work changed meanwhile
-            attempts = status.handoff_attempts + 1
-            delay = Backoff(self.retry_base_seconds, self.retry_max_seconds).delay(attempts)
+            delay = Backoff(self.retry_base_seconds, self.retry_max_seconds).delay(status.handoff.attempts + 1)
             retry = result.state != Handoff.MANAGED and result.retry
-            updated = dataclasses.replace(
-                status, handoff=result.state, handoff_message=result.message, handoff_device=result.device or
-                status.handoff_device, handoff_attempts=attempts, handoff_time=now,
-                handoff_next=now + dt.timedelta(seconds=delay) if retry else None,
-            )
-            return updated
+            retry_at = now + dt.timedelta(seconds=delay) if retry else None
+            return dataclasses.replace(status, handoff=status.handoff.recorded(result.state, result.message,
+                                                                                 result.device, now, retry_at))
 
         self.store.write_status(serial, decide)
         level = logging.INFO if result.state == Handoff.MANAGED else logging.WARNING

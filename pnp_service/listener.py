@@ -203,8 +203,8 @@ class Listener:
         if decision.changes:
             self.metrics.writes.observe(time.perf_counter() - began)
         if decision.event == Event.REFUSED and status is not None:
-            self.metrics.sudi_refused.labels(status.error_code or "unknown").inc()
-        if status is not None and status.handoff == Handoff.PENDING and status.state == State.PROVISIONED and self.on_provisioned:
+            self.metrics.sudi_refused.labels(status.error.code or "unknown").inc()
+        if status is not None and status.handoff.state == Handoff.PENDING and status.state == State.PROVISIONED and self.on_provisioned:
             self.on_provisioned(status_serial(serial, decision))
         event(
             log,

@@ -181,8 +181,107 @@ class Handoff(enum.StrEnum):
 
 
 @dataclasses.dataclass(frozen=True)
+class DeviceFacts:
+    """What the device reported about itself (device-info, the SSH host key); changed only by what it reports."""
+
+    udi: str = ""
+    platform: str = ""
+    version: str = ""
+    hostname: str = ""
+    #: From device-info: the image file it boots, install or bundle mode, where images go and its free bytes.
+    image_file: str = ""
+    mode: str = ""
+    flash: str = ""
+    flash_free: int | None = None
+    #: The stack's switches as device-info listed them: (slot, serial, pid, role), role active or member.
+    members: tuple[tuple[int, str, str, str], ...] = ()
+    host_key: str = ""
+
+    def reported(self, facts: Mapping[str, Any]) -> DeviceFacts:
+        """These facts with what the device just reported (0 is a fact, a full flash; what it left out stays)."""
+        known = {name: value for name, value in facts.items()
+                 if name in _FACT_NAMES and value is not None and value != ""}
+        return dataclasses.replace(self, **known) if known else self
+
+
+_FACT_NAMES = frozenset(field.name for field in dataclasses.fields(DeviceFacts))
+
+
+@dataclasses.dataclass(frozen=True)
+class SudiState:
+    """SUDI: open challenges (correlator, address, challenge, expires), where and when the device proved itself,
+    and addresses that failed a proof and are held off (address, until, failures).  Changed by a challenge, a
+    proof and a refused proof only."""
+
+    challenges: tuple[tuple[str, str, str, str], ...] = ()
+    proven_address: str = ""
+    proven_at: dt.datetime | None = None
+    throttled: tuple[tuple[str, str, int], ...] = ()
+
+    def asked(self, challenges: tuple[tuple[str, str, str, str], ...]) -> SudiState:
+        return dataclasses.replace(self, challenges=challenges)
+
+    def proven(self, remaining: tuple[tuple[str, str, str, str], ...], address: str, now: dt.datetime) -> SudiState:
+        """A valid proof from ``address``: its challenge used, its hold-off lifted."""
+        return SudiState(remaining, address, now, tuple(t for t in self.throttled if t[0] != address))
+
+    def refused(self, remaining: tuple[tuple[str, str, str, str], ...], address: str, until: str,
+                failures: int, keep: int = 16) -> SudiState:
+        """A failed proof from ``address``: held off until ``until`` (the last ``keep`` addresses are remembered)."""
+        held = tuple(t for t in self.throttled if t[0] != address)[-(keep - 1):] + ((address, until, failures),)
+        return dataclasses.replace(self, challenges=remaining, throttled=held)
+
+
+@dataclasses.dataclass(frozen=True)
+class HandoffProgress:
+    """The hand-off of a provisioned device to its controller (or the hooks), once per device and revision."""
+
+    state: Handoff = Handoff.NONE
+    revision: str = ""
+    device: str = ""
+    message: str = ""
+    attempts: int = 0
+    next: dt.datetime | None = None
+    time: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.state) is not Handoff:  # read back as text: held as the enum, a misspelt value fails here
+            object.__setattr__(self, "state", Handoff(self.state))
+
+    @classmethod
+    def pending(cls, revision: str, now: dt.datetime) -> HandoffProgress:
+        """Provisioned: to be handed on now."""
+        return cls(Handoff.PENDING, revision, next=now, time=now)
+
+    def claimed(self, until: dt.datetime) -> HandoffProgress:
+        """A worker works on it; nobody else before ``until``."""
+        return dataclasses.replace(self, next=until)
+
+    def recorded(self, state: Handoff, message: str, device: str, now: dt.datetime,
+                 retry_at: dt.datetime | None) -> HandoffProgress:
+        """One attempt's outcome; ``retry_at`` None: no further attempt."""
+        return dataclasses.replace(self, state=state, message=message, device=device or self.device,
+                                   attempts=self.attempts + 1, time=now, next=retry_at)
+
+
+@dataclasses.dataclass(frozen=True)
+class LastError:
+    """The last thing that went wrong, where the operator sees it; empty when nothing has."""
+
+    code: str = ""
+    message: str = ""
+    step: str = ""
+    time: dt.datetime | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.code or self.message)
+
+
+@dataclasses.dataclass(frozen=True)
 class Status:
-    """A device's progress, as recorded by the listener."""
+    """A device's progress, as recorded by the listener: where it is in its work, and the records of what it
+    reported (:class:`DeviceFacts`), proved (:class:`SudiState`), how its hand-off goes (:class:`HandoffProgress`)
+    and the last error (:class:`LastError`).  Stored and shown flat (:meth:`flat`), as the YANG has it."""
 
     state: State = State.PLANNED
     revision: str = ""
@@ -193,50 +292,70 @@ class Status:
     retry_at: dt.datetime | None = None
     last_contact: dt.datetime | None = None
     address: str = ""
-    udi: str = ""
-    platform: str = ""
-    version: str = ""
-    hostname: str = ""
     started: dt.datetime | None = None
-    #: From device-info: the image file it boots, install or bundle mode, where images go and its free bytes.
-    image_file: str = ""
-    mode: str = ""
-    flash: str = ""
-    flash_free: int | None = None
-    #: The stack's switches as device-info listed them: (slot, serial, pid, role), role active or member.
-    members: tuple[tuple[int, str, str, str], ...] = ()
     #: When the current phase began, its deadline, and the last time the device said it had reloaded.
     phase_since: dt.datetime | None = None
     deadline: dt.datetime | None = None
     reloaded: dt.datetime | None = None
     #: The device's last poll came over HTTPS.
     secure: bool = False
-    #: SUDI: open challenges (correlator, address, challenge, expires), where and when the device proved itself,
-    #: and addresses that failed a proof and are held off (address, until, failures).
-    challenges: tuple[tuple[str, str, str, str], ...] = ()
-    proven_address: str = ""
-    proven_at: dt.datetime | None = None
-    throttled: tuple[tuple[str, str, int], ...] = ()
-    #: The device's SSH host key, read over PnP, and the hand-off to the controller (or the hooks).
-    host_key: str = ""
-    handoff: Handoff = Handoff.NONE
-    handoff_revision: str = ""
-    handoff_device: str = ""
-    handoff_message: str = ""
-    handoff_attempts: int = 0
-    handoff_next: dt.datetime | None = None
-    handoff_time: dt.datetime | None = None
-    error_code: str = ""
-    error_message: str = ""
-    error_step: str = ""
-    error_time: dt.datetime | None = None
+    facts: DeviceFacts = DeviceFacts()
+    sudi: SudiState = SudiState()
+    handoff: HandoffProgress = HandoffProgress()
+    error: LastError = LastError()
 
     def __post_init__(self) -> None:
-        # Read back from JSON, XML or a journal as plain text: held as the enums, a misspelt value fails here.
+        # Read back from JSON, XML or a journal as plain text: held as the enum, a misspelt value fails here.
         if type(self.state) is not State:
             object.__setattr__(self, "state", State(self.state))
-        if type(self.handoff) is not Handoff:
-            object.__setattr__(self, "handoff", Handoff(self.handoff))
+
+    def failed(self, code: str, message: str, step: str, now: dt.datetime) -> Status:
+        """The status with this as its last error (the state is the caller's to change)."""
+        return dataclasses.replace(self, error=LastError(code, message, step, now))
+
+    def without_error(self) -> Status:
+        return dataclasses.replace(self, error=LastError()) if self.error else self
+
+    def flat(self) -> dict[str, Any]:
+        """Every field under its stored name (``error_code``, ``handoff_next``, ``version``...)."""
+        values = {name: getattr(self, name) for name in _PROGRESS}
+        for part, (prefix, names) in _PARTS.items():
+            record = getattr(self, part)
+            for name in names:
+                values[_flat_name(prefix, name)] = getattr(record, name)
+        return values
+
+    @classmethod
+    def from_flat(cls, **values: Any) -> Status:
+        """The inverse of :meth:`flat`; names it does not know are an error (TypeError), as for a constructor."""
+        parts: dict[str, dict[str, Any]] = {part: {} for part in _PARTS}
+        progress: dict[str, Any] = {}
+        for flat_name, value in values.items():
+            found = _FLAT.get(flat_name)
+            if found is None:
+                raise TypeError(f"Status has no field {flat_name!r}")
+            part, name = found
+            (parts[part] if part else progress)[name] = value
+        return cls(**progress, **{part: _PART_TYPES[part](**fields) for part, fields in parts.items()})
+
+
+_PART_TYPES: dict[str, type] = {"facts": DeviceFacts, "sudi": SudiState, "handoff": HandoffProgress, "error": LastError}
+_PARTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    part: (prefix, tuple(field.name for field in dataclasses.fields(kind)))
+    for part, prefix, kind in (("facts", "", DeviceFacts), ("sudi", "", SudiState), ("handoff", "handoff_", HandoffProgress),
+                               ("error", "error_", LastError))
+}
+_PROGRESS = tuple(field.name for field in dataclasses.fields(Status) if field.name not in _PARTS)
+
+
+def _flat_name(prefix: str, name: str) -> str:
+    return "handoff" if prefix == "handoff_" and name == "state" else prefix + name
+
+
+#: Stored name -> (part, field); part "" for the progress fields of Status itself.
+_FLAT: dict[str, tuple[str, str]] = {name: ("", name) for name in _PROGRESS} | {
+    _flat_name(prefix, name): (part, name) for part, (prefix, names) in _PARTS.items() for name in names
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,12 +395,23 @@ class DeviceRecord:
 # --------------------------------------------------------------------------- JSON forms
 
 R = TypeVar("R", Status, Unclaimed)
-_TIME_FIELDS = {
-    cls: frozenset(f.name for f in dataclasses.fields(cls) if "datetime" in str(f.type)) for cls in (Status, Unclaimed)
-}
-_FIELD_NAMES = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in (Status, Unclaimed)}
+
+def _stored_types(cls: type) -> dict[str, str]:
+    """A record's stored field names and their types (a status's flat names: :meth:`Status.flat`)."""
+    if cls is not Status:
+        return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    types = {f.name: str(f.type) for f in dataclasses.fields(Status) if f.name in _PROGRESS}
+    for part, (prefix, _) in _PARTS.items():
+        types |= {_flat_name(prefix, f.name): str(f.type) for f in dataclasses.fields(_PART_TYPES[part])}
+    return types
+
+
+_STORED = {cls: _stored_types(cls) for cls in (Status, Unclaimed)}
+_TIME_FIELDS = {cls: frozenset(name for name, kind in _STORED[cls].items() if "datetime" in kind)
+                for cls in (Status, Unclaimed)}
+_FIELD_NAMES = {cls: tuple(_STORED[cls]) for cls in (Status, Unclaimed)}
 #: Fields holding tuples of tuples, which JSON turns into lists.
-_NESTED = {cls: frozenset(f.name for f in dataclasses.fields(cls) if str(f.type).startswith("tuple[tuple"))
+_NESTED = {cls: frozenset(name for name, kind in _STORED[cls].items() if kind.startswith("tuple[tuple"))
            for cls in (Status, Unclaimed)}
 
 
@@ -289,11 +419,11 @@ def record_to_dict(record: Status | Unclaimed) -> dict[str, Any]:
     """A status or unclaimed entry as plain JSON values (times as RFC 3339 strings), empty fields left out."""
     times = _TIME_FIELDS[type(record)]
     out: dict[str, Any] = {}
-    for name in _FIELD_NAMES[type(record)]:
-        value = getattr(record, name)
+    values = record.flat() if isinstance(record, Status) else {name: getattr(record, name) for name in _FIELD_NAMES[Unclaimed]}
+    for name, value in values.items():
         if name in times:
             value = format_time(value)
-        if value not in ("", None) and not (name == "attempts" and value == 0):
+        if value not in ("", None) and not (name in ("attempts", "handoff_attempts") and value == 0):
             out[name] = value
     return out
 
@@ -305,7 +435,7 @@ def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
     values: dict[str, Any] = {k: (parse_time(v) if k in times else v) for k, v in data.items() if k in names}
     for name in _NESTED[cls] & values.keys():  # JSON lists back into the record's tuples
         values[name] = tuple(tuple(item) for item in values[name])
-    return cls(**values)
+    return Status.from_flat(**values) if cls is Status else cls(**values)  # type: ignore[return-value]
 
 
 def work_to_json(work: Work) -> str:
@@ -572,54 +702,55 @@ _STATUS_LEAVES = (
 
 def status_to_xml(status: Status) -> etree._Element:
     element = etree.Element(q("status"), nsmap={None: PNP_NS})
-    _add_leaves(element, ((leaf, str(getattr(status, attr))) for leaf, attr in _STATUS_LEAVES))
-    _add(element, "attempts", str(status.attempts))
+    flat = status.flat()
+    _add_leaves(element, ((leaf, str(flat[attr])) for leaf, attr in _STATUS_LEAVES))
+    _add(element, "attempts", str(flat["attempts"]))
     _add_leaves(
         element,
         (
-            ("retry-at", format_time(status.retry_at)),
-            ("last-contact", format_time(status.last_contact)),
-            ("started", format_time(status.started)),
-            ("image-file", status.image_file),
-            ("mode", status.mode),
-            ("flash", status.flash),
-            ("flash-free", "" if status.flash_free is None else str(status.flash_free)),
-            ("phase-since", format_time(status.phase_since)),
-            ("deadline", format_time(status.deadline)),
-            ("reloaded", format_time(status.reloaded)),
-            ("secure", "true" if status.secure else ""),
+            ("retry-at", format_time(flat["retry_at"])),
+            ("last-contact", format_time(flat["last_contact"])),
+            ("started", format_time(flat["started"])),
+            ("image-file", flat["image_file"]),
+            ("mode", flat["mode"]),
+            ("flash", flat["flash"]),
+            ("flash-free", "" if flat["flash_free"] is None else str(flat["flash_free"])),
+            ("phase-since", format_time(flat["phase_since"])),
+            ("deadline", format_time(flat["deadline"])),
+            ("reloaded", format_time(flat["reloaded"])),
+            ("secure", "true" if flat["secure"] else ""),
         ),
     )
-    for slot, serial, pid, role in status.members:
+    for slot, serial, pid, role in flat["members"]:
         member = _add(element, "member")
         _add_leaves(member, (("slot", str(slot)), ("serial", serial), ("pid", pid), ("role", role)))
-    _add_leaves(element, (("host-key", status.host_key),))
-    if status.handoff:
+    _add_leaves(element, (("host-key", flat["host_key"]),))
+    if flat["handoff"]:
         handoff = _add(element, "handoff")
         _add_leaves(handoff, (
-            ("state", status.handoff), ("revision", status.handoff_revision), ("device", status.handoff_device),
-            ("message", status.handoff_message), ("attempts", str(status.handoff_attempts)),
-            ("next-try", format_time(status.handoff_next)), ("time", format_time(status.handoff_time)),
+            ("state", flat["handoff"]), ("revision", flat["handoff_revision"]), ("device", flat["handoff_device"]),
+            ("message", flat["handoff_message"]), ("attempts", str(flat["handoff_attempts"])),
+            ("next-try", format_time(flat["handoff_next"])), ("time", format_time(flat["handoff_time"])),
         ))
-    if status.challenges or status.proven_address or status.throttled:
+    if flat["challenges"] or flat["proven_address"] or flat["throttled"]:
         auth = _add(element, "sudi")
-        _add_leaves(auth, (("proven-address", status.proven_address), ("proven-at", format_time(status.proven_at))))
-        for correlator, address, challenge, expires in status.challenges:
+        _add_leaves(auth, (("proven-address", flat["proven_address"]), ("proven-at", format_time(flat["proven_at"]))))
+        for correlator, address, challenge, expires in flat["challenges"]:
             entry = _add(auth, "challenge")
             _add_leaves(entry, (("correlator", correlator), ("address", address), ("value", challenge),
                                 ("expires", expires)))
-        for address, until, failures in status.throttled:
+        for address, until, failures in flat["throttled"]:
             entry = _add(auth, "throttle")
             _add_leaves(entry, (("address", address), ("until", until), ("failures", str(failures))))
-    if status.error_code or status.error_message:
+    if flat["error_code"] or flat["error_message"]:
         error = _add(element, "last-error")
         _add_leaves(
             error,
             (
-                ("code", status.error_code),
-                ("message", status.error_message),
-                ("step", status.error_step),
-                ("time", format_time(status.error_time)),
+                ("code", flat["error_code"]),
+                ("message", flat["error_message"]),
+                ("step", flat["error_step"]),
+                ("time", format_time(flat["error_time"])),
             ),
         )
     return element
@@ -630,7 +761,7 @@ def status_from_xml(element: etree._Element | None) -> Status | None:
         return None
     values: dict[str, Any] = {attr: child_text(element, leaf) for leaf, attr in _STATUS_LEAVES}
     values["state"] = values["state"] or "planned"
-    return Status(
+    return Status.from_flat(
         **values,
         attempts=_number(child_text(element, "attempts")),
         retry_at=parse_time(child_text(element, "retry-at")),

@@ -53,12 +53,13 @@ import dataclasses
 import datetime as dt
 import enum
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Callable
 
 from . import protocol, sudi
 from .backoff import Backoff
 from .machine import VERDICTS, Answer, Poll, Stage, TransitionError, move, stage_of
-from .model import DeviceRecord, Handoff, State, Status, Step, Unclaimed, Work, format_time, parse_time
+from .model import (DeviceFacts, DeviceRecord, HandoffProgress, State, Status, Step, Unclaimed, Work, format_time,
+                    parse_time)
 from .steps import (Outcome, RequestContext, StepRegistry, StepType, UnknownStepType, Verdict, default_registry,
                     pid_mismatch)
 
@@ -164,10 +165,6 @@ class Decision:
         return self.status is not None or self.unclaimed is not None or bool(self.member_of)
 
 
-_FACT_FIELDS = ("udi", "platform", "version", "hostname", "image_file", "mode", "flash", "flash_free", "members",
-                "host_key")
-
-
 @dataclasses.dataclass(frozen=True)
 class _Poll:
     """A WORK-REQUEST being decided: the record, the message, and the status to act on."""
@@ -268,12 +265,12 @@ class Provisioner:
 
     @staticmethod
     def _proven(status: Status, contact: Contact, policy: sudi.Policy) -> bool:
-        return (status.proven_address == contact.address and status.proven_at is not None
-                and (contact.now - status.proven_at).total_seconds() < policy.trust_seconds)
+        return (status.sudi.proven_address == contact.address and status.sudi.proven_at is not None
+                and (contact.now - status.sudi.proven_at).total_seconds() < policy.trust_seconds)
 
     @staticmethod
     def _held_off(status: Status, contact: Contact) -> dt.datetime | None:
-        for address, until, _ in status.throttled:
+        for address, until, _ in status.sudi.throttled:
             ends = parse_time(until)
             if address == contact.address and ends is not None and contact.now < ends:
                 return ends
@@ -282,9 +279,9 @@ class Provisioner:
     def _poll_unprovable(self, poll: _Poll) -> Decision:
         message = "the declaration asks for SUDI authentication but this listener has no --sudi-ca: nothing is served"
         status = poll.status
-        changed = status.error_code != sudi.Reason.NO_CA
+        changed = status.error.code != sudi.Reason.NO_CA
         if changed:
-            status = replace(status, error_code=sudi.Reason.NO_CA, error_message=message, error_time=poll.contact.now)
+            status = status.failed(sudi.Reason.NO_CA, message, "", poll.contact.now)
         reply = protocol.backoff(poll.envelope, "device authentication unavailable", default_minutes=self.settings.error_backoff_minutes)
         return Decision(reply, Event.REFUSED, message, status if changed or poll.changed else None)
 
@@ -309,11 +306,11 @@ class Provisioner:
         record, work = poll.record, poll.record.work
         current = record.status is not None and work is not None and record.status.revision == work.revision
         base = record.status if current and record.status is not None else poll.status
-        live = [c for c in base.challenges if (parse_time(c[3]) or now) > now]
+        live = [c for c in base.sudi.challenges if (parse_time(c[3]) or now) > now]
         mine = next((c for c in live if c[1] == address), None)
         if mine is not None:  # the same challenge again, under this request's correlator
             kept = [c for c in live if c is not mine] + [(poll.request.correlator, *mine[1:])]
-            status = replace(base, challenges=tuple(kept))
+            status = replace(base, sudi=base.sudi.asked(tuple(kept)))
             reply = protocol.device_auth(poll.envelope, mine[2], ",".join(sudi.ENCRYPTION_METHODS),
                                          ",".join(sudi.HASH_METHODS))
             return Decision(reply, Event.CHALLENGE, "asked again for a SUDI proof", status, step=base.step)
@@ -331,7 +328,7 @@ class Provisioner:
             live.remove(oldest)  # it had its time to answer
         challenge = sudi.new_challenge()
         expires = format_time(now + dt.timedelta(seconds=policy.challenge_seconds))
-        status = replace(base, challenges=tuple(live) + ((poll.request.correlator, address, challenge, expires),))
+        status = replace(base, sudi=base.sudi.asked(tuple(live) + ((poll.request.correlator, address, challenge, expires),)))
         reply = protocol.device_auth(poll.envelope, challenge, ",".join(sudi.ENCRYPTION_METHODS), ",".join(sudi.HASH_METHODS))
         return Decision(reply, Event.CHALLENGE, "asked for a SUDI proof", status, step=base.step)
 
@@ -354,23 +351,23 @@ class Provisioner:
         status = record.status
         reloaded = contact.now if request.reloaded else None
         if status is None or status.revision != work.revision:
-            facts = {name: getattr(status, name) for name in _FACT_FIELDS} if status else {}
+            # What the device reported is still true of it; what it went through for older work is not.
             fresh = Status(
                 state=State.ONBOARDING, revision=work.revision, step=work.steps[0].id if work.steps else "",
-                started=contact.now, reloaded=reloaded, secure=contact.secure, **facts,
+                started=contact.now, reloaded=reloaded, secure=contact.secure,
+                facts=status.facts if status is not None else DeviceFacts(),
             )
-            return replace(fresh, last_contact=contact.now, address=contact.address, udi=str(request.udi)), True
+            return _contacted(fresh, contact, request), True
         if reloaded is not None:
             status = replace(status, reloaded=reloaded)
         recent = (
             status.last_contact is not None
             and (contact.now - status.last_contact).total_seconds() < self.settings.contact_refresh_seconds
         )
-        same = status.address == contact.address and status.udi == str(request.udi) and status.secure == contact.secure
+        same = status.address == contact.address and status.facts.udi == str(request.udi) and status.secure == contact.secure
         if recent and same and reloaded is None:
             return status, False
-        status = replace(status, secure=contact.secure)
-        return replace(status, last_contact=contact.now, address=contact.address, udi=str(request.udi)), True
+        return _contacted(replace(status, secure=contact.secure), contact, request), True
 
     def _backoff(self, poll: _Poll, event: Event, reason: str, detail: str, *,
                  seconds: int | None = None, default_minutes: int | None = None) -> Decision:
@@ -446,15 +443,15 @@ class Provisioner:
     def _refused_claim(self, record: DeviceRecord, code: str, message: str, now: dt.datetime) -> Status | None:
         """The record's status with the refused claim as its last error; None when it says so already, lately."""
         status = record.status or Status(revision="")
-        recent = status.error_time is not None and (now - status.error_time).total_seconds() < self.settings.contact_refresh_seconds
-        if status.error_code == code and status.error_message == message and recent:
+        recent = status.error.time is not None and (now - status.error.time).total_seconds() < self.settings.contact_refresh_seconds
+        if status.error.code == code and status.error.message == message and recent:
             return None
-        return replace(status, error_code=code, error_message=message, error_step="", error_time=now)
+        return status.failed(code, message, "", now)
 
     def _poll_in_error(self, poll: _Poll) -> Decision:
         status = poll.status
         return self._backoff(poll, Event.ERROR_BACKOFF, "provisioning failed; see status",
-                             f"in error ({status.error_code}: {status.error_message})",
+                             f"in error ({status.error.code}: {status.error.message})",
                              default_minutes=self.settings.error_backoff_minutes)
 
     def _poll_provisioned(self, poll: _Poll) -> Decision:
@@ -562,10 +559,8 @@ class Provisioner:
     def _send(self, poll: _Poll, status: Status, step: Step, step_type: StepType, context: RequestContext) -> Decision:
         request, contact = poll.request, poll.contact
         reply = step_type.request(step, status, context)
-        sent = replace(
-            status, state=State.ONBOARDING, step=step.id, correlator=request.correlator, retry_at=None,
-            last_contact=contact.now, address=contact.address, udi=str(request.udi),
-        )
+        sent = _contacted(replace(status, state=State.ONBOARDING, step=step.id, correlator=request.correlator,
+                                  retry_at=None), contact, request)
         service = step_type.service(step, status)
         phase = f" ({status.phase})" if status.phase else ""
         what = step_type.describe(step, status)
@@ -623,7 +618,7 @@ class Provisioner:
         status, declaration, contact = answer.record.status, answer.record.declaration, answer.contact
         assert status is not None
         sudi_declared = declaration is not None and declaration.authentication == "sudi"
-        requester = status.proven_address if sudi_declared else status.address
+        requester = status.sudi.proven_address if sudi_declared else status.address
         return bool(requester) and contact.address != requester
 
     def _claims_another_pid(self, answer: _Answer) -> bool:
@@ -658,14 +653,14 @@ class Provisioner:
         assert isinstance(response, protocol.WorkResponse)
         status, declaration, policy = record.status, record.declaration, self.settings.sudi
         # The challenge sent under this correlator; else the one this address holds (asked again, it got the same).
-        sent = next((c for c in status.challenges if c[0] == response.correlator), None) if status else None
+        sent = next((c for c in status.sudi.challenges if c[0] == response.correlator), None) if status else None
         if sent is None and status is not None:
-            sent = next((c for c in status.challenges if c[1] == contact.address), None)
+            sent = next((c for c in status.sudi.challenges if c[1] == contact.address), None)
         if status is None or declaration is None or sent is None:
             return self._ignore(answer, Event.STALE, "device-auth answer to no challenge of ours (old, or used)", recheck=True)
         # Single use, but only the address it was sent to can use it up: an answer from elsewhere is refused and
         # leaves it for the device it was sent to.
-        remaining = tuple(c for c in status.challenges if c is not sent or c[1] != contact.address)
+        remaining = tuple(c for c in status.sudi.challenges if c is not sent or c[1] != contact.address)
         expires = parse_time(sent[3])
         try:
             if sent[1] != contact.address:
@@ -683,18 +678,16 @@ class Provisioner:
                 hashing=proof.hashing, serials=declaration.sudi_allowed, pid=declaration.pid, now=contact.now,
             )
         except sudi.SudiError as exc:
-            failures = next((f for a, _, f in status.throttled if a == contact.address), 0) + 1
+            failures = next((f for a, _, f in status.sudi.throttled if a == contact.address), 0) + 1
             # Growing, but never longer than a challenge lives: behind NAT the genuine switch shares this address.
             hold = (policy or sudi.Policy()).hold_off_seconds(failures)
             until = format_time(contact.now + dt.timedelta(seconds=hold))
-            throttled = tuple(t for t in status.throttled if t[0] != contact.address)[-15:] + ((contact.address, until, failures),)
-            refused = replace(status, challenges=remaining, throttled=throttled, error_code=exc.reason,
-                              error_message=f"SUDI proof from {contact.address} refused: {exc}", error_time=contact.now)
+            refused = replace(status, sudi=status.sudi.refused(remaining, contact.address, until, failures)).failed(
+                exc.reason, f"SUDI proof from {contact.address} refused: {exc}", "", contact.now)
             return Decision(answer.reply, Event.REFUSED, f"{exc.reason}: {exc} (held off {hold}s)", refused)
-        accepted = replace(status, challenges=remaining, proven_address=contact.address, proven_at=contact.now,
-                           throttled=tuple(t for t in status.throttled if t[0] != contact.address))
-        if accepted.error_code.startswith("sudi-"):
-            accepted = _clear_error(accepted)
+        accepted = replace(status, sudi=status.sudi.proven(remaining, contact.address, contact.now))
+        if accepted.error.code.startswith("sudi-"):
+            accepted = accepted.without_error()
         return Decision(answer.reply, Event.PROVEN, f"SUDI proof of {proven.serial} ({proven.pid}) accepted", accepted)
 
     def _answer_probe(self, answer: _Answer) -> Decision:
@@ -748,13 +741,11 @@ class Provisioner:
         """Apply a step's verdict on an answer to the status (:meth:`_apply_verdict`) and say what it did."""
         status, work, step = answer.record.status, answer.record.work, answer.step
         assert status is not None and work is not None and step is not None
-        # 0 is a fact (a full flash); only what was not reported is left out.
-        facts: dict[str, Any] = {name: value for name, value in outcome.facts.items()
-                                 if name in _FACT_FIELDS and value is not None and value != ""}
         if outcome.verdict == Verdict.REFUSE:  # not the declared device: its contact is not the device's
             base = replace(status, correlator="")
         else:
-            base = replace(status, correlator="", last_contact=answer.contact.now, address=answer.contact.address, **facts)
+            base = replace(status, correlator="", last_contact=answer.contact.now, address=answer.contact.address,
+                           facts=status.facts.reported(outcome.facts))
         updated, verdict_event = self._apply_verdict(base, work, answer.position, outcome, answer.contact.now)
         if updated.state == State.PROVISIONED and self._hands_off(answer.record):
             updated = _provisioned(updated, answer.contact.now, handoff=True)
@@ -767,8 +758,8 @@ class Provisioner:
     # ------------------------------------------------------------------ verdicts
 
     def _advance(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
-        cleared = _clear_error(replace(status, phase="", attempts=0, retry_at=None, phase_since=None, deadline=None,
-                                       reloaded=None))
+        cleared = replace(status, phase="", attempts=0, retry_at=None, phase_since=None, deadline=None,
+                          reloaded=None).without_error()
         if position + 1 < len(work.steps):
             return replace(cleared, step=work.steps[position + 1].id), Event.ADVANCE
         return _provisioned(cleared, now), Event.PROVISIONED
@@ -788,8 +779,7 @@ class Provisioner:
 
     def _refuse(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
         """Not the declared device: its answer is recorded as a refused claim; attempts and state are untouched."""
-        return replace(status, error_code=outcome.code, error_message=outcome.message, error_step="",
-                       error_time=now), Event.REFUSED_CLAIM
+        return status.failed(outcome.code, outcome.message, "", now), Event.REFUSED_CLAIM
 
     def _retry(self, status: Status, work: Work, position: int, outcome: Outcome, now: dt.datetime) -> tuple[Status, Event]:
         step_id = work.steps[position].id
@@ -801,8 +791,7 @@ class Provisioner:
         retrying = replace(
             status, attempts=attempts, phase=outcome.phase, retry_at=now + delay, phase_since=now, deadline=None,
             reloaded=None,
-            error_code=outcome.code, error_message=outcome.message, error_step=step_id, error_time=now,
-        )
+        ).failed(outcome.code, outcome.message, step_id, now)
         return retrying, Event.RETRY
 
 
@@ -823,21 +812,19 @@ def _failed_attempt(code: str, message: str) -> Outcome:
     return Outcome(Verdict.RETRY, code=code, message=message)
 
 
-def _clear_error(status: Status) -> Status:
-    return replace(status, error_code="", error_message="", error_step="", error_time=None)
-
-
 def _provisioned(status: Status, now: dt.datetime, handoff: bool = False) -> Status:
     done = replace(status, state=State.PROVISIONED, step="", phase="", correlator="", attempts=0, retry_at=None,
                    last_contact=now)
-    if handoff and status.handoff_revision != status.revision:  # once per device and revision
-        done = replace(done, handoff=Handoff.PENDING, handoff_revision=status.revision, handoff_attempts=0,
-                       handoff_message="", handoff_next=now, handoff_time=now)
+    if handoff and status.handoff.revision != status.revision:  # once per device and revision
+        done = replace(done, handoff=HandoffProgress.pending(status.revision, now))
     return done
 
 
 def _error(status: Status, code: str, message: str, step_id: str, now: dt.datetime) -> Status:
-    return replace(
-        status, state=State.ERROR, correlator="", retry_at=None,
-        error_code=code, error_message=message, error_step=step_id, error_time=now,
-    )
+    return replace(status, state=State.ERROR, correlator="", retry_at=None).failed(code, message, step_id, now)
+
+
+def _contacted(status: Status, contact: Contact, request: protocol.WorkRequest) -> Status:
+    """The status with this poll as the device's last contact (time, address, the UDI it gave)."""
+    return replace(status, last_contact=contact.now, address=contact.address,
+                   facts=replace(status.facts, udi=str(request.udi)))

@@ -340,7 +340,7 @@ class StackCheckStep(SimpleStep):
         mismatched = [line.split()[0].lstrip("*") for line in output.splitlines()
                       if re.search(r"\bV-Mismatch\b|\bversion mismatch\b", line, re.IGNORECASE) and line.split()]
         if mismatched:
-            serials = {str(slot): serial for slot, serial, _, _ in status.members}
+            serials = {str(slot): serial for slot, serial, _, _ in status.facts.members}
             named = [f"{slot} ({serials[slot]})" if slot in serials else slot for slot in mismatched]
             return fail(
                 "stack-version-mismatch",
@@ -457,7 +457,7 @@ class ImageInstallStep:
         return self._spec(status)[1].service
 
     def is_done(self, step: Step, status: Status) -> bool:
-        return status.phase == Phase.INSTALL and bool(status.version) and status.version == step.param("version")
+        return status.phase == Phase.INSTALL and bool(status.facts.version) and status.facts.version == step.param("version")
 
     @staticmethod
     def _file(step: Step) -> str:
@@ -472,12 +472,12 @@ class ImageInstallStep:
             return None
         if spec.service == "image-install":
             size = int(step.param("size") or 0) or (ctx.file_size(self._file(step)) if local else None) or 0
-            if size and status.flash_free is not None and size > status.flash_free:
-                if status.mode == "install" and spec.flash_short is not None:
+            if size and status.facts.flash_free is not None and size > status.facts.flash_free:
+                if status.facts.mode == "install" and spec.flash_short is not None:
                     return enter_phase(spec.flash_short)  # install remove inactive, then look again
-                where = status.flash or "flash:"
-                after = " even after 'install remove inactive'" if status.mode == "install" else ""
-                return fail("no-space", f"the image needs {size} bytes but {where} has {status.flash_free} free{after}: "
+                where = status.facts.flash or "flash:"
+                after = " even after 'install remove inactive'" if status.facts.mode == "install" else ""
+                return fail("no-space", f"the image needs {size} bytes but {where} has {status.facts.flash_free} free{after}: "
                             "free space on the device (delete old images), then reset it; nothing was copied")
         if local and not ctx.reserve_transfer():
             return self._queued(spec.queue)
@@ -496,7 +496,7 @@ class ImageInstallStep:
         location = step.param("location")
         if _local_image(location):
             location = ctx.download_url("image", self._file(step))
-        flash = status.flash or "flash:"
+        flash = status.facts.flash or "flash:"
         if phase == Phase.COPY:
             return protocol.cli_exec(env, f"copy {location} {flash}{self._file(step)}", "PT60M",
                                      dialogue=[("Destination filename", ""), ("[confirm]", "y")])
@@ -513,7 +513,7 @@ class ImageInstallStep:
         phase, spec = self._spec(status)
         if not response.success:
             number = error_number(response.error.code if response.error else "")
-            if spec.installer_missing is not None and number in ("1826", "1827") and status.mode == "install":
+            if spec.installer_missing is not None and number in ("1826", "1827") and status.facts.mode == "install":
                 return enter_phase(spec.installer_missing)  # the agent's installer is missing or failed
             return agent_failure(response, spec.failure or phase)
         if spec.service != "device-info":
@@ -559,7 +559,7 @@ class ImageInstallStep:
         said = spec.does.format(target=f"{self._file(step)} ({step.param('version')})", source=source,
                                 version=step.param("version"))
         if spec.service == "image-install" and spec.dequeue is None:
-            said += f" to {status.flash or 'flash:'}" + (f", running {status.version}" if status.version else "")
+            said += f" to {status.facts.flash or 'flash:'}" + (f", running {status.facts.version}" if status.facts.version else "")
         return said
 
     def download(self, step: Step, kind: str) -> Download | None:

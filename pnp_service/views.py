@@ -60,14 +60,14 @@ COLUMNS = ("serial", "state", "hostname", "pid", "step", "attempts", "last-conta
 def row(record: DeviceRecord, declarations_known: bool = True) -> dict[str, str]:
     """One device as the operator sees it: the declared hostname and PID (else what the device reported)."""
     status, declaration = record.status, record.declaration
-    hostname = (declaration.hostname if declaration else "") or (status.hostname if status else "")
-    pid = (declaration.pid if declaration else "") or (status.platform if status else "")
+    hostname = (declaration.hostname if declaration else "") or (status.facts.hostname if status else "")
+    pid = (declaration.pid if declaration else "") or (status.facts.platform if status else "")
     shown = dict.fromkeys(COLUMNS, "")
     shown.update(serial=record.serial, state=shown_state(record, declarations_known), hostname=hostname, pid=pid)
     if record.work is None and record.planning_error:
         shown["last-error"] = record.planning_error
     if status is not None:
-        error = f"{status.error_code}: {status.error_message}" if status.error_code or status.error_message else ""
+        error = f"{status.error.code}: {status.error.message}" if status.error.code or status.error.message else ""
         shown.update({"step": status.step + (f" ({status.phase})" if status.phase else ""),
                       "attempts": str(status.attempts), "last-contact": format_time(status.last_contact),
                       "address": status.address, "last-error": shown["last-error"] or error})

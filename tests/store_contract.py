@@ -15,7 +15,7 @@ from typing import Protocol
 
 import pytest
 
-from pnp_service.model import Handoff, State, Status, Unclaimed
+from pnp_service.model import Handoff, HandoffProgress, State, Status, Unclaimed
 from pnp_service.stores.base import StatusWrite, Store, StoreBase, UnclaimedPolicy, UnknownSerial
 
 
@@ -128,7 +128,7 @@ class StoreContract:
 
     def test_write_status_writes_what_the_change_returns_and_nothing_for_none(self, harness: Harness):
         store = harness.open()
-        handed = status(store, harness.declared, handoff=Handoff.PENDING)
+        handed = status(store, harness.declared, handoff=HandoffProgress(Handoff.PENDING, "r1"))
         assert store.write_status(harness.declared, lambda record: handed) == handed
         assert store.load(harness.declared).status == handed
         assert store.write_status(harness.declared, lambda record: None) is None

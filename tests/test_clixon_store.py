@@ -211,7 +211,7 @@ def test_a_stranger_leaves_no_empty_device_entry_in_the_operators_tree(open_stor
     store = open_store()
     for serial in ("STRANGER1", "STRANGER2"):
         store.update(serial, change(unclaimed=Unclaimed(serial, pid="C9200L")))
-    store.update("SN1", change(status=Status(state="error", error_code="x")))
+    store.update("SN1", change(status=Status.from_flat(state="error", error_code="x")))
     store.flush()
     pnp = controller.running.find(p("pnp"))
     assert [d.findtext(p("serial")) for d in pnp.iterfind(p("device"))] == ["SN1"]
@@ -221,7 +221,7 @@ def test_a_stranger_leaves_no_empty_device_entry_in_the_operators_tree(open_stor
 
 
 def test_status_edit_shape():
-    edit = etree.fromstring(status_edit([Change("S1", status=Status(state="error", error_code="x")),
+    edit = etree.fromstring(status_edit([Change("S1", status=Status.from_flat(state="error", error_code="x")),
                                          Change("S2", unclaimed=Unclaimed("S2"))]))
     status = edit.find(f"{p('device')}/{p('status')}")
     assert status.get(f"{{{NETCONF_NS}}}operation") == "replace"
@@ -370,7 +370,7 @@ def test_two_listeners_on_one_controller_need_no_sticky_sessions(controller, tmp
 
 def test_reset_deletes_the_status_in_running(open_store, controller):
     store = open_store()
-    store.update("SN1", change(status=Status(state="error", error_code="x")))
+    store.update("SN1", change(status=Status.from_flat(state="error", error_code="x")))
     store.flush()
     assert "starts over" in store.reset("SN1")
     assert controller.status("SN1") is None and store.load("SN1").status is None
@@ -401,7 +401,7 @@ def test_pnp_service_reset_commits_only_the_reset_and_leaves_the_listeners_journ
     from pnp_service.stores import clixon
 
     listener_store = open_store()
-    listener_store.update("SN1", change(status=Status(state="error", error_code="x")))
+    listener_store.update("SN1", change(status=Status.from_flat(state="error", error_code="x")))
     listener_store.flush()
     controller.candidate_modified = True  # the listener's next write waits in its journal
     listener_store.update("SN2", change(unclaimed=Unclaimed("SN2", pid="C9200L")))
@@ -467,7 +467,7 @@ def test_a_reset_made_elsewhere_is_seen_at_the_devices_next_poll(open_store, con
     from pnp_service.stores.clixon import store as clixon_store
 
     listener = open_store()
-    listener.update("SN1", change(status=Status(state="error", error_code="x")))
+    listener.update("SN1", change(status=Status.from_flat(state="error", error_code="x")))
     listener.flush()
     assert listener.peek("SN1") is None  # an error is looked up in the controller before it is answered
     listener.update("SN1", lambda record: Decision(b"", Event.ERROR_BACKOFF))
@@ -483,7 +483,7 @@ def test_a_reset_while_the_candidate_holds_uncommitted_edits_says_what_to_do(ope
     from pnp_service.stores.clixon import store as clixon_store
 
     listener = open_store()
-    listener.update("SN1", change(status=Status(state="error", error_code="x")))
+    listener.update("SN1", change(status=Status.from_flat(state="error", error_code="x")))
     listener.flush()
     controller.candidate_modified = True  # an operator's uncommitted edits
     monkeypatch.setattr(clixon_store.time, "sleep", lambda seconds: None)

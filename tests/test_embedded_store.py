@@ -201,7 +201,7 @@ def test_the_unclaimed_entry_goes_when_the_device_gets_a_status(example_path):
 def test_reset_clears_a_status_and_refuses_serials_it_does_not_know(example_path):
     store = open_store(example_path)
     assert "nothing to reset" in store.reset("FOC2001X0AB")
-    store.update("FOC2001X0AB", change(status=Status(state="error", error_code="x")))
+    store.update("FOC2001X0AB", change(status=Status.from_flat(state="error", error_code="x")))
     assert "starts over" in store.reset("FOC2001X0AB")
     assert store.load("FOC2001X0AB").status is None
     with pytest.raises(UnknownSerial, match="not declared"):

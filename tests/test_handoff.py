@@ -151,7 +151,7 @@ class FakeSession:
 
 
 def record(serial="SN1", host_key=HOST_KEY, **handoff) -> DeviceRecord:
-    status = Status(state="provisioned", revision="r1", address="192.0.2.31", host_key=host_key, handoff="pending")
+    status = Status.from_flat(state="provisioned", revision="r1", address="192.0.2.31", host_key=host_key, handoff="pending")
     return DeviceRecord(serial, managed(serial, **handoff), None, status)
 
 
@@ -279,7 +279,7 @@ def test_hooks_fire_once_per_device_and_revision_and_never_in_a_poll(tmp_path):
     try:
         result = AgentSimulator(running.url, sleep=clock.advance, max_polls=10).run(SimulatedDevice("SN7"))
         assert result.outcome == "configured"
-        assert store.load("SN7").status.handoff == "pending"  # the poll only noted it
+        assert store.load("SN7").status.handoff.state == "pending"  # the poll only noted it
         assert worker.run("SN7") is True and worker.run("SN7") is False and worker.sweep() == 0
     finally:
         running.stop()
@@ -288,7 +288,7 @@ def test_hooks_fire_once_per_device_and_revision_and_never_in_a_poll(tmp_path):
     assert facts["serial"] == "SN7" and facts["hostname"] == "sw7" and facts["address"] == "127.0.0.1"
     assert Webhook.received == [facts]
     status = store.load("SN7").status
-    assert status.handoff == "managed" and "command, webhook" in status.handoff_message
+    assert status.handoff.state == "managed" and "command, webhook" in status.handoff.message
 
 
 def test_a_failing_hook_is_retried_later_and_the_one_that_ran_is_not_run_again(tmp_path):
@@ -296,7 +296,7 @@ def test_a_failing_hook_is_retried_later_and_the_one_that_ran_is_not_run_again(t
     path.write_text(datastore_xml("<serial>SN8</serial><hostname>sw8</hostname><config><template>x</template></config>"))
     store = open_store(str(path))
     from pnp_service.provisioner import Decision, Event
-    store.update("SN8", lambda r: Decision(b"", Event.REQUEST, status=Status(
+    store.update("SN8", lambda r: Decision(b"", Event.REQUEST, status=Status.from_flat(
         state="provisioned", revision=r.work.revision, handoff="pending", handoff_revision=r.work.revision,
         handoff_next=__import__("pnp_service.model", fromlist=["parse_time"]).parse_time("2000-01-01T00:00:00Z"))))
     runs = tmp_path / "runs"
@@ -305,7 +305,7 @@ def test_a_failing_hook_is_retried_later_and_the_one_that_ran_is_not_run_again(t
                            clock=clock, retry_base_seconds=30)
     assert worker.run("SN8") is True
     status = store.load("SN8").status
-    assert status.handoff == "failed" and "--webhook" in status.handoff_message and status.handoff_device == "command"
+    assert status.handoff.state == "failed" and "--webhook" in status.handoff.message and status.handoff.device == "command"
     assert worker.run("SN8") is False  # not due yet
     clock.advance(31)
     worker.run("SN8")
@@ -318,7 +318,7 @@ def test_two_workers_never_hand_one_device_off_twice(tmp_path):
     store_a, store_b = open_store(str(path)), open_store(str(path))
     from pnp_service.model import parse_time
     from pnp_service.provisioner import Decision, Event
-    store_a.update("SN9", lambda r: Decision(b"", Event.REQUEST, status=Status(
+    store_a.update("SN9", lambda r: Decision(b"", Event.REQUEST, status=Status.from_flat(
         state="provisioned", revision=r.work.revision, handoff="pending", handoff_revision=r.work.revision,
         handoff_next=parse_time("2000-01-01T00:00:00Z"))))
     calls = []

@@ -55,7 +55,7 @@ def test_image_upgrade_over_http_is_proven_by_the_device(serve, clock, example_p
     assert result.trace == ["device-info", "image-install", "device-info", "config-upgrade"]
     assert device.version == "17.09.04a" and device.installs == 1
     status = running.store.load("FOC2001X0CD").status
-    assert status.state == "provisioned" and status.version == "17.09.04a" and status.mode == "bundle"
+    assert status.state == "provisioned" and status.facts.version == "17.09.04a" and status.facts.mode == "bundle"
 
 
 def test_a_pid_mismatch_over_http_is_refused_and_the_genuine_switch_provisions(serve, clock, tmp_path):
@@ -64,7 +64,7 @@ def test_a_pid_mismatch_over_http_is_refused_and_the_genuine_switch_provisions(s
     result = simulator(running, clock).run(stranger)
     assert result.outcome == "backed-off" and "not the declared device" in result.reason and stranger.config is None
     status = running.store.load("SN1").status
-    assert status.state == "planned" and status.error_code == "pid-mismatch" and "C9500-24Y4C" in status.error_message
+    assert status.state == "planned" and status.error.code == "pid-mismatch" and "C9500-24Y4C" in status.error.message
     genuine = SimulatedDevice("SN1", pid="C9300-24P")
     assert simulator(running, clock).run(genuine).outcome == "configured" and genuine.config
     assert running.store.load("SN1").status.state == "provisioned"
@@ -77,7 +77,7 @@ def test_step_that_keeps_failing_ends_in_error(serve, clock, tmp_path):
     assert result.trace.count("config-upgrade") == 3
     status = running.store.load("SN2").status
     assert status.state == "error" and status.attempts == 3
-    assert status.error_code == "PnP Service Error 1410" and "gave up after 3" in status.error_message
+    assert status.error.code == "PnP Service Error 1410" and "gave up after 3" in status.error.message
 
 
 def post(url, body) -> tuple[int, bytes]:

@@ -69,3 +69,46 @@ def test_defaults_are_left_out_and_leaves_follow_the_yang_order():
     assert order == ["serial", "pid", "hostname", "config", "variable", "variable", "variable", "variable",
                      "command", "command", "step", "image", "credentials"]
     assert full.find(q("variable")).find(q("type")) is None  # a string variable says nothing of its type
+
+
+def test_a_status_is_small_records_but_is_stored_flat_as_before():
+    """Journals and state databases written by earlier versions read back: the stored names did not change."""
+    import datetime as dt
+
+    from pnp_service.model import (DeviceFacts, Handoff, HandoffProgress, LastError, State, Status, SudiState,
+                                   record_from_dict, record_to_dict)
+
+    now = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.timezone.utc)
+    status = Status(State.ERROR, "r1", "image-install", "verify", attempts=2,
+                    facts=DeviceFacts(udi="PID:C9300-24P,VID:V01,SN:SN1", version="17.3.1", flash_free=0),
+                    sudi=SudiState(proven_address="127.0.0.2", proven_at=now, throttled=(("127.0.0.3", "t", 1),)),
+                    handoff=HandoffProgress(Handoff.FAILED, "r1", attempts=3, next=now),
+                    error=LastError("no-reload", "still 17.3.1", "image-install", now))
+    stored = record_to_dict(status)
+    assert {"version": "17.3.1", "flash_free": 0, "error_code": "no-reload", "handoff": "failed",
+            "handoff_attempts": 3, "proven_address": "127.0.0.2"}.items() <= stored.items()
+    assert record_from_dict(Status, stored) == status
+    assert Status.from_flat(**status.flat()) == status
+    older = {"state": "onboarding", "revision": "r0", "error_code": "x", "error_message": "y", "handoff": "pending",
+             "handoff_next": "2026-12-04T12:00:00Z", "version": "16.12.4", "retired_field": 1}
+    read = record_from_dict(Status, older)  # unknown keys from another version are ignored
+    assert (read.error.code, read.handoff.state, read.handoff.next, read.facts.version) == \
+           ("x", Handoff.PENDING, now, "16.12.4")
+
+
+def test_each_part_of_a_status_changes_only_through_its_own_transitions():
+    import datetime as dt
+
+    from pnp_service.model import Handoff, HandoffProgress, Status, SudiState
+
+    now = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.timezone.utc)
+    assert not Status().error and Status().failed("c", "m", "s", now).error.code == "c"
+    assert Status().failed("c", "m", "s", now).without_error() == Status()
+    facts = Status().facts.reported({"version": "17.9.4", "flash_free": 0, "hostname": "", "bogus": 1})
+    assert (facts.version, facts.flash_free, facts.hostname) == ("17.9.4", 0, "")  # 0 is a fact, "" is not
+    handoff = HandoffProgress.pending("r1", now).recorded(Handoff.FAILED, "down", "", now, retry_at=None)
+    assert (handoff.state, handoff.attempts, handoff.next) == (Handoff.FAILED, 1, None)
+    sudi = SudiState(challenges=(("c1", "127.0.0.2", "x", "t"),))
+    held = sudi.refused((), "127.0.0.2", "until", 1)
+    assert held.challenges == () and held.throttled == (("127.0.0.2", "until", 1),)
+    assert held.proven((), "127.0.0.2", now).throttled == ()  # a proof lifts its address's hold-off

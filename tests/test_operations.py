@@ -198,7 +198,7 @@ def test_a_stack_can_be_played_from_the_command_line(serve, tmp_path):
     running = serve(str(path))
     result = cli("agent", "--url", running.url, "--stack", "TOP1:C9300-48P,MEM2:C9300-24P", "--time-scale", "0")
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "1 configured", result.stdout
-    members = running.store.load("TOP1").status.members
+    members = running.store.load("TOP1").status.facts.members
     assert [(slot, serial) for slot, serial, _, _ in members] == [(1, "TOP1"), (2, "MEM2")]
 
 

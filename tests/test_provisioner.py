@@ -93,7 +93,7 @@ def test_declared_device_is_provisioned():
     assert message.service == "device-info" and message.correlator == "corr-1"
     assert device.status.state == "onboarding" and device.status.correlator == "corr-1"
     device.answer_device_info()
-    assert device.status.step == "config-upgrade" and device.status.version == "17.3.1"
+    assert device.status.step == "config-upgrade" and device.status.facts.version == "17.3.1"
     _, message = device.poll()
     assert message.service == "config-upgrade"
     assert message.find_text("config/copy/source/location") == f"http://pnp/dl/config/SN1/{device.record.work.revision}"
@@ -128,9 +128,9 @@ def test_a_caller_with_another_pid_is_a_refused_claim_and_the_genuine_switch_pro
     device = Device(declared(pid="C9300-48P"))  # the caller's UDI says C9300-24P
     decision, message = device.poll()
     assert message.service == "backoff" and decision.event == "refused-claim"
-    assert device.status.state == "planned" and device.status.error_code == "pid-mismatch"
-    assert "C9300-48P" in device.status.error_message and "C9300-24P" in device.status.error_message
-    assert "192.0.2.50" in device.status.error_message and device.status.last_contact is None
+    assert device.status.state == "planned" and device.status.error.code == "pid-mismatch"
+    assert "C9300-48P" in device.status.error.message and "C9300-24P" in device.status.error.message
+    assert "192.0.2.50" in device.status.error.message and device.status.last_contact is None
     writes = device.writes
     for _ in range(3):  # backed off each time, recorded once (not a write per stranger's poll)
         _, message = device.poll()
@@ -142,7 +142,7 @@ def test_a_caller_with_another_pid_is_a_refused_claim_and_the_genuine_switch_pro
     device.answer_device_info(pid="C9300-48P")
     _, message = device.poll()
     device.ok("config-upgrade")
-    assert device.status.state == "provisioned" and device.status.error_code == ""
+    assert device.status.state == "provisioned" and device.status.error.code == ""
 
 
 def test_a_device_info_with_another_pid_is_refused_without_putting_the_declaration_in_error():
@@ -152,10 +152,10 @@ def test_a_device_info_with_another_pid_is_refused_without_putting_the_declarati
         decision = device.answer_device_info(pid="C9300-48P")
         assert decision.event == "refused-claim"
     assert device.status.state == "onboarding" and device.status.attempts == 0
-    assert device.status.error_code == "pid-mismatch" and device.status.platform == ""
+    assert device.status.error.code == "pid-mismatch" and device.status.facts.platform == ""
     device.poll()  # the genuine switch
     device.answer_device_info(pid="C9300-24P")
-    assert device.status.step == "config-upgrade" and device.status.error_code == ""
+    assert device.status.step == "config-upgrade" and device.status.error.code == ""
 
 
 def test_failing_step_retries_with_growing_backoff_then_errors():
@@ -176,8 +176,8 @@ def test_failing_step_retries_with_growing_backoff_then_errors():
     device.poll()
     device.fail("config-upgrade", message="no space")
     status = device.status
-    assert status.state == "error" and status.error_code == "PnP Service Error 1410"
-    assert "no space" in status.error_message and status.error_step == "config-upgrade"
+    assert status.state == "error" and status.error.code == "PnP Service Error 1410"
+    assert "no space" in status.error.message and status.error.step == "config-upgrade"
 
 
 def test_stale_correlator_is_acknowledged_and_changes_nothing():
@@ -194,8 +194,8 @@ def test_response_of_the_wrong_service_is_a_failed_attempt():
     device.poll()
     decision = device.ok("config-upgrade")  # right correlator, but device-info was asked
     assert decision.event == "wrong-service" and device.status.step == "device-info"
-    assert device.status.attempts == 1 and device.status.error_code == "wrong-service"
-    assert "device-info request with a config-upgrade response" in device.status.error_message
+    assert device.status.attempts == 1 and device.status.error.code == "wrong-service"
+    assert "device-info request with a config-upgrade response" in device.status.error.message
 
 
 def test_a_retransmitted_response_does_not_advance_twice():
@@ -233,13 +233,13 @@ def test_a_success_after_a_failure_clears_the_old_error():
     device = Device(declared())
     device.poll()
     device.fail("device-info")
-    assert device.status.error_code
+    assert device.status.error.code
     device.wait(30)
     device.poll()
     device.answer_device_info()
     device.poll()
     device.ok("config-upgrade")
-    assert device.status.state == "provisioned" and device.status.error_code == "" and device.status.error_message == ""
+    assert device.status.state == "provisioned" and device.status.error.code == "" and device.status.error.message == ""
 
 
 def test_a_fault_to_the_outstanding_request_is_a_failed_attempt_bounded_by_max_attempts():
@@ -249,9 +249,9 @@ def test_a_fault_to_the_outstanding_request_is_a_failed_attempt_bounded_by_max_a
         assert message.service == "device-info"
         decision = device.respond(messages.fault(UDI, "Client", "cannot parse the request"))
         assert decision.event == "fault" and device.status.attempts == attempt
-        assert device.status.error_message.startswith("cannot parse the request")
+        assert device.status.error.message.startswith("cannot parse the request")
         device.wait(3600)
-    assert device.status.state == "error" and "gave up after 3 attempts" in device.status.error_message
+    assert device.status.state == "error" and "gave up after 3 attempts" in device.status.error.message
     assert device.poll()[1].service == "backoff"
 
 
@@ -283,7 +283,7 @@ def test_image_is_installed_then_the_next_poll_asks_the_device_what_it_runs():
     _, message = device.poll(reloaded=True)  # back from the reload: asked at once
     assert message.service == "device-info"
     device.answer_device_info(version="17.9.4a")
-    assert device.status.step == "config-upgrade" and device.status.version == "17.9.4a"
+    assert device.status.step == "config-upgrade" and device.status.facts.version == "17.9.4a"
 
 
 def test_an_old_version_before_the_reload_gets_a_backoff_not_a_second_install():
@@ -310,7 +310,7 @@ def test_the_old_version_after_a_reload_is_a_failed_attempt():
     device.wait(10)
     device.poll(reloaded=True)
     device.answer_device_info(version="17.3.1")
-    assert device.status.attempts == 1 and device.status.phase == "" and device.status.error_code == "image-not-running"
+    assert device.status.attempts == 1 and device.status.phase == "" and device.status.error.code == "image-not-running"
     device.wait(30)
     _, message = device.poll()
     assert message.service == "image-install"
@@ -325,7 +325,7 @@ def test_no_reload_within_reload_wait_is_a_failed_attempt():
         _, message = device.poll()
         if message.service == "device-info":
             device.answer_device_info(version="17.3.1")
-    assert device.status.error_code == "no-reload" and "did not reload within reload-wait (60 s)" in device.status.error_message
+    assert device.status.error.code == "no-reload" and "did not reload within reload-wait (60 s)" in device.status.error.message
 
 
 def test_a_failed_install_is_checked_before_installing_again():
@@ -414,7 +414,7 @@ def test_idle_polls_do_not_write_every_time():
 def test_unknown_step_type_is_an_error_not_a_crash():
     device = Device(declared(), registry=StepRegistry({}, load_entry_points=False))
     _, message = device.poll()
-    assert message.service == "backoff" and device.status.error_code == "unknown-step-type"
+    assert message.service == "backoff" and device.status.error.code == "unknown-step-type"
 
 
 def test_a_registered_step_type_is_used():

@@ -54,7 +54,7 @@ def test_install_mode_upgrades_through_the_agents_installer(lab):
     assert result.trace == ["device-info", "image-install", "device-info", "config-upgrade"]
     assert device.version == "17.09.04a" and device.installs == 1
     status = running.store.load("SW1").status
-    assert status.mode == "install" and status.image_file == "flash:packages.conf" and status.version == "17.09.04a"
+    assert status.facts.mode == "install" and status.facts.image_file == "flash:packages.conf" and status.facts.version == "17.09.04a"
 
 
 def test_install_mode_without_the_agents_installer_goes_through_the_command_line(lab):
@@ -71,7 +71,7 @@ def test_a_c9500_gets_its_image_on_bootflash(lab):
     running, sim = lab(BASE.format(sn="SW3", host="c") + image())
     device = SimulatedDevice("SW3", pid="C9300-48P", flash="bootflash", mode="bundle")
     assert sim.run(device).outcome == "configured"
-    assert running.store.load("SW3").status.flash == "bootflash:"
+    assert running.store.load("SW3").status.facts.flash == "bootflash:"
 
 
 def test_short_flash_fails_before_anything_is_copied_with_the_sizes(lab):
@@ -80,8 +80,8 @@ def test_short_flash_fails_before_anything_is_copied_with_the_sizes(lab):
     result = sim.run(device)
     assert result.outcome == "failed" and device.installs == 0 and "image-install" not in result.trace
     status = running.store.load("SW4").status
-    assert status.state == "error" and status.error_code == "no-space"
-    assert "needs 120000 bytes but flash: has 50000 free" in status.error_message and "nothing was copied" in status.error_message
+    assert status.state == "error" and status.error.code == "no-space"
+    assert "needs 120000 bytes but flash: has 50000 free" in status.error.message and "nothing was copied" in status.error.message
 
 
 def test_a_full_flash_is_a_fact_not_an_unknown(lab):
@@ -89,7 +89,7 @@ def test_a_full_flash_is_a_fact_not_an_unknown(lab):
     device = SimulatedDevice("SW8", pid="C9300-48P", mode="bundle", flash_free=0)
     result = sim.run(device)
     assert result.outcome == "failed" and device.installs == 0 and "image-install" not in result.trace
-    assert "but flash: has 0 free" in running.store.load("SW8").status.error_message
+    assert "but flash: has 0 free" in running.store.load("SW8").status.error.message
 
 
 def test_short_flash_in_install_mode_removes_inactive_packages_first(lab):
@@ -106,14 +106,14 @@ def test_short_flash_even_after_removing_inactive_packages_fails_with_the_sizes(
     device = SimulatedDevice("SW6", pid="C9300-48P", mode="install", flash_free=50_000, inactive_bytes=10_000)
     assert sim.run(device).outcome == "failed"
     status = running.store.load("SW6").status
-    assert "60000 free even after 'install remove inactive'" in status.error_message and device.installs == 0
+    assert "60000 free even after 'install remove inactive'" in status.error.message and device.installs == 0
 
 
 def test_a_declared_image_size_is_checked_for_a_remote_image(lab):
     running, sim = lab(BASE.format(sn="SW7", host="g") + image("http://images.example.invalid/" + IMAGE_NAME, 4_000_000_000))
     device = SimulatedDevice("SW7", pid="C9300-48P", mode="bundle", flash_free=1_000_000_000)
     assert sim.run(device).outcome == "failed"
-    assert running.store.load("SW7").status.error_code == "no-space"
+    assert running.store.load("SW7").status.error.code == "no-space"
 
 
 def test_a_slow_reload_that_polls_first_is_waited_for_and_installs_once(lab):
@@ -133,14 +133,14 @@ def test_an_image_upgrade_at_time_scale_zero_completes_from_the_command_line(lab
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SW9: configured" in result.stdout and "image-install" in result.stdout
-    assert running.store.load("SW9").status.version == "17.09.04a"
+    assert running.store.load("SW9").status.facts.version == "17.09.04a"
 
 
 def test_known_error_codes_say_what_to_do(lab):
     running, sim = lab(BASE.format(sn="SWA", host="j"), max_attempts=1)
     device = SimulatedDevice("SWA", pid="C9300-48P", fail_service="config-upgrade", fail_code="PnP Service Error 1410")
     assert sim.run(device).outcome == "failed"
-    message = running.store.load("SWA").status.error_message
+    message = running.store.load("SWA").status.error.message
     assert "check the template with pnp-service render" in message and "simulated failure" in message
 
 
@@ -166,7 +166,7 @@ def test_a_stack_declared_by_its_top_serial_provisions_when_another_member_is_ac
     assert record.serial == "TOP1" and record.caller == "MEM3"
     status = running.store.load("TOP1").status
     assert status.state == "provisioned"
-    assert status.members == ((1, "TOP1", "C9300-48P", "member"), (2, "MEM2", "C9300-24P", "member"),
+    assert status.facts.members == ((1, "TOP1", "C9300-48P", "member"), (2, "MEM2", "C9300-24P", "member"),
                               (3, "MEM3", "C9300-48P", "active"))
     assert running.store.snapshot().unclaimed == ()  # the active member is no stranger
 
@@ -183,7 +183,7 @@ def test_a_stack_of_another_size_is_a_clear_error(lab):
     device = SimulatedDevice("MEM3", pid="C9300-48P", stack=(("TOP1", "C9300-48P"),), active_slot=2)
     assert sim.run(device).outcome == "failed"
     status = running.store.load("TOP1").status
-    assert status.error_code == "stack-members" and "declared a stack of 3 switches but the device lists 2" in status.error_message
+    assert status.error.code == "stack-members" and "declared a stack of 3 switches but the device lists 2" in status.error.message
 
 
 def test_members_on_another_version_are_an_error_not_half_an_upgrade(lab):
@@ -191,7 +191,7 @@ def test_members_on_another_version_are_an_error_not_half_an_upgrade(lab):
     device = stack_device(mismatched=("MEM2",))
     assert sim.run(device).outcome == "failed" and device.installs == 0
     status = running.store.load("TOP1").status
-    assert status.error_code == "stack-version-mismatch" and "2 (MEM2)" in status.error_message
+    assert status.error.code == "stack-version-mismatch" and "2 (MEM2)" in status.error.message
 
 
 def test_a_stranger_that_is_no_stack_member_stays_unclaimed(lab):

@@ -53,7 +53,7 @@ def test_a_lost_install_answer_ends_in_a_retry_at_the_reload_deadline_not_a_week
             device.answer_device_info(version="17.3.1")
         if device.status.state == "error":
             break
-    assert device.status.state == "error" and device.status.error_code == "no-reload"
+    assert device.status.state == "error" and device.status.error.code == "no-reload"
     assert asked <= 4
 
 
@@ -64,7 +64,7 @@ def test_a_reload_onto_the_old_image_is_counted_at_once():
     _, message = device.poll(reloaded=True)
     assert message.service == "device-info"
     device.answer_device_info(version="17.3.1")
-    assert device.status.attempts == 1 and device.status.error_code == "image-not-running"
+    assert device.status.attempts == 1 and device.status.error.code == "image-not-running"
     for _ in range(10):  # an agent that says "reloaded" in every work request is not asked again in a loop
         _, message = device.poll(reloaded=True)
         assert message.service == "backoff"
@@ -94,8 +94,8 @@ def test_a_request_asked_again_without_an_answer_is_bounded():
     assert device.status.state == "onboarding"
     _, message = device.poll()
     assert message.service == "backoff"
-    assert device.status.state == "error" and device.status.error_code == "no-answer"
-    assert "without answering its device-info request" in device.status.error_message
+    assert device.status.state == "error" and device.status.error.code == "no-answer"
+    assert "without answering its device-info request" in device.status.error.message
 
 
 # --------------------------------------------------------------------------- image transfers
@@ -274,12 +274,12 @@ def test_challenges_sent_to_other_addresses_never_push_out_a_young_one():
     device = sudi_device(sudi.Policy(anchors=("anchor",)))  # type: ignore[arg-type]
     _, message = device.poll()
     assert message.service == "device-auth"
-    genuine = device.status.challenges[0]
+    genuine = device.status.sudi.challenges[0]
     for n in range(30):  # strangers from 30 other addresses ask for challenges within the answer time
         at(device, f"198.51.100.{n}")
         device.poll()
-    assert genuine[2] in [c[2] for c in device.status.challenges]
-    assert len({c[1] for c in device.status.challenges}) <= sudi.CHALLENGE_ADDRESSES
+    assert genuine[2] in [c[2] for c in device.status.sudi.challenges]
+    assert len({c[1] for c in device.status.sudi.challenges}) <= sudi.CHALLENGE_ADDRESSES
 
 
 def test_strangers_that_never_answer_cannot_keep_the_genuine_switch_from_a_challenge():
@@ -292,7 +292,7 @@ def test_strangers_that_never_answer_cannot_keep_the_genuine_switch_from_a_chall
         for n in range(8):
             at(device, f"198.51.100.{n}")
             device.poll()
-        assert len(device.status.challenges) == 8
+        assert len(device.status.sudi.challenges) == 8
     at(device, "192.0.2.50")  # the genuine switch, doing as it is told
     _, message = device.poll()
     if message.service == "backoff":  # the strangers' challenges just renewed on expiry: at most a minute
@@ -302,7 +302,7 @@ def test_strangers_that_never_answer_cannot_keep_the_genuine_switch_from_a_chall
         device.wait(wait)
         _, message = device.poll()
     assert message.service == "device-auth"
-    assert "192.0.2.50" in [c[1] for c in device.status.challenges]
+    assert "192.0.2.50" in [c[1] for c in device.status.sudi.challenges]
 
 
 def test_an_address_polling_again_is_asked_the_same_challenge():
@@ -311,7 +311,7 @@ def test_an_address_polling_again_is_asked_the_same_challenge():
     device.wait(10)
     _, second = device.poll()
     assert first.find_text("deviceAuth/challenge-request") == second.find_text("deviceAuth/challenge-request")
-    assert len(device.status.challenges) == 1 and device.status.challenges[0][0] == device.correlator
+    assert len(device.status.sudi.challenges) == 1 and device.status.sudi.challenges[0][0] == device.correlator
 
 
 # --------------------------------------------------------------------------- answers from someone else

@@ -165,7 +165,7 @@ def test_unknown_service_and_unsolicited_responses_get_a_bye_and_change_nothing(
     made_up = messages.response(UDI, "made-up-service", "c9")  # the owed correlator, another service: a failed attempt
     reply = client.post("/pnp/WORK-RESPONSE", data=made_up, content_type="text/xml")
     assert messages.parse_server_message(reply.data).service == "bye"
-    assert open_store(datastore).load(UDI.serial).status.error_code == "wrong-service"
+    assert open_store(datastore).load(UDI.serial).status.error.code == "wrong-service"
 
 
 def image_url(client) -> tuple[str, str]:

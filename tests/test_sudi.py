@@ -70,7 +70,7 @@ def test_a_genuine_device_proves_itself_first_then_provisions(lab, pki, kind, se
     assert result.trace == ["device-auth", "device-info", "config-upgrade"]  # the proof before anything else
     assert f"enable secret s3cret-{serial}" in device.config and device.credentials == ("netops", f"pw-{serial}")
     status = running.store.load(serial).status
-    assert status.proven_address == "127.0.0.1" and status.challenges == ()
+    assert status.sudi.proven_address == "127.0.0.1" and status.sudi.challenges == ()
 
 
 @pytest.mark.parametrize("spoofer", ["no-sudi", "other-ca", "neighbour", "replay"])
@@ -93,15 +93,15 @@ def test_spoofers_get_nothing_are_logged_and_the_genuine_device_still_provisions
     reasons = {"no-sudi": "sudi-missing", "other-ca": "sudi-untrusted-chain", "neighbour": "sudi-serial-mismatch",
                "replay": "sudi-bad-signature"}
     status = running.store.load("SN1").status
-    assert status.state == "onboarding" and status.attempts == 0 and status.error_code == reasons[spoofer]
-    assert [t[0] for t in status.throttled] == ["127.0.0.2"]  # that address is held off, nothing else
+    assert status.state == "onboarding" and status.attempts == 0 and status.error.code == reasons[spoofer]
+    assert [t[0] for t in status.sudi.throttled] == ["127.0.0.2"]  # that address is held off, nothing else
     line = next(r.getMessage() for r in caplog.records if "event=sudi-refused" in r.getMessage())
     assert 'serial="SN1"' in line and 'address="127.0.0.2"' in line and reasons[spoofer] in line
     # The genuine switch, from its own address, is not delayed: it proves itself and provisions.
     real = genuine("SN1", pki["ec"])
     result = sim.run(real)
     assert result.outcome == "configured" and result.trace == ["device-auth", "device-info", "config-upgrade"]
-    assert running.store.load("SN1").status.error_code == ""
+    assert running.store.load("SN1").status.error.code == ""
 
 
 def test_a_declaration_without_authentication_is_unaffected(lab):
@@ -115,7 +115,7 @@ def test_without_a_ca_a_sudi_declaration_is_never_served(lab, pki):
     device = genuine("SN1", pki["ec"])
     result = sim.run(device)
     assert result.trace == ["backoff"] and device.config is None
-    assert running.store.load("SN1").status.error_code == "sudi-no-ca"
+    assert running.store.load("SN1").status.error.code == "sudi-no-ca"
 
 
 def test_a_challenge_is_used_up_only_by_an_answer_from_the_address_it_was_sent_to(lab, pki):
@@ -129,13 +129,13 @@ def test_a_challenge_is_used_up_only_by_an_answer_from_the_address_it_was_sent_t
     answer = messages.device_auth_response(udi, "c1", pki["ec"][0], signature, method)
     listener.work_response(answer, "192.0.2.8", "http://x/")  # answered from elsewhere: refused, challenge kept
     status = running.store.load("SN1").status
-    assert status.error_code == "sudi-stale-challenge" and status.proven_address == ""
-    assert [c[0] for c in status.challenges] == ["c1"]
+    assert status.error.code == "sudi-stale-challenge" and status.sudi.proven_address == ""
+    assert [c[0] for c in status.sudi.challenges] == ["c1"]
     listener.work_response(answer, "192.0.2.7", "http://x/")  # the device it was sent to
     status = running.store.load("SN1").status
-    assert status.proven_address == "192.0.2.7" and status.challenges == ()
+    assert status.sudi.proven_address == "192.0.2.7" and status.sudi.challenges == ()
     listener.work_response(answer, "192.0.2.9", "http://x/")  # single use: the same answer again changes nothing
-    assert running.store.load("SN1").status.proven_address == "192.0.2.7"
+    assert running.store.load("SN1").status.sudi.proven_address == "192.0.2.7"
 
 
 def test_downloads_after_a_proof_are_bound_to_the_address_that_proved(lab, pki):
@@ -251,4 +251,4 @@ def test_an_rsa_certificate_with_a_signature_from_another_key_is_refused(lab, pk
     listener.work_response(messages.device_auth_response(udi, "c1", pki["rsa"][0], signature, method), "192.0.2.7",
                            "http://x/")
     status = running.store.load("SN2").status
-    assert status.proven_address == "" and status.error_code == "sudi-bad-signature"
+    assert status.sudi.proven_address == "" and status.error.code == "sudi-bad-signature"

@@ -90,9 +90,9 @@ class ControllerAction:
         name = spec.name or declaration.hostname or record.serial
         address = spec.address or status.address
         if spec.check_host_key:
-            if not status.host_key:
+            if not status.facts.host_key:
                 return Result(Handoff.FAILED, "no SSH host key was read over PnP: nothing to pin", name, retry=False)
-            refused = pin_host_key(self.known_hosts, address, spec.port, status.host_key)
+            refused = pin_host_key(self.known_hosts, address, spec.port, status.facts.host_key)
             if refused:
                 return Result(Handoff.FAILED, refused, name, retry=False)
         try:
