@@ -190,5 +190,5 @@ def served(app: Flask) -> Application:
             return answer(reply)
         return lambda: answer(reply())  # the write: in a thread
 
-    return Application(app, quick)
+    return Application(app, quick, on_close=listener.close)
 

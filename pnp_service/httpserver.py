@@ -88,14 +88,18 @@ class Application:
     (it waits for something: a durable write), or None to have the WSGI application answer in a thread.
     It must never wait itself: no disk write, no network, no lock a thread may hold for long.  It is how the
     listener answers the polls that change nothing without a thread hand-off, and the others without the WSGI
-    layer.
+    layer.  ``on_close`` finishes what the application does behind answers already sent, when the process stops.
     """
 
-    def __init__(self, wsgi: WsgiApp, quick: Quick | None = None):
-        self.wsgi, self.quick = wsgi, quick
+    def __init__(self, wsgi: WsgiApp, quick: Quick | None = None, on_close: Callable[[], Any] | None = None):
+        self.wsgi, self.quick, self.on_close = wsgi, quick, on_close
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         return self.wsgi(environ, start_response)
+
+    def close(self) -> None:
+        if self.on_close is not None:
+            self.on_close()
 
 
 #: Bodies larger than this always go to a thread: parsing them is work the loop should not do.

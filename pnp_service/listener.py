@@ -23,6 +23,7 @@ from .downloads import TransferGate, UrlSigner
 from .logs import event
 from .model import DeviceRecord, Handoff, State
 from .provisioner import Contact, Decision, Event, Provisioner, Settings
+from .sightings import SightingWriter
 from .steps import Download, StepRegistry, UnknownStepType
 from .stores.base import Store, StoreUnavailable
 
@@ -71,6 +72,8 @@ class ListenerSettings:
     unavailable_retry_seconds: int = 30
     #: Devices pulling an image from this listener process at once; the others are told to back off.
     max_image_transfers: int = 64
+    #: Strangers' sightings waiting to be written (sightings.py); beyond, one is dropped until its next poll.
+    max_waiting_sightings: int = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +119,15 @@ class Listener:
         self.transfers = TransferGate(self.settings.max_image_transfers)
         self.metrics = Metrics(store, transfers=self.transfers)
         self.clock = clock
+        self.sightings = SightingWriter(store, capacity=self.settings.max_waiting_sightings,
+                                        on_dropped=self.metrics.refused.labels("sightings-full").inc)
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Write what waits behind answers already sent (strangers' sightings); False if ``timeout`` was too short."""
+        written = self.sightings.flush(timeout)
+        if not written:
+            log.warning("stopping with %d strangers' sightings not written", self.sightings.waiting())
+        return written
 
     # ------------------------------------------------------------------ PnP endpoints
 
@@ -176,9 +188,14 @@ class Listener:
     def _decide(self, serial: str, decide: Callable[[DeviceRecord], Decision], address: str, reported: str = "",
                 quick: bool = False) -> Reply | Later:
         began = time.perf_counter()
+        decide = _DecidedOnce(decide)
         if quick:
             record = self.store.peek(serial)
             decision = decide(record) if record is not None else None
+            if decision is not None and _a_sighting(decision) and decision.unclaimed is not None:
+                # A stranger's backoff does not wait for the disk: its sighting is written behind it.
+                self.sightings.record(serial, decision.unclaimed)
+                return self._answered(serial, decision, address, reported, began)
             if decision is None or decision.changes or decision.recheck:
                 # To be made durable (or looked up) first: decided again in a thread, on the record as it is then.
                 return lambda: self._durable(serial, decide, address, reported)
@@ -311,3 +328,37 @@ def status_serial(caller: str, decision: Decision) -> str:
 
 def utcnow_from(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(int(seconds), dt.timezone.utc)
+
+
+def _a_sighting(decision: Decision) -> bool:
+    """A stranger told to back off, whose only change is its unclaimed entry (no probe awaiting an answer)."""
+    return (decision.event == Event.UNCLAIMED and decision.unclaimed is not None and decision.status is None
+            and not decision.member_of and not decision.unclaimed.correlator and not decision.recheck)
+
+
+class _DecidedOnce:
+    """A message's ``decide``, which answers again without deciding when it is asked about the very record it last
+    decided on: a poll decided on the event loop, then before and inside the store's transaction, is decided once
+    while nothing changed in between (the stores hand out the same objects for an unchanged record)."""
+
+    __slots__ = ("decide", "record", "decision")
+
+    def __init__(self, decide: Callable[[DeviceRecord], Decision]):
+        self.decide = decide
+        self.record: DeviceRecord | None = None
+        self.decision: Decision | None = None
+
+    def __call__(self, record: DeviceRecord) -> Decision:
+        seen = self.record
+        if seen is not None and self.decision is not None and _same_record(seen, record):
+            return self.decision
+        decision = self.decide(record)
+        self.record, self.decision = record, decision
+        return decision
+
+
+def _same_record(one: DeviceRecord, other: DeviceRecord) -> bool:
+    """The same objects throughout (identity, not equality: cheap, and never wrong)."""
+    return (one.serial == other.serial and one.caller == other.caller and one.status is other.status
+            and one.unclaimed is other.unclaimed and one.work is other.work and one.declaration is other.declaration
+            and one.planning_error == other.planning_error and one.stacks is other.stacks)

@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import os
 import signal
-from typing import Callable
+from typing import Any, Callable
 
 from gunicorn.workers.base import Worker
 
@@ -114,6 +114,7 @@ def run_gunicorn(make_app: Callable[[], Application], args: argparse.Namespace) 
         "loglevel": args.log_level,
         # One format for gunicorn's lines and ours.
         "logconfig_dict": logs.gunicorn_config(args.log_level, args.log_format, args.access_log),
+        "worker_exit": _worker_exit,
     }
     if args.tls_cert:
         options.update(certfile=args.tls_cert, keyfile=args.tls_key)
@@ -132,3 +133,10 @@ def run_gunicorn(make_app: Callable[[], Application], args: argparse.Namespace) 
 
     PnpApplication().run()
     return 0
+
+
+def _worker_exit(arbiter: Any, worker: Any) -> None:
+    """A worker that stops writes what it holds behind its answers (strangers' sightings) before it goes."""
+    close = getattr(getattr(worker, "wsgi", None), "close", None)
+    if close is not None:
+        close()

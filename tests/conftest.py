@@ -71,6 +71,7 @@ class RunningListener:
 
     def stop(self) -> None:
         self.server.stop()
+        self.listener.close()
 
 
 @pytest.fixture

@@ -379,10 +379,11 @@ def test_polls_that_change_nothing_are_answered_on_the_event_loop_and_writes_in_
             assert b"backoff" in connection.getresponse().read()
         assert calls == []
         blocked.set()
-        stranger = protocol.Udi("C9300-24P", "V01", "NEW1")  # its first poll records it: once, in a thread
+        stranger = protocol.Udi("C9300-24P", "V01", "NEW1")  # its first poll records it: once, behind its answer
         connection.request("POST", "/pnp/WORK-REQUEST", body=messages.work_request(stranger, "n1"),
                            headers={"Content-Type": "application/xml"})
         assert b"backoff" in connection.getresponse().read()
+        assert running.listener.sightings.flush(5)
         assert calls == ["NEW1"] and store.load("NEW1").unclaimed is not None
     finally:
         running.stop()

@@ -66,8 +66,8 @@ def test_state_the_listener_writes_is_valid_in_the_yangs_shape(tmp_path):
     store = EmbeddedStore(str(path))
     settings = ListenerSettings(secret=SECRET)
     clock = FakeClock()
-    app = create_app(store, settings, listener=Listener(store, settings, clock=clock))
-    server = httpserver.start_in_thread(served(app))
+    listener = Listener(store, settings, clock=clock)
+    server = httpserver.start_in_thread(served(create_app(store, settings, listener=listener)))
     try:
         sim = AgentSimulator(f"http://127.0.0.1:{server.port}", sleep=clock.advance, max_polls=30)
         sim.run(SimulatedDevice("FOC2001X0AB", pid="WRONG-PID"))  # a refused claim, in the status
@@ -76,6 +76,7 @@ def test_state_the_listener_writes_is_valid_in_the_yangs_shape(tmp_path):
         sim.run(SimulatedDevice("UNKNOWN9"))
     finally:
         server.stop()
+        listener.close()  # the stranger's sighting, written behind its answer
     out = tmp_path / "state.xml"
     out.write_text(views.xml(store.snapshot()))
     assert "<unclaimed>" in out.read_text() and "<state>error</state>" in out.read_text()

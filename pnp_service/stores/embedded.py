@@ -346,8 +346,10 @@ class StateDb:
         return _status(row[0]), _unclaimed(row[1]), row[2] or ""
 
     @staticmethod
-    def apply(connection: sqlite3.Connection, change: Change) -> None:
-        """Record ``change`` following the unclaimed rule of :class:`~pnp_service.stores.base.Change`."""
+    def apply(connection: sqlite3.Connection, change: Change, *, has_unclaimed: bool = True,
+              has_status: bool = True) -> None:
+        """Record ``change`` following the unclaimed rule of :class:`~pnp_service.stores.base.Change`;
+        ``has_unclaimed``/``has_status`` False: the transaction has just read that there is no such row."""
         if change.member_of and connection.execute(
                 "SELECT count(*) FROM stack_member WHERE stack = ? AND serial != ?",
                 (change.member_of, change.serial)).fetchone()[0] >= STACK_MEMBERS_MAX:
@@ -361,9 +363,9 @@ class StateDb:
                                (change.serial, _dumps(change.unclaimed), model.format_time(change.unclaimed.last_seen)))
         if change.member_of:
             connection.execute("INSERT OR REPLACE INTO stack_member VALUES (?, ?)", (change.serial, change.member_of))
-        if change.removes_unclaimed:
+        if change.removes_unclaimed and has_unclaimed:
             connection.execute("DELETE FROM unclaimed WHERE serial = ?", (change.serial,))
-        if change.removes_status:
+        if change.removes_status and has_status:
             connection.execute("DELETE FROM status WHERE serial = ?", (change.serial,))
 
     @staticmethod
@@ -591,20 +593,28 @@ class EmbeddedStore(StoreBase):
     def _run_batch(self, jobs: list[_Job]) -> list[BaseException | None]:
         errors: list[BaseException | None] = [None] * len(jobs)
         newcomer: dt.datetime | None = None  # the latest sighting of a stranger not recorded before
+        alone = len(jobs) == 1  # one job: the transaction is its savepoint
         with self.db.transaction() as connection:
             for index, job in enumerate(jobs):
-                connection.execute("SAVEPOINT job")
+                if not alone:
+                    connection.execute("SAVEPOINT job")
                 try:
                     record = self._resolved(job.declarations, job.serial, connection)
                     job.decision = job.decide(record)
                     change = Change.of(record.serial, job.decision)
                     if change is not None:
-                        self.db.apply(connection, change)
+                        # What the read just found absent needs no delete (a stack member's rows are another's).
+                        own = record.serial == job.serial
+                        self.db.apply(connection, change, has_unclaimed=not own or record.unclaimed is not None,
+                                      has_status=not own or record.status is not None)
                         seen = change.unclaimed.last_seen if change.unclaimed is not None else None
                         if record.unclaimed is None and seen is not None:
                             newcomer = max(newcomer, seen) if newcomer else seen
-                    connection.execute("RELEASE job")
+                    if not alone:
+                        connection.execute("RELEASE job")
                 except Exception as exc:
+                    if alone:
+                        raise
                     connection.execute("ROLLBACK TO job")
                     connection.execute("RELEASE job")
                     errors[index] = exc
