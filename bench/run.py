@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -150,10 +151,15 @@ class Stall:
             sock.close()
 
 
-def start(command: list[str], port: int, env=None) -> subprocess.Popen:
-    server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+def start(command: list[str], port: int, env=None, session: bool = False, what: str = "") -> subprocess.Popen:
+    """Run a server (``session``: in a process group of its own, for a shell command) until it answers HELLO."""
+    server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                              start_new_session=session)
     deadline = time.time() + 120
     while time.time() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"{what or 'server'} exited with {server.returncode} before it answered: "
+                               f"{' '.join(command)}")
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             connection.request("GET", "/pnp/HELLO")
@@ -161,16 +167,20 @@ def start(command: list[str], port: int, env=None) -> subprocess.Popen:
             return server
         except OSError:
             time.sleep(0.2)
-    server.kill()
-    raise RuntimeError(f"server did not start: {' '.join(command)}")
+    stop(server, session)
+    raise RuntimeError(f"{what or 'server'} did not answer HELLO on port {port} within 120 s: {' '.join(command)}")
 
 
-def stop(server: subprocess.Popen) -> None:
-    server.terminate()
+def stop(server: subprocess.Popen, session: bool = False) -> None:
+    signal_to = (lambda sig: os.killpg(server.pid, sig)) if session else server.send_signal
+    with contextlib.suppress(ProcessLookupError):
+        signal_to(signal.SIGTERM)
     try:
         server.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        server.kill()
+        with contextlib.suppress(ProcessLookupError):
+            signal_to(signal.SIGKILL)
+        server.wait()
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -298,29 +308,70 @@ def baseline_command(port: int, workers: int, threads: int, model: str = "event"
             "baseline_app:create_app()"]
 
 
-def interleaved(base_port: int, port: int, base_serials: list[str], serials: list[str], args) -> tuple[dict, dict, float]:
+def interleaved(base_port: int, port: int, base_serials: list[str], serials: list[str], args,
+                also: list["Also"] = ()) -> tuple[dict, dict, float]:
     """Baseline and listener polled in alternating rounds; medians, and the median of the paired ratios.
 
     On a shared machine the speed drifts from one minute to the next; pairing each measurement of the
-    listener with a baseline measured right before it keeps that drift out of the ratio.
+    listener with a baseline measured right before it keeps that drift out of the ratio.  The ``also``
+    servers are polled in the same rounds, right after the listener; their figures are kept on each of them.
     """
     rounds = max(1, args.rounds)
     seconds = max(2.0, args.seconds / rounds)
     pairs = []
+    others: list[list[dict]] = [[] for _ in also]
     for _ in range(rounds):
         base = poll_load(base_port, base_serials, args.clients, seconds)
         ours = poll_load(port, serials, args.clients, seconds)
         pairs.append((base, ours))
+        for other, results in zip(also, others):
+            results.append({**poll_load(other.port, serials, args.clients, seconds), "ratio": 0.0, "base": base["rps"]})
 
     def median_of(results: list[dict]) -> dict:
         middle = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
         return {**middle, "rounds": len(results)}
 
+    for other, results in zip(also, others):
+        ratio = statistics.median(r["rps"] / r.pop("base") for r in results)
+        other.results.append({**median_of(results), "ratio": ratio})
     ratio = statistics.median(ours["rps"] / base["rps"] for base, ours in pairs)
     return median_of([b for b, _ in pairs]), median_of([o for _, o in pairs]), ratio
 
 
-def bench_listener(args, workdir: str) -> list[dict]:
+class Also:
+    """A server the user runs today, measured in the same rounds (``--also NAME='command serving on $PORT'``).
+
+    Its command runs under ``bash -c`` with ``PORT`` (where to serve), ``PNP_BENCH_DATASTORE`` (the declarations
+    file the listener serves, in its YANG's XML), ``PNP_BENCH_SERIALS`` (the declared serials, one a line) and
+    ``PNP_BENCH_DIR`` (a scratch folder, removed at the end) in its environment.
+    """
+
+    def __init__(self, spec: str):
+        name, equals, command = spec.partition("=")
+        if not equals or not name.strip() or not command.strip():
+            raise SystemExit(f"--also {spec!r}: give NAME='command that serves on $PORT'")
+        self.name, self.command = name.strip(), command
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+        self.results: list[dict] = []
+
+    def start(self, workdir: str, datastore: str, serials: list[str]) -> None:
+        self.port = free_port()
+        listed = os.path.join(workdir, "serials.txt")
+        with open(listed, "w") as out:
+            out.write("\n".join(serials) + "\n")
+        env = {**os.environ, "PORT": str(self.port), "PNP_BENCH_DATASTORE": datastore, "PNP_BENCH_SERIALS": listed,
+               "PNP_BENCH_DIR": workdir}
+        self.process = start(["bash", "-c", self.command], self.port, env=env, session=True,
+                             what=f"--also {self.name}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process, session=True)
+            self.process = None
+
+
+def bench_listener(args, workdir: str, also: list[Also] = ()) -> list[dict]:
     rows = []
     base_serials = [f"BASE{i:05d}" for i in range(args.devices)]
     images = os.path.join(workdir, "images")
@@ -335,21 +386,31 @@ def bench_listener(args, workdir: str) -> list[dict]:
             server = start(serve_command(["--datastore", datastore, "--image-dir", images], port, args.workers,
                                          args.threads, model), port)
             startup = time.perf_counter() - began
+            others = list(also) if full else []
             try:
+                for other in others:
+                    other.start(workdir, datastore, serials)
                 provisioned = provision_load(port, serials[: args.provision], args.clients)
+                for other in others:
+                    other.results.append(provision_load(other.port, serials[: args.provision], args.clients))
                 # Provisioned devices: the steady state, no write.
-                base, steady, steady_ratio = interleaved(base_port, port, base_serials, serials[: args.provision], args)
+                base, steady, steady_ratio = interleaved(base_port, port, base_serials, serials[: args.provision], args,
+                                                         others)
                 if full:
                     # Planned devices: each poll sends the next step and writes (a new correlator each time).
                     _, writes, writes_ratio = interleaved(base_port, port, base_serials,
-                                                          serials[args.provision:], args)
+                                                          serials[args.provision:], args, others)
                     # Unknown devices: the first poll of each records it as unclaimed.
                     _, strangers, strangers_ratio = interleaved(
-                        base_port, port, base_serials, [f"NEW{i:05d}" for i in range(args.devices)], args)
+                        base_port, port, base_serials, [f"NEW{i:05d}" for i in range(args.devices)], args, others)
                 rss = peak_rss_kib(server.pid)
+                for other in others:
+                    other.results.append({"rss_mib": peak_rss_kib(other.process.pid) / 1024})
                 stalled = stalled_polls(port, serials[: args.provision], args)
             finally:
                 stop(server)
+                for other in others:
+                    other.stop()
             base_rss = peak_rss_kib(baseline.pid)
         finally:
             stop(baseline)
@@ -366,9 +427,25 @@ def bench_listener(args, workdir: str) -> list[dict]:
                          "startup_s": startup})
         rows.append({"what": f"embedded on {name}: poll of a provisioned device while {STALL_DOWNLOADS} slow downloads, "
                      "200 idle and 96 slow connections are held", **stalled})
+        for other in others:
+            rows += also_rows(other, name)
     if args.clixon_config:
         rows += bench_clixon(args, base_serials)
     return rows
+
+
+def also_rows(other: Also, model: str) -> list[dict]:
+    """The ``--also`` server's rows, in the listener's order: provisioning, steady, writes, unclaimed polls."""
+    provisioned, steady, writes, strangers, memory = other.results
+    return [
+        {"what": f"--also {other.name} (against the baseline on {model}): poll of a provisioned device", **steady,
+         **memory},
+        {"what": f"--also {other.name}: poll that sends the next step", **writes},
+        {"what": f"--also {other.name}: poll of an unclaimed device", **strangers},
+        {"what": f"--also {other.name}: full provisioning of {provisioned['devices']} devices",
+         "rps": provisioned["devices_per_s"], "unit": "devices/s", "configured": provisioned["configured"],
+         "seconds": provisioned["seconds"]},
+    ]
 
 
 def stalled_polls(port: int, serials: list[str], args) -> dict:
@@ -646,12 +723,16 @@ def main() -> int:
     parser.add_argument("--clixon-batch", type=int, default=1000,
                         help="declarations added per controller commit (default: %(default)s; the controller runs the "
                         "service once per changed instance, and one commit must finish within its service-timeout)")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME='COMMAND'",
+                        help="also measure another server in the same rounds, started by COMMAND (run by bash) serving "
+                        "on $PORT, for example a PnP server you run today (docs/benchmark.md); repeatable")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
+    also = [Also(spec) for spec in args.also]
 
     workdir = tempfile.mkdtemp(prefix="pnp-bench-")
     try:
-        rows = bench_listener(args, workdir)
+        rows = bench_listener(args, workdir, also)
         rows += bench_service_module([int(n) for n in args.plan_sizes.split(",")])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

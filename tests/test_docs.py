@@ -31,6 +31,9 @@ ELSEWHERE = {
         "exempt: installs a Debian package (CI installs wrk); test_benchmark_runs_with_small_numbers runs bench/run.py",
     ("docs/benchmark.md", ".venv/bin/python bench/run.py                      # 10,000 devices; about 3 minutes on 2 cores"):
         "exempt: minutes of load; test_benchmark_runs_with_small_numbers runs it with small numbers",
+    ("docs/benchmark.md", ".venv/bin/python bench/run.py --also 'twin=.venv/bin/pnp-service --log-level error serve "
+                          "--datastore $PNP_BENCH_DATASTORE --state $PNP_BENCH_DIR/twin.db --host 127.0.0.1 --port $PORT'"):
+        "test_benchmark_puts_another_server_in_the_same_rounds pastes it, with small numbers added",
     ("docs/deploy.md", "apt-get install -y python3-venv libyang2-dev pkg-config gcc"):
         "exempt: changes this machine (users, /etc, /opt, systemd units); tests/test_deploy.py checks the units",
     ("docs/deploy.md", "sudoedit /etc/pnp-service/declarations.xml"):
