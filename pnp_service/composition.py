@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from .cli.common import SECRET_NAME, UsageError, open_store, state_file, warn_if_readable
+from .cli.common import SECRET_NAME, UsageError, open_store, state_file, timeline_file, warn_if_readable
 from .stores.base import Store, StoreError
 
 if TYPE_CHECKING:
@@ -48,9 +48,12 @@ def build_app(args: argparse.Namespace, settings: ListenerSettings) -> Flask:
     from .app import create_app
     from .listener import Listener
 
+    from .timeline import TimelineDb, TimelineWriter
+
     store = open_store(args)
-    worker = handoff_worker(args, store)
-    listener = Listener(store, settings, on_provisioned=worker.notify if worker else None)
+    timeline = TimelineWriter(TimelineDb(timeline_file(args)))
+    worker = handoff_worker(args, store, note=timeline.note)
+    listener = Listener(store, settings, on_provisioned=worker.notify if worker else None, timeline=timeline)
     return create_app(store, settings, listener=listener)
 
 
@@ -104,7 +107,8 @@ def check_store(args: argparse.Namespace, has_sudi_ca: bool) -> None:
         log.error("%s; give --sudi-ca FILE (docs/security.md). Other devices are served.", message)
 
 
-def handoff_worker(args: argparse.Namespace, store: Store) -> HandoffWorker | None:
+def handoff_worker(args: argparse.Namespace, store: Store,
+                   note: Callable[[str, str, str], object] = lambda serial, what, detail: None) -> HandoffWorker | None:
     """Under a controller: hand provisioned devices to it; without one: the hooks, when given."""
     from .handoff import Action, HandoffWorker, HookAction
 
@@ -117,7 +121,7 @@ def handoff_worker(args: argparse.Namespace, store: Store) -> HandoffWorker | No
         action = HookAction(args.on_provisioned or "", args.webhook or "")
     else:
         return None
-    worker = HandoffWorker(store, action)
+    worker = HandoffWorker(store, action, note=note)
     worker.start()
     return worker
 

@@ -111,8 +111,11 @@ class HandoffWorker:
     """Hands provisioned devices on in a background thread; see the module docstring."""
 
     def __init__(self, store: Store, action: Action, *, sweep_seconds: float = 60.0, lease_seconds: int = 300,
-                 retry_base_seconds: int = 30, retry_max_seconds: int = 3600, clock: Callable[[], float] = time.time):
+                 retry_base_seconds: int = 30, retry_max_seconds: int = 3600, clock: Callable[[], float] = time.time,
+                 note: Callable[[str, str, str], object] = lambda serial, what, detail: None):
         self.store, self.action = store, action
+        #: Told each outcome for the device's timeline: ``note(serial, "handoff-managed", message)``.
+        self.note = note
         self.sweep_seconds, self.lease_seconds = sweep_seconds, lease_seconds
         self.retry_base_seconds, self.retry_max_seconds = retry_base_seconds, retry_max_seconds
         self.clock = clock
@@ -206,3 +209,4 @@ class HandoffWorker:
         level = logging.INFO if result.state == Handoff.MANAGED else logging.WARNING
         event(log, level, f"handoff-{result.state}", serial=serial, device=result.device or None,
               detail=result.message, retry="yes" if result.retry and result.state != Handoff.MANAGED else "no")
+        self.note(serial, f"handoff-{result.state}", result.message)

@@ -26,6 +26,7 @@ from .provisioner import Contact, Decision, Event, Provisioner, Settings
 from .sightings import SightingWriter
 from .steps import Download, StepRegistry, UnknownStepType
 from .stores.base import Store, StoreUnavailable
+from .timeline import Entry, TimelineWriter
 
 log = logging.getLogger("pnp_service.listener")
 
@@ -104,6 +105,7 @@ class Listener:
         registry: StepRegistry | None = None,
         clock: Callable[[], float] = time.time,
         on_provisioned: Callable[[str], None] | None = None,
+        timeline: TimelineWriter | None = None,
     ):
         from .metrics import Metrics
 
@@ -121,13 +123,24 @@ class Listener:
         self.clock = clock
         self.sightings = SightingWriter(store, capacity=self.settings.max_waiting_sightings,
                                         on_dropped=self.metrics.refused.labels("sightings-full").inc)
+        #: Where each declared device's events are kept for ``status SERIAL`` (timeline.py); None: nowhere.
+        self.timeline = timeline
 
     def close(self, timeout: float = 10.0) -> bool:
-        """Write what waits behind answers already sent (strangers' sightings); False if ``timeout`` was too short."""
+        """Write what waits behind answers already sent (strangers' sightings, timeline entries); False if
+        ``timeout`` was too short."""
         written = self.sightings.flush(timeout)
         if not written:
             log.warning("stopping with %d strangers' sightings not written", self.sightings.waiting())
+        if self.timeline is not None and not self.timeline.flush(timeout):
+            log.warning("stopping with %d timeline entries not written", self.timeline.waiting())
+            written = False
         return written
+
+    def note(self, serial: str, what: str, address: str = "", step: str = "", state: str = "", detail: str = "") -> None:
+        """Add a line to a declared device's timeline (behind the answer; never waits)."""
+        if self.timeline is not None:
+            self.timeline.record(serial, Entry(utcnow_from(self.clock()), what, address, step, state, detail))
 
     # ------------------------------------------------------------------ PnP endpoints
 
@@ -223,9 +236,13 @@ class Listener:
             self.metrics.sudi_refused.labels(status.error.code or "unknown").inc()
         if status is not None and status.handoff.state == Handoff.PENDING and status.state == State.PROVISIONED and self.on_provisioned:
             self.on_provisioned(status_serial(serial, decision))
+        level = EVENT_LEVELS.get(decision.event, logging.INFO)
+        if level >= logging.INFO and status is not None and decision.event != Event.UNCLAIMED:
+            self.note(status_serial(serial, decision), decision.event, address, decision.step, str(status.state),
+                      decision.detail)
         event(
             log,
-            EVENT_LEVELS.get(decision.event, logging.INFO),
+            level,
             decision.event,
             serial=serial,
             address=address,
@@ -286,6 +303,7 @@ class Listener:
             # A configuration carries secrets: log its size, never its text.
             event(log, logging.INFO, "download", serial=serial, address=address, hostname=hostname or None, kind=kind,
                   bytes=len(data))
+            self.note(serial, "download", address, detail=f"{kind}, {len(data)} bytes")
             return Reply(200, data, offered.content_type)
         path = self._image_path(offered.file_name)
         if not path or (name and name != offered.file_name):
@@ -298,6 +316,7 @@ class Listener:
             self.metrics.refused.labels("transfers-busy").inc()
             event(log, logging.WARNING, "download-busy", serial=serial, address=address, kind=kind,
                   limit=self.transfers.limit)
+            self.note(serial, "download-busy", address, detail=f"{kind}: every transfer slot in use, told to retry")
             return Reply(503, b"image transfers busy, retry later\n", TEXT, (("Retry-After", "60"),))
         size = os.path.getsize(path)
         event(log, logging.INFO, "download", serial=serial, address=address, hostname=hostname or None, kind=kind,
@@ -306,9 +325,11 @@ class Listener:
 
         def finished(sent: int, complete: bool) -> None:
             self.transfers.end(serial, complete)
-            event(log, logging.INFO if complete else logging.WARNING, "download-done" if complete else "download-broken",
-                  serial=serial, address=address, hostname=hostname or None, kind=kind, file=offered.file_name, bytes=sent,
-                  seconds=round(time.monotonic() - began, 1))
+            seconds = round(time.monotonic() - began, 1)
+            outcome = "download-done" if complete else "download-broken"
+            event(log, logging.INFO if complete else logging.WARNING, outcome, serial=serial, address=address,
+                  hostname=hostname or None, kind=kind, file=offered.file_name, bytes=sent, seconds=seconds)
+            self.note(serial, outcome, address, detail=f"{kind} {offered.file_name}: {sent} of {size} bytes in {seconds} s")
 
         return Reply(200, content_type=offered.content_type, file_path=path, on_close=finished)
 

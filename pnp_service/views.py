@@ -18,6 +18,7 @@ from lxml import etree
 from . import model
 from .model import DeviceRecord, State, format_time
 from .stores.base import Snapshot
+from .timeline import Entry, text as timeline_text
 from .xmlsafe import visible
 
 FORMATS = ("table", "json", "rfc7951", "xml")
@@ -102,6 +103,25 @@ def totals(snapshot: Snapshot) -> str:
     removed = sum(1 for record in snapshot.devices if record.declaration is None)
     return (f"{sum(states.values())} declared: {', '.join(parts) or 'none'}; "
             + (f"{removed} removed; " if removed else "") + f"{len(snapshot.unclaimed)} unclaimed")
+
+
+def device(snapshot: Snapshot, serial: str, entries: list[Entry], form: str = "table") -> str | None:
+    """One device (declared, with a status, or unclaimed) and its timeline: ``status SERIAL``; None: unknown."""
+    record = next((r for r in snapshot.devices if r.serial == serial), None)
+    stranger = next((u for u in snapshot.unclaimed if u.serial == serial), None)
+    if record is None and stranger is None and not entries:
+        return None
+    shown = row(record, snapshot.declarations_known) if record is not None else (
+        _unclaimed_row(stranger) if stranger is not None else dict.fromkeys(COLUMNS, "") | {"serial": serial})
+    status = record.status if record is not None else None
+    if status is not None and status.handoff.state:
+        shown["handoff"] = str(status.handoff.state) + (f": {status.handoff.message}" if status.handoff.message else "")
+    if form == "json":
+        return json.dumps({"device": shown, "timeline": [entry.as_dict() for entry in entries]}, indent=2,
+                          ensure_ascii=False)
+    width = max(len(name) for name in shown)
+    lines = [f"{name.ljust(width)}  {visible(value)}" for name, value in shown.items() if value]
+    return "\n".join(lines + ["", *map(visible, timeline_text(serial, entries).split("\n"))])
 
 
 def rows_json(snapshot: Snapshot) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
 import shutil
 
@@ -37,6 +39,25 @@ def datastore_xml(*devices: str) -> str:
         "<?xml version='1.0' encoding='UTF-8'?>\n<config>\n"
         f'  <services xmlns="http://clicon.org/controller">{declared}</services>\n</config>\n'
     )
+
+
+def answers_hello(port: int) -> bool:
+    """True when something on the loopback ``port`` answers ``GET /pnp/HELLO`` with 200."""
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        connection.request("GET", "/pnp/HELLO")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+
+
+def image_in_folder(tmp_path, file_name: str, version: str, size: int = 50_000) -> str:
+    """An image file in ``tmp_path/images`` and the ``<image>`` of a declaration that installs it."""
+    image = b"IMAGE" * (size // 5)
+    (tmp_path / "images").mkdir(exist_ok=True)
+    (tmp_path / "images" / file_name).write_bytes(image)
+    return (f"<image><version>{version}</version><url>{file_name}</url>"
+            f"<md5>{hashlib.md5(image).hexdigest()}</md5></image>")
 
 
 def open_store(path: str, **kwargs) -> EmbeddedStore:

@@ -26,7 +26,7 @@ LAYERS = [
     {"protocol"},
     {"model", "steps", "planner", "validation", "importer"},
     {"machine", "provisioner", "sudi"},
-    {"stores", "downloads", "handoff", "sightings"},
+    {"stores", "downloads", "handoff", "sightings", "behind", "timeline"},
     {"listener", "app", "serving", "httpserver", "cli", "composition", "views", "metrics", "service_module", "simulator", "clixon_module",
      "discovery", "element_standin"},
 ]

@@ -57,6 +57,7 @@ HERE = {
         "quick start",
     ("docs/operations.md", "curl -s http://127.0.0.1:8080/healthz"): "quick start",
     ("docs/operations.md", "pnp-service status --datastore pnp-datastore.xml --watch      # redraws every 2 s"): "quick start",
+    ("docs/operations.md", "pnp-service status --datastore pnp-datastore.xml FOC2001X0AB"): "quick start",
     ("README.md", "pnp-service import devices.csv --groups groups.yaml                           # check every row, write nothing"):
         "import",
     ("docs/import.md", "$ pnp-service import broken.csv --groups groups.yaml --output new.xml"): "import",
@@ -167,6 +168,9 @@ def test_quick_start_serve_play_look_reset(sandbox):
     watch = lines("docs/operations.md", "pnp-service status --datastore pnp-datastore.xml --watch")[0]
     watched = sandbox.interrupt(watch)
     assert watched.returncode == 0 and "FOC2001X0AB" in watched.stdout
+    (timeline,) = lines("docs/operations.md", "pnp-service status --datastore pnp-datastore.xml FOC2001X0AB")
+    told = sandbox.run(timeline).stdout
+    assert told.index("request") < told.index("step=device-info") < told.rindex("provisioned"), told
     (reset,) = lines("docs/embedded.md", "pnp-service reset")
     assert "starts over" in sandbox.run(reset).stdout
     assert " planned " in sandbox.run(status).stdout.splitlines()[1]

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from balancer import RoundRobin
-from conftest import datastore_xml
+from conftest import answers_hello, datastore_xml
 from pnp_service.simulator import AgentSimulator, SimulatedDevice
 from test_rollout_load import free_port, start_serve, stop
 
@@ -182,7 +182,7 @@ def test_the_documented_haproxy_deployment_survives_a_listener_killed_mid_provis
 
     try:
         for _ in range(100):
-            if _hello(front):
+            if answers_hello(front):
                 break
             time.sleep(0.1)
         killer = threading.Thread(target=kill_the_busy_one)
@@ -198,12 +198,3 @@ def test_the_documented_haproxy_deployment_survives_a_listener_killed_mid_provis
         haproxy.wait(10)
         stop(first)
         stop(second)
-
-
-def _hello(port: int) -> bool:
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        connection.request("GET", "/pnp/HELLO")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False

@@ -99,6 +99,19 @@ def open_store(args: argparse.Namespace, *, read_only: bool = False, tolerate_in
                          tolerate_invalid=tolerate_invalid)
 
 
+def timeline_file(args: argparse.Namespace, create: bool = True) -> str:
+    """Where the devices' timelines are kept: beside the state database, or in --state-dir under a controller."""
+    from ..timeline import default_path
+
+    if getattr(args, "clixon_socket", None):
+        if not create:
+            return os.path.join(getattr(args, "state_dir", None) or default_state_dir(), "timeline.db")
+        return state_file(args, None, "timeline.db")
+    from ..stores.embedded import default_state_path
+
+    return default_path(getattr(args, "state", None) or default_state_path(args.datastore))
+
+
 def template_context(args: argparse.Namespace) -> dict[str, object]:
     """``--controller-ssh-key FILE``: the controller's public key, as template variables."""
     path = getattr(args, "controller_ssh_key", None)

@@ -8,7 +8,8 @@ import sys
 import time
 from ..stores.base import StoreError
 
-from .common import DEFAULT_DATASTORE, UsageError, datastore_arguments, device_spec, open_store, positive, step_registry, template_context
+from .common import (DEFAULT_DATASTORE, UsageError, datastore_arguments, device_spec, open_store, positive, step_registry,
+                     template_context, timeline_file)
 
 log = logging.getLogger("pnp_service")
 
@@ -82,12 +83,24 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .. import views
+    from ..timeline import TimelineDb
 
+    if args.serial and args.format not in ("table", "json"):
+        raise UsageError(f"status {args.serial} prints a table or json, not {args.format}")
+    timeline = TimelineDb(timeline_file(args, create=False), read_only=True) if args.serial else None
     store = open_store(args, read_only=True, tolerate_invalid=True)
     try:
         while True:
             snapshot = store.snapshot()
-            output = views.render(snapshot, args.format)
+            if timeline is not None:
+                shown = views.device(snapshot, args.serial, timeline.of(args.serial), args.format)
+                if shown is None:
+                    print(f"pnp-service status: {args.serial} is not declared, has no status, never called in and has "
+                          "no timeline", file=sys.stderr)
+                    return 1
+                output = shown
+            else:
+                output = views.render(snapshot, args.format)
             if args.watch:
                 print("\033[H\033[2J" + time.strftime("%H:%M:%S ") + output, flush=True)
             else:
@@ -117,12 +130,33 @@ def cmd_reset(args: argparse.Namespace) -> int:
         for serial in args.serial:
             try:
                 print(store.reset(serial))
+                note_reset(args, serial)
             except UnknownSerial as exc:
                 print(f"pnp-service reset: {exc}", file=sys.stderr)
                 failed += 1
     finally:
         store.close()
     return 1 if failed else 0
+
+
+def note_reset(args: argparse.Namespace, serial: str) -> None:
+    """The reset, in the device's timeline, when the listener keeps one here (never creates the file)."""
+    import datetime as dt
+    import os
+    import sqlite3
+
+    from ..timeline import Entry, TimelineDb
+
+    path = timeline_file(args, create=False)
+    if not os.path.exists(path):
+        return
+    try:
+        db = TimelineDb(path)
+        db.add({serial: [Entry(dt.datetime.now(dt.timezone.utc).replace(microsecond=0), "reset",
+                               detail="status cleared by pnp-service reset")]})
+        db.close()
+    except sqlite3.Error as exc:
+        print(f"warning: the reset is not in {serial}'s timeline ({path}: {exc})", file=sys.stderr)
 
 
 def add_parsers(command) -> None:
@@ -160,9 +194,13 @@ def add_parsers(command) -> None:
                      "Print declared devices (state, step, attempts, last contact, last error) and unclaimed ones. "
                      "Reads only; changes nothing.")
     datastore_arguments(status)
+    status.add_argument("serial", nargs="?", help="one device: its state, hand-off and timeline (what happened to it, "
+                        "newest last; docs/operations.md)")
     status.add_argument("--format", choices=["table", "json", "rfc7951", "xml"], default="table",
                         help="table; json: the table's rows; rfc7951 (JSON) or xml: the /pnp tree in the YANG's shape "
                         "(default: table)")
+    status.add_argument("--state-dir", metavar="DIR", help="with --clixon-socket and a SERIAL: the listener's "
+                        "--state-dir, where it keeps the timelines (default: as serve's)")
     status.add_argument("--watch", type=positive, nargs="?", const=2, default=0, metavar="SECONDS",
                         help="redraw every SECONDS (default 2) until Ctrl-C")
     status.set_defaults(func=cmd_status)

@@ -533,3 +533,41 @@ def unchecked(status, **fields: object):
     for name, value in fields.items():
         object.__setattr__(status, name, value)
     return status
+
+
+# --------------------------------------------------------------------------- a device's timeline
+
+
+def test_a_devices_timeline_is_kept_beside_the_journal_and_shown_by_status(serial, tmp_path):
+    import json
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    state = tmp_path / "state"
+    serve = subprocess.Popen([sys.executable, "-m", "pnp_service.cli", "serve", "--clixon-socket", socket_path(),
+                              "--state-dir", str(state), "--host", "127.0.0.1", "--port", str(port)],
+                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "wb"))
+    try:
+        from conftest import answers_hello
+
+        wait_for(lambda: answers_hello(port), timeout=30, what="serve answering HELLO")
+        declare(serial)
+        commit()
+        time.sleep(1)  # the listener hears of the commit
+        assert run_agent(f"http://127.0.0.1:{port}", serial).outcome == "configured"
+        wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", what="status")
+    finally:
+        serve.terminate()
+        serve.wait(30)
+    assert (state / "timeline.db").exists()
+    result = subprocess.run([sys.executable, "-m", "pnp_service.cli", "status", "--clixon-socket", socket_path(),
+                             "--state-dir", str(state), serial, "--format", "json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    told = json.loads(result.stdout)
+    assert told["device"]["state"] == "provisioned"
+    events = [(entry["event"], entry["step"]) for entry in told["timeline"]]
+    assert events[0] == ("request", "device-info") and events[-1][0] == "provisioned", events
