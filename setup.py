@@ -27,7 +27,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["pnp_service", "pnp_service.*"]),
-    package_data={"pnp_service": ["yang/*.yang", "examples/*.xml"]},
+    package_data={"pnp_service": ["yang/*.yang", "examples/*.xml", "ui/static/*"]},
     # The YANG module, for validating declarations files when installed (not editable).
     data_files=[("share/pnp-service/yang", glob.glob("yang/pnp-service@*.yang"))],
     install_requires=[
@@ -50,7 +50,9 @@ setup(
     ],
     # clixon-pyapi is needed only inside the controller (service module, --clixon-socket); it is not on
     # PyPI: docs/controller.md says how to install it from its git repository.
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "pyang>=2.5", "mypy>=1.8", "types-PyYAML>=6"]},
+    # selenium drives Debian's chromium for the roll-out page's test (tests/test_ui.py; skipped without chromium).
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "pyang>=2.5", "mypy>=1.8", "types-PyYAML>=6",
+                             "selenium>=4"]},
     entry_points={
         "console_scripts": ["pnp-service = pnp_service.cli:main"],
     },

@@ -170,9 +170,10 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
     return app
 
 
-def served(app: Flask) -> Application:
+def served(app: Flask, ui: Flask | None = None, ui_port: int = 0) -> Application:
     """The app as the listener's HTTP server runs it: polls that change nothing are answered on its event loop
-    (no thread hand-off, no Flask request), everything else by the Flask app in a thread."""
+    (no thread hand-off, no Flask request), everything else by the Flask app in a thread.  With ``ui``: what
+    arrives on ``ui_port`` is the roll-out page's, and nothing else is."""
     listener: Listener = app.extensions["pnp_listener"]
     handlers = {"/pnp/WORK-REQUEST": listener.quick_work_request, "/pnp/WORK-RESPONSE": listener.quick_work_response}
 
@@ -181,7 +182,7 @@ def served(app: Flask) -> Application:
 
     def quick(request: QuickRequest) -> QuickAnswer | Callable[[], QuickAnswer] | None:
         handler = handlers.get(request.path)
-        if handler is None or request.method != "POST":
+        if handler is None or request.method != "POST" or (ui is not None and request.port == ui_port):
             return None
         if request.headers.get("content-type", "") not in ACCEPTED_TYPES:
             return None  # the Flask app reads the media type and answers 415 when it must
@@ -190,5 +191,9 @@ def served(app: Flask) -> Application:
             return answer(reply)
         return lambda: answer(reply())  # the write: in a thread
 
-    return Application(app, quick, on_close=listener.close)
+    if ui is None:
+        return Application(app, quick, on_close=listener.close)
+    from .ui import dispatch
+
+    return Application(dispatch(app, ui, ui_port), quick, on_close=listener.close)
 

@@ -57,6 +57,20 @@ def build_app(args: argparse.Namespace, settings: ListenerSettings) -> Flask:
     return create_app(store, settings, listener=listener)
 
 
+def build_ui(args: argparse.Namespace, app: Flask) -> Flask:
+    """The roll-out page of one worker, over its listener's store and timeline."""
+    from .ui import create_ui
+
+    listener = app.extensions["pnp_listener"]
+    if args.clixon_socket:
+        claim = (f"pnp-service claim {{serial}} --clixon-socket {args.clixon_socket} --groups groups.yaml "
+                 "--group GROUP --hostname NAME --clixon-cli")
+    else:
+        claim = (f"pnp-service claim {{serial}} --datastore {args.datastore} --groups groups.yaml --group GROUP "
+                 f"--hostname NAME --output {args.datastore} --merge")
+    return create_ui(listener.store, listener.timeline.db if listener.timeline else None, args.ui_token, claim)
+
+
 def secret(args: argparse.Namespace) -> bytes:
     from .downloads import load_or_create_secret
 

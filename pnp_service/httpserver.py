@@ -62,6 +62,7 @@ class QuickRequest:
     address: str
     scheme: str
     host: str  # the Host header, or the address the client reached
+    port: int = 0  # the local port the connection arrived on
 
     @property
     def host_url(self) -> str:
@@ -489,7 +490,8 @@ class Connection:
         path = unquote_to_bytes(request.target.partition(b"?")[0]).decode("latin-1")
         try:
             return quick(QuickRequest(request.method.decode("ascii"), path, headers, body,
-                                      str(self.peer[0]) if self.peer else "", self.scheme, host))
+                                      str(self.peer[0]) if self.peer else "", self.scheme, host,
+                                      int(self.local[1]) if self.local else 0))
         except Exception:  # noqa: BLE001 - the WSGI app answers (and logs) what the quick path could not
             log.exception("quick answer failed on %s %s; answered in a thread", request.method, path)
             return None

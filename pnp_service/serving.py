@@ -93,7 +93,7 @@ def run_gunicorn(make_app: Callable[[], Application], args: argparse.Namespace) 
     if args.server == "event":
         worker_class = type("PnpEventWorker", (EventWorker,), {"limits": limits, "access_log": args.access_log})
     options = {
-        "bind": f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}",
+        "bind": [_bind(args.host, args.port)] + ([_bind(*args.ui)] if getattr(args, "ui", None) else []),
         "workers": args.workers,
         "threads": args.threads,
         "worker_class": worker_class,
@@ -133,6 +133,10 @@ def run_gunicorn(make_app: Callable[[], Application], args: argparse.Namespace) 
 
     PnpApplication().run()
     return 0
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _worker_exit(arbiter: Any, worker: Any) -> None:

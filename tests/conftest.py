@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import time
 
 import pytest
 from pnp_service import httpserver
@@ -49,6 +50,17 @@ def answers_hello(port: int) -> bool:
         return connection.getresponse().status == 200
     except OSError:
         return False
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition", every: float = 0.2):
+    """``predicate()``'s first true value within ``timeout`` seconds, else an AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def image_in_folder(tmp_path, file_name: str, version: str, size: int = 50_000) -> str:

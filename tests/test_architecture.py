@@ -28,10 +28,10 @@ LAYERS = [
     {"machine", "provisioner", "sudi"},
     {"stores", "downloads", "handoff", "sightings", "behind", "timeline"},
     {"listener", "app", "serving", "httpserver", "cli", "composition", "views", "metrics", "service_module", "simulator", "clixon_module",
-     "discovery", "element_standin"},
+     "discovery", "element_standin", "ui"},
 ]
 WEB = {"flask", "werkzeug", "gunicorn", "h11"}
-WEB_EDGES = {"app", "serving", "httpserver", "cli", "composition"}
+WEB_EDGES = {"app", "serving", "httpserver", "cli", "composition", "ui"}
 CLIXON_EDGES = {"stores.clixon.netconf", "service_module", "clixon_module.pnp_service_module"}
 
 

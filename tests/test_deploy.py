@@ -232,3 +232,39 @@ def test_without_libyangs_headers_pip_install_says_in_one_line_which_package_to_
 def test_the_bindings_release_is_pinned_to_the_one_that_builds_on_every_libyang_2_1():
     setup = open(os.path.join(REPO, "setup.py")).read()
     assert '"libyang==2.8.0"' in setup and "cryptography>=" in setup.split("extras_require")[0]
+
+
+# --------------------------------------------------------------------------- the Grafana dashboard
+
+
+DASHBOARD = os.path.join(REPO, "deploy", "grafana-dashboard.json")
+
+
+def exposed_families(text: str) -> set[str]:
+    """Metric families /metrics declares (``# TYPE name kind``), with counters' ``_total`` taken off."""
+    return {re.sub(r"_total$", "", line.split()[2]) for line in text.splitlines() if line.startswith("# TYPE ")}
+
+
+def family_of(name: str) -> str:
+    return re.sub(r"_(total|bucket|count|sum)$", "", name)
+
+
+def test_every_dashboard_query_reads_a_metric_the_listener_exposes(serve, example_path):
+    import http.client
+
+    dashboard = json.load(open(DASHBOARD))
+    assert dashboard["__inputs"][0]["pluginId"] == "prometheus"  # imported with the user's own Prometheus
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {family_of(name) for query in queries for name in re.findall(r"\bpnp_[a-z_]+", query)}
+    assert len(queries) >= 10 and len(used) >= 10
+    running = serve(example_path)
+    connection = http.client.HTTPConnection("127.0.0.1", running.server.port, timeout=5)
+    connection.request("GET", "/metrics")
+    exposed = exposed_families(connection.getresponse().read().decode())
+    assert used <= exposed, f"the dashboard reads metrics the listener does not expose: {sorted(used - exposed)}"
+
+
+def test_the_dashboard_check_would_see_a_renamed_metric():
+    assert family_of("pnp_store_write_seconds_bucket") == "pnp_store_write_seconds"
+    exposed = exposed_families("# TYPE pnp_messages counter\n# TYPE pnp_devices gauge\n")
+    assert {"pnp_messages", "pnp_devices"} == exposed and "pnp_message" not in exposed

@@ -58,6 +58,8 @@ HERE = {
     ("docs/operations.md", "curl -s http://127.0.0.1:8080/healthz"): "quick start",
     ("docs/operations.md", "pnp-service status --datastore pnp-datastore.xml --watch      # redraws every 2 s"): "quick start",
     ("docs/operations.md", "pnp-service status --datastore pnp-datastore.xml FOC2001X0AB"): "quick start",
+    ("docs/operations.md", "pnp-service serve --datastore pnp-datastore.xml --port 8080 --ui 8081"): "roll-out page",
+    ("docs/operations.md", "head -c 24 /dev/urandom | base64 > ui.token && chmod 600 ui.token"): "roll-out page",
     ("README.md", "pnp-service import devices.csv --groups groups.yaml                           # check every row, write nothing"):
         "import",
     ("docs/import.md", "$ pnp-service import broken.csv --groups groups.yaml --output new.xml"): "import",
@@ -174,6 +176,33 @@ def test_quick_start_serve_play_look_reset(sandbox):
     (reset,) = lines("docs/embedded.md", "pnp-service reset")
     assert "starts over" in sandbox.run(reset).stdout
     assert " planned " in sandbox.run(status).stdout.splitlines()[1]
+
+
+# --------------------------------------------------------------------------- the roll-out page
+
+
+def test_rollout_page_on_its_own_port_and_with_a_token(sandbox):
+    import urllib.error
+    import urllib.request
+
+    sandbox.run("pnp-service init pnp-datastore.xml")
+    (serve,) = lines("docs/operations.md", "pnp-service serve --datastore pnp-datastore.xml --port 8080 --ui 8081")
+    local = sandbox.serve(serve)
+    with urllib.request.urlopen("http://127.0.0.1:8081/api/rollout", timeout=5) as answer:
+        assert json.load(answer)["totals"]["declared"] == 2
+    local.terminate()
+    local.wait(15)
+    token, remote = lines("docs/operations.md", "head -c 24 /dev/urandom | base64 > ui.token")
+    sandbox.run(token)
+    assert oct(os.stat(os.path.join(sandbox.folder, "ui.token")).st_mode & 0o777) == "0o600"
+    sandbox.serve(remote)
+    secret = open(os.path.join(sandbox.folder, "ui.token")).read().strip()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen("http://127.0.0.1:8081/api/rollout", timeout=5)
+    assert refused.value.code == 401
+    request = urllib.request.Request("http://127.0.0.1:8081/api/rollout", headers={"Authorization": f"Bearer {secret}"})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert json.load(answer)["totals"]["declared"] == 2
 
 
 # --------------------------------------------------------------------------- embedded mode

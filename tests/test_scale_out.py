@@ -35,7 +35,9 @@ def declare(tmp_path, count: int = 20) -> list[str]:
     serials = [f"FOC2400X{n:03d}" for n in range(count)]
     bodies = [f"<serial>{serial}</serial><pid>C9300-24P</pid><hostname>sw{n}</hostname>"
               "<config><template>hostname {{ hostname }}</template></config>"
-              + (f"<image><version>17.12.04</version><url>{IMAGE}</url><md5>{md5}</md5></image>" if n % 4 == 0 else "")
+              # The shortest reload wait: an install lost with a killed listener is found out (and sent again) in 10 s.
+              + (f"<image><version>17.12.04</version><url>{IMAGE}</url><md5>{md5}</md5><reload-wait>10</reload-wait>"
+                 "</image>" if n % 4 == 0 else "")
               for n, serial in enumerate(serials)]
     (tmp_path / "ds.xml").write_text(datastore_xml(*bodies))
     return serials
@@ -56,7 +58,18 @@ def assert_each_step_sent_once(results) -> None:
         (r.serial, r.outcome, r.reason, r.trace) for r in results if r.outcome != "configured"]
     for n, result in enumerate(results):
         sent = [entry.split(":")[0] for entry in result.trace]
-        assert sent == (WITH_IMAGE if n % 4 == 0 else PLAIN), (result.serial, result.trace)
+        assert sent == (WITH_IMAGE if n % 4 == 0 else PLAIN), " ".join([result.serial, *result.trace])
+
+
+def assert_installed_and_configured_once(results) -> None:
+    """When a listener dies mid-exchange: a request it recorded but never delivered is found out (a lost install is
+    verified by device-info, then sent again), so questions may repeat; what changes a switch never does."""
+    assert [r.outcome for r in results] == ["configured"] * len(results), [
+        (r.serial, r.outcome, r.reason, r.trace) for r in results if r.outcome != "configured"]
+    for n, result in enumerate(results):
+        sent = [entry.split(":")[0] for entry in result.trace]
+        assert sent.count("config-upgrade") == 1, " ".join([result.serial, *result.trace])
+        assert sent.count("image-install") == (1 if n % 4 == 0 else 0), " ".join([result.serial, *result.trace])
 
 
 def test_two_listener_processes_on_one_state_database_behind_a_per_request_balancer(tmp_path):
@@ -94,7 +107,7 @@ def test_when_one_listener_dies_halfway_the_devices_finish_on_the_other(tmp_path
     try:
         results = provision(balancer.url, serials)
         assert killed.is_set() and first.wait(10) is not None
-        assert_each_step_sent_once(results)
+        assert_installed_and_configured_once(results)
         assert first_port in balancer.down and balancer.sent[second_port] > balancer.sent[first_port]
     finally:
         balancer.close()
@@ -190,7 +203,7 @@ def test_the_documented_haproxy_deployment_survives_a_listener_killed_mid_provis
         results = provision(f"http://127.0.0.1:{front}", serials)
         killer.join()
         assert killed, "no listener served 60 messages: the balancer did not send the roll-out to one of them"
-        assert_each_step_sent_once(results)
+        assert_installed_and_configured_once(results)
         survivor = next(port for port in listeners if port not in killed)
         assert served_messages(survivor) > 0
     finally:

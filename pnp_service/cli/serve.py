@@ -79,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.clixon_socket:
         warn_if_readable(args.datastore, "declarations with credentials and configurations")
     _check_port_free(args.host, args.port)
+    args.ui_token = _ui_token(args) if args.ui else ""
     where = (f"Clixon controller at {args.clixon_socket}" if args.clixon_socket
              else f"declarations {os.path.abspath(args.datastore)}")
     scheme = "https" if args.tls_cert else "http"
@@ -94,11 +95,85 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def make_app():
         from ..app import served
 
-        return served(composition.build_app(args, settings))
+        app = composition.build_app(args, settings)
+        if not args.ui:
+            return served(app)
+        return served(app, ui=composition.build_ui(args, app), ui_port=args.ui[1])
 
     from ..serving import run_gunicorn
 
     return run_gunicorn(make_app, args)
+
+
+def ui_address(text: str) -> tuple[str, int]:
+    """``--ui``: ``PORT`` (on 127.0.0.1), ``HOST:PORT`` or ``[V6]:PORT``."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, port_number(port)
+
+
+def _ui_token(args: argparse.Namespace) -> str:
+    """The roll-out page's token; refused: a page others can reach without one, or on the PnP port."""
+    host, port = args.ui
+    if args.dev:
+        raise UsageError("--ui needs serve's own server (not --dev)")
+    if port == args.port:
+        raise UsageError(f"--ui {port} is the PnP port: the roll-out page needs a port of its own")
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    if not args.ui_token_file:
+        if not loopback:
+            raise UsageError(f"--ui {host}:{port} is reachable from other hosts: give --ui-token-file FILE (a secret "
+                             "of 16 characters or more), or bind the page to 127.0.0.1")
+        _check_port_free(host, port)
+        return ""
+    try:
+        with open(args.ui_token_file, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as exc:
+        raise UsageError(f"--ui-token-file {args.ui_token_file}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise UsageError(f"--ui-token-file {args.ui_token_file}: the token must be 16 characters or more")
+    warn_if_readable(args.ui_token_file, "the roll-out page's token")
+    _check_port_free(host, port)
+    return token
+
+
+def _ui_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--ui", type=ui_address, metavar="[HOST:]PORT",
+                       help="also serve the roll-out page (docs/operations.md) on this address of its own, 127.0.0.1 "
+                       "unless a HOST is given; never on the PnP port")
+    serve.add_argument("--ui-token-file", metavar="FILE", help="with --ui on an address others can reach: a file "
+                       "holding the page's token (open /?token=TOKEN once, or send Authorization: Bearer TOKEN)")
+
+
+def _connection_arguments(serve: argparse.ArgumentParser) -> None:
+    connections = serve.add_argument_group("connections", "How the listener treats slow, idle and numerous clients "
+                                           "(docs/operations.md)")
+    connections.add_argument("--server", choices=SERVER_MODELS, default="event",
+                             help="event: one event loop per worker, a client costs a socket, never a thread "
+                             "(default); threads: gunicorn's threaded worker, where a slow client holds a thread "
+                             "(for comparison, or behind a proxy that buffers whole requests)")
+    connections.add_argument("--request-timeout", type=positive, default=30, metavar="SECONDS",
+                             help="a client must send a whole request (headers and body) within this; else the "
+                             "connection is closed (default: %(default)s)")
+    connections.add_argument("--keepalive-timeout", type=positive, default=15, metavar="SECONDS",
+                             help="an idle keep-alive connection is closed after this (default: %(default)s)")
+    connections.add_argument("--send-timeout", type=positive, default=60, metavar="SECONDS",
+                             help="a client that takes no byte of an answer or a download for this long is "
+                             "disconnected; a slow download that keeps moving is never cut (default: %(default)s)")
+    connections.add_argument("--max-connections", type=positive, default=4096, metavar="N",
+                             help="open connections per worker; beyond, the longest idle one is closed to make room "
+                             "(default: %(default)s)")
+    connections.add_argument("--workers", type=positive, default=1, help="gunicorn worker processes (default: 1)")
+    connections.add_argument("--threads", type=positive, default=8,
+                             help="threads per worker that run complete requests (default: 8)")
+    connections.add_argument("--timeout", type=positive, default=30, metavar="SECONDS",
+                             help="gunicorn restarts a worker that is stuck this long (default: %(default)s)")
+    connections.add_argument("--graceful-timeout", type=positive, default=30, metavar="SECONDS",
+                             help="on SIGTERM, answers and downloads in flight get this long to finish (default: "
+                             "%(default)s)")
+    connections.add_argument("--access-log", action="store_true",
+                             help="also write an access log line per request (paths only, never download signatures)")
 
 
 def add_parsers(command) -> None:
@@ -114,6 +189,7 @@ def add_parsers(command) -> None:
                        f"{SECRET_NAME} in --state-dir; created on first start, mode 0600)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM); needs --tls-key")
     serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+    _ui_arguments(serve)
     serve.add_argument("--image-dir", help="folder of image files served to devices whose image/url is a bare file name")
     serve.add_argument("--known-hosts", default="~/.ssh/known_hosts", metavar="FILE",
                        help="with --clixon-socket: the known_hosts of the user the controller's backend runs as, where "
@@ -152,32 +228,6 @@ def add_parsers(command) -> None:
                        help="unclaimed devices kept; beyond, the longest unseen is forgotten (default: %(default)s)")
     serve.add_argument("--unclaimed-days", type=positive, default=7, metavar="DAYS",
                        help="an unclaimed device not seen for this long is forgotten (default: %(default)s)")
-    connections = serve.add_argument_group("connections", "How the listener treats slow, idle and numerous clients "
-                                           "(docs/operations.md)")
-    connections.add_argument("--server", choices=SERVER_MODELS, default="event",
-                             help="event: one event loop per worker, a client costs a socket, never a thread "
-                             "(default); threads: gunicorn's threaded worker, where a slow client holds a thread "
-                             "(for comparison, or behind a proxy that buffers whole requests)")
-    connections.add_argument("--request-timeout", type=positive, default=30, metavar="SECONDS",
-                             help="a client must send a whole request (headers and body) within this; else the "
-                             "connection is closed (default: %(default)s)")
-    connections.add_argument("--keepalive-timeout", type=positive, default=15, metavar="SECONDS",
-                             help="an idle keep-alive connection is closed after this (default: %(default)s)")
-    connections.add_argument("--send-timeout", type=positive, default=60, metavar="SECONDS",
-                             help="a client that takes no byte of an answer or a download for this long is "
-                             "disconnected; a slow download that keeps moving is never cut (default: %(default)s)")
-    connections.add_argument("--max-connections", type=positive, default=4096, metavar="N",
-                             help="open connections per worker; beyond, the longest idle one is closed to make room "
-                             "(default: %(default)s)")
-    connections.add_argument("--workers", type=positive, default=1, help="gunicorn worker processes (default: 1)")
-    connections.add_argument("--threads", type=positive, default=8,
-                             help="threads per worker that run complete requests (default: 8)")
-    connections.add_argument("--timeout", type=positive, default=30, metavar="SECONDS",
-                             help="gunicorn restarts a worker that is stuck this long (default: %(default)s)")
-    connections.add_argument("--graceful-timeout", type=positive, default=30, metavar="SECONDS",
-                             help="on SIGTERM, answers and downloads in flight get this long to finish (default: "
-                             "%(default)s)")
-    connections.add_argument("--access-log", action="store_true",
-                             help="also write an access log line per request (paths only, never download signatures)")
+    _connection_arguments(serve)
     serve.add_argument("--dev", action="store_true", help="use Flask's development server instead of gunicorn")
     serve.set_defaults(func=cmd_serve)

@@ -68,13 +68,9 @@ def text(element, path):
 
 
 def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    from conftest import wait_until
+
+    return wait_until(predicate, timeout, what, every=0.3)
 
 
 @pytest.fixture(scope="module", autouse=True)
