@@ -44,6 +44,9 @@ ELSEWHERE = {
     ("docs/deploy.md", "docker volume create pnp-data"): "exempt: no Docker engine here",
     ("docs/deploy.md", "docker run --rm -i -v pnp-data:/data pnp-service sh -c 'umask 077; cat > /data/declarations.xml' < declarations.xml"):
         "exempt: no Docker engine here",
+    ("docs/mutation.md", ".venv/bin/python tools/mutate.py pnp_service/protocol.py --tests tests/test_protocol.py "
+                         "tests/test_provisioner.py tests/test_real_switches.py --limit 35 --seed 1"):
+        "exempt: minutes of test runs; tests/test_mutate.py runs the tool on a small sample",
 }
 #: Blocks this file runs: their first line -> the scenario.
 HERE = {

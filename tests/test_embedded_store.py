@@ -285,3 +285,27 @@ def test_a_device_declared_a_moment_ago_is_served_at_its_first_poll_not_told_it_
         assert b"device-info" in reply.body, reply.body
     assert store.load("NEW1").unclaimed is None
     store.close()
+
+
+def test_status_and_reset_open_an_invalid_file_but_never_a_missing_one(tmp_path):
+    # ``tolerate_invalid`` is what ``status`` and ``reset`` open the store with: they work on a broken file...
+    path = declare(tmp_path, DEVICE)
+    write(path, datastore_xml(DEVICE.replace("<pid>", "<pdi>").replace("</pid>", "</pdi>")))
+    with pytest.raises(StoreError, match="pdi"):
+        open_store(path)
+    store = open_store(path, tolerate_invalid=True)
+    (problem,) = store.problems()
+    assert "pdi" in problem and store.load("SN1").declaration is None
+    # ...but a path that is not there is a typo in the command, said as such.
+    with pytest.raises(StoreError, match="no such file"):
+        open_store(str(tmp_path / "typo.xml"), tolerate_invalid=True)
+
+
+def test_refresh_reads_an_edit_at_once_whatever_the_check_interval(tmp_path):
+    path = declare(tmp_path, DEVICE)
+    store = open_store(path, check_seconds=3600)
+    assert [d.serial for d in store.snapshot().devices] == ["SN1"]
+    write(path, datastore_xml(DEVICE, DEVICE.replace("SN1", "SN3").replace("sw1", "sw3")))
+    assert [d.serial for d in store.snapshot().devices] == ["SN1"]  # not looked at yet: checked a moment ago
+    store.refresh()
+    assert [d.serial for d in store.snapshot().devices] == ["SN1", "SN3"]

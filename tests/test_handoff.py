@@ -77,8 +77,25 @@ def test_the_host_key_is_read_from_what_ios_xe_prints(kind):
     openssh = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     assert host_key_from_output(_ios_key_data(openssh)) == openssh
     assert host_key_from_output(f"foo\n{openssh} root@host\n") == openssh
+    assert host_key_from_output(f"{openssh}\n") == openssh  # no comment after the key
     assert host_key_from_output("% Key pair was not found") == ""
     assert host_key_from_output("ssh-rsa not-a-key\n") == ""  # only a key goes into known_hosts
+
+
+def test_the_host_key_step_records_the_key_it_read_and_retries_without_one():
+    from pnp_service.protocol import Udi, WorkResponse
+    from pnp_service.steps import SshHostKeyStep, Verdict
+
+    step_type, step = SshHostKeyStep(), SshHostKeyStep.plan("show crypto key mypubkey rsa pnp-ssh")
+
+    def answer(output):
+        response = WorkResponse(Udi("C9300-24P", "V01", "SN1"), "cli-exec", "c1", True, details={"output": output})
+        return step_type.on_response(step, Status(), response)
+
+    read = answer(f"{HOST_KEY} root@sw1\n")
+    assert read.verdict == Verdict.ADVANCE and read.facts == {"host_key": HOST_KEY}
+    missing = answer("% Key pair was not found")
+    assert missing.verdict == Verdict.RETRY and missing.code == "no-host-key" and "show crypto key" in missing.message
 
 
 # --------------------------------------------------------------------------- the controller action

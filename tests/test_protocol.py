@@ -145,6 +145,13 @@ def test_parse_fault():
     assert (fault.code, fault.string) == ("Client", "unknown request")
 
 
+def test_a_fault_keeps_the_text_of_its_nested_detail():
+    nested = messages.fault(UDI, "Client", "copy failed").replace(
+        b"<detail></detail>", b"<detail><xsvc><errorCode>1406</errorCode> <message>no space</message></xsvc></detail>")
+    fault = protocol.parse_work_response(nested)
+    assert isinstance(fault, protocol.Fault) and fault.detail == "1406 no space"
+
+
 def test_response_with_bad_success_value_is_refused():
     body = b'<pnp xmlns="urn:cisco:pnp" udi="SN:1"><response xmlns="urn:cisco:pnp:cli-exec" correlator="c" success="maybe"/></pnp>'
     with pytest.raises(ProtocolError, match="success"):
@@ -242,6 +249,15 @@ def test_backoff_forms(kwargs, shape):
         assert [after.findtext(ns + u) for u in ("hours", "minutes", "seconds")] == ["1", "2", "5"]
 
 
+@pytest.mark.parametrize("seconds", [1, 59, 60, 3599, 3600, 7200, 7261, 86399])
+def test_a_backoff_calls_back_after_the_seconds_asked_for(seconds):
+    _, body = parse(protocol.backoff(ENV, "later", seconds=seconds))
+    ns = "{urn:cisco:pnp:backoff}"
+    after = body[0].find(ns + "callbackAfter")
+    hours, minutes, rest = (int(after.findtext(ns + u)) for u in ("hours", "minutes", "seconds"))
+    assert hours * 3600 + minutes * 60 + rest == seconds and minutes < 60 and rest < 60
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"seconds": 1, "terminate": True}, {"default_minutes": 0}])
 def test_backoff_needs_exactly_one_valid_form(kwargs):
     with pytest.raises(ValueError):
@@ -285,3 +301,12 @@ def test_stamped_messages_equal_the_built_ones(build, udi, correlator):
     del root.attrib["usr"], root.attrib["pwd"]
     assert fast == etree.tostring(root, xml_declaration=True, encoding="UTF-8")
     assert etree.fromstring(fast).get("udi") == udi and etree.fromstring(fast)[0].get("correlator") == correlator
+
+
+def test_certificate_install_names_the_trustpool_and_where_to_reconnect():
+    _, body = parse(protocol.certificate_install(ENV, "http://192.0.2.9/ca.pem", ntp="192.0.2.1",
+                                                 reconnect=("192.0.2.10", 8443)))
+    assert body.findtext(".//{*}trustpool/{*}copy/{*}source/{*}location") == "http://192.0.2.9/ca.pem"
+    assert body.findtext(".//{*}set/{*}ntp/{*}ip-address") == "192.0.2.1"
+    address = body.find(".//{*}reconnect/{*}primary-server/{*}server-address")
+    assert (address.findtext("{*}ipv4"), address.findtext("{*}port")) == ("192.0.2.10", "8443")

@@ -456,3 +456,29 @@ def test_states_are_the_yangs_enumeration():
     (module,) = glob.glob(os.path.join(REPO, "yang", "pnp-service@*.yang"))
     typedef = open(module).read().split("typedef device-state", 1)[1].split("\n  }\n", 1)[0]
     assert re.findall(r"enum (\S+) \{", typedef) == [state.value for state in State]
+
+
+def test_the_https_bootstrap_step_goes_first_and_no_work_stays_no_work():
+    from pnp_service.model import Step
+    bootstrap = Step("https-bootstrap", "certificate-install", {})
+    work = plan(declared())
+    served = Provisioner(Settings(https_bootstrap=bootstrap)).effective_work(work)
+    assert served.revision == work.revision and served.steps == (bootstrap, *work.steps)
+    assert Provisioner(Settings(https_bootstrap=bootstrap)).effective_work(None) is None  # a serial with no work
+    assert Provisioner(Settings()).effective_work(work) == work
+
+
+def test_a_step_the_work_no_longer_has_starts_the_work_over_from_its_first_step():
+    device = Device(declared())
+    device.poll()
+    device.answer_device_info()
+    device.poll()
+    device.fail("config-upgrade")
+    assert device.status.step == "config-upgrade" and device.status.attempts == 1
+    # The same revision without that step (a listener that no longer puts its HTTPS bootstrap first, say).
+    device.record = dataclasses.replace(device.record, status=dataclasses.replace(device.status, step="gone"))
+    device.wait(3600)
+    _, message = device.poll()
+    first = device.record.work.steps[0]
+    assert message.service == first.type == "device-info"
+    assert device.status.step == first.id and device.status.attempts == 0

@@ -233,6 +233,7 @@ def test_what_an_unverified_certificate_says_is_cleaned_before_it_is_recorded(pk
                     hashing="SHA256", serials=["SN1"], pid="C9300-24P", now=dt.datetime.now(dt.timezone.utc))
     message = str(raised.value)
     assert raised.value.reason == sudi.Reason.UNTRUSTED and "Rogue" in message
+    assert message.startswith("certificate ")  # the message itself, not the error's arguments
     assert "\x07" not in message and "\x1b" not in message
 
 
@@ -252,3 +253,117 @@ def test_an_rsa_certificate_with_a_signature_from_another_key_is_refused(lab, pk
                            "http://x/")
     status = running.store.load("SN2").status
     assert status.sudi.proven_address == "" and status.error.code == "sudi-bad-signature"
+
+
+# --------------------------------------------------------------------------- the verifier on its own (docs/mutation.md)
+
+
+def prove(anchors_pem, cert_pem, key_pem, *, method=None, hashing="SHA256", serial="SN1"):
+    """sudi.verify of a challenge signed with ``key_pem``; ``method`` as the device names it (default: its key's)."""
+    import base64
+    signature, signed_with = messages.sign_challenge(key_pem, "abc", hashing)
+    return sudi.verify(anchors=sudi.load_ca_bundle(anchors_pem), certificate_b64=base64.b64encode(cert_pem).decode(),
+                       signature_b64=base64.b64encode(signature).decode(), challenge="abc",
+                       encryption=method or signed_with, hashing=hashing, serials=[serial], pid="C9300-24P",
+                       now=dt.datetime.now(dt.timezone.utc))
+
+
+def pem(certificate):
+    from cryptography.hazmat.primitives import serialization
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_sub_ca_of_the_same_name_with_another_key_is_not_trusted(pki):
+    impostor = LabCa.create("Lab")  # the names of the lab's CAs, not their keys
+    cert, key = impostor.device("SN1", "C9300-24P")
+    with pytest.raises(sudi.SudiError) as raised:
+        prove(pki["ca"].bundle(), cert, key)
+    assert raised.value.reason == sudi.Reason.UNTRUSTED
+    assert prove(pki["ca"].bundle(), *pki["ec"]).serial == "SN1"
+
+
+def test_a_sub_ca_the_device_sends_completes_a_chain_to_a_root_given_alone(pki):
+    root_only = pem(pki["ca"].root)
+    cert, key = pki["ec"]
+    with pytest.raises(sudi.SudiError) as raised:
+        prove(root_only, cert, key)
+    assert raised.value.reason == sudi.Reason.UNTRUSTED
+    assert prove(root_only, cert + pem(pki["ca"].sub), key).serial == "SN1"
+
+
+def test_a_root_without_extensions_is_an_anchor_as_old_cisco_roots_are(pki):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def issue(subject, key, issuer, issuer_key):
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+                .not_valid_after(now + dt.timedelta(days=30)).sign(issuer_key, hashes.SHA256()))
+
+    root_key, device_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Old Root")])
+    root = issue(root_name, root_key, root_name, root_key)
+    assert not list(root.extensions)
+    device = issue(x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, "PID:C9300-24P SN:SN1")]), device_key,
+                   root_name, root_key)
+    key_pem = device_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())
+    assert prove(pem(root), pem(device), key_pem).serial == "SN1"
+
+
+def test_a_certificate_naming_no_serial_is_a_serial_mismatch(pki):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca, now = pki["ca"], dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "no serial")]))
+            .issuer_name(ca.sub.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .sign(ca.sub_key, hashes.SHA256()))
+    assert sudi.subject_identity(cert) == ("", "")
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    with pytest.raises(sudi.SudiError, match="names serial none") as raised:
+        prove(ca.bundle(), pem(cert), key_pem)
+    assert raised.value.reason == sudi.Reason.SERIAL
+
+
+@pytest.mark.parametrize("kind, method, hashing", [("ec", "ECDSA", "MD5"), ("ec", "RSA", "SHA256"),
+                                                    ("rsa", "ECDSA", "SHA256")])
+def test_a_method_the_key_or_the_listener_does_not_have_is_refused_as_such(pki, kind, method, hashing):
+    cert, key = pki[kind]
+    serial = {"ec": "SN1", "rsa": "SN2"}[kind]
+    with pytest.raises(sudi.SudiError) as raised:
+        prove(pki["ca"].bundle(), cert, key, method=method, hashing=hashing, serial=serial)
+    assert raised.value.reason == sudi.Reason.METHOD
+
+
+def test_a_failed_answer_with_no_error_is_recorded_as_no_sudi(lab, pki):
+    running, _ = lab(DEVICE.format(sn="SN1", host="sw", auth=SUDI))
+    listener, udi = running.listener, protocol.Udi("C9300-24P", "V01", "SN1")
+    listener.work_request(messages.work_request(udi, "c1"), "192.0.2.7", "http://x/")
+    listener.work_response(messages.response(udi, "device-auth", "c1", False), "192.0.2.7", "http://x/")
+    status = running.store.load("SN1").status
+    assert status.error.code == sudi.Reason.NO_SUDI and status.sudi.proven_address == ""
+
+
+def test_a_challenge_asked_for_again_may_be_answered_under_the_first_correlator(lab, pki):
+    running, _ = lab(DEVICE.format(sn="SN1", host="sw", auth=SUDI))
+    listener, udi = running.listener, protocol.Udi("C9300-24P", "V01", "SN1")
+    challenges = [messages.parse_server_message(listener.work_request(
+        messages.work_request(udi, correlator), "192.0.2.7", "http://x/").body).find_text("deviceAuth/challenge-request")
+        for correlator in ("c1", "c2")]
+    assert challenges[0] == challenges[1]  # the same challenge, asked again
+    # The answer to the first request arrives late, after the second: the challenge is the one that address holds.
+    signature, method = messages.sign_challenge(pki["ec"][1], challenges[0])
+    listener.work_response(messages.device_auth_response(udi, "c1", pki["ec"][0], signature, method), "192.0.2.7",
+                           "http://x/")
+    status = running.store.load("SN1").status
+    assert status.sudi.proven_address == "192.0.2.7" and status.error.code == ""
