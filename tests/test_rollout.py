@@ -57,6 +57,22 @@ def test_a_lost_install_answer_ends_in_a_retry_at_the_reload_deadline_not_a_week
     assert asked <= 4
 
 
+def test_after_a_lost_install_answer_the_old_version_waits_out_the_reload_wait_before_an_attempt_counts():
+    device = Device(declared(**IMAGE), Settings(max_attempts=2))
+    device.poll()
+    device.answer_device_info(version="17.3.1")
+    _, message = device.poll()
+    assert message.service == "image-install"
+    device.wait(5)
+    _, message = device.poll()  # the install's answer was lost: the verify's device-info
+    assert message.service == "device-info" and device.status.phase == "verify"
+    device.wait(30)
+    device.answer_device_info(version="17.3.1")  # still the old image, 35 s into a 600 s reload wait
+    assert device.status.attempts == 0 and device.status.phase == "verify" and device.status.state == "onboarding"
+    _, message = device.poll()
+    assert message.service == "backoff"
+
+
 def test_a_reload_onto_the_old_image_is_counted_at_once():
     device = Device(declared(**IMAGE), Settings(max_attempts=3))
     device.install_from("17.3.1")
@@ -137,6 +153,10 @@ def test_beyond_the_transfer_limit_a_device_is_told_to_wait_never_failed(image_l
     assert first.service == "image-install"
     second = to_install(listener, "IMG2")
     assert second.service == "backoff" and "transfer slot" in second.find_text("backoff/reason")
+    minute = messages.parse_server_message(
+        protocol.backoff(protocol.Envelope(protocol.Udi("C9300-24P", "V01", "IMG2"), "c"), "x", seconds=60))
+    assert [second.find_text(f"backoff/callbackAfter/{unit}") for unit in ("hours", "minutes", "seconds")] == \
+        [minute.find_text(f"backoff/callbackAfter/{unit}") for unit in ("hours", "minutes", "seconds")]  # the queue's 60 s
     status = listener.store.load("IMG2").status
     assert status.phase == "queued" and status.attempts == 0 and status.state == "onboarding"
     # IMG1 downloads the whole image: its slot is free again, and IMG2 gets its install at its next poll.
