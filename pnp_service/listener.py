@@ -125,6 +125,8 @@ class Listener:
                                         on_dropped=self.metrics.refused.labels("sightings-full").inc)
         #: Where each declared device's events are kept for ``status SERIAL`` (timeline.py); None: nowhere.
         self.timeline = timeline
+        #: The planning error last put in each declared device's timeline: said once, not at every poll.
+        self._planning_noted: dict[str, str] = {}
 
     def close(self, timeout: float = 10.0) -> bool:
         """Write what waits behind answers already sent (strangers' sightings, timeline entries); False if
@@ -237,6 +239,11 @@ class Listener:
         if status is not None and status.handoff.state == Handoff.PENDING and status.state == State.PROVISIONED and self.on_provisioned:
             self.on_provisioned(status_serial(serial, decision))
         level = EVENT_LEVELS.get(decision.event, logging.INFO)
+        if decision.event == Event.NOT_PLANNED and self._planning_noted.get(serial) != decision.detail:
+            if len(self._planning_noted) >= 100_000:  # only declared serials get here; a bound all the same
+                self._planning_noted.clear()
+            self._planning_noted[serial] = decision.detail
+            self.note(serial, "planning-error", address, detail=decision.detail)
         if level >= logging.INFO and status is not None and decision.event != Event.UNCLAIMED:
             self.note(status_serial(serial, decision), decision.event, address, decision.step, str(status.state),
                       decision.detail)

@@ -120,3 +120,26 @@ def test_status_of_a_serial_nobody_knows_says_so(tmp_path):
     assert declared.returncode == 0 and "(no timeline entries for SN1)" in declared.stdout
     wrong = cli("status", "--datastore", str(path), "SN1", "--format", "xml")
     assert wrong.returncode != 0 and "table or json" in wrong.stderr
+
+
+def test_a_planning_error_is_told_once_not_at_every_poll(tmp_path):
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml("<serial>SN1</serial><hostname>h</hostname>"
+                                  "<config><template>hostname {{ undefined_variable }}</template></config>"))
+    store = open_store(str(path))
+    clock = FakeClock()
+    settings = ListenerSettings(secret=SECRET)
+    timeline = TimelineWriter(TimelineDb(str(tmp_path / "t.db")))
+    listener = Listener(store, settings, clock=clock, timeline=timeline)
+    from pnp_service import protocol
+    from pnp_service.simulator import messages
+
+    udi = protocol.Udi("C9300-24P", "V01", "SN1")
+    for n in range(5):
+        reply = listener.work_request(messages.work_request(udi, f"c{n}"), "192.0.2.1", "http://pnp.invalid/")
+        assert b"backoff" in reply.body
+        clock.advance(60)
+    assert listener.close()
+    told = timeline.db.of("SN1")
+    assert [e.event for e in told] == ["planning-error"] and "undefined_variable" in told[0].detail
+    store.close()
