@@ -38,17 +38,21 @@ class SightingWriter:
         return self._queue.flush(timeout)
 
     def _write_all(self, batch: dict[str, list[Unclaimed]]) -> None:
-        for serial, (entry,) in batch.items():
-            self._write(serial, entry)
+        """The batch in one go (one commit on the embedded store): a flood of strangers is written as fast as it
+        comes, and the queue, which is memory, stays short."""
+        updates = [(serial, _still_a_stranger(serial, entry)) for serial, (entry,) in batch.items()]
+        for (serial, _), result in zip(updates, self.store.update_many(updates)):
+            if isinstance(result, StoreError):  # it calls again in two minutes, and is recorded then
+                log.warning("unclaimed %s not recorded: %s", serial, result)
+            elif isinstance(result, Exception):
+                log.error("unclaimed %s not recorded: %s: %s", serial, type(result).__name__, result)
 
-    def _write(self, serial: str, entry: Unclaimed) -> None:
-        def still_a_stranger(record: DeviceRecord) -> StatusWrite:
-            unknown = record.declaration is None and record.work is None and record.serial == serial
-            return StatusWrite(None, entry if unknown else None)
 
-        try:
-            self.store.update(serial, still_a_stranger)
-        except StoreError as exc:  # it calls again in two minutes, and is recorded then
-            log.warning("unclaimed %s not recorded: %s", serial, exc)
-        except Exception:  # noqa: BLE001 - the writer must survive any one sighting
-            log.exception("unclaimed %s not recorded", serial)
+def _still_a_stranger(serial: str, entry: Unclaimed) -> Callable[[DeviceRecord], StatusWrite]:
+    """The sighting, unless ``serial`` was declared (or matched to a stack) since it called."""
+
+    def decide(record: DeviceRecord) -> StatusWrite:
+        unknown = record.declaration is None and record.work is None and record.serial == serial
+        return StatusWrite(None, entry if unknown else None)
+
+    return decide

@@ -98,6 +98,7 @@ class TimelineDb:
                 connection = sqlite3.connect(self.path, timeout=5.0)
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=NORMAL")  # an account: a power cut may cost its last lines
+                connection.execute("PRAGMA cache_size=-256")  # appends and one device's reads: 256 KiB is plenty
             self._local.connection = connection
         return connection
 

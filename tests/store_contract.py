@@ -114,6 +114,23 @@ class StoreContract:
         assert store.load(harness.stranger).unclaimed is None
         assert harness.stranger not in {entry.serial for entry in store.snapshot().unclaimed}
 
+    def test_update_many_answers_each_update_in_order_and_one_failure_spoils_no_other(self, harness: Harness):
+        store = harness.open()
+        written = status(store, harness.declared)
+
+        def broken(record):
+            raise ValueError("a decide that fails")
+
+        results = store.update_many([
+            (harness.stranger, writes(None, Unclaimed(harness.stranger, pid="C9200L-24P"))),
+            (harness.declared, broken),
+            (harness.declared, writes(written)),
+        ])
+        assert isinstance(results[1], ValueError) and results[2].status == written
+        assert store.load(harness.declared).status == written
+        assert store.load(harness.stranger).unclaimed is not None
+        assert harness.restart().load(harness.stranger).unclaimed is not None  # durable before it returned
+
     def test_strangers_cannot_grow_the_unclaimed_table_past_its_cap(self, harness: Harness):
         store = harness.open(UnclaimedPolicy(max_entries=5))
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)

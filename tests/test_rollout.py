@@ -389,6 +389,8 @@ def test_polls_that_change_nothing_are_answered_on_the_event_loop_and_writes_in_
         calls = []
         update = store.update
         store.update = lambda serial, decide: calls.append(serial) or update(serial, decide)  # type: ignore[method-assign]
+        update_many = store.update_many
+        store.update_many = lambda updates: calls.extend(s for s, _ in updates) or update_many(updates)  # type: ignore[method-assign]
         blocked = threading.Event()
         running.server.server.pool.submit(blocked.wait, 10)  # the one app thread is busy from here on
         udi = protocol.Udi("C9300-24P", "V01", "SN1")

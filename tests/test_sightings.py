@@ -10,7 +10,7 @@ import pytest
 from conftest import datastore_xml, open_store
 from pnp_service.model import Unclaimed
 from pnp_service.sightings import SightingWriter
-from pnp_service.stores.base import StoreUnavailable
+from pnp_service.stores.base import StoreBase, StoreUnavailable
 
 SEEN = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -29,7 +29,7 @@ def store(tmp_path):
     opened.close()
 
 
-class HeldStore:
+class HeldStore(StoreBase):
     """The store, whose writes wait until released: a disk (or a controller) that is slow."""
 
     def __init__(self, store):
@@ -81,7 +81,7 @@ def test_a_serial_declared_before_its_sighting_is_written_is_not_recorded(store)
 
 
 def test_the_writer_survives_a_store_that_is_down(store):
-    class DownOnce:
+    class DownOnce(StoreBase):
         def __init__(self):
             self.calls = 0
 

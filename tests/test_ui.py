@@ -104,10 +104,11 @@ def test_with_a_token_only_its_holder_reads_the_page(lab):
     assert page.get("/api/rollout").status_code == 200  # the cookie
 
 
-def test_the_pnp_port_never_serves_the_page_and_the_page_port_never_pnp(tmp_path):
+@pytest.mark.parametrize("model", ["event", "threads"])
+def test_the_pnp_port_never_serves_the_page_and_the_page_port_never_pnp(tmp_path, model):
     (tmp_path / "ds.xml").write_text(declarations(2))
     ui_port = free_port()
-    server, port, log = start_serve(tmp_path, "--ui", str(ui_port))
+    server, port, log = start_serve(tmp_path, "--ui", str(ui_port), "--server", model)
     try:
         import http.client
 

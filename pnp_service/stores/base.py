@@ -84,6 +84,16 @@ class StoreBase:
         poll's decision; returns what was written.  For writers that are not the provisioner (the hand-off)."""
         return self.update(serial, lambda record: StatusWrite(change(record))).status
 
+    def update_many(self, updates: list[tuple[str, Callable[[DeviceRecord], D]]]) -> list[D | Exception]:
+        """Each ``(serial, decide)`` as :meth:`update`: its decision, or the exception its update raised."""
+        results: list[D | Exception] = []
+        for serial, decide in updates:
+            try:
+                results.append(self.update(serial, decide))
+            except Exception as exc:  # noqa: BLE001 - reported per update, as the caller asked
+                results.append(exc)
+        return results
+
 
 @dataclasses.dataclass(frozen=True)
 class UnclaimedPolicy:
@@ -230,6 +240,10 @@ class Store(Protocol):
     ``write_status(serial, change)``
         ``update`` for writers other than the provisioner: writes the status ``change(record)`` returns
         (None: nothing) and returns it (:class:`StoreBase`).
+    ``update_many(updates)``
+        ``update`` for many serials at once (a writer behind the answers: strangers' sightings): each pair's
+        decision, or the exception its update raised, in order; the embedded store makes them durable in one
+        commit (:class:`StoreBase` runs them one by one).
     ``refresh()``
         Look at the source of truth now rather than at the next interval (the declarations file; the
         controller's running datastore).
@@ -247,6 +261,8 @@ class Store(Protocol):
     def peek(self, serial: str) -> DeviceRecord | None: ...
 
     def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D: ...
+
+    def update_many(self, updates: list[tuple[str, Callable[[DeviceRecord], D]]]) -> list[D | Exception]: ...
 
     def snapshot(self) -> Snapshot: ...
 
@@ -297,15 +313,21 @@ class GroupCommit(Generic[J]):
         self._run_lock = threading.Lock()
 
     def submit(self, job: J) -> None:
-        ticket = _Ticket(job)
+        error = self.submit_many([job])[0]
+        if error is not None:
+            raise error
+
+    def submit_many(self, jobs: list[J]) -> list[BaseException | None]:
+        """Hand in several jobs at once (they share a batch); per job, None or the exception it failed with."""
+        tickets = [_Ticket(job) for job in jobs]
         with self._queue_lock:
-            self._queue.append(ticket)
-        while not ticket.done.is_set():
-            with self._run_lock:
-                if not ticket.done.is_set():
-                    self._drain()
-        if ticket.error is not None:
-            raise ticket.error
+            self._queue.extend(tickets)
+        for ticket in tickets:
+            while not ticket.done.is_set():
+                with self._run_lock:
+                    if not ticket.done.is_set():
+                        self._drain()
+        return [ticket.error for ticket in tickets]
 
     def _drain(self) -> None:
         with self._queue_lock:

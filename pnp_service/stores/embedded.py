@@ -500,6 +500,25 @@ class EmbeddedStore(StoreBase):
         self._commits.submit(job)
         return job.decision
 
+    def update_many(self, updates: list[tuple[str, Callable[[DeviceRecord], D]]]) -> list[D | Exception]:
+        """Every update that changes something in one commit (with this process's other changes)."""
+        results: list[D | Exception] = []
+        jobs: list[tuple[int, _Job]] = []
+        for serial, decide in updates:
+            try:
+                current = self._current_for(serial)
+                decision = decide(self._resolved(current, serial))
+            except Exception as exc:  # noqa: BLE001 - reported per update
+                results.append(exc)
+                continue
+            results.append(decision)
+            if Change.of(serial, decision) is not None:
+                jobs.append((len(results) - 1, _Job(serial, decide, current)))
+        errors = self._commits.submit_many([job for _, job in jobs])
+        for (index, job), error in zip(jobs, errors):
+            results[index] = job.decision if error is None else error  # type: ignore[assignment]
+        return results
+
     def snapshot(self) -> Snapshot:
         current = self._current()
         statuses, unclaimed = self.db.everything()
