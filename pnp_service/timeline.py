@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS timeline (
     address TEXT NOT NULL DEFAULT '',
     step TEXT NOT NULL DEFAULT '',
     state TEXT NOT NULL DEFAULT '',
-    detail TEXT NOT NULL DEFAULT ''
+    detail TEXT NOT NULL DEFAULT '',
+    repeats INTEGER NOT NULL DEFAULT 1,
+    last_at TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS timeline_serial ON timeline (serial, seq);
 CREATE INDEX IF NOT EXISTS timeline_at ON timeline (at);
@@ -59,10 +61,18 @@ class Entry:
     step: str = ""
     state: str = ""
     detail: str = ""
+    #: How many times in a row it happened, and when last (None: once).
+    repeats: int = 1
+    last_at: dt.datetime | None = None
 
-    def as_dict(self) -> dict[str, str]:
+    def same_as(self, other: "Entry") -> bool:
+        return (self.event, self.address, self.step, self.state, self.detail) == \
+            (other.event, other.address, other.step, other.state, other.detail)
+
+    def as_dict(self) -> dict[str, str | int]:
         return {"at": model.format_time(self.at), "event": self.event, "address": self.address, "step": self.step,
-                "state": self.state, "detail": self.detail}
+                "state": self.state, "detail": self.detail, "repeats": self.repeats,
+                "last-at": model.format_time(self.last_at)}
 
 
 def default_path(state_path: str) -> str:
@@ -107,9 +117,19 @@ class TimelineDb:
         connection = self._connection()
         with connection:
             for serial, listed in entries.items():
-                connection.executemany(
-                    "INSERT INTO timeline (serial, at, event, address, step, state, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(serial, model.format_time(e.at), e.event, e.address, e.step, e.state, e.detail) for e in listed])
+                row = connection.execute("SELECT seq, event, address, step, state, detail FROM timeline WHERE serial = ? "
+                                         "ORDER BY seq DESC LIMIT 1", (serial,)).fetchone()
+                last = (row[0], Entry(dt.datetime.min, *row[1:])) if row else None
+                for entry in listed:
+                    if last is not None and entry.same_as(last[1]):
+                        connection.execute("UPDATE timeline SET repeats = repeats + 1, last_at = ? WHERE seq = ?",
+                                           (model.format_time(entry.at), last[0]))
+                        continue
+                    cursor = connection.execute(
+                        "INSERT INTO timeline (serial, at, event, address, step, state, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (serial, model.format_time(entry.at), entry.event, entry.address, entry.step, entry.state,
+                         entry.detail))
+                    last = (cursor.lastrowid or 0, entry)
                 connection.execute(
                     "DELETE FROM timeline WHERE serial = ? AND seq <= (SELECT seq FROM timeline WHERE serial = ? "
                     "ORDER BY seq DESC LIMIT 1 OFFSET ?)", (serial, serial, PER_DEVICE))
@@ -124,9 +144,11 @@ class TimelineDb:
         if self.read_only and not os.path.exists(self.path):
             return []
         rows = self._connection().execute(
-            "SELECT at, event, address, step, state, detail FROM timeline WHERE serial = ? ORDER BY seq", (serial,))
-        return [Entry(model.parse_time(at) or dt.datetime.min, event, address, step, state, detail)
-                for at, event, address, step, state, detail in rows]
+            "SELECT at, event, address, step, state, detail, repeats, last_at FROM timeline WHERE serial = ? ORDER BY seq",
+            (serial,))
+        return [Entry(model.parse_time(at) or dt.datetime.min, event, address, step, state, detail, repeats,
+                      model.parse_time(last_at))
+                for at, event, address, step, state, detail, repeats, last_at in rows]
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -172,5 +194,6 @@ def text(serial: str, entries: Iterable[Entry]) -> str:
         fields += [f"{name}={value}" for name, value in (("step", entry.step), ("state", entry.state),
                                                           ("address", entry.address)) if value]
         line = "  ".join(fields)
-        lines.append(f"{line}  {entry.detail}".rstrip())
+        again = f" ({entry.repeats} times, last at {model.format_time(entry.last_at)})" if entry.repeats > 1 else ""
+        lines.append(f"{line}  {entry.detail}{again}".rstrip())
     return "\n".join(lines) if lines else f"(no timeline entries for {serial})"

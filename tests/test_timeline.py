@@ -3,6 +3,7 @@ leaves in it, and ``pnp-service status SERIAL``."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import threading
@@ -34,6 +35,49 @@ def test_a_device_keeps_its_newest_entries_and_none_older_than_the_limit(tmp_pat
     reader = TimelineDb(str(tmp_path / "t.db"), read_only=True)
     assert [e.detail for e in reader.of("BUSY")] == [e.detail for e in kept]
     assert TimelineDb(str(tmp_path / "absent.db"), read_only=True).of("X") == []
+
+
+def test_an_entry_that_repeats_the_last_one_is_counted_on_it_not_added(tmp_path):
+    db = TimelineDb(str(tmp_path / "t.db"))
+    same = [Entry(T0 + dt.timedelta(seconds=n), "refused-claim", "192.0.2.66", "", "planned", "not the declared PID")
+            for n in range(5)]
+    db.add({"SN1": same[:2]})
+    db.add({"SN1": same[2:] + [entry(10), same[0]]})
+    told = db.of("SN1")
+    assert [(e.event, e.repeats) for e in told] == [("refused-claim", 5), ("request", 1), ("refused-claim", 1)]
+    assert told[0].at == T0 and told[0].last_at == T0 + dt.timedelta(seconds=4)
+    other_address = dataclasses.replace(same[0], address="192.0.2.67")
+    db.add({"SN1": [other_address]})
+    assert len(db.of("SN1")) == 4  # another address is another entry
+
+
+def listening(tmp_path, declaration: str):
+    """A listener (no HTTP) over one declaration, its timeline in tmp_path: (store, clock, listener, timeline)."""
+    path = tmp_path / "ds.xml"
+    path.write_text(datastore_xml(declaration))
+    store = open_store(str(path))
+    clock = FakeClock()
+    timeline = TimelineWriter(TimelineDb(str(tmp_path / "t.db")))
+    return store, clock, Listener(store, ListenerSettings(secret=SECRET), clock=clock, timeline=timeline), timeline
+
+
+def test_a_stranger_claiming_a_declared_serial_again_and_again_cannot_push_its_history_out(tmp_path):
+    from pnp_service import protocol
+    from pnp_service.simulator import messages
+
+    store, clock, listener, timeline = listening(
+        tmp_path, "<serial>SN1</serial><pid>C9300-24P</pid><hostname>h</hostname><config><template>x</template></config>")
+    genuine = protocol.Udi("C9300-24P", "V01", "SN1")
+    listener.work_request(messages.work_request(genuine, "g1"), "192.0.2.1", "http://pnp.invalid/")  # its history
+    rogue = protocol.Udi("C9500-24Y4C", "V01", "SN1")
+    for n in range(PER_DEVICE + 50):
+        listener.work_request(messages.work_request(rogue, f"r{n}"), "192.0.2.66", "http://pnp.invalid/")
+        clock.advance(1)
+    assert listener.close()
+    told = timeline.db.of("SN1")
+    assert told[0].event == "request" and told[0].step == "device-info"
+    assert len(told) <= 3 and {e.event for e in told[1:]} == {"refused-claim"}, told
+    store.close()
 
 
 def test_the_writer_never_makes_the_listener_wait_and_drops_what_does_not_fit(tmp_path):
@@ -123,14 +167,9 @@ def test_status_of_a_serial_nobody_knows_says_so(tmp_path):
 
 
 def test_a_planning_error_is_told_once_not_at_every_poll(tmp_path):
-    path = tmp_path / "ds.xml"
-    path.write_text(datastore_xml("<serial>SN1</serial><hostname>h</hostname>"
-                                  "<config><template>hostname {{ undefined_variable }}</template></config>"))
-    store = open_store(str(path))
-    clock = FakeClock()
-    settings = ListenerSettings(secret=SECRET)
-    timeline = TimelineWriter(TimelineDb(str(tmp_path / "t.db")))
-    listener = Listener(store, settings, clock=clock, timeline=timeline)
+    store, clock, listener, timeline = listening(
+        tmp_path, "<serial>SN1</serial><hostname>h</hostname>"
+                  "<config><template>hostname {{ undefined_variable }}</template></config>")
     from pnp_service import protocol
     from pnp_service.simulator import messages
 

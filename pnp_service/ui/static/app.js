@@ -104,7 +104,7 @@ function drawDevice(data) {
     cell(tr, e.step);
     cell(tr, e.state);
     cell(tr, e.address);
-    cell(tr, e.detail);
+    cell(tr, e.detail + (e.repeats > 1 ? " (" + e.repeats + " times, last at " + e["last-at"] + ")" : ""));
   });
 }
 
