@@ -34,15 +34,22 @@ IMAGE = dict(image_version="17.9.4a", image_url="http://images.invalid/cat9k.17.
 # --------------------------------------------------------------------------- every waiting phase has a deadline
 
 
-def test_a_lost_install_answer_ends_in_a_retry_at_the_reload_deadline_not_a_week_of_device_info():
+def install_answer_lost() -> Device:
+    """A device sent its image-install, whose answer was lost: its next poll (no reload reason, still the old
+    image) got the verify's device-info, not yet answered."""
     device = Device(declared(**IMAGE), Settings(max_attempts=2))
     device.poll()
     device.answer_device_info(version="17.3.1")
     _, message = device.poll()
     assert message.service == "image-install"
     device.wait(5)
-    _, message = device.poll()  # the install's answer was lost: no reload reason, still the old image
+    _, message = device.poll()
     assert message.service == "device-info" and device.status.phase == "verify"
+    return device
+
+
+def test_a_lost_install_answer_ends_in_a_retry_at_the_reload_deadline_not_a_week_of_device_info():
+    device = install_answer_lost()
     device.answer_device_info(version="17.3.1")
     asked = 1
     for _ in range(200):  # a week of polls every hour at most
@@ -58,14 +65,7 @@ def test_a_lost_install_answer_ends_in_a_retry_at_the_reload_deadline_not_a_week
 
 
 def test_after_a_lost_install_answer_the_old_version_waits_out_the_reload_wait_before_an_attempt_counts():
-    device = Device(declared(**IMAGE), Settings(max_attempts=2))
-    device.poll()
-    device.answer_device_info(version="17.3.1")
-    _, message = device.poll()
-    assert message.service == "image-install"
-    device.wait(5)
-    _, message = device.poll()  # the install's answer was lost: the verify's device-info
-    assert message.service == "device-info" and device.status.phase == "verify"
+    device = install_answer_lost()
     device.wait(30)
     device.answer_device_info(version="17.3.1")  # still the old image, 35 s into a 600 s reload wait
     assert device.status.attempts == 0 and device.status.phase == "verify" and device.status.state == "onboarding"

@@ -54,11 +54,12 @@ def lab(tmp_path):
 
 def test_the_rollout_counts_filters_and_searches(lab):
     store, timeline, path = lab
-    page = create_ui(store, timeline, claim="pnp-service claim {serial} --datastore ds.xml").test_client()
+    page = create_ui(store, timeline, claim="pnp-service claim {serial} --datastore {site}.xml").test_client()
     told = page.get("/api/rollout").json
     assert told["totals"] == {"declared": 5, "by_state": {"provisioned": 2, "planned": 3}, "unclaimed": 1, "removed": 0}
     assert told["progress"] == pytest.approx(0.4) and told["matched"] == 5
-    assert told["unclaimed"][0]["claim"] == "pnp-service claim STRANGER9 --datastore ds.xml"
+    # Only {serial} is filled in: a path with braces of its own stays as the operator wrote it.
+    assert told["unclaimed"][0]["claim"] == "pnp-service claim STRANGER9 --datastore {site}.xml"
     provisioned = page.get("/api/rollout?state=provisioned").json
     assert sorted(d["serial"] for d in provisioned["devices"]) == ["FOC2500X000", "FOC2500X001"]
     assert [d["serial"] for d in page.get("/api/rollout?q=ACC-03").json["devices"]] == ["FOC2500X003"]

@@ -113,28 +113,30 @@ def ui_address(text: str) -> tuple[str, int]:
 
 
 def _ui_token(args: argparse.Namespace) -> str:
-    """The roll-out page's token; refused: a page others can reach without one, or on the PnP port."""
+    """The roll-out page's token ("" without one); refused: a page others can reach without one, or on the PnP port."""
     host, port = args.ui
     if args.dev:
         raise UsageError("--ui needs serve's own server (not --dev)")
     if port == args.port:
         raise UsageError(f"--ui {port} is the PnP port: the roll-out page needs a port of its own")
+    token = _read_ui_token(args.ui_token_file) if args.ui_token_file else ""
     loopback = host in ("localhost", "::1") or host.startswith("127.")
-    if not args.ui_token_file:
-        if not loopback:
-            raise UsageError(f"--ui {host}:{port} is reachable from other hosts: give --ui-token-file FILE (a secret "
-                             "of 16 characters or more), or bind the page to 127.0.0.1")
-        _check_port_free(host, port)
-        return ""
+    if not token and not loopback:
+        raise UsageError(f"--ui {host}:{port} is reachable from other hosts: give --ui-token-file FILE (a secret "
+                         "of 16 characters or more), or bind the page to 127.0.0.1")
+    _check_port_free(host, port)
+    return token
+
+
+def _read_ui_token(path: str) -> str:
     try:
-        with open(args.ui_token_file, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             token = handle.read().strip()
     except OSError as exc:
-        raise UsageError(f"--ui-token-file {args.ui_token_file}: {exc.strerror}") from None
+        raise UsageError(f"--ui-token-file {path}: {exc.strerror}") from None
     if len(token) < 16:
-        raise UsageError(f"--ui-token-file {args.ui_token_file}: the token must be 16 characters or more")
-    warn_if_readable(args.ui_token_file, "the roll-out page's token")
-    _check_port_free(host, port)
+        raise UsageError(f"--ui-token-file {path}: the token must be 16 characters or more")
+    warn_if_readable(path, "the roll-out page's token")
     return token
 
 

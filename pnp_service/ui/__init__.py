@@ -83,7 +83,7 @@ def rollout(snapshot: Snapshot, state: str = "", query: str = "", limit: int = 5
                                        for field in ("serial", "hostname", "pid", "address", "last-error")))]
     unclaimed = [{"serial": entry.serial, "pid": entry.pid, "hostname": entry.hostname, "address": entry.address,
                   "last-seen": model.format_time(entry.last_seen),
-                  "claim": claim.format(serial=entry.serial)} for entry in snapshot.unclaimed[:UNCLAIMED_SHOWN]]
+                  "claim": claim.replace("{serial}", entry.serial)} for entry in snapshot.unclaimed[:UNCLAIMED_SHOWN]]
     return {
         "totals": {"declared": len(declared), "by_state": by_state, "unclaimed": len(snapshot.unclaimed),
                    "removed": len(rows) - len(declared)},
@@ -159,7 +159,7 @@ def create_ui(store: Store, timeline: TimelineDb | None = None, token: str = "",
         shown = device_row(record, snapshot.declarations_known) if record is not None else {
             "serial": serial, "state": "unclaimed" if stranger is not None else "unknown"}
         return jsonify({"device": shown, "timeline": [entry.as_dict() for entry in entries],
-                        "claim": claim.format(serial=serial) if record is None and stranger is not None else ""})
+                        "claim": claim.replace("{serial}", serial) if record is None and stranger is not None else ""})
 
     return app
 
