@@ -519,3 +519,98 @@ def unchecked(status: Status, **fields: object) -> Status:
     for name, value in fields.items():
         object.__setattr__(status, name, value)
     return status
+
+
+# --------------------------------------------------------------------------- write-through: several listeners
+
+
+def flushing(store: ClixonStore) -> ClixonStore:
+    """Run the store's flusher (the only background thread write-through needs) until the store closes."""
+    thread = threading.Thread(target=store._flush_loop, daemon=True)
+    thread.start()
+    store._threads.append(thread)
+    return store
+
+
+def test_write_through_answers_only_once_running_has_the_status(open_store, controller):
+    store = flushing(open_store(write_through=True))
+    store.update("SN1", change(status=Status(state="onboarding", step="device-info", correlator="c1")))
+    assert controller.status("SN1").correlator == "c1"  # committed before update returned, not by a later flush
+    assert store.pending_writes() == 0
+    store.close()
+
+
+def test_write_through_reads_the_device_from_the_controller_before_deciding(open_store, controller):
+    first, second = open_store(write_through=True), open_store(write_through=True)
+    flushing(first)
+    first.update("SN1", change(status=Status(state="onboarding", step="device-info", correlator="c1")))
+    seen = []
+    second.update("SN1", lambda record: seen.append(record.status) or Decision(b"", Event.REQUEST))
+    assert seen[0] is not None and seen[0].correlator == "c1"  # its copy predates it; the controller has it
+    first.close()
+
+
+def test_write_through_peeks_only_at_what_no_other_listener_moves(open_store, controller):
+    store = open_store(write_through=True)
+    assert store.peek("SN1") is None  # declared, on its way: read from the controller first
+    assert store.peek("NOBODY1") is not None  # a stranger's poll stays on the quick path
+    plain = open_store()
+    assert plain.peek("SN1") is not None
+
+
+def test_write_through_answers_within_its_deadline_when_the_controller_cannot_commit(open_store, controller, caplog):
+    store = flushing(open_store(write_through=True, write_through_seconds=0.3))
+    controller.candidate_modified = True  # an operator's uncommitted edits: every commit is refused as busy
+    with caplog.at_level(logging.WARNING):
+        for attempt in (1, 2):
+            store.update("SN1", change(status=Status(state="onboarding", attempts=attempt)))
+    assert controller.status("SN1") is None and store.load("SN1").status.attempts == 2  # kept in the journal
+    assert sum("answered before its status reached the controller" in r.getMessage() for r in caplog.records) == 1
+    controller.candidate_modified = False
+    store.close()
+    assert controller.status("SN1").attempts == 2
+
+
+@pytest.mark.parametrize("write_through", [True, False])
+def test_two_listeners_behind_a_balancer_that_alternates_every_message(controller, tmp_path, write_through):
+    """poll -> A, answer -> B, poll -> A ...: each listener sees the other's writes only through the controller.
+    With write-through the device provisions, each step sent once; without, it does not (the test can fail)."""
+    from balancer import RoundRobin
+    from conftest import SECRET
+    from fake_controller import declare
+    from pnp_service import httpserver
+    from pnp_service.app import create_app, served
+    from pnp_service.listener import ListenerSettings
+    from pnp_service.simulator import AgentSimulator, SimulatedDevice
+
+    declare(controller, "SN2", "sw2")
+    stores, servers = [], []
+    for name in ("a", "b"):
+        store = ClixonStore("/fake.sock", journal_path=str(tmp_path / name), session_factory=controller.session,
+                            start_threads=False, write_through=write_through)
+        stores.append(flushing(store))
+        servers.append(httpserver.start_in_thread(served(create_app(store, ListenerSettings(secret=SECRET)))))
+    balancer = RoundRobin([server.port for server in servers])
+    try:
+        simulator = AgentSimulator(balancer.url, time_scale=0, max_polls=12)
+        results = [simulator.run(SimulatedDevice(serial)) for serial in ("SN1", "SN2")]
+    finally:
+        balancer.close()
+        for server in servers:
+            server.stop()
+        for store in stores:
+            store.close()
+    if write_through:
+        assert [(r.outcome, [t.split(":")[0] for t in r.trace]) for r in results] == \
+            [("configured", ["device-info", "config-upgrade"])] * 2
+        assert min(balancer.sent.values()) >= 4  # both listeners took their share
+        assert controller.status("SN1").state == "provisioned" == controller.status("SN2").state
+    else:
+        assert any(r.outcome != "configured" or len(r.trace) > 2 for r in results), [(r.outcome, r.trace) for r in results]
+
+
+def test_answers_from_made_up_serials_leave_no_entry_behind(open_store, controller):
+    store = open_store()
+    for n in range(50):  # each asks the store to look again (an answer it cannot place)
+        store.update(f"NOBODY{n}", lambda record: Decision(b"", Event.REQUEST, recheck=True))
+    assert controller.gets > 1 and store._looked == {}

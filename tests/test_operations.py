@@ -131,6 +131,7 @@ def test_help_shows_the_real_defaults():
     (["agent", "--url", "http://127.0.0.1:9"], "give --device SERIAL[:PID]"),
     (["serve", "--port", "0"], "0 is not a port"),
     (["serve", "--workers", "0"], "must be at least 1"),
+    (["serve", "--write-through"], "--write-through is for --clixon-socket"),
     (["option43", "192.0.2.1:80"], "is not an IPv6 address"),
 ])
 def test_bad_flags_are_one_line_errors(args, message):

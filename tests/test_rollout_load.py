@@ -38,11 +38,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_serve(tmp_path, *extra: str, env: dict[str, str] | None = None,
-                log_name: str = "serve.log") -> tuple[subprocess.Popen, int, str]:
+def start_serve(tmp_path, *extra: str, env: dict[str, str] | None = None, log_name: str = "serve.log",
+                store: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int, str]:
+    """``serve`` on a free loopback port (``store``: its store options; default the embedded tmp_path/ds.xml)."""
     port = free_port()
     log = tmp_path / log_name
-    command = [sys.executable, "-m", "pnp_service.cli", "serve", "--datastore", str(tmp_path / "ds.xml"),
+    command = [sys.executable, "-m", "pnp_service.cli", "serve", *(store or ("--datastore", str(tmp_path / "ds.xml"))),
                "--host", "127.0.0.1", "--port", str(port), *extra]
     server = subprocess.Popen(command, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
                               env={**os.environ, "PYTHONPATH": REPO, **(env or {})})

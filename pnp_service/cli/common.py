@@ -91,7 +91,10 @@ def open_store(args: argparse.Namespace, *, read_only: bool = False, tolerate_in
         from ..stores.clixon import ClixonStore  # imports clixon-pyapi: only on demand
 
         journal = None if read_only else state_file(args, getattr(args, "journal", None), JOURNAL_NAME)
-        return ClixonStore(args.clixon_socket, journal_path=journal, read_only=read_only, unclaimed_policy=policy)
+        # Several workers of one listener share no memory: like several listeners, they read and write through.
+        write_through = bool(getattr(args, "write_through", False)) or getattr(args, "workers", 1) > 1
+        return ClixonStore(args.clixon_socket, journal_path=journal, read_only=read_only, unclaimed_policy=policy,
+                           write_through=write_through and not read_only)
     from ..stores.embedded import EmbeddedStore
 
     return EmbeddedStore(args.datastore, getattr(args, "state", None), read_only=read_only,

@@ -67,6 +67,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for path in filter(None, (args.tls_cert, args.tls_key)):
         if not os.path.isfile(path):
             raise UsageError(f"TLS file {path} not found")
+    if args.write_through and not args.clixon_socket:
+        raise UsageError("--write-through is for --clixon-socket: listeners on one embedded state database share it "
+                         "already (docs/operations.md, Several listeners)")
     if args.image_dir and not os.path.isdir(args.image_dir):
         raise UsageError(f"--image-dir {args.image_dir} is not a folder")
     policy = composition.sudi_policy(args)
@@ -85,6 +88,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheme = "https" if args.tls_cert else "http"
     logs.event(log, logging.INFO, "serving", version=__version__, store=where, url=f"{scheme}://{args.host}:{args.port}",
                workers=args.workers, threads=args.threads)
+    if args.clixon_socket and (args.write_through or args.workers > 1):
+        log.info("write-through: each device is read from the controller before a decision and its status committed "
+                 "before the answer, so any listener or worker can take its next message")
     if args.tls_cert:
         log.info("HTTPS with certificate %s; devices need DHCP option 43 with K5 (pnp-service option43 --https)", args.tls_cert)
     if args.dev:
@@ -218,6 +224,11 @@ def add_parsers(command) -> None:
     serve.add_argument("--journal", metavar="FILE",
                        help=f"with --clixon-socket: where writes wait while the controller is busy or down "
                        f"(default: {JOURNAL_NAME} in --state-dir)")
+    serve.add_argument("--write-through", action="store_true",
+                       help="with --clixon-socket: this listener is one of several that a load balancer may hand any "
+                       "message of a device; read each device from the controller before deciding and commit its "
+                       "status before answering (a controller round trip per step; on by itself with --workers > 1; "
+                       "docs/operations.md, Several listeners)")
     serve.add_argument("--max-attempts", type=positive, default=3, help="tries of a failing step before error (default: 3)")
     serve.add_argument("--retry-seconds", type=positive, default=30,
                        help="first retry backoff; doubles with each failure (default: 30)")

@@ -15,7 +15,18 @@ balancer).
 Writes (status, unclaimed devices) are appended to the journal and fsynced
 before the agent gets its answer (concurrent polls share one fsync), then
 committed by a background flusher with lock(candidate) -> edit-config ->
-commit -> unlock.  Three kinds of failure are told apart:
+commit -> unlock.
+
+Write-through (several listeners, or several workers, that a balancer may hand
+any message of one device): the device's record is read from the controller
+before each decision that may change it, and a status written is committed
+(with every other device's waiting writes: one transaction) before the device
+hears the answer.  So whichever listener takes the next message judges it on
+what the last one recorded: an answer to a request another listener sent, a
+poll after an answer another listener took.  Without it a listener's own
+writes reach running within a second and the others' at the next refresh.
+
+Three kinds of failure are told apart:
 
 * the controller is down, or busy (a transaction holds the candidate, another
   session has uncommitted edits our commit would publish): the batch waits in
@@ -36,6 +47,7 @@ import dataclasses
 import datetime as dt
 import heapq
 import logging
+import random
 import threading
 import time
 import zlib
@@ -61,6 +73,12 @@ _ALL = "/pnp:pnp | /ctrl:services/pnp:pnp-device"
 #: announces nothing), is seen at the device's next poll.  Such devices poll every 10 or 60 minutes.
 RELOOK_SECONDS = 30.0
 _RELOOKED_STATES = ("error", "provisioned")
+#: Write-through: how long an answer waits for its status to be committed.  Beyond it (the controller down or held
+#: by an operator's uncommitted edits) the answer goes out with the write in the journal, and a warning says so.
+WRITE_THROUGH_SECONDS = 15.0
+#: Another session's commit holds the candidate for milliseconds: tries, a short random pause apart, before a
+#: flush counts as failed and waits its backoff.
+_BUSY_TRIES = 8
 
 
 # --------------------------------------------------------------------------- the copy of running
@@ -203,13 +221,20 @@ class ClixonStore(StoreBase):
         session_factory: Callable[[str], Session] | None = None,
         start_threads: bool = True,
         unclaimed_policy: UnclaimedPolicy | None = None,
+        write_through: bool = False,
+        write_through_seconds: float = WRITE_THROUGH_SECONDS,
     ):
         self.sockpath = sockpath
+        self.write_through = write_through
+        self.write_through_seconds = write_through_seconds
+        self._committed = threading.Condition()  # notified after each flush: write-through answers wait on it
+        self._late_writes = 0  # write-through answers that went out before their commit (logged once per outage)
         self.unclaimed_policy = unclaimed_policy or UnclaimedPolicy()
         self._counters = {"unclaimed_dropped": 0, "unclaimed_expired": 0}
         self._forgotten = ForgottenLog(self.unclaimed_policy)
         self._expiry_checked: dt.datetime | None = None
         self._looked: dict[str, float] = {}  # serial -> when it was last looked up on its own (monotonic)
+        self._reload_error = ""
         self.refresh_seconds = refresh_seconds
         self.retry_max_seconds = retry_max_seconds
         self._session_factory = session_factory or Session
@@ -268,7 +293,14 @@ class ClixonStore(StoreBase):
 
     def peek(self, serial: str) -> DeviceRecord | None:
         record = self._record(serial)  # the copy of running and the pending writes: memory only
+        if self.write_through and self._shared(record):
+            return None  # another listener may have moved it since: read from the controller first
         return None if self._relook_due(record) else record
+
+    def _shared(self, record: DeviceRecord) -> bool:
+        """A declared device on its way (not settled in error or provisioned): any listener may have just moved it."""
+        status = record.status
+        return record.declaration is not None and (status is None or status.state not in _RELOOKED_STATES)
 
     def _relook_due(self, record: DeviceRecord) -> bool:
         status = record.status
@@ -304,14 +336,19 @@ class ClixonStore(StoreBase):
         """Bring one serial's record up to date (one round trip); quiet when the controller cannot answer."""
         if not model.is_serial(serial):
             return
-        self._looked[serial] = time.monotonic()
+        view = self._view
+        if serial in view.declarations or serial in view.status:  # a stranger's answer asks to look too: no entry
+            self._looked[serial] = time.monotonic()                # is kept per made-up serial
         generation = self._generation
         xpath = f"/pnp:pnp/pnp:device[pnp:serial='{serial}'] | /ctrl:services/pnp:pnp-device[pnp:serial='{serial}']"
         try:
             fresh = self._fetch(xpath)
         except StoreUnavailable as exc:
-            log.warning("cannot reload %s from the controller: %s", serial, exc)
+            if str(exc) != self._reload_error:  # once per outage, not once per poll
+                log.warning("cannot reload %s from the controller, deciding on the last copy: %s", serial, exc)
+            self._reload_error = str(exc)
             return
+        self._reload_error = ""
         with self._lock:
             view = self._view
             for table in ("declarations", "work", "status"):
@@ -332,11 +369,12 @@ class ClixonStore(StoreBase):
         target = self._target(serial)
         with self._serial_locks[zlib.crc32(target.encode()) % len(self._serial_locks)]:
             record = self._record(serial)
-            if self._relook_due(record):
+            looked = self._relook_due(record) or (self.write_through and record.declaration is not None)
+            if looked:
                 self._reload(record.serial)
                 record = self._record(serial)
             decision = decide(record)
-            if decision.recheck:
+            if decision.recheck and not looked:
                 self._reload(record.serial)
                 record = self._record(serial)
                 decision = decide(record)
@@ -353,8 +391,26 @@ class ClixonStore(StoreBase):
                 return decision
             room = self._make_room(change) if change.unclaimed is not None and record.unclaimed is None else []
             self._appends.submit([change, *room])  # fsynced (with other polls' changes) before the device hears
-        self._wake.set()
+            self._wake.set()
+            if self.write_through and (change.status is not None or change.member_of):
+                self._await_commit(change)  # under the serial's lock: its next message is decided after this
         return decision
+
+    def _await_commit(self, change: Change) -> None:
+        """Wait (up to ``write_through_seconds``) until the flusher has committed ``change`` to running."""
+        deadline = time.monotonic() + self.write_through_seconds
+        with self._committed:
+            while self._pending.get(change.serial) is change:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._late_writes += 1
+                    if self._late_writes == 1:
+                        log.warning("write-through: %s answered before its status reached the controller (%s); "
+                                    "it waits in the journal, and another listener may repeat a step until it is "
+                                    "committed", change.serial, self.last_error or "commit still running")
+                    return
+                self._committed.wait(left)
+        self._late_writes = 0
 
     def _stack_full(self, change: Change) -> bool:
         with self._lock:
@@ -478,6 +534,13 @@ class ClixonStore(StoreBase):
 
     def flush(self) -> bool:
         """Commit what is pending; True when nothing is left.  Raises nothing: failures are retried."""
+        try:
+            return self._flush()
+        finally:
+            with self._committed:
+                self._committed.notify_all()
+
+    def _flush(self) -> bool:
         with self._flush_lock:
             with self._lock:
                 batch = dict(self._pending)
@@ -527,12 +590,16 @@ class ClixonStore(StoreBase):
     def _commit(self, edit: str) -> None:
         if self._writer is None:
             self._writer = self._session_factory(self.sockpath)
-        try:
-            commit_edit(self._writer, edit)
-        except RpcError as exc:
-            if exc.rejects_data:
-                raise _Refused(str(exc)) from None
-            raise StoreUnavailable(f"controller busy: {exc}" if exc.busy else str(exc)) from None
+        for attempt in range(_BUSY_TRIES):
+            try:
+                commit_edit(self._writer, edit)
+                return
+            except RpcError as exc:
+                if exc.rejects_data:
+                    raise _Refused(str(exc)) from None
+                if not exc.busy or attempt == _BUSY_TRIES - 1:
+                    raise StoreUnavailable(f"controller busy: {exc}" if exc.busy else str(exc)) from None
+            time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # another listener's commit, most likely
 
     def _drop_writer(self) -> None:
         if self._writer is not None:
