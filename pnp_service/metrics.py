@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import httpserver, views
 from .downloads import TransferGate
+from .model import Handoff
 from .stores.base import Store
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -71,6 +72,8 @@ class Metrics:
         self.writes = Histogram("pnp_store_write_seconds", "Time to make a decision's change durable", registry=self.registry,
                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.devices = Gauge("pnp_devices", "Declared devices by state, and unclaimed ones", ["state"], registry=self.registry)
+        self.handoffs = Gauge("pnp_handoffs", "Provisioned devices by hand-off state (pending, managed, failed)",
+                              ["state"], registry=self.registry)
         self.pending = Gauge("pnp_journal_pending", "Writes waiting in the journal for the controller", registry=self.registry)
         self.registry.register(_ScrapeTime(store, transfers))
         self._snapshot_seconds = snapshot_seconds
@@ -88,6 +91,11 @@ class Metrics:
             self.devices.clear()
             for state, count in states.items():
                 self.devices.labels(state).set(count)
+            handoffs: Counter[str] = Counter(str(record.status.handoff.state) for record in snapshot.devices
+                                             if record.status is not None and record.status.handoff.state)
+            self.handoffs.clear()
+            for state in (Handoff.PENDING, Handoff.MANAGED, Handoff.FAILED):
+                self.handoffs.labels(str(state)).set(handoffs[str(state)])
             self.pending.set(self.store.pending_writes())
             self._snapshot_at = time.monotonic()
 

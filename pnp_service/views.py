@@ -33,6 +33,7 @@ class Shown(enum.StrEnum):
 
     PROVISIONED = State.PROVISIONED.value
     ONBOARDING = State.ONBOARDING.value
+    PENDING = "pending"  # its declaration changed since the device got it: served again from the first step
     PLANNED = State.PLANNED.value
     ERROR = State.ERROR.value
     PLANNING_ERROR = "planning-error"  # declared, its template does not render: served nothing until fixed
@@ -51,11 +52,13 @@ def shown_state(record: DeviceRecord, declarations_known: bool = True) -> Shown:
     if record.work is None and record.planning_error:
         return Shown.PLANNING_ERROR
     if record.status is not None:
+        if record.work is not None and record.status.revision and record.status.revision != record.work.revision:
+            return Shown.PENDING  # a provisioned (or failed) device reads so only for what it has got
         return Shown(record.status.state.value)
     return Shown.PLANNED if record.work is not None else Shown.DECLARED
 
 
-COLUMNS = ("serial", "state", "hostname", "pid", "step", "attempts", "last-contact", "address", "last-error")
+COLUMNS = ("serial", "state", "hostname", "pid", "step", "attempts", "handoff", "last-contact", "address", "last-error")
 
 
 def row(record: DeviceRecord, declarations_known: bool = True) -> dict[str, str]:
@@ -71,8 +74,17 @@ def row(record: DeviceRecord, declarations_known: bool = True) -> dict[str, str]
         error = f"{status.error.code}: {status.error.message}" if status.error.code or status.error.message else ""
         shown.update({"step": status.step + (f" ({status.phase})" if status.phase else ""),
                       "attempts": str(status.attempts), "last-contact": format_time(status.last_contact),
-                      "address": status.address, "last-error": shown["last-error"] or error})
+                      "address": status.address, "last-error": shown["last-error"] or error,
+                      "handoff": handoff_text(status)})
     return shown
+
+
+def handoff_text(status: model.Status) -> str:
+    """``managed``, ``pending``, ``failed: <the controller's message>``; "" for a device not handed off."""
+    handoff = status.handoff
+    if not handoff.state:
+        return ""
+    return str(handoff.state) + (f": {handoff.message}" if handoff.message and handoff.state == model.Handoff.FAILED else "")
 
 
 def _unclaimed_row(entry: model.Unclaimed) -> dict[str, str]:
@@ -114,8 +126,8 @@ def device(snapshot: Snapshot, serial: str, entries: list[Entry], form: str = "t
     shown = row(record, snapshot.declarations_known) if record is not None else (
         _unclaimed_row(stranger) if stranger is not None else dict.fromkeys(COLUMNS, "") | {"serial": serial})
     status = record.status if record is not None else None
-    if status is not None and status.handoff.state:
-        shown["handoff"] = str(status.handoff.state) + (f": {status.handoff.message}" if status.handoff.message else "")
+    if status is not None and status.handoff.message and not shown["handoff"].endswith(status.handoff.message):
+        shown["handoff"] += f": {status.handoff.message}"  # the whole story on the device's own page
     if form == "json":
         return json.dumps({"device": shown, "timeline": [entry.as_dict() for entry in entries]}, indent=2,
                           ensure_ascii=False)

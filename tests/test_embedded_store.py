@@ -309,3 +309,35 @@ def test_refresh_reads_an_edit_at_once_whatever_the_check_interval(tmp_path):
     assert [d.serial for d in store.snapshot().devices] == ["SN1"]  # not looked at yet: checked a moment ago
     store.refresh()
     assert [d.serial for d in store.snapshot().devices] == ["SN1", "SN3"]
+
+
+def test_a_changed_declaration_reads_pending_until_the_device_has_it(tmp_path):
+    from pnp_service import views
+
+    path = declare(tmp_path, DEVICE)
+    store = open_store(path)
+    revision = store.load("SN1").work.revision
+    store.update("SN1", change(status=Status(state="provisioned", revision=revision)))
+    assert views.shown_state(store.load("SN1")) == "provisioned"
+    write(path, datastore_xml(DEVICE.replace("sw1", "sw1-renamed")))
+    record = store.load("SN1")
+    assert record.work.revision != revision and views.shown_state(record) == "pending"
+    assert views.totals(store.snapshot()).startswith("1 declared: 1 pending;")
+    store.update("SN1", change(status=Status(state="provisioned", revision=record.work.revision)))
+    assert views.shown_state(store.load("SN1")) == "provisioned"
+
+
+def test_the_hand_off_is_a_column_of_the_status_table_and_a_metric(tmp_path):
+    from pnp_service import views
+    from pnp_service.metrics import Metrics
+    from pnp_service.model import HandoffProgress
+
+    path = declare(tmp_path, DEVICE)
+    store = open_store(path)
+    failed = HandoffProgress(state="failed", message="connection refused by 192.0.2.1:830")
+    store.update("SN1", change(status=Status(state="provisioned", revision=store.load("SN1").work.revision,
+                                             handoff=failed)))
+    assert views.row(store.load("SN1"))["handoff"] == "failed: connection refused by 192.0.2.1:830"
+    assert "HANDOFF" in views.table(store.snapshot()).splitlines()[0]
+    text = Metrics(store, snapshot_seconds=0).render().decode()
+    assert 'pnp_handoffs{state="failed"} 1.0' in text and 'pnp_handoffs{state="managed"} 0.0' in text
