@@ -6,7 +6,7 @@
 #   sudo ./install.sh --controller --python /usr/bin/python3
 #                                controller mode: the package into the Python that runs clixon_server.py,
 #                                the YANG into the controller's main YANG dir, the service module into
-#                                the pyapi modules path
+#                                the pyapi modules path, the CLI commands (show pnp...) into its clispec dir
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,6 +17,7 @@ controller=0
 controller_config=/usr/local/etc/clixon/controller.xml
 yang_dir=""
 modules_dir=""
+clispec_dir=""
 config_dir=/usr/local/etc/pnp-service
 template_dir=/usr/local/share/pnp-service/templates
 datastore=pnp-datastore.xml
@@ -36,6 +37,7 @@ Options:
                       (default: $controller_config)
   --yang-dir DIR      controller main YANG dir (default: its CLICON_YANG_MAIN_DIR)
   --modules-dir DIR   clixon_server.py modules path (default: its CONTROLLER_PYAPI_MODULE_PATH)
+  --clispec-dir DIR   where the controller's CLI reads its commands (default: its CLICON_CLISPEC_DIR)
   --template-dir DIR  where the service module reads config template-file names (default: $template_dir)
   --config-dir DIR    where the controller's public SSH key is kept for templates (default: $config_dir)
   --controller-ssh-key FILE
@@ -55,6 +57,7 @@ while [ $# -gt 0 ]; do
     --controller-config) controller_config=$2; shift 2 ;;
     --yang-dir) yang_dir=$2; shift 2 ;;
     --modules-dir) modules_dir=$2; shift 2 ;;
+    --clispec-dir) clispec_dir=$2; shift 2 ;;
     --template-dir) template_dir=$2; shift 2 ;;
     --config-dir) config_dir=$2; shift 2 ;;
     --datastore) datastore=$2; shift 2 ;;
@@ -151,6 +154,11 @@ PY
   fi
   say "creating the template folder $template_dir (config template-file names are read from it)"
   install -d -m 0755 "$template_dir"
+  clispec_dir=${clispec_dir:-$(setting CLICON_CLISPEC_DIR)}
+  clispec_dir=${clispec_dir:-/usr/local/lib/controller/clispec}
+  say "installing the CLI commands (show pnp, pnp reset, pnp clear unclaimed) into $clispec_dir"
+  install -d "$clispec_dir"
+  install -m 0644 "$here"/clispec/pnp.cli "$clispec_dir/pnp.cli"
   say "installing the service module into $modules_dir"
   install -d "$modules_dir"
   module="$modules_dir/pnp_service_module.py"

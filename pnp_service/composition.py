@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from .handoff import HandoffWorker
+    from .summary import SummaryWriter
     from .listener import ListenerSettings
     from .model import Step
     from .sudi import Policy
@@ -53,6 +54,7 @@ def build_app(args: argparse.Namespace, settings: ListenerSettings) -> Flask:
     store = open_store(args)
     timeline = TimelineWriter(TimelineDb(timeline_file(args)))
     worker = handoff_worker(args, store, note=timeline.note)
+    summary_writer(args, store)
     listener = Listener(store, settings, on_provisioned=worker.notify if worker else None, timeline=timeline)
     return create_app(store, settings, listener=listener)
 
@@ -138,6 +140,23 @@ def handoff_worker(args: argparse.Namespace, store: Store,
     worker = HandoffWorker(store, action, note=note)
     worker.start()
     return worker
+
+
+def summary_writer(args: argparse.Namespace, store: Store) -> SummaryWriter | None:
+    """Under a controller: keep ``/pnp/summary`` (what ``show pnp`` shows in its CLI) in step with the store."""
+    if not args.clixon_socket:
+        return None
+    from .stores.clixon.netconf import RpcError, commit_edit, session
+    from .summary import SummaryWriter
+
+    def commit(edit: str) -> None:
+        with session(args.clixon_socket) as opened:
+            try:
+                commit_edit(opened, edit)  # the candidate lock first: an operator's uncommitted edits are never published
+            except RpcError as exc:
+                raise StoreError(f"the controller did not take it: {exc}") from None
+
+    return SummaryWriter(store.snapshot, commit).start()
 
 
 def https_bootstrap(args: argparse.Namespace) -> Step | None:

@@ -113,6 +113,12 @@ class FakeSession:
             for old in [m for m in pnp.iterfind(p("stack-member")) if m.findtext(p("serial")) == serial]:
                 pnp.remove(old)
             pnp.append(entry)
+        for entry in self.edit.iterfind(p("reset")):
+            serial = entry.findtext(p("serial"))
+            for old in [r for r in pnp.iterfind(p("reset")) if r.findtext(p("serial")) == serial]:
+                pnp.remove(old)
+            if entry.get(f"{{{NETCONF_NS}}}operation") != "remove":
+                pnp.append(entry)
         for entry in self.edit.iterfind(p("unclaimed")):
             serial = entry.findtext(p("serial"))
             for old in [u for u in pnp.iterfind(p("unclaimed")) if u.findtext(p("serial")) == serial]:

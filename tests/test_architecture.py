@@ -28,7 +28,7 @@ LAYERS = [
     {"machine", "provisioner", "sudi"},
     {"stores", "downloads", "handoff", "sightings", "behind", "timeline"},
     {"listener", "app", "serving", "httpserver", "cli", "composition", "views", "metrics", "service_module", "simulator", "clixon_module",
-     "discovery", "element_standin", "ui"},
+     "discovery", "element_standin", "ui", "summary"},
 ]
 WEB = {"flask", "werkzeug", "gunicorn", "h11"}
 WEB_EDGES = {"app", "serving", "httpserver", "cli", "composition", "ui"}

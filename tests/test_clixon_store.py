@@ -614,3 +614,55 @@ def test_answers_from_made_up_serials_leave_no_entry_behind(open_store, controll
     for n in range(50):  # each asks the store to look again (an answer it cannot place)
         store.update(f"NOBODY{n}", lambda record: Decision(b"", Event.REQUEST, recheck=True))
     assert controller.gets > 1 and store._looked == {}
+
+
+# --------------------------------------------------------------------------- resets made in the controller's CLI
+
+
+def cli_reset(controller, serial: str) -> None:
+    """What ``pnp reset SERIAL`` commits in clixon_cli: the status deleted, a reset request beside it."""
+    device = controller.device(serial)
+    for status in device.findall(p("status")):
+        device.remove(status)
+    request = etree.SubElement(controller.running.find(p("pnp")), p("reset"))
+    etree.SubElement(request, p("serial")).text = serial
+
+
+def reset_requests(controller) -> list[str]:
+    return [r.findtext(p("serial")) for r in controller.running.find(p("pnp")).iterfind(p("reset"))]
+
+
+def test_a_reset_made_in_the_cli_is_looked_at_once_and_no_older_write_undoes_it(open_store, controller):
+    store = open_store()
+    store.update("SN1", change(status=Status(state="error", step="config-upgrade")))
+    assert store.flush() is True
+    store.update("SN1", change(status=Status(state="error", step="config-upgrade", attempts=3)))  # still pending
+    cli_reset(controller, "SN1")
+    assert store.look_at_resets() == ["SN1"]
+    assert store.load("SN1").status is None and store.pending_writes() == 0
+    assert store.flush() is True and controller.status("SN1") is None  # nothing of ours brought it back
+    assert store.look_at_resets() == []  # looked at once, not at every read
+
+
+def test_the_devices_next_status_takes_the_reset_request_away(open_store, controller):
+    store = open_store()
+    cli_reset(controller, "SN1")
+    store.look_at_resets()
+    store.update("SN1", change(status=Status(state="onboarding", step="device-info", correlator="c1",
+                                             last_contact=dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc))))
+    assert store.flush() is True and reset_requests(controller) == []
+    store.look_at_resets()
+    cli_reset(controller, "SN1")  # a second reset later: new again
+    assert store.look_at_resets() == ["SN1"]
+
+
+def test_pnp_service_reset_is_seen_by_every_listener_at_once(controller, tmp_path):
+    listening = ClixonStore("/fake.sock", journal_path=str(tmp_path / "a"), session_factory=controller.session,
+                            start_threads=False)
+    listening.update("SN1", change(status=Status(state="provisioned")))
+    assert listening.flush() is True
+    command = ClixonStore("/fake.sock", journal_path=None, read_only=True, session_factory=controller.session,
+                          start_threads=False)
+    assert "starts over" in command.reset("SN1")
+    assert reset_requests(controller) == ["SN1"]
+    assert listening.look_at_resets() == ["SN1"] and listening.load("SN1").status is None

@@ -99,6 +99,8 @@ CONTROLLER: dict[tuple[str, str], str] = {
     ("docs/controller.md", "configure / apply services pnp-service:pnp-device FOC2001X0AB"): "controller: walkthrough",
     ("docs/controller.md", f"pnp-service reset --clixon-socket {SOCKET} FOC2001X0AB"): "controller: walkthrough",
     ("docs/controller.md", "configure / delete pnp device FOC2001X0AB status"): "controller: walkthrough",
+    ("docs/controller.md", "show pnp"): "controller: walkthrough",
+    ("docs/controller.md", "pnp reset FOC2001X0AB"): "controller: walkthrough",
     ("docs/controller.md", "configure / set services pnp-device FOC2001X0AB controller user netconf"):
         "controller: hand-off",
     ("docs/controller.md", f"pnp-service serve --clixon-socket {SOCKET} --known-hosts /root/.ssh/known_hosts"):

@@ -173,3 +173,55 @@ def test_a_stack_and_an_extra_step_declared_from_the_cli(box):
         assert "stack-check" in shown and "banner" in shown
     finally:
         forget("FOC2201X0T1")
+
+
+def shown_until(lines: list[str], *wanted: str, timeout: float = 20) -> str:
+    """Paste ``lines`` until their output has every ``wanted`` text (the listener writes the summary every 5 s)."""
+    deadline = time.time() + timeout
+    while True:
+        shown = paste(lines)
+        if all(text in shown for text in wanted) or time.time() > deadline:
+            assert all(text in shown for text in wanted), f"{wanted} not in:\n{shown}"
+            return shown
+        time.sleep(0.5)
+
+
+def test_show_pnp_and_pnp_reset_in_the_controllers_cli_as_written(box):
+    from pnp_service.simulator import AgentSimulator, SimulatedDevice
+
+    (serve,) = shell_block("docs/controller.md", f"pnp-service serve --clixon-socket {SOCKET} --port 80")
+    box.serve(serve)
+    paste(clixon_block("docs/controller.md", "configure / set services pnp-device FOC2001X0AB pid C9300-24P"))
+    paste(["configure"] + clixon_block("docs/controller.md",
+                                       "set services pnp-device FOC2001X0AB variable secret value change-me"))
+    show = clixon_block("docs/controller.md", "show pnp")
+    assert show[0] == "show pnp" and "Unknown command" not in paste(show)
+    shown_until(["show pnp"], "device FOC2001X0AB {", "state planned;", "hostname access-sw-01;")
+    play = AgentSimulator("http://127.0.0.1:80", time_scale=0)
+    assert play.run(SimulatedDevice(SERIAL, pid="C9300-24P")).outcome == "configured"
+    shown_until(["show pnp"], "provisioned 1;", "state provisioned;")
+    assert "state provisioned;" in paste([f"show pnp device {SERIAL}"])
+
+    reset = paste(clixon_block("docs/controller.md", "pnp reset FOC2001X0AB"))
+    assert "Unknown command" not in reset and "error" not in reset.lower(), reset
+    time.sleep(1.5)  # the listeners read /pnp/reset every second; a provisioned switch polls every hour
+    again = play.run(SimulatedDevice(SERIAL, pid="C9300-24P"))  # its next poll: from the first step
+    assert again.outcome == "configured" and again.trace[0].startswith("device-info"), again.trace
+
+    paste(["configure", f"set services pnp-device {SERIAL} hostname access-sw-99", "commit", "exit"])
+    shown_until(["show pnp"], "state pending;", "pending 1;", "hostname access-sw-99;")
+
+    # A hand-off that must not go through (the switch shows an SSH host key other than the one known_hosts pins
+    # for its address) reads failed in show pnp, with the reason.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    other_key = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                        serialization.PublicFormat.OpenSSH).decode()
+    declared = paste(clixon_block("docs/controller.md",
+                                  "configure / set services pnp-device FOC2001X0AB controller user netconf"))
+    assert "Failed" not in declared, declared
+    assert play.run(SimulatedDevice(SERIAL, pid="C9300-24P", ssh_host_key=other_key)).outcome == "configured"
+    shown = shown_until(["show pnp"], "handoff-failed 1;", 'handoff "failed: ')
+    assert "state provisioned;" in shown and "known_hosts" in shown, shown
+    paste(["configure", "delete devices device access-sw-01", "commit local", "exit"])

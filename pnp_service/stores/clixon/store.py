@@ -67,12 +67,15 @@ from .netconf import DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, c
 
 log = logging.getLogger(__name__)
 
-_ALL = "/pnp:pnp | /ctrl:services/pnp:pnp-device"
+#: What the copy holds: not /pnp/summary (a view written from the copy) nor /pnp/reset (read every second on its own).
+_ALL = "/pnp:pnp/pnp:device | /pnp:pnp/pnp:unclaimed | /pnp:pnp/pnp:stack-member | /ctrl:services/pnp:pnp-device"
 #: A device waiting for an operator (error) or done (provisioned) is looked up in the controller before it is
 #: answered, at most this often per device: a reset or an edit, by whatever path it came (a plain NETCONF commit
 #: announces nothing), is seen at the device's next poll.  Such devices poll every 10 or 60 minutes.
 RELOOK_SECONDS = 30.0
 _RELOOKED_STATES = ("error", "provisioned")
+#: How often ``/pnp/reset`` is read: a reset made in the controller's CLI takes effect at the device's next poll.
+RESETS_SECONDS = 1.0
 #: Write-through: how long an answer waits for its status to be committed.  Beyond it (the controller down or held
 #: by an operator's uncommitted edits) the answer goes out with the write in the journal, and a warning says so.
 WRITE_THROUGH_SECONDS = 15.0
@@ -177,6 +180,8 @@ def _edit_parts(change: Change, has_status: Callable[[str], bool]) -> list[str]:
         element = model.status_to_xml(change.status)
         element.set(f"{{{NETCONF_NS}}}operation", "replace")
         parts.append(f"<device>{serial}{etree.tostring(element, encoding='unicode')}</device>")
+        if change.status.last_contact is not None:  # the device took the reset (if any): its request goes
+            parts.append(f'<reset nc:operation="remove">{serial}</reset>')
     if change.unclaimed is not None:
         element = model.unclaimed_to_xml(change.unclaimed)
         element.set(f"{{{NETCONF_NS}}}operation", "replace")
@@ -235,6 +240,7 @@ class ClixonStore(StoreBase):
         self._expiry_checked: dt.datetime | None = None
         self._looked: dict[str, float] = {}  # serial -> when it was last looked up on its own (monotonic)
         self._reload_error = ""
+        self._resets_seen: set[str] = set()  # /pnp/reset entries already looked at
         self.refresh_seconds = refresh_seconds
         self.retry_max_seconds = retry_max_seconds
         self._session_factory = session_factory or Session
@@ -265,7 +271,7 @@ class ClixonStore(StoreBase):
         self._threads: list[threading.Thread] = []
         if start_threads and not read_only:
             loops = (("pnp-clixon-refresh", self._refresh_loop), ("pnp-clixon-flush", self._flush_loop),
-                     ("pnp-clixon-watch", self._watch_loop))
+                     ("pnp-clixon-watch", self._watch_loop), ("pnp-clixon-resets", self._resets_loop))
             for name, target in loops:
                 thread = threading.Thread(target=target, name=name, daemon=True)
                 thread.start()
@@ -360,6 +366,36 @@ class ClixonStore(StoreBase):
             for committed_at, change in self._recent:
                 if committed_at > generation and change.serial == serial:
                     view.apply(change)
+
+    def look_at_resets(self) -> list[str]:
+        """Read ``/pnp/reset`` (one small round trip) and look at once at each device reset since the last read:
+        its record from the controller, and no older write of ours left to undo the reset.  The serials looked at."""
+        with self._reader_lock:
+            try:
+                if self._reader is None:
+                    self._reader = self._session_factory(self.sockpath)
+                data = self._reader.get_config_raw("running", "/pnp:pnp/pnp:reset")
+            except StoreUnavailable:
+                if self._reader is not None:
+                    self._reader.close()
+                    self._reader = None
+                raise
+        requested = {serial for _, element in iterparse(data, tag=q("reset"))
+                     if model.is_serial(serial := model.child_text(element, "serial"))}
+        new = sorted(requested - self._resets_seen)
+        self._resets_seen = requested  # an entry goes with the device's next status: a later reset is new again
+        for serial in new:
+            self._drop_pending(serial)
+            self._reload(serial)
+            log.info("%s was reset in the controller: it starts over at its next poll", serial)
+        return new
+
+    def _drop_pending(self, serial: str) -> None:
+        """Forget a write of ours decided before a reset: committed later, it would undo the reset."""
+        with self._journal.lock:
+            with self._lock:
+                if self._pending.pop(serial, None) is not None:
+                    self._journal.rewrite(self._pending)
 
     # ------------------------------------------------------------------ deciding
 
@@ -503,7 +539,8 @@ class ClixonStore(StoreBase):
             raise UnknownSerial(f"{serial} is not declared under services pnp-device and has no status")
         if record.status is None:
             return f"{serial} has no status yet; nothing to reset"
-        edit = f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}"><device><serial>{serial}</serial><status nc:operation="remove"/></device></pnp>'
+        edit = (f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}"><device><serial>{serial}</serial>'
+                f'<status nc:operation="remove"/></device><reset><serial>{serial}</serial></reset></pnp>')
         session = self._session_factory(self.sockpath)
         try:
             for attempt in range(20):  # a listener's status commit holds the candidate for milliseconds
@@ -523,12 +560,10 @@ class ClixonStore(StoreBase):
             raise StoreUnavailable(f"the controller refused the reset: {exc}") from None
         finally:
             session.close()
-        with self._journal.lock:
-            with self._lock:
-                if self._pending.pop(serial, None) is not None:
-                    self._journal.rewrite(self._pending)
-                self._view.status.pop(serial, None)
-        return f"{serial}: status cleared; the device starts over at its next poll"
+        self._drop_pending(serial)
+        with self._lock:
+            self._view.status.pop(serial, None)
+        return f"{serial}: status cleared; the device starts over at its next poll (every listener looks at once)"
 
     # ------------------------------------------------------------------ writing
 
@@ -665,6 +700,13 @@ class ClixonStore(StoreBase):
                 self._stop.wait(delay)
             finally:
                 watcher.close()
+
+    def _resets_loop(self) -> None:
+        while not self._stop.wait(RESETS_SECONDS):
+            try:
+                self.look_at_resets()
+            except (StoreUnavailable, RpcError):
+                pass  # the controller is down: the refresh loop says so; resets are read when it is back
 
     def _flush_loop(self) -> None:
         delay = 0.5

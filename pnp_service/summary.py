@@ -1,0 +1,156 @@
+"""The summary ``show pnp`` reads in the controller's CLI: counts by state and a line of each device.
+
+Owns building ``/pnp/summary`` from a store snapshot, with the states the operator
+reads (:func:`pnp_service.views.shown_state`: ``pending`` for a declaration changed
+since its device got it, the hand-off beside ``provisioned``), and writing only what
+changed since the last write: the counts, the rows that changed (replaced), the
+rows that went (removed), in one commit, at most every ``every_seconds``.  The first
+write of a process replaces the whole summary, so rows left by an earlier run go.
+
+The controller's CLI has no callback that runs a program, and clixon-pyapi answers
+no RPCs: data the listener keeps in the tree, shown by the CLI's generic
+``cli_show_config``, is the controller's own way (docs/controller.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections import Counter
+from typing import Callable, Mapping
+
+from lxml import etree
+
+from . import views
+from .model import NETCONF_NS, PNP_NS, Handoff, format_time, q
+from .steps import advice
+from .stores.base import Snapshot, StoreError
+from .xmlsafe import visible
+
+log = logging.getLogger(__name__)
+
+#: A row's leaves, in the YANG's order.
+ROW = ("state", "hostname", "step", "handoff", "error")
+#: Counted states, in the YANG's order (``declared`` is their sum, ``unclaimed`` the strangers).
+COUNTED = ("planned", "onboarding", "pending", "provisioned", "error", "planning-error", "removed")
+#: A device-reported value is cut here: the summary is a view, the whole text is in ``show pnp device``.
+VALUE_MAX = 160
+
+Row = Mapping[str, str]
+
+
+def _cut(text: str) -> str:
+    text = visible(text)
+    return text if len(text) <= VALUE_MAX else text[:VALUE_MAX - 3] + "..."
+
+
+def rows(snapshot: Snapshot) -> dict[str, dict[str, str]]:
+    """serial -> its row (only the leaves with a value)."""
+    found = {}
+    for record in snapshot.devices:
+        shown = views.row(record, snapshot.declarations_known)
+        row = {"state": shown["state"], "hostname": shown["hostname"], "step": shown["step"],
+               "handoff": shown["handoff"]}
+        status = record.status
+        if status is not None and (status.error.code or status.error.message):
+            row["error"] = f"{shown['last-error']}; {advice(status.error.code, status.error.message)}" \
+                if status.error.code else shown["last-error"]
+        else:
+            row["error"] = shown["last-error"]
+        found[record.serial] = {name: _cut(value) for name, value in row.items() if value}
+    return found
+
+
+def counts(snapshot: Snapshot, by_serial: Mapping[str, Row]) -> dict[str, int]:
+    states = Counter(row.get("state", "") for row in by_serial.values())
+    handoffs = Counter(str(r.status.handoff.state) for r in snapshot.devices
+                       if r.status is not None and r.status.handoff.state)
+    counted = {state: states[state] for state in COUNTED}
+    declared = sum(count for state, count in counted.items() if state != "removed")
+    return {"declared": declared, **counted, "unclaimed": len(snapshot.unclaimed),
+            **{f"handoff-{state}": handoffs[str(state)] for state in (Handoff.PENDING, Handoff.MANAGED, Handoff.FAILED)}}
+
+
+def edit(counted: Mapping[str, int], changed: Mapping[str, Row], removed: list[str], updated: dt.datetime,
+         whole: bool) -> str:
+    """The edit-config body that writes the summary (``whole``: replaces it, rows of earlier runs included)."""
+    summary = etree.Element(q("summary"), nsmap={None: PNP_NS, "nc": NETCONF_NS})
+    if whole:
+        summary.set(f"{{{NETCONF_NS}}}operation", "replace")
+    etree.SubElement(summary, q("updated")).text = format_time(updated)
+    for name, value in counted.items():  # a count of nothing is left out, so show pnp reads short
+        if value or name in ("declared", "unclaimed"):
+            etree.SubElement(summary, q(name)).text = str(value)
+        elif not whole:
+            etree.SubElement(summary, q(name)).set(f"{{{NETCONF_NS}}}operation", "remove")  # quiet if absent
+    for serial, row in sorted(changed.items()):
+        device = etree.SubElement(summary, q("device"))
+        if not whole:
+            device.set(f"{{{NETCONF_NS}}}operation", "replace")
+        etree.SubElement(device, q("serial")).text = serial
+        for name in ROW:
+            if row.get(name):
+                etree.SubElement(device, q(name)).text = row[name]
+    for serial in sorted(removed):
+        device = etree.SubElement(summary, q("device"))
+        device.set(f"{{{NETCONF_NS}}}operation", "remove")
+        etree.SubElement(device, q("serial")).text = serial
+    pnp = etree.Element(q("pnp"), nsmap={None: PNP_NS, "nc": NETCONF_NS})
+    pnp.append(summary)
+    return etree.tostring(pnp, encoding="unicode")
+
+
+class SummaryWriter:
+    """Keeps ``/pnp/summary`` in step with a store, from a thread of its own (:meth:`start`).
+
+    ``commit(edit)`` makes one edit-config body durable in running (raising :class:`StoreError` when it cannot:
+    the controller down or busy; the same summary is tried again at the next turn)."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], commit: Callable[[str], None], every_seconds: float = 5.0,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+        self._snapshot, self._commit, self.every_seconds, self._clock = snapshot, commit, every_seconds, clock
+        self._written: dict[str, dict[str, str]] | None = None  # None: nothing written by this process yet
+        self._counted: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = ""
+
+    def write_once(self) -> bool:
+        """Write what changed since the last write; True when something was committed."""
+        snapshot = self._snapshot()
+        current = rows(snapshot)
+        counted = counts(snapshot, current)
+        whole = self._written is None
+        before = self._written or {}
+        changed = {serial: row for serial, row in current.items() if before.get(serial) != row}
+        removed = [serial for serial in before if serial not in current]
+        if not whole and not changed and not removed and counted == self._counted:
+            return False
+        try:
+            self._commit(edit(counted, current if whole else changed, [] if whole else removed, self._clock(), whole))
+        except StoreError as exc:
+            if str(exc) != self._failing:
+                log.warning("show pnp's summary not written (tried again in %g s): %s", self.every_seconds, exc)
+            self._failing = str(exc)
+            return False
+        self._failing = ""
+        self._written, self._counted = current, counted
+        return True
+
+    def start(self) -> SummaryWriter:
+        self._thread = threading.Thread(target=self._run, name="pnp-summary", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_seconds):
+            try:
+                self.write_once()
+            except Exception:  # noqa: BLE001 - a summary must never stop the listener; said, then tried again
+                log.exception("show pnp's summary could not be built")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
