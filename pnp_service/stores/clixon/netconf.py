@@ -77,11 +77,7 @@ def _pyapi_socket():
     """clixon-pyapi's socket functions, imported without letting it parse our command line, and without leaving
     anything in our environment for the processes we start (a restarted controller would inherit it, and its
     clixon_server.py would then ignore its own arguments)."""
-    if "clixon.sock" in sys.modules:
-        from clixon.sock import create_socket, read, send
-
-        return create_socket, send, read
-    added = "NO_CLIXON_ARGS" not in os.environ
+    added = "clixon.sock" not in sys.modules and "NO_CLIXON_ARGS" not in os.environ
     if added:
         os.environ["NO_CLIXON_ARGS"] = "1"
     try:
