@@ -48,6 +48,7 @@ class Poll(enum.Enum):
     NOT_PLANNED = "declared, its template does not render"
     REFUSED_CLAIM = "another PID, nothing proven"
     IN_ERROR = "in error"
+    HANDOFF_CHANGED = "provisioned; only its hand-off changed since"
     PROVISIONED = "provisioned"
     WAITING = "before its retry time"
     UNPROVABLE = "SUDI asked, no CA"
@@ -109,6 +110,8 @@ MOVES: dict[tuple[Stage, Poll | Answer], Move] = {
     **{(stage, Poll.REFUSED_CLAIM): _move("_poll_refused_claim", Reply.BACKOFF, stage) for stage in _DECLARED},
     (Stage.ERROR, Poll.IN_ERROR): _move("_poll_in_error", Reply.BACKOFF, Stage.ERROR),
     (Stage.PROVISIONED, Poll.PROVISIONED): _move("_poll_provisioned", Reply.BACKOFF, Stage.PROVISIONED),
+    # New work that differs from what it was provisioned with only in the hand-off: handed off again, not reloaded.
+    (Stage.PLANNED, Poll.HANDOFF_CHANGED): _move("_poll_handoff_changed", Reply.BACKOFF, Stage.PROVISIONED),
     (Stage.ONBOARDING, Poll.WAITING): _move("_poll_waiting", Reply.BACKOFF, Stage.ONBOARDING),
     (Stage.ONBOARDING, Poll.HELD_OFF): _move("_poll_held_off", Reply.BACKOFF, Stage.ONBOARDING),
     # A first poll of this work starts it (a status of this revision, onboarding), whatever the answer.

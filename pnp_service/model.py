@@ -153,6 +153,9 @@ class Work:
 
     revision: str
     steps: tuple[Step, ...]
+    #: The digest of the same plan without the hand-off (the ``controller`` container): equal for two revisions
+    #: that differ only in where the device is handed, so such a change redoes the hand-off, not the provisioning.
+    steps_revision: str = ""
 
     def index(self, step_id: str | None) -> int | None:
         for position, step in enumerate(self.steps):
@@ -285,6 +288,8 @@ class Status:
 
     state: State = State.PLANNED
     revision: str = ""
+    #: The work's ``steps_revision`` when this status began: what tells a hand-off-only change from a new plan.
+    steps_revision: str = ""
     step: str = ""
     phase: str = ""
     attempts: int = 0
@@ -654,6 +659,8 @@ def work_to_xml(serial: str, work: Work, *, creator: bool = True) -> etree._Elem
     if creator:
         work_element.set(qname(CLIXON_LIB_NS, "creator"), creator_tag(serial))
     _add(work_element, "revision", work.revision)
+    if work.steps_revision:
+        _add(work_element, "steps-revision", work.steps_revision)
     for step in work.steps:
         step_element = _add(work_element, "step")
         _add(step_element, "id", step.id)
@@ -681,7 +688,7 @@ def work_from_xml(element: etree._Element | None) -> Work | None:
         )
         for step in element.iterfind(q("step"))
     )
-    return Work(revision, steps)
+    return Work(revision, steps, child_text(element, "steps-revision"))
 
 
 # --------------------------------------------------------------------------- status
@@ -689,6 +696,7 @@ def work_from_xml(element: etree._Element | None) -> Work | None:
 _STATUS_LEAVES = (
     ("state", "state"),
     ("revision", "revision"),
+    ("steps-revision", "steps_revision"),
     ("step", "step"),
     ("phase", "phase"),
     ("correlator", "correlator"),

@@ -313,7 +313,8 @@ def plan(
     template = template_source(declaration, load_template)
     config = None if template is None else _render(declaration, template, "template", context)
     steps = tuple(_steps(declaration, config, context))
-    return Work(revision_of(declaration, template, steps), steps)
+    without_handoff = dataclasses.replace(declaration, handoff=None)
+    return Work(revision_of(declaration, template, steps), steps, revision_of(without_handoff, template, steps))
 
 
 __all__ = ["ExtraStep", "PlanningError", "plan", "render_config", "revision_of", "template_variables"]

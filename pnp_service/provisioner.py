@@ -58,7 +58,7 @@ from typing import Callable
 from . import protocol, sudi
 from .backoff import Backoff
 from .machine import VERDICTS, Answer, Poll, Stage, TransitionError, move, stage_of
-from .model import (DeviceFacts, DeviceRecord, HandoffProgress, State, Status, Step, Unclaimed, Work, format_time,
+from .model import (DeviceFacts, DeviceRecord, Handoff, HandoffProgress, State, Status, Step, Unclaimed, Work, format_time,
                     parse_time)
 from .steps import (Outcome, RequestContext, StepRegistry, StepType, UnknownStepType, Verdict, default_registry,
                     pid_mismatch)
@@ -81,6 +81,7 @@ class Event(enum.StrEnum):
     ERROR_BACKOFF = "error-backoff"
     PROVISIONED_BACKOFF = "provisioned-backoff"
     PROVISIONED = "provisioned"
+    HANDOFF_AGAIN = "handoff-again"
     BROKEN_WORK = "broken-work"
     ADVANCE = "advance"
     PHASE = "phase"
@@ -226,7 +227,7 @@ class Provisioner:
         """The work as this listener serves it: with the HTTPS bootstrap step first when it has one."""
         if work is None or not self._bootstrap:
             return work
-        return Work(work.revision, self._bootstrap + work.steps)
+        return Work(work.revision, self._bootstrap + work.steps, work.steps_revision)
 
     def on_work_request(self, record: DeviceRecord, request: protocol.WorkRequest, contact: Contact) -> Decision:
         envelope = protocol.Envelope(request.udi, request.correlator)
@@ -245,6 +246,9 @@ class Provisioner:
             return Poll.REFUSED_CLAIM
         if poll.status.state == State.ERROR:
             return Poll.IN_ERROR
+        if poll.status.state == State.PROVISIONED and poll.record.status is not None \
+                and poll.record.status.revision != poll.status.revision:  # _current kept it provisioned
+            return Poll.HANDOFF_CHANGED
         if poll.status.state == State.PROVISIONED:
             return Poll.PROVISIONED
         waiting = poll.status.retry_at is not None and poll.contact.now < poll.status.retry_at
@@ -350,16 +354,25 @@ class Provisioner:
         """
         status = record.status
         reloaded = contact.now if request.reloaded else None
+        if status is not None and status.revision != work.revision and status.state == State.PROVISIONED \
+                and status.steps_revision and status.steps_revision == work.steps_revision:
+            # Only the hand-off changed: the device keeps what it has and is handed off again.
+            moved = _provisioned(replace(status, revision=work.revision), contact.now, self._hands_off(record))
+            return _contacted(moved, contact, request), True
         if status is None or status.revision != work.revision:
             # What the device reported is still true of it; what it went through for older work is not.
             fresh = Status(
-                state=State.ONBOARDING, revision=work.revision, step=work.steps[0].id if work.steps else "",
+                state=State.ONBOARDING, revision=work.revision, steps_revision=work.steps_revision,
+                step=work.steps[0].id if work.steps else "",
                 started=contact.now, reloaded=reloaded, secure=contact.secure,
                 facts=status.facts if status is not None else DeviceFacts(),
             )
             return _contacted(fresh, contact, request), True
         if reloaded is not None:
             status = replace(status, reloaded=reloaded)
+        if work.steps_revision and status.steps_revision != work.steps_revision:
+            # Recorded by an older version (or before the work had it): written once, at this poll.
+            return _contacted(replace(status, steps_revision=work.steps_revision), contact, request), True
         recent = (
             status.last_contact is not None
             and (contact.now - status.last_contact).total_seconds() < self.settings.contact_refresh_seconds
@@ -457,6 +470,14 @@ class Provisioner:
     def _poll_provisioned(self, poll: _Poll) -> Decision:
         return self._backoff(poll, Event.PROVISIONED_BACKOFF, "provisioned", "already provisioned",
                              default_minutes=self.settings.provisioned_backoff_minutes)
+
+    def _poll_handoff_changed(self, poll: _Poll) -> Decision:
+        handed = " handed off again" if poll.status.handoff.state == Handoff.PENDING else ""
+        return Decision(
+            protocol.backoff(poll.envelope, "provisioned", default_minutes=self.settings.provisioned_backoff_minutes),
+            Event.HANDOFF_AGAIN, f"new work differs only in the hand-off: kept provisioned,{handed or ' nothing to do'}",
+            poll.status,
+        )
 
     def _poll_waiting(self, poll: _Poll) -> Decision:
         status, work = poll.status, poll.record.work

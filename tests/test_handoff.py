@@ -361,3 +361,66 @@ def test_a_device_name_is_an_xpath_literal_that_selects_only_that_device(name):
     root[0][0].text = name
     found = root.getroottree().xpath(_device_xpath(name), namespaces={"ctrl": CONTROLLER_NS})
     assert [d[0].text for d in found] == [name]
+
+
+def handed_to(controller: str, template: str = "hostname {{ hostname }}") -> str:
+    return datastore_xml(f"<serial>SN8</serial><pid>C9300-24P</pid><hostname>sw8</hostname><config><template>{template}"
+                         "</template><apply-to>running</apply-to><reload>false</reload></config>"
+                         f"<controller><name>{controller}</name></controller>")
+
+
+def test_a_change_only_to_the_hand_off_hands_the_device_off_again_and_does_not_provision_it_again(tmp_path):
+    path = tmp_path / "ds.xml"
+    path.write_text(handed_to("core-1"))
+    clock = FakeClock()
+    store = open_store(str(path))
+    running = RunningListener(store, clock, ListenerSettings(secret=SECRET))
+    play = AgentSimulator(running.url, sleep=clock.advance, max_polls=12)
+    try:
+        assert play.run(SimulatedDevice("SN8", ssh_host_key=HOST_KEY)).outcome == "configured"
+        first = store.load("SN8").status
+        assert first.state == "provisioned" and first.handoff.state == "pending" and first.steps_revision
+        store.update("SN8", lambda record: _managed(record))  # the worker handed it to core-1
+        path.write_text(handed_to("core-2"))  # the operator moves it to another controller entry
+        work = store.load("SN8").work
+        assert work.revision != first.revision and work.steps_revision == first.steps_revision
+        again = play.run(SimulatedDevice("SN8", ssh_host_key=HOST_KEY))
+        assert [entry.split(":")[0] for entry in again.trace] == ["backoff"], again.trace  # nothing sent: no reload
+        status = store.load("SN8").status
+        assert status.state == "provisioned" and status.revision == work.revision
+        assert status.handoff.state == "pending" and status.handoff.revision == work.revision  # handed off again
+        path.write_text(handed_to("core-2", "hostname {{ hostname }}\nbanner motd x"))  # a real change
+        changed = play.run(SimulatedDevice("SN8", ssh_host_key=HOST_KEY))
+        assert "config-upgrade" in [entry.split(":")[0] for entry in changed.trace]  # provisioned again
+    finally:
+        running.stop()
+
+
+def _managed(record: DeviceRecord):
+    from pnp_service.stores.base import StatusWrite
+
+    status = record.status
+    return StatusWrite(dataclasses.replace(status, handoff=dataclasses.replace(status.handoff, state="managed")))
+
+
+def test_a_status_recorded_before_steps_revisions_gets_one_at_its_next_poll(tmp_path):
+    path = tmp_path / "ds.xml"
+    path.write_text(handed_to("core-1"))
+    clock = FakeClock()
+    store = open_store(str(path))
+    work = store.load("SN8").work
+    older = Status(state="provisioned", revision=work.revision)  # what an older version recorded
+    store.update("SN8", lambda record: _status_write(older))
+    running = RunningListener(store, clock, ListenerSettings(secret=SECRET))
+    try:
+        AgentSimulator(running.url, sleep=clock.advance, max_polls=3).run(SimulatedDevice("SN8", ssh_host_key=HOST_KEY))
+    finally:
+        running.stop()
+    status = store.load("SN8").status
+    assert status.state == "provisioned" and status.steps_revision == work.steps_revision
+
+
+def _status_write(status):
+    from pnp_service.stores.base import StatusWrite
+
+    return StatusWrite(status)

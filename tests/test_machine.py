@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO
 from pnp_service import machine, protocol, provisioner, sudi
 from pnp_service.machine import MOVES, VERDICTS, Answer, Poll, Reply, Stage, TransitionError
-from pnp_service.model import Declaration, DeviceRecord, Step, Work
+from pnp_service.model import Declaration, DeviceRecord, HandOff, State, Status, Step, Work
 from pnp_service.planner import plan
 from pnp_service.provisioner import Contact, Provisioner, Settings
 from pnp_service.simulator import messages
@@ -92,6 +92,7 @@ def worlds(pki):
     plain = Declaration("SN1", PID, "sw1", "hostname {{ hostname }}\n", image_version="17.9.4",
                         image_url="http://images.invalid/cat9k.bin", image_md5="0" * 32, image_size=1000)
     secured = dataclasses.replace(plain, authentication="sudi")
+    moved = dataclasses.replace(plain, handoff=HandOff(name="sw1-new"))
     quick = Settings(max_attempts=2, retry_base_seconds=5, retry_max_seconds=20)
     return {
         "stranger": (DeviceRecord("SN1"), quick),
@@ -107,6 +108,10 @@ def worlds(pki):
         "plugin-done": (DeviceRecord("SN1", plain, Work("d" * 16, (Step("a", "already-done"),))), quick),
         "sudi-plugin-done": (DeviceRecord("SN1", secured, Work("d" * 16, (Step("a", "already-done"),))),
                              dataclasses.replace(quick, sudi=policy)),
+        # provisioned, then its declaration changed only where it is handed off
+        "handoff-changed": (DeviceRecord("SN1", moved, Work("a" * 16, plan(plain).steps, "b" * 16),
+                                         Status(state=State.PROVISIONED, revision="c" * 16, steps_revision="b" * 16)),
+                            quick),
     }
 
 
