@@ -102,6 +102,11 @@ class FakeSession:
                 raise RpcError(f"'{element.text}' does not match enumeration", "bad-element", "application")
         pnp = self.controller.running.find(p("pnp"))
         for device in self.edit.iterfind(p("device")):
+            if device.get(f"{{{NETCONF_NS}}}operation") == "remove":
+                found = self.controller.device(device.findtext(p("serial")))
+                if found is not None:
+                    pnp.remove(found)
+                continue
             target = self.controller.device(device.findtext(p("serial")), create=True)
             for old in target.findall(p("status")):
                 target.remove(old)

@@ -666,3 +666,54 @@ def test_pnp_service_reset_is_seen_by_every_listener_at_once(controller, tmp_pat
     assert "starts over" in command.reset("SN1")
     assert reset_requests(controller) == ["SN1"]
     assert listening.look_at_resets() == ["SN1"] and listening.load("SN1").status is None
+
+
+# --------------------------------------------------------------------------- entries nobody needs
+
+
+def undeclare(controller, serial: str) -> None:
+    """What the controller does when a declaration is deleted: the service's work goes, the entry stays."""
+    services = controller.running.find(f"{{{model.CONTROLLER_NS}}}services")
+    for declared in [d for d in services if d.findtext(p("serial")) == serial]:
+        services.remove(declared)
+    device = controller.device(serial)
+    for work in device.findall(p("work")):
+        device.remove(work)
+
+
+def test_a_declaration_deleted_before_its_device_called_in_leaves_no_empty_entry(open_store, controller):
+    from fake_controller import declare
+
+    declare(controller, "SN2", "sw2")
+    undeclare(controller, "SN2")
+    store = open_store()
+    assert store.sweep() == ["SN2"]
+    assert controller.device("SN2") is None and controller.device("SN1") is not None  # the declared one stays
+    assert store.sweep() == []
+
+
+def test_a_removed_row_goes_once_unseen_for_the_policys_days_and_not_before(open_store, controller):
+    from fake_controller import declare
+    from pnp_service.stores.base import UnclaimedPolicy
+
+    now = dt.datetime.now(dt.timezone.utc)
+    for serial, days in (("SN2", 8), ("SN3", 1)):
+        declare(controller, serial, serial.lower())
+        store = open_store(unclaimed_policy=UnclaimedPolicy(keep_days=7))
+        store.update(serial, change(status=Status(state="provisioned", last_contact=now - dt.timedelta(days=days))))
+        assert store.flush() is True
+        undeclare(controller, serial)
+    store = open_store(unclaimed_policy=UnclaimedPolicy(keep_days=7))
+    assert store.sweep() == ["SN2"]
+    assert controller.device("SN2") is None and controller.status("SN3").state == "provisioned"
+
+
+def test_an_entry_that_got_work_since_the_copy_was_read_is_never_swept(open_store, controller):
+    from fake_controller import declare
+
+    declare(controller, "SN2", "sw2")
+    undeclare(controller, "SN2")
+    store = open_store()  # its copy: SN2 empty
+    declare(controller, "SN2", "sw2")  # declared again meanwhile: the service module wrote work into it
+    controller.running.find(p("pnp")).remove(controller.device("SN2"))  # (declare() appends a second entry)
+    assert store.sweep() == [] and controller.device("SN2").find(p("work")) is not None

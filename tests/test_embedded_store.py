@@ -341,3 +341,21 @@ def test_the_hand_off_is_a_column_of_the_status_table_and_a_metric(tmp_path):
     assert "HANDOFF" in views.table(store.snapshot()).splitlines()[0]
     text = Metrics(store, snapshot_seconds=0).render().decode()
     assert 'pnp_handoffs{state="failed"} 1.0' in text and 'pnp_handoffs{state="managed"} 0.0' in text
+
+
+def test_a_removed_row_is_forgotten_once_its_device_is_unseen_for_the_policys_days(tmp_path):
+    import datetime as dt
+
+    from pnp_service import views
+
+    second = DEVICE.replace("SN1", "SN2")
+    path = declare(tmp_path, DEVICE, second)
+    store = open_store(path)
+    now = dt.datetime.now(dt.timezone.utc)
+    store.update("SN1", change(status=Status(state="provisioned", last_contact=now - dt.timedelta(days=8))))
+    store.update("SN2", change(status=Status(state="provisioned", last_contact=now - dt.timedelta(days=1))))
+    assert store.load("SN1").status is not None  # declared: kept however long unseen
+    write(path, datastore_xml())
+    store.refresh()
+    assert store.load("SN1").status is None  # gone for more than 7 days: its removed row goes
+    assert views.shown_state(store.load("SN2")) == "removed"  # seen yesterday: still shown

@@ -30,7 +30,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 from .. import model, validation
 from ..model import Declaration, DeviceRecord, Status, Unclaimed, Work
@@ -41,6 +41,8 @@ from .base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Snap
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECK_SECONDS = 1.0
+#: How often statuses nobody declares are looked at, to forget those of devices gone for the unclaimed policy's days.
+REMOVED_CHECK_SECONDS = 600.0
 #: How long a write waits for another process's transaction before the device is told to retry.
 BUSY_TIMEOUT_SECONDS = 5.0
 SCHEMA_VERSION = 2
@@ -397,6 +399,15 @@ class StateDb:
             connection.executemany("DELETE FROM work WHERE serial = ?", gone)
         return len(changed) + len(gone)
 
+    def forget_removed(self, declared: Collection[str], before: str) -> list[str]:
+        """Delete the statuses nobody declares any more whose device has not been seen since ``before`` (a
+        ``last-contact`` text): the ``removed`` rows of a switch that is gone.  The serials deleted."""
+        with self.transaction() as connection:
+            rows = connection.execute("SELECT serial, coalesce(json_extract(data, '$.last_contact'), '') FROM status")
+            gone = [(serial,) for serial, seen in rows if serial not in declared and seen and seen < before]
+            connection.executemany("DELETE FROM status WHERE serial = ?", gone)
+        return [serial for (serial,) in gone]
+
     def everything(self) -> tuple[dict[str, Status], dict[str, Unclaimed]]:
         if self.read_only and not self.exists:
             return {}, {}
@@ -448,6 +459,7 @@ class EmbeddedStore(StoreBase):
         self.read_only = read_only
         self.unclaimed_policy = unclaimed_policy or UnclaimedPolicy()
         self._counters = {"unclaimed_dropped": 0, "unclaimed_expired": 0}
+        self._removed_checked = float("-inf")  # when removed rows were last looked at (monotonic)
         self._forgotten = ForgottenLog(self.unclaimed_policy)
         try:
             self.declarations = Declarations(
@@ -584,6 +596,15 @@ class EmbeddedStore(StoreBase):
                     if changed:
                         log.info("state %s: work of %d devices recorded", self.db.path, changed)
                     self._synced = current
+                    self._removed_checked = float("-inf")  # declarations changed: look at once
+        if not self.read_only and time.monotonic() - self._removed_checked >= REMOVED_CHECK_SECONDS \
+                and self.declarations.readable:
+            self._removed_checked = time.monotonic()
+            cutoff = self.unclaimed_policy.expired_before(dt.datetime.now(dt.timezone.utc))
+            gone = self.db.forget_removed(current.declarations.keys(), cutoff)
+            if gone:
+                log.info("forgot the status of %d devices nobody declares that were not seen for %d days: %s", len(gone),
+                         self.unclaimed_policy.keep_days, ", ".join(gone[:10]) + (", ..." if len(gone) > 10 else ""))
         return current
 
     @staticmethod

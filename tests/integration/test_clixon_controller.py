@@ -567,3 +567,13 @@ def test_a_devices_timeline_is_kept_beside_the_journal_and_shown_by_status(seria
     assert told["device"]["state"] == "provisioned"
     events = [(entry["event"], entry["step"]) for entry in told["timeline"]]
     assert events[0] == ("request", "device-info") and events[-1][0] == "provisioned", events
+
+
+def test_a_declaration_deleted_before_its_device_called_in_leaves_no_entry(serial, listener):
+    declare(serial)
+    assert "error" not in commit().lower()
+    wait_for(lambda: text(show_pnp(serial), "work/revision"), what="work planned")
+    cli("delete", "services", "pnp-device", serial, configure=True)
+    assert "error" not in commit().lower()
+    # The controller removes the work; the listener, told of the transaction, removes the empty entry.
+    wait_for(lambda: show_pnp(serial) is None, timeout=40, what="the empty /pnp/device entry removed")

@@ -43,6 +43,7 @@ device is lost.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import heapq
@@ -98,6 +99,8 @@ class View:
     #: Recorded stack members (``/pnp/stack-member``) and declared stacks with their members -> the stack.
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
     stacks: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: ``/pnp/device`` entries with neither work nor status (a declaration deleted before its device called in).
+    empty: set[str] = dataclasses.field(default_factory=set)
 
     def apply(self, change: Change) -> None:
         """Record a committed change, following the unclaimed rule."""
@@ -148,6 +151,8 @@ def view_from_reply(data: bytes, previous: View | None = None) -> View:
                     view.work[serial] = work
                 if status is not None:
                     view.status[serial] = status
+                if work is None and status is None:
+                    view.empty.add(serial)
         else:
             continue  # a device inside something else: not ours
         element.clear()
@@ -204,6 +209,11 @@ def status_edit(changes: Iterable[Change], has_status: Callable[[str], bool] = l
     # lxml writes xmlns on each element; one declaration on <pnp> is enough.
     body = body.replace(f' xmlns="{PNP_NS}"', "").replace(f' xmlns:nc="{NETCONF_NS}"', "")
     return f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}">{body}</pnp>'
+
+
+def _unseen(status: Status, cutoff: str) -> bool:
+    """Its device was last seen before ``cutoff`` (a ``last-contact`` text); never, for a status without one."""
+    return status.last_contact is not None and model.format_time(status.last_contact) < cutoff
 
 
 class _Refused(Exception):
@@ -663,6 +673,53 @@ class ClixonStore(StoreBase):
         with self._journal.lock:
             self._journal.rewrite(self._pending)
 
+    def sweep(self) -> list[str]:
+        """Remove the ``/pnp/device`` entries nobody needs: empty ones (a declaration deleted before its device
+        called in) and ``removed`` ones (a status without a declaration) unseen for the unclaimed policy's days.
+        Checked again under the candidate lock, so an entry a commit just gave work is never touched.  The serials
+        removed."""
+        now = dt.datetime.now(dt.timezone.utc)
+        cutoff = self.unclaimed_policy.expired_before(now)
+        with self._lock:
+            view = self._view
+            candidates = {serial for serial in view.empty if serial not in view.declarations}
+            candidates |= {serial for serial, status in view.status.items()
+                           if serial not in view.declarations and serial not in view.work and _unseen(status, cutoff)}
+            candidates -= set(self._pending)
+        if not candidates or self.read_only:
+            return []
+        serials = sorted(candidates)[:200]  # one modest transaction at a time; the rest at the next sweep
+        with self._flush_lock:
+            if self._writer is None:
+                self._writer = self._session_factory(self.sockpath)
+            session = self._writer
+            session.lock()
+            try:
+                xpath = " | ".join(f"/pnp:pnp/pnp:device[pnp:serial='{serial}'] | "
+                                   f"/ctrl:services/pnp:pnp-device[pnp:serial='{serial}']" for serial in serials)
+                fresh = view_from_reply(session.get_config_raw("running", xpath))
+                gone = [serial for serial in serials if serial not in fresh.declarations and serial not in fresh.work
+                        and (serial in fresh.empty or (serial in fresh.status and _unseen(fresh.status[serial], cutoff)))]
+                if gone:
+                    body = "".join(f'<device nc:operation="remove"><serial>{serial}</serial></device>' for serial in gone)
+                    session.edit_config(f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}">{body}</pnp>')
+                    session.commit()
+            except (RpcError, StoreUnavailable):
+                with contextlib.suppress(RpcError, StoreUnavailable):
+                    session.discard_changes()
+                raise
+            finally:
+                with contextlib.suppress(RpcError, StoreUnavailable):
+                    session.unlock()
+        with self._lock:
+            for serial in gone:
+                self._view.empty.discard(serial)
+                self._view.status.pop(serial, None)
+        if gone:
+            log.info("removed %d /pnp/device entries nobody declares (never called in, or unseen for %d days): %s",
+                     len(gone), self.unclaimed_policy.keep_days, ", ".join(gone[:10]) + (", ..." if len(gone) > 10 else ""))
+        return gone
+
     # ------------------------------------------------------------------ background threads
 
     def _refresh_loop(self) -> None:
@@ -677,6 +734,11 @@ class ClixonStore(StoreBase):
                 if str(exc) != self.last_error:
                     log.warning("cannot refresh from the controller, serving the last copy: %s", exc)
                 self.last_error = str(exc)
+                continue
+            try:
+                self.sweep()
+            except (StoreUnavailable, RpcError) as exc:  # busy (someone's edits): the next refresh sweeps
+                log.debug("sweep of /pnp/device postponed: %s", exc)
 
     def _watch_loop(self) -> None:
         """Refresh when the controller announces a transaction; reconnect when it restarts."""
