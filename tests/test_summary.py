@@ -123,3 +123,21 @@ def test_the_summary_is_valid_in_the_yangs_shape(tmp_path):
     out.write_bytes(etree.tostring(edit))
     result = yanglint(str(out))
     assert result.returncode == 0, result.stderr
+
+
+def test_a_slow_controller_gets_the_summary_less_often(tmp_path):
+    import time
+
+    _, store, recorder, writer = setup(tmp_path)
+    assert writer.next_wait() == writer.every_seconds
+    slow = recorder.__call__
+
+    def slow_commit(edit):
+        slow(edit)
+        time.sleep(0.05)
+
+    writer._commit = slow_commit
+    writer.write_once()
+    assert writer.next_wait() >= 10 * 0.05 and writer.next_wait() >= writer.every_seconds
+    writer.every_seconds = 0.1
+    assert writer.next_wait() >= 0.5  # ten times the last commit, not the shorter interval
