@@ -180,6 +180,7 @@ PY
     (or your service manager's restart). Template files go in $template_dir (readable by user clicon).
     Serve the devices from the controller:
       $(dirname "$python")/pnp-service serve --clixon-socket $socket
+    A new clixon_cli session has the PnP commands: show pnp, pnp reset SERIAL, pnp clear unclaimed
 TXT
 else
   if [ ! -e "$datastore" ]; then

@@ -176,7 +176,14 @@ def test_quick_start_serve_play_look_reset(sandbox):
     watched = sandbox.interrupt(watch)
     assert watched.returncode == 0 and "FOC2001X0AB" in watched.stdout
     (timeline,) = lines("docs/operations.md", "pnp-service status --datastore pnp-datastore.xml FOC2001X0AB")
-    told = sandbox.run(timeline).stdout
+    from conftest import wait_until
+
+    # The timeline is written behind the answers (a quarter of a second later, more on a loaded machine).
+    def provisioned_in_timeline() -> str | None:
+        out = sandbox.run(timeline).stdout
+        return out if "provisioned" in out else None
+
+    told = wait_until(provisioned_in_timeline, 10, "the timeline written")
     assert told.index("request") < told.index("step=device-info") < told.rindex("provisioned"), told
     (reset,) = lines("docs/embedded.md", "pnp-service reset")
     assert "starts over" in sandbox.run(reset).stdout
