@@ -113,23 +113,13 @@ class FakeSession:
             status = device.find(p("status"))
             if status.get(f"{{{NETCONF_NS}}}operation") != "remove":
                 target.append(status)
-        for entry in self.edit.iterfind(p("stack-member")):
-            serial = entry.findtext(p("serial"))
-            for old in [m for m in pnp.iterfind(p("stack-member")) if m.findtext(p("serial")) == serial]:
-                pnp.remove(old)
-            pnp.append(entry)
-        for entry in self.edit.iterfind(p("reset")):
-            serial = entry.findtext(p("serial"))
-            for old in [r for r in pnp.iterfind(p("reset")) if r.findtext(p("serial")) == serial]:
-                pnp.remove(old)
-            if entry.get(f"{{{NETCONF_NS}}}operation") != "remove":
-                pnp.append(entry)
-        for entry in self.edit.iterfind(p("unclaimed")):
-            serial = entry.findtext(p("serial"))
-            for old in [u for u in pnp.iterfind(p("unclaimed")) if u.findtext(p("serial")) == serial]:
-                pnp.remove(old)
-            if entry.get(f"{{{NETCONF_NS}}}operation") != "remove":
-                pnp.append(entry)
+        for tag in ("stack-member", "reset", "unclaimed"):  # lists keyed by serial: replaced, or removed
+            for entry in self.edit.iterfind(p(tag)):
+                serial = entry.findtext(p("serial"))
+                for old in [e for e in pnp.iterfind(p(tag)) if e.findtext(p("serial")) == serial]:
+                    pnp.remove(old)
+                if entry.get(f"{{{NETCONF_NS}}}operation") != "remove":
+                    pnp.append(entry)
         self.controller.commits += 1
 
     def discard_changes(self):

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+from typing import Callable
 
 import pytest
 
@@ -91,18 +92,25 @@ def test_two_listener_processes_on_one_state_database_behind_a_per_request_balan
         stop(second)
 
 
+def killer(process, after: int = 60) -> tuple[threading.Event, Callable[[int], None]]:
+    """A balancer's ``on_request`` that kills ``process`` once, at the ``after``-th request (60 of a 20-device
+    roll-out: mid-provisioning, about 40% of the exchanges done), and the event that says it did."""
+    killed = threading.Event()
+
+    def kill(count: int) -> None:
+        if count >= after and not killed.is_set():
+            killed.set()
+            kill_listener(process)
+
+    return killed, kill
+
+
 def test_when_one_listener_dies_halfway_the_devices_finish_on_the_other(tmp_path):
     serials = declare(tmp_path)
     extra = ("--image-dir", str(tmp_path / "images"))
     first, first_port, _ = start_serve(tmp_path, *extra, log_name="first.log")
     second, second_port, _ = start_serve(tmp_path, *extra, log_name="second.log")
-    killed = threading.Event()
-
-    def kill_halfway(count: int) -> None:
-        if count >= 60 and not killed.is_set():  # mid-provisioning: about 40% of the exchanges are done
-            killed.set()
-            kill_listener(first)
-
+    killed, kill_halfway = killer(first)
     balancer = RoundRobin([first_port, second_port], on_request=kill_halfway)
     try:
         results = provision(balancer.url, serials)

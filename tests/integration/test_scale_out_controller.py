@@ -9,7 +9,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import threading
 import uuid
 
 import pytest
@@ -20,7 +19,7 @@ from balancer import RoundRobin  # noqa: E402
 from integration.test_clixon_controller import CONFIG, commit, pytestmark, show_pnp, socket_path, text  # noqa: E402,F401
 from integration.test_clixon_controller import yang_loaded  # noqa: E402,F401 - the module's readiness check
 from test_rollout_load import start_serve, stop  # noqa: E402
-from test_scale_out import IMAGE, assert_each_step_sent_once, assert_installed_and_configured_once, kill_listener, provision  # noqa: E402
+from test_scale_out import IMAGE, assert_each_step_sent_once, assert_installed_and_configured_once, killer, provision  # noqa: E402
 
 
 def configure(lines: list[str]) -> str:
@@ -93,13 +92,7 @@ def test_two_listeners_behind_a_per_request_balancer_provision_every_device_once
 
 def test_when_one_listener_dies_halfway_the_devices_finish_on_the_other(declared, tmp_path):
     (first, first_port, _), (second, second_port, _) = two_listeners(tmp_path)
-    killed = threading.Event()
-
-    def kill_halfway(count: int) -> None:
-        if count >= 60 and not killed.is_set():  # about 40% of the exchanges are done
-            killed.set()
-            kill_listener(first)
-
+    killed, kill_halfway = killer(first)
     balancer = RoundRobin([first_port, second_port], on_request=kill_halfway)
     try:
         results = provision(balancer.url, declared)

@@ -217,12 +217,12 @@ def session(sockpath: str = DEFAULT_SOCKET) -> Iterator[Session]:
         opened.close()
 
 
-def commit_edit(session: Session, config: str, default_operation: str = "merge") -> None:
-    """lock(candidate) -> edit-config -> commit -> unlock, leaving nothing of ours in the candidate on failure."""
+@contextlib.contextmanager
+def candidate_locked(session: Session) -> Iterator[Session]:
+    """lock(candidate) ... unlock, leaving nothing of ours in the candidate when the block fails."""
     session.lock()
     try:
-        session.edit_config(config, default_operation)
-        session.commit()
+        yield session
     except (RpcError, StoreUnavailable):
         with contextlib.suppress(RpcError, StoreUnavailable):
             session.discard_changes()  # never leave our half edit in the shared candidate
@@ -230,6 +230,13 @@ def commit_edit(session: Session, config: str, default_operation: str = "merge")
     finally:
         with contextlib.suppress(RpcError, StoreUnavailable):
             session.unlock()
+
+
+def commit_edit(session: Session, config: str, default_operation: str = "merge") -> None:
+    """lock(candidate) -> edit-config -> commit -> unlock, leaving nothing of ours in the candidate on failure."""
+    with candidate_locked(session):
+        session.edit_config(config, default_operation)
+        session.commit()
 
 
 def fetch_declarations(session: Session, source: str, serials: list[str] | None = None) -> dict[str, model.Declaration]:

@@ -43,7 +43,6 @@ device is lost.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import heapq
@@ -64,7 +63,7 @@ from ...xmlsafe import escape_text, iterparse
 from ..base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Snapshot, StoreBase, StoreError,
                     StoreUnavailable, UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
 from .journal import Journal
-from .netconf import DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, commit_edit
+from .netconf import DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, candidate_locked, commit_edit
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +210,14 @@ def status_edit(changes: Iterable[Change], has_status: Callable[[str], bool] = l
     return f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}">{body}</pnp>'
 
 
-def _unseen(status: Status, cutoff: str) -> bool:
-    """Its device was last seen before ``cutoff`` (a ``last-contact`` text); never, for a status without one."""
+def _needless(view: View, serial: str, cutoff: str) -> bool:
+    """A ``/pnp/device`` entry nobody declares that is empty, or whose device was last seen before ``cutoff`` (a
+    ``last-contact`` text; never, for a status without one)."""
+    if serial in view.declarations or serial in view.work:
+        return False
+    status = view.status.get(serial)
+    if status is None:
+        return serial in view.empty
     return status.last_contact is not None and model.format_time(status.last_contact) < cutoff
 
 
@@ -678,13 +683,10 @@ class ClixonStore(StoreBase):
         called in) and ``removed`` ones (a status without a declaration) unseen for the unclaimed policy's days.
         Checked again under the candidate lock, so an entry a commit just gave work is never touched.  The serials
         removed."""
-        now = dt.datetime.now(dt.timezone.utc)
-        cutoff = self.unclaimed_policy.expired_before(now)
+        cutoff = self.unclaimed_policy.expired_before(dt.datetime.now(dt.timezone.utc))
         with self._lock:
             view = self._view
-            candidates = {serial for serial in view.empty if serial not in view.declarations}
-            candidates |= {serial for serial, status in view.status.items()
-                           if serial not in view.declarations and serial not in view.work and _unseen(status, cutoff)}
+            candidates = {serial for serial in view.empty | set(view.status) if _needless(view, serial, cutoff)}
             candidates -= set(self._pending)
         if not candidates or self.read_only:
             return []
@@ -692,25 +694,15 @@ class ClixonStore(StoreBase):
         with self._flush_lock:
             if self._writer is None:
                 self._writer = self._session_factory(self.sockpath)
-            session = self._writer
-            session.lock()
-            try:
+            with candidate_locked(self._writer) as session:
                 xpath = " | ".join(f"/pnp:pnp/pnp:device[pnp:serial='{serial}'] | "
                                    f"/ctrl:services/pnp:pnp-device[pnp:serial='{serial}']" for serial in serials)
                 fresh = view_from_reply(session.get_config_raw("running", xpath))
-                gone = [serial for serial in serials if serial not in fresh.declarations and serial not in fresh.work
-                        and (serial in fresh.empty or (serial in fresh.status and _unseen(fresh.status[serial], cutoff)))]
+                gone = [serial for serial in serials if _needless(fresh, serial, cutoff)]
                 if gone:
                     body = "".join(f'<device nc:operation="remove"><serial>{serial}</serial></device>' for serial in gone)
                     session.edit_config(f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}">{body}</pnp>')
                     session.commit()
-            except (RpcError, StoreUnavailable):
-                with contextlib.suppress(RpcError, StoreUnavailable):
-                    session.discard_changes()
-                raise
-            finally:
-                with contextlib.suppress(RpcError, StoreUnavailable):
-                    session.unlock()
         with self._lock:
             for serial in gone:
                 self._view.empty.discard(serial)
