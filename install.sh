@@ -156,7 +156,7 @@ PY
   install -d -m 0755 "$template_dir"
   clispec_dir=${clispec_dir:-$(setting CLICON_CLISPEC_DIR)}
   clispec_dir=${clispec_dir:-/usr/local/lib/controller/clispec}
-  say "installing the CLI commands (show pnp, pnp reset, pnp clear unclaimed) into $clispec_dir"
+  say "installing the CLI commands (show pnp, pnp reset, pnp claim, pnp clear) into $clispec_dir"
   install -d "$clispec_dir"
   install -m 0644 "$here"/clispec/pnp.cli "$clispec_dir/pnp.cli"
   say "installing the service module into $modules_dir"
@@ -180,7 +180,7 @@ PY
     (or your service manager's restart). Template files go in $template_dir (readable by user clicon).
     Serve the devices from the controller:
       $(dirname "$python")/pnp-service serve --clixon-socket $socket
-    A new clixon_cli session has the PnP commands: show pnp, pnp reset SERIAL, pnp clear unclaimed
+    A new clixon_cli session has the PnP commands: show pnp, pnp reset SERIAL, pnp claim SERIAL ..., pnp clear unclaimed
 TXT
 else
   if [ ! -e "$datastore" ]; then

@@ -27,7 +27,7 @@ DOCS = ["README.md"] + sorted(os.path.relpath(p, REPO) for p in glob.glob(os.pat
 #: Programs a shell line of the docs starts with (after ``sudo`` and ``VAR=value`` words).
 PROGRAMS = {"pnp-service", "python", "python3", "pip", "install.sh", "curl", "install", "docker", "systemctl",
             "journalctl", "clixon_cli", "clixon_backend", "cat", "git", "useradd", "cp", "cd", "chown", "apt-get",
-            "sudoedit", "run.py", "openssl", "mkdir", "export", "head"}
+            "sudoedit", "run.py", "openssl", "mkdir", "export", "head", "printf"}
 #: What a line pasted into clixon_cli starts with.
 CLIXON_WORDS = ("configure", "set ", "delete ", "commit", "show ", "apply ", "discard", "exit", "pnp ")
 

@@ -16,6 +16,10 @@ from pnp_service.stores.clixon import RpcError
 PNP = model.PNP_NS
 SERIAL = re.compile(protocol.SERIAL_PATTERN.pattern)
 STATES = {"planned", "onboarding", "provisioned", "error"}
+#: The keyed lists of /pnp the listener writes, with their keys.
+LISTS = {"stack-member": ("serial",), "reset": ("serial",), "unclaimed": ("serial",),
+         "claim": ("serial", "hostname", "template-file")}
+REQUEST_LEAVES = ("clear-unclaimed", "clear-claims")
 
 
 def p(name):
@@ -37,6 +41,8 @@ class FakeController:
         self.candidate_modified = False  # another session's uncommitted edits
         self.gets = 0
         self.commits = 0
+        self.controller_commits = 0
+        self.transaction_failure = ""  # set: the controller's transactions fail with this reason
         self.refused = 0
         self.get_gate: threading.Event | None = None  # set: get-config waits for it (a slow controller)
 
@@ -68,6 +74,7 @@ class FakeSession:
     def __init__(self, controller: FakeController):
         self.controller = controller
         self.edit = None
+        self.services_edit = []
 
     def _alive(self):
         if not self.controller.up:
@@ -87,7 +94,11 @@ class FakeSession:
 
     def edit_config(self, config, default_operation="merge"):
         self._alive()
-        self.edit = etree.fromstring(config)
+        root = etree.fromstring(f"<config>{config}</config>")
+        self.edit = root.find(p("pnp"))
+        if self.edit is None:
+            self.edit = etree.Element(p("pnp"))
+        self.services_edit = root.findall(f"{{{model.CONTROLLER_NS}}}services/{p('pnp-device')}")
 
     def commit(self):
         """Validate the whole edit first (Clixon rejects the batch whole), then apply it."""
@@ -100,6 +111,10 @@ class FakeSession:
             if element.text not in STATES:
                 self.controller.refused += 1
                 raise RpcError(f"'{element.text}' does not match enumeration", "bad-element", "application")
+        services = self.controller.running.find(f"{{{model.CONTROLLER_NS}}}services")
+        declared = {d.findtext(p("serial")) for d in services.iterfind(p("pnp-device"))}
+        if any(d.findtext(p("serial")) in declared for d in self.services_edit):
+            raise RpcError("Data already exists; cannot create new resource", "data-exists", "application")
         pnp = self.controller.running.find(p("pnp"))
         for device in self.edit.iterfind(p("device")):
             if device.get(f"{{{NETCONF_NS}}}operation") == "remove":
@@ -113,14 +128,38 @@ class FakeSession:
             status = device.find(p("status"))
             if status.get(f"{{{NETCONF_NS}}}operation") != "remove":
                 target.append(status)
-        for tag in ("stack-member", "reset", "unclaimed"):  # lists keyed by serial: replaced, or removed
+        for tag, keys in LISTS.items():  # keyed lists: an entry replaced, or removed
             for entry in self.edit.iterfind(p(tag)):
-                serial = entry.findtext(p("serial"))
-                for old in [e for e in pnp.iterfind(p(tag)) if e.findtext(p("serial")) == serial]:
+                key = [entry.findtext(p(name)) for name in keys]
+                for old in [e for e in pnp.iterfind(p(tag)) if [e.findtext(p(name)) for name in keys] == key]:
                     pnp.remove(old)
                 if entry.get(f"{{{NETCONF_NS}}}operation") != "remove":
                     pnp.append(entry)
+        for tag in REQUEST_LEAVES:
+            for entry in self.edit.iterfind(p(tag)):
+                for old in pnp.findall(p(tag)):
+                    pnp.remove(old)
+                if entry.get(f"{{{NETCONF_NS}}}operation") != "remove":
+                    pnp.append(entry)
+        for declaration in self.services_edit:
+            declaration.attrib.pop(f"{{{NETCONF_NS}}}operation", None)
+            services.append(declaration)  # stored as it is: a plain commit runs no services
         self.controller.commits += 1
+
+    def controller_commit(self, timeout=60.0):
+        """The controller's own commit: the declarations it brings are planned, as the service module would."""
+        self._alive()
+        if self.controller.transaction_failure:
+            raise RpcError(self.controller.transaction_failure, "operation-failed", "application")
+        added = [d.findtext(p("serial")) for d in self.services_edit]
+        self.commit()
+        services = self.controller.running.find(f"{{{model.CONTROLLER_NS}}}services")
+        for element in services.iterfind(p("pnp-device")):
+            if element.findtext(p("serial")) in added:
+                declaration = model.declaration_from_xml(element)
+                work = plan(declaration, lambda name: "hostname {{ hostname }}\nend\n")
+                self.controller.running.find(p("pnp")).append(model.work_to_xml(declaration.serial, work))
+        self.controller.controller_commits += 1
 
     def discard_changes(self):
         pass

@@ -638,22 +638,22 @@ def test_a_reset_made_in_the_cli_is_looked_at_once_and_no_older_write_undoes_it(
     assert store.flush() is True
     store.update("SN1", change(status=Status(state="error", step="config-upgrade", attempts=3)))  # still pending
     cli_reset(controller, "SN1")
-    assert store.look_at_resets() == ["SN1"]
+    assert store.look_at_requests()[0] == ["SN1"]
     assert store.load("SN1").status is None and store.pending_writes() == 0
     assert store.flush() is True and controller.status("SN1") is None  # nothing of ours brought it back
-    assert store.look_at_resets() == []  # looked at once, not at every read
+    assert store.look_at_requests()[0] == []  # looked at once, not at every read
 
 
 def test_the_devices_next_status_takes_the_reset_request_away(open_store, controller):
     store = open_store()
     cli_reset(controller, "SN1")
-    store.look_at_resets()
+    store.look_at_requests()
     store.update("SN1", change(status=Status(state="onboarding", step="device-info", correlator="c1",
                                              last_contact=dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc))))
     assert store.flush() is True and reset_requests(controller) == []
-    store.look_at_resets()
+    store.look_at_requests()
     cli_reset(controller, "SN1")  # a second reset later: new again
-    assert store.look_at_resets() == ["SN1"]
+    assert store.look_at_requests()[0] == ["SN1"]
 
 
 def test_pnp_service_reset_is_seen_by_every_listener_at_once(controller, tmp_path):
@@ -665,7 +665,108 @@ def test_pnp_service_reset_is_seen_by_every_listener_at_once(controller, tmp_pat
                           start_threads=False)
     assert "starts over" in command.reset("SN1")
     assert reset_requests(controller) == ["SN1"]
-    assert listening.look_at_resets() == ["SN1"] and listening.load("SN1").status is None
+    assert listening.look_at_requests()[0] == ["SN1"] and listening.load("SN1").status is None
+
+
+# --------------------------------------------------------------------------- claims and clears made in the CLI
+
+
+def cli_claim(controller, serial: str, hostname: str, template_file: str) -> None:
+    """What ``pnp claim SERIAL hostname H template-file F`` commits in clixon_cli: a claim entry, nothing more."""
+    claim = etree.SubElement(controller.running.find(p("pnp")), p("claim"))
+    for name, value in (("serial", serial), ("hostname", hostname), ("template-file", template_file)):
+        etree.SubElement(claim, p(name)).text = value
+
+
+def claims(controller) -> dict[str, str]:
+    """serial -> the listener's refusal ("" while not looked at) of each claim left in running."""
+    return {c.findtext(p("serial")): c.findtext(p("error")) or "" for c in controller.running.find(p("pnp")).iterfind(p("claim"))}
+
+
+def declared(controller, serial: str):
+    services = controller.running.find(f"{{{model.CONTROLLER_NS}}}services")
+    return next((d for d in services.iterfind(p("pnp-device")) if d.findtext(p("serial")) == serial), None)
+
+
+def stranger(store, serial: str, pid: str = "C9200L-24P") -> None:
+    store.update(serial, change(unclaimed=Unclaimed(serial=serial, pid=pid, address="127.0.0.9")))
+    assert store.flush() is True
+
+
+def test_a_claim_declares_the_stranger_with_the_pid_it_reported_in_a_commit_that_plans_it(open_store, controller):
+    store = open_store()
+    stranger(store, "FOC99X")
+    cli_claim(controller, "FOC99X", "access-sw-42", "access.j2")
+    assert store.look_at_requests().claimed == ["FOC99X"]
+    declaration = model.declaration_from_xml(declared(controller, "FOC99X"))
+    assert (declaration.pid, declaration.hostname, declaration.template_file) == ("C9200L-24P", "access-sw-42",
+                                                                                  "access.j2")
+    assert controller.controller_commits == 1 and claims(controller) == {}  # one transaction: declared, claim gone
+    record = store.load("FOC99X")  # looked up at once: served from its next poll
+    assert record.declaration is not None and record.work is not None and record.work.steps
+
+
+def test_a_claim_that_cannot_be_made_stays_with_the_reason_and_is_not_tried_again(open_store, controller):
+    store = open_store()
+    stranger(store, "WEIRDPID", pid="X" * 65)
+    cli_claim(controller, "SN1", "sw-1", "access.j2")  # declared already
+    cli_claim(controller, "NEVERSEEN", "sw-2", "access.j2")  # never called in
+    cli_claim(controller, "WEIRDPID", "sw-3", "access.j2")
+    assert store.look_at_requests().claimed == []
+    refused = claims(controller)
+    assert "declared already" in refused["SN1"] and "has not called in undeclared" in refused["NEVERSEEN"]
+    assert "product id" in refused["WEIRDPID"]
+    assert declared(controller, "NEVERSEEN") is None and declared(controller, "WEIRDPID") is None
+    commits = controller.commits
+    assert store.look_at_requests().claimed == [] and controller.commits == commits  # refused once, left alone
+
+
+def test_a_claim_the_controllers_transaction_refuses_records_its_reason(open_store, controller):
+    store = open_store()
+    stranger(store, "FOC99X")
+    controller.transaction_failure = "service module: template file missing.j2 not found"
+    cli_claim(controller, "FOC99X", "sw", "missing.j2")
+    assert store.look_at_requests().claimed == []
+    assert "missing.j2 not found" in claims(controller)["FOC99X"] and declared(controller, "FOC99X") is None
+
+
+def test_a_claim_waits_while_the_candidate_holds_someones_edits(open_store, controller):
+    store = open_store()
+    stranger(store, "FOC99X")
+    controller.candidate_modified = True
+    cli_claim(controller, "FOC99X", "sw", "access.j2")
+    assert store.look_at_requests().claimed == [] and claims(controller) == {"FOC99X": ""}  # not refused: later
+    controller.candidate_modified = False
+    assert store.look_at_requests().claimed == ["FOC99X"]
+
+
+def test_two_listeners_make_a_claim_once(controller, tmp_path):
+    from pnp_service.stores.clixon.operator_requests import Claim, make_claim
+
+    first, second = (ClixonStore("/fake.sock", journal_path=str(tmp_path / name), session_factory=controller.session,
+                                 start_threads=False) for name in "ab")
+    stranger(first, "FOC99X")
+    cli_claim(controller, "FOC99X", "sw", "access.j2")
+    assert first.look_at_requests().claimed == ["FOC99X"]
+    # The second read the claim before the first made it: under the lock it finds it gone, and changes nothing.
+    assert make_claim(controller.session(""), Claim("FOC99X", "sw", "access.j2"))[0] == "gone"
+    assert second.look_at_requests().claimed == [] and controller.controller_commits == 1
+
+
+def test_pnp_clear_unclaimed_and_clear_claims_empty_their_lists(open_store, controller):
+    store = open_store()
+    for serial in ("STRANGER1", "STRANGER2"):
+        stranger(store, serial)
+    cli_claim(controller, "NEVERSEEN", "sw", "access.j2")
+    store.look_at_requests()  # refused: stays
+    for request in ("clear-unclaimed", "clear-claims"):  # what pnp clear unclaimed / claims commit
+        etree.SubElement(controller.running.find(p("pnp")), p(request))
+    assert store.look_at_requests().cleared == {"unclaimed": 2, "claim": 1}
+    pnp = controller.running.find(p("pnp"))
+    assert controller.unclaimed() == [] and claims(controller) == {}
+    assert pnp.find(p("clear-unclaimed")) is None and pnp.find(p("clear-claims")) is None  # requests done
+    assert store.load("STRANGER1").unclaimed is None and controller.device("SN1") is not None
+    assert store.look_at_requests().cleared == {}
 
 
 # --------------------------------------------------------------------------- entries nobody needs

@@ -108,6 +108,10 @@ CONTROLLER: dict[tuple[str, str], str] = {
     ("docs/controller.md", "pnp-service agent --url http://127.0.0.1:8080 --device FOC2001X0AB:C9300-24P --ssh-host-key "
                            "/etc/ssh/ssh_host_ed25519_key.pub --time-scale 0"): "controller: hand-off",
     ("docs/controller.md", "show configuration pnp device FOC2001X0AB status handoff"): "controller: hand-off",
+    ("docs/controller.md", "printf 'hostname {{ hostname }}\\nend\\n' | sudo tee "
+                           "/usr/local/share/pnp-service/templates/access.j2"): "controller: claim",
+    ("docs/controller.md", "pnp claim FOC2001X0CD hostname access-sw-02 template-file access.j2"): "controller: claim",
+    ("docs/controller.md", "show pnp claims"): "controller: claim",
     ("docs/protocol.md", "set services pnp-device FOC2201X0T1 stack members 3"): "controller: stack",
     ("docs/steps.md", "set services pnp-device FOC2001X0AB step banner type cli-config"):
         "controller: extra step",

@@ -225,3 +225,72 @@ def test_show_pnp_and_pnp_reset_in_the_controllers_cli_as_written(box):
     shown = shown_until(["show pnp"], "handoff-failed 1;", 'handoff "failed: ')
     assert "state provisioned;" in shown and "known_hosts" in shown, shown
     paste(["configure", "delete devices device access-sw-01", "commit local", "exit"])
+
+
+STRANGER = "FOC2001X0CD"
+
+
+def one(line: str) -> str:
+    """One command's output, without prompts (clixon_cli -1)."""
+    return subprocess.run(["clixon_cli", "-f", CONFIG, "-1", *line.split()], capture_output=True, text=True,
+                          timeout=60).stdout
+
+
+def test_pnp_claim_of_a_stranger_as_written(box):
+    """A switch calls in undeclared; `pnp claim` in the CLI declares it (with the PID it reported), planned; it is
+    provisioned at its next poll.  Claims the listener cannot make stay with the reason; `pnp clear` empties."""
+    from pnp_service.simulator import AgentSimulator, SimulatedDevice
+
+    forget(STRANGER)
+    paste(["pnp clear claims"])
+    (serve,) = shell_block("docs/controller.md", f"pnp-service serve --clixon-socket {SOCKET} --port 80")
+    box.serve(serve)
+    play = AgentSimulator("http://127.0.0.1:80", time_scale=0)
+    template = "/usr/local/share/pnp-service/templates/access.j2"
+    try:
+        first = play.run(SimulatedDevice(STRANGER, pid="C9200L-24P"))
+        assert first.outcome == "backed-off", first
+        shown_until(["show pnp unclaimed"], f"unclaimed {STRANGER} {{", "pid C9200L-24P;")
+        (write_template,) = shell_block("docs/controller.md", "printf 'hostname {{ hostname }}\\nend\\n' | sudo tee "
+                                                              "/usr/local/share/pnp-service/templates/access.j2")
+        box.run(write_template)
+        claim = paste(clixon_block("docs/controller.md", f"pnp claim {STRANGER} hostname access-sw-02 "
+                                                         "template-file access.j2"))
+        assert "error" not in claim.lower() and "Unknown command" not in claim, claim
+        declared = shown_until([f"show configuration services pnp-device {STRANGER}"], "access-sw-02",
+                               "C9200L-24P", "access.j2")
+        assert "Unknown command" not in declared
+        shown_until([f"show configuration pnp device {STRANGER}"], "<revision>")  # planned in the same transaction
+        device = SimulatedDevice(STRANGER, pid="C9200L-24P")
+        assert play.run(device).outcome == "configured" and "hostname access-sw-02" in device.config
+        assert one("show pnp claims").strip() == ""  # made: gone
+
+        # Claims the listener refuses stay, with the reason: declared already; a template file not in the folder.
+        paste([f"pnp claim {STRANGER} hostname again template-file access.j2", f"pnp claim {SERIAL} hostname x "
+               "template-file access.j2"])
+        refused = shown_until(clixon_block("docs/controller.md", "show pnp claims"), "is declared already",
+                              "has not called in undeclared")
+        assert refused.count("error ") == 2, refused
+        paste(["pnp clear claims"])
+        deadline = time.time() + 10
+        while one("show pnp claims").strip() and time.time() < deadline:
+            time.sleep(0.5)
+        assert one("show pnp claims").strip() == ""
+
+        os.remove(template)
+        forget(STRANGER)
+        assert play.run(SimulatedDevice(STRANGER, pid="C9200L-24P")).outcome == "backed-off"
+        paste([f"pnp claim {STRANGER} hostname access-sw-02 template-file access.j2"])
+        shown_until(["show pnp claims"], "the controller refused the declaration", "access.j2", timeout=30)
+        assert "access-sw-02" not in paste([f"show configuration services pnp-device {STRANGER}"])
+
+        paste(["pnp clear unclaimed"])
+        deadline = time.time() + 10
+        while STRANGER in one("show pnp unclaimed") and time.time() < deadline:
+            time.sleep(0.5)
+        assert STRANGER not in one("show pnp unclaimed")
+    finally:
+        paste(["pnp clear claims"])
+        if os.path.exists(template):
+            os.remove(template)
+        forget(STRANGER)

@@ -43,6 +43,7 @@ device is lost.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import heapq
@@ -51,7 +52,7 @@ import random
 import threading
 import time
 import zlib
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from lxml import etree
 
@@ -62,26 +63,38 @@ from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, Declaration, DeviceRecor
 from ...xmlsafe import escape_text, iterparse
 from ..base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Snapshot, StoreBase, StoreError,
                     StoreUnavailable, UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
+from .operator_requests import CLEARS, Claim, claims_in, clear_lists, clears_in, make_claims
 from .journal import Journal
 from .netconf import DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, candidate_locked, commit_edit
 
 log = logging.getLogger(__name__)
 
-#: What the copy holds: not /pnp/summary (a view written from the copy) nor /pnp/reset (read every second on its own).
+#: What the copy holds: not /pnp/summary (a view written from the copy) nor the operator's requests (read every
+#: second on their own).
 _ALL = "/pnp:pnp/pnp:device | /pnp:pnp/pnp:unclaimed | /pnp:pnp/pnp:stack-member | /ctrl:services/pnp:pnp-device"
 #: A device waiting for an operator (error) or done (provisioned) is looked up in the controller before it is
 #: answered, at most this often per device: a reset or an edit, by whatever path it came (a plain NETCONF commit
 #: announces nothing), is seen at the device's next poll.  Such devices poll every 10 or 60 minutes.
 RELOOK_SECONDS = 30.0
 _RELOOKED_STATES = ("error", "provisioned")
-#: How often ``/pnp/reset`` is read: a reset made in the controller's CLI takes effect at the device's next poll.
-RESETS_SECONDS = 1.0
+#: The operator's requests made in the controller's CLI (``pnp reset``, ``pnp claim``), read every REQUESTS_SECONDS:
+#: they take effect at the device's next poll.
+_REQUESTS = " | ".join(f"/pnp:pnp/pnp:{name}" for name in ("reset", "claim", *CLEARS))
+REQUESTS_SECONDS = 1.0
 #: Write-through: how long an answer waits for its status to be committed.  Beyond it (the controller down or held
 #: by an operator's uncommitted edits) the answer goes out with the write in the journal, and a warning says so.
 WRITE_THROUGH_SECONDS = 15.0
 #: Another session's commit holds the candidate for milliseconds: tries, a short random pause apart, before a
 #: flush counts as failed and waits its backoff.
 _BUSY_TRIES = 8
+
+
+class Acted(NamedTuple):
+    """What one reading of the operator's requests did: the serials reset and claimed, the entries cleared."""
+
+    resets: list[str]
+    claimed: list[str]
+    cleared: dict[str, int]
 
 
 # --------------------------------------------------------------------------- the copy of running
@@ -286,7 +299,7 @@ class ClixonStore(StoreBase):
         self._threads: list[threading.Thread] = []
         if start_threads and not read_only:
             loops = (("pnp-clixon-refresh", self._refresh_loop), ("pnp-clixon-flush", self._flush_loop),
-                     ("pnp-clixon-watch", self._watch_loop), ("pnp-clixon-resets", self._resets_loop))
+                     ("pnp-clixon-watch", self._watch_loop), ("pnp-clixon-requests", self._requests_loop))
             for name, target in loops:
                 thread = threading.Thread(target=target, name=name, daemon=True)
                 thread.start()
@@ -382,19 +395,23 @@ class ClixonStore(StoreBase):
                 if committed_at > generation and change.serial == serial:
                     view.apply(change)
 
-    def look_at_resets(self) -> list[str]:
-        """Read ``/pnp/reset`` (one small round trip) and look at once at each device reset since the last read:
-        its record from the controller, and no older write of ours left to undo the reset.  The serials looked at."""
+    def look_at_requests(self) -> Acted:
+        """Read the operator's requests (one small round trip) and act on what was asked since the last read: each
+        device reset is looked up at once (its record from the controller, and no older write of ours left to undo
+        the reset); claims are made and lists cleared (operator_requests.py)."""
         with self._reader_lock:
             try:
                 if self._reader is None:
                     self._reader = self._session_factory(self.sockpath)
-                data = self._reader.get_config_raw("running", "/pnp:pnp/pnp:reset")
+                data = self._reader.get_config_raw("running", _REQUESTS)
             except StoreUnavailable:
                 if self._reader is not None:
                     self._reader.close()
                     self._reader = None
                 raise
+        return Acted(self._look_at_resets(data), self._make_claims(claims_in(data)), self._clear(clears_in(data)))
+
+    def _look_at_resets(self, data: bytes) -> list[str]:
         requested = {serial for _, element in iterparse(data, tag=q("reset"))
                      if model.is_serial(serial := model.child_text(element, "serial"))}
         new = sorted(requested - self._resets_seen)
@@ -404,6 +421,37 @@ class ClixonStore(StoreBase):
             self._reload(serial)
             log.info("%s was reset in the controller: it starts over at its next poll", serial)
         return new
+
+    def _make_claims(self, claims: list[Claim]) -> list[str]:
+        claims = [claim for claim in claims if not claim.error]
+        if not claims or self.read_only:
+            return []
+        with self._session() as session:
+            made = make_claims(session, claims)
+        for serial in made:
+            self._reload(serial)  # its declaration and work, planned in the claim's transaction
+        return made
+
+    def _clear(self, requests: list[str]) -> dict[str, int]:
+        if not requests or self.read_only:
+            return {}
+        with self._session() as session:
+            removed = clear_lists(session, requests)
+        if "clear-unclaimed" in requests:
+            with self._lock:
+                self._view.unclaimed.clear()
+        for name, count in sorted(removed.items()):
+            log.info("cleared in the controller: %d %s entries", count, name)
+        return removed
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A session of its own, for an operator's request (rare): the reader and the flusher keep theirs."""
+        session = self._session_factory(self.sockpath)
+        try:
+            yield session
+        finally:
+            session.close()
 
     def _drop_pending(self, serial: str) -> None:
         """Forget a write of ours decided before a reset: committed later, it would undo the reset."""
@@ -755,12 +803,12 @@ class ClixonStore(StoreBase):
             finally:
                 watcher.close()
 
-    def _resets_loop(self) -> None:
-        while not self._stop.wait(RESETS_SECONDS):
+    def _requests_loop(self) -> None:
+        while not self._stop.wait(REQUESTS_SECONDS):
             try:
-                self.look_at_resets()
+                self.look_at_requests()
             except (StoreUnavailable, RpcError):
-                pass  # the controller is down: the refresh loop says so; resets are read when it is back
+                pass  # the controller is down: the refresh loop says so; requests are read when it is back
 
     def _flush_loop(self) -> None:
         delay = 0.5
