@@ -64,9 +64,8 @@ def build_ui(args: argparse.Namespace, app: Flask) -> Flask:
     from .ui import create_ui
 
     listener = app.extensions["pnp_listener"]
-    if args.clixon_socket:
-        claim = (f"pnp-service claim {{serial}} --clixon-socket {args.clixon_socket} --groups groups.yaml "
-                 "--group GROUP --hostname NAME --clixon-cli")
+    if args.clixon_socket:  # one line of clixon_cli: the listener declares the device (docs/controller.md)
+        claim = "pnp claim {serial} hostname NAME template-file FILE"
     else:
         claim = (f"pnp-service claim {{serial}} --datastore {args.datastore} --groups groups.yaml --group GROUP "
                  f"--hostname NAME --output {args.datastore} --merge")
