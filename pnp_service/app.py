@@ -10,12 +10,13 @@ import json
 import logging
 import os
 from typing import Callable
+from urllib.parse import parse_qsl
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.http import http_date
 
-from .httpserver import Application, FileSpan, QuickAnswer, QuickRequest, RangeNotSatisfiable, byte_range
+from .httpserver import Application, Batched, FileSpan, QuickAnswer, QuickRequest, RangeNotSatisfiable, byte_range
 from .listener import Listener, ListenerSettings, Reply
 from .logs import event
 from .metrics import CONTENT_TYPE as METRICS_TYPE
@@ -170,6 +171,10 @@ def create_app(store: Store, settings: ListenerSettings | None = None, listener:
     return app
 
 
+#: What /pnp/HELLO answers (the agent's check that the server is there), as the Flask route does.
+HELLO = QuickAnswer(200, b"", "text/plain; charset=utf-8")
+
+
 def served(app: Flask, ui: Flask | None = None, ui_port: int = 0) -> Application:
     """The app as the listener's HTTP server runs it: polls that change nothing are answered on its event loop
     (no thread hand-off, no Flask request), everything else by the Flask app in a thread.  With ``ui``: what
@@ -180,15 +185,42 @@ def served(app: Flask, ui: Flask | None = None, ui_port: int = 0) -> Application
     def answer(reply: Reply) -> QuickAnswer:
         return QuickAnswer(reply.status, reply.body, reply.content_type, reply.headers)
 
-    def quick(request: QuickRequest) -> QuickAnswer | Callable[[], QuickAnswer] | None:
+    def finish_many(laters: list) -> list[QuickAnswer]:
+        return [answer(reply) for reply in listener.finish_many(laters)]
+
+    batched = listener.finishes_many_at_once
+
+    def quick_download(request: QuickRequest) -> QuickAnswer | None:
+        """A configuration download (text in memory) on the loop; anything else by the Flask route, in a thread."""
+        parts = request.path.split("/")[3:]  # "", "pnp", "download", kind, serial, revision[, name]
+        if len(parts) not in (3, 4) or not all(parts):
+            return None
+        args: dict[str, str] = {}
+        for key, value in parse_qsl(request.query, keep_blank_values=True):
+            args.setdefault(key, value)  # the first, as Flask's request.args.get
+        kind, serial, revision = parts[:3]
+        reply = listener.quick_download(kind, serial, revision, parts[3] if len(parts) == 4 else "",
+                                        args.get("expires", ""), args.get("sig", ""), request.address,
+                                        args.get("bound") == "1")
+        return answer(reply) if reply is not None else None
+
+    def quick(request: QuickRequest) -> QuickAnswer | Callable[[], QuickAnswer] | Batched | None:
+        if ui is not None and request.port == ui_port:
+            return None
+        if request.path == "/pnp/HELLO" and request.method in ("GET", "HEAD", "POST"):
+            return HELLO
+        if request.path.startswith("/pnp/download/") and request.method == "GET":
+            return quick_download(request)
         handler = handlers.get(request.path)
-        if handler is None or request.method != "POST" or (ui is not None and request.port == ui_port):
+        if handler is None or request.method != "POST":
             return None
         if request.headers.get("content-type", "") not in ACCEPTED_TYPES:
             return None  # the Flask app reads the media type and answers 415 when it must
         reply = handler(request.body, request.address, lambda: request.host_url, request.scheme == "https")
         if isinstance(reply, Reply):
             return answer(reply)
+        if batched:  # the write: in a thread, with the others waiting then (one commit)
+            return Batched(reply, finish_many)
         return lambda: answer(reply())  # the write: in a thread
 
     if ui is None:

@@ -29,6 +29,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import io
 import logging
 import re
@@ -63,6 +64,7 @@ class QuickRequest:
     scheme: str
     host: str  # the Host header, or the address the client reached
     port: int = 0  # the local port the connection arrived on
+    query: str = ""  # the target's query (after "?"), undecoded
 
     @property
     def host_url(self) -> str:
@@ -77,8 +79,24 @@ class QuickAnswer:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-#: What :attr:`Application.quick` returns: an answer now, what finishes it in a thread, or None (the WSGI app).
-Quick = Callable[[QuickRequest], "QuickAnswer | Callable[[], QuickAnswer] | None"]
+@dataclasses.dataclass(frozen=True)
+class Batched:
+    """What finishes an answer in a thread together with the others waiting at that moment: ``run_many(items)``
+    answers each of the items it is given, in order (one thread hand-off and, for a store, one commit for all)."""
+
+    item: Any
+    run_many: Callable[[list[Any]], list[QuickAnswer]]
+
+
+#: What :attr:`Application.quick` returns: an answer now, what finishes it in a thread (alone, or batched), or None
+#: (the WSGI app).
+Quick = Callable[[QuickRequest], "QuickAnswer | Callable[[], QuickAnswer] | Batched | None"]
+
+#: Batches of :class:`Batched` work running at once: the next batch gathers what arrives meanwhile (more than one, so
+#: that a slow batch does not hold every other answer back).
+BATCHES_IN_FLIGHT = 2
+#: Items in one batch at most: a batch is one transaction, kept short.
+BATCH_MAX = 64
 
 
 class Application:
@@ -481,17 +499,18 @@ class Connection:
 
     # ------------------------------------------------------------------ answering
 
-    def _quick(self, request: h11.Request, body: bytes) -> QuickAnswer | Callable[[], QuickAnswer] | None:
+    def _quick(self, request: h11.Request, body: bytes) -> QuickAnswer | Callable[[], QuickAnswer] | Batched | None:
         quick = self.server.quick
         if quick is None or len(body) > QUICK_BODY_BYTES:
             return None
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
         host = headers.get("host") or (f"{self.local[0]}:{self.local[1]}" if self.local else "")
-        path = unquote_to_bytes(request.target.partition(b"?")[0]).decode("latin-1")
+        target, _, query = request.target.partition(b"?")
+        path = unquote_to_bytes(target).decode("latin-1")
         try:
             return quick(QuickRequest(request.method.decode("ascii"), path, headers, body,
                                       str(self.peer[0]) if self.peer else "", self.scheme, host,
-                                      int(self.local[1]) if self.local else 0))
+                                      int(self.local[1]) if self.local else 0, query.decode("latin-1")))
         except Exception:  # noqa: BLE001 - the WSGI app answers (and logs) what the quick path could not
             log.exception("quick answer failed on %s %s; answered in a thread", request.method, path)
             return None
@@ -508,7 +527,9 @@ class Connection:
         what = f"{request.method.decode('ascii')} {request.target.partition(b'?')[0].decode('latin-1')}"
         server.pending += 1
         try:
-            if quick is not None:
+            if isinstance(quick, Batched):
+                answer = _from_quick(await server.batched(quick))
+            elif quick is not None:
                 answer = _from_quick(await loop.run_in_executor(server.pool, quick))
             else:
                 environ = _environ(request, body, self.peer, self.local, self.scheme)
@@ -669,6 +690,44 @@ class Server:
         self.buffered = 0  # request body bytes held by all connections
         self.stopping = False
         self._stop: asyncio.Event | None = None
+        self._batch: list[tuple[Batched, asyncio.Future]] = []  # waiting for a batch
+        self._batches = 0  # running
+
+    def batched(self, work: Batched) -> asyncio.Future:
+        """Run ``work`` in a thread with the other batched work waiting when a batch starts; its answer."""
+        future = asyncio.get_running_loop().create_future()
+        self._batch.append((work, future))
+        self._start_batches()
+        return future
+
+    def _start_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._batch and self._batches < BATCHES_IN_FLIGHT:
+            run_many = self._batch[0][0].run_many
+            batch = [entry for entry in self._batch if entry[0].run_many is run_many][:BATCH_MAX]
+            taken = {id(entry) for entry in batch}
+            self._batch = [entry for entry in self._batch if id(entry) not in taken]
+            self._batches += 1
+            done = loop.run_in_executor(self.pool, run_many, [work.item for work, _ in batch])
+            done.add_done_callback(functools.partial(self._batch_done, batch))
+
+    def _batch_done(self, batch: list[tuple[Batched, asyncio.Future]], done: asyncio.Future) -> None:
+        self._batches -= 1
+        cancelled = done.cancelled()
+        error = None if cancelled else done.exception()
+        answers = done.result() if not cancelled and error is None else []
+        for index, (_, future) in enumerate(batch):
+            if future.done():  # its connection went away meanwhile
+                continue
+            if cancelled:
+                future.cancel()
+            elif error is not None:
+                future.set_exception(error)
+            elif index < len(answers):
+                future.set_result(answers[index])
+            else:
+                future.set_exception(RuntimeError("a batch answered fewer items than it was given"))
+        self._start_batches()
 
     async def serve(self, sockets: Iterable[socket.socket], started: Callable[[], None] | None = None) -> None:
         self._stop = asyncio.Event()
@@ -815,5 +874,5 @@ def start_in_thread(app: WsgiApp, host: str = "127.0.0.1", port: int = 0, limits
     return Running(Server(app, limits, ssl_context, access_log), listening_socket(host, port))
 
 
-__all__ = ["Application", "Connection", "FileSpan", "Limits", "QuickAnswer", "QuickRequest", "RangeNotSatisfiable", "Running", "STATS", "Server", "Stats",
+__all__ = ["Application", "Batched", "Connection", "FileSpan", "Limits", "QuickAnswer", "QuickRequest", "RangeNotSatisfiable", "Running", "STATS", "Server", "Stats",
            "byte_range", "listening_socket", "raise_open_files_limit", "start_in_thread"]

@@ -89,8 +89,18 @@ class Reply:
     on_close: Callable[[int, bool], None] | None = None
 
 
-#: What finishes an answer that must wait (a durable write, a controller round trip): run it in a thread.
-Later = Callable[[], Reply]
+class Later:
+    """What finishes an answer that must wait (a durable write, a controller round trip), run in a thread: alone
+    (call it), or with the others waiting at that moment (:meth:`Listener.finish_many`: one store commit for all)."""
+
+    __slots__ = ("listener", "serial", "decide", "address", "reported")
+
+    def __init__(self, listener: "Listener", serial: str, decide: Callable[[DeviceRecord], Decision], address: str,
+                 reported: str):
+        self.listener, self.serial, self.decide, self.address, self.reported = listener, serial, decide, address, reported
+
+    def __call__(self) -> Reply:
+        return self.listener._durable(self.serial, self.decide, self.address, self.reported)
 
 
 def _error(status: int, message: str) -> Reply:
@@ -213,7 +223,7 @@ class Listener:
                 return self._answered(serial, decision, address, reported, began)
             if decision is None or decision.changes or decision.recheck:
                 # To be made durable (or looked up) first: decided again in a thread, on the record as it is then.
-                return lambda: self._durable(serial, decide, address, reported)
+                return Later(self, serial, decide, address, reported)
             return self._answered(serial, decision, address, reported, began)
         return self._durable(serial, decide, address, reported)
 
@@ -222,11 +232,35 @@ class Listener:
         try:
             decision = self.store.update(serial, decide)
         except StoreUnavailable as exc:
-            self.metrics.refused.labels("store-unavailable").inc()
-            event(log, logging.ERROR, "store-unavailable", serial=serial, address=address, reason=str(exc))
-            retry = str(self.settings.unavailable_retry_seconds)
-            return Reply(503, b"store unavailable, retry later\n", TEXT, (("Retry-After", retry),))
+            return self._unavailable(serial, address, exc)
         return self._answered(serial, decision, address, reported, began)
+
+    @property
+    def finishes_many_at_once(self) -> bool:
+        """Whether :meth:`finish_many` commits its writes together (the store's ``update_many`` is one commit)."""
+        return bool(getattr(self.store, "updates_many_in_one_commit", False))
+
+    def finish_many(self, laters: list[Later]) -> list[Reply]:
+        """Finish several answers with one store commit for all their writes: a reply per answer, in order.  The
+        server hands the laters of many devices over at once (one thread hand-off, one commit, instead of one each)."""
+        began = time.perf_counter()
+        results = self.store.update_many([(later.serial, later.decide) for later in laters])
+        replies = []
+        for later, result in zip(laters, results):
+            if isinstance(result, StoreUnavailable):
+                replies.append(self._unavailable(later.serial, later.address, result))
+            elif isinstance(result, Exception):
+                log.error("deciding on %s failed", later.serial, exc_info=result)
+                replies.append(_error(500, "500 Internal Server Error"))
+            else:
+                replies.append(self._answered(later.serial, result, later.address, later.reported, began))
+        return replies
+
+    def _unavailable(self, serial: str, address: str, exc: StoreUnavailable) -> Reply:
+        self.metrics.refused.labels("store-unavailable").inc()
+        event(log, logging.ERROR, "store-unavailable", serial=serial, address=address, reason=str(exc))
+        retry = str(self.settings.unavailable_retry_seconds)
+        return Reply(503, b"store unavailable, retry later\n", TEXT, (("Retry-After", retry),))
 
     def _answered(self, serial: str, decision: Decision, address: str, reported: str, began: float) -> Reply:
         """Count, hand on and log a decision that is made (and durable when it changed something): its reply."""
@@ -282,12 +316,35 @@ class Listener:
     def download(self, kind: str, serial: str, revision: str, name: str, expires: str, signature: str, address: str,
                  bound: bool = False, head: bool = False) -> Reply:
         """A signed download; ``head``: only its headers (a look takes no image transfer slot)."""
+        found = self._offered(kind, serial, revision, name, expires, signature, address, bound, self.store.load)
+        if isinstance(found, Reply) or found is None:  # load always has a record
+            return found or _error(404, "no such download")
+        offered, hostname = found
+        return self._serve(offered, serial, address, kind, name, hostname, head)
+
+    def quick_download(self, kind: str, serial: str, revision: str, name: str, expires: str, signature: str,
+                       address: str, bound: bool = False) -> Reply | None:
+        """A configuration download answered on the event loop (its text is in the work, the record in memory);
+        None when it needs a thread: an image (a file transfer), or a record the store must look up first."""
+        found = self._offered(kind, serial, revision, name, expires, signature, address, bound, self.store.peek)
+        if found is None or isinstance(found, Reply):
+            return found
+        offered, hostname = found
+        if offered.text is None:
+            return None
+        return self._serve(offered, serial, address, kind, name, hostname)
+
+    def _offered(self, kind: str, serial: str, revision: str, name: str, expires: str, signature: str, address: str,
+                 bound: bool, load: Callable[[str], DeviceRecord | None]) -> tuple[Download, str] | Reply | None:
+        """What the signed URL offers (and the device's hostname), a refusal, or None when ``load`` has no record."""
         refused = self.signer.check(kind, serial, revision, name, expires, signature, self.clock(),
                                     address if bound else "")
         if refused:
             event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind, reason=refused)
             return _error(403, f"download refused: {refused}")
-        record = self.store.load(serial)
+        record = load(serial)
+        if record is None:
+            return None
         work = self.provisioner.effective_work(record.work)
         if work is None or work.revision != revision:
             event(log, logging.WARNING, "download-refused", serial=serial, address=address, kind=kind,
@@ -299,8 +356,7 @@ class Listener:
             except UnknownStepType:
                 continue
             if offered is not None:
-                hostname = record.declaration.hostname if record.declaration else ""
-                return self._serve(offered, serial, address, kind, name, hostname, head)
+                return offered, record.declaration.hostname if record.declaration else ""
         return _error(404, f"this device's work has no {kind} to download here")
 
     def _serve(self, offered: Download, serial: str, address: str, kind: str, name: str, hostname: str = "",

@@ -2,25 +2,66 @@
 
 from __future__ import annotations
 
+import http.client
+import types
+from urllib.parse import urlsplit
+
 import pytest
 
 from conftest import open_store, state_dump, SECRET, FakeClock
 from pnp_service import protocol
 from pnp_service.simulator import messages
-from pnp_service.app import create_app
+from pnp_service import httpserver
+from pnp_service.app import create_app, served
 from pnp_service.listener import Listener, ListenerSettings
 
 UDI = protocol.Udi("C9300-24P", "V01", "FOC2001X0AB")
 
 
-@pytest.fixture
-def setup(example_path):
+class ServedClient:
+    """Flask's test client's calls, sent to the server ``serve`` runs: the event loop's quick paths (HELLO, polls,
+    configuration downloads, batched writes) answer them, not the Flask routes."""
+
+    def __init__(self, app, store):
+        self.running = httpserver.start_in_thread(served(app), limits=httpserver.Limits(graceful_timeout=0.5))
+        self.store = store
+
+    def open(self, url: str, method: str = "GET", data: bytes = b""):
+        # The declarations file looked at now (a test may have just edited it), and not again for an hour: so the
+        # store's copy is current and the quick paths take the requests (open_store's check at every call would
+        # send them all to the Flask routes).
+        self.store.refresh()
+        split = urlsplit(url)
+        connection = http.client.HTTPConnection("127.0.0.1", self.running.port, timeout=10)
+        try:
+            connection.request(method, split.path + (f"?{split.query}" if split.query else ""), body=data or None)
+            response = connection.getresponse()
+            return types.SimpleNamespace(status_code=response.status, data=response.read(),
+                                         content_type=response.getheader("Content-Type", ""))
+        finally:
+            connection.close()
+
+    def get(self, url: str):
+        return self.open(url)
+
+    def post(self, url: str, data: bytes = b""):
+        return self.open(url, "POST", data)
+
+
+@pytest.fixture(params=["flask", "served"])
+def setup(example_path, request):
+    """The Flask app's test client, and the same requests through the server serve runs: one answer either way."""
     clock = FakeClock()
-    store = open_store(example_path)
+    store = open_store(example_path, check_seconds=0 if request.param == "flask" else 3600)
     settings = ListenerSettings(secret=SECRET, max_body_bytes=64 * 1024)
     listener = Listener(store, settings, clock=clock)
-    client = create_app(store, settings, listener=listener).test_client()
-    return client, example_path, clock
+    app = create_app(store, settings, listener=listener)
+    if request.param == "flask":
+        yield app.test_client(), example_path, clock
+        return
+    client = ServedClient(app, store)
+    yield client, example_path, clock
+    client.running.stop()
 
 
 def file_bytes(path):
@@ -87,7 +128,7 @@ def config_url(client) -> str:
 def test_config_download_with_a_signed_url(setup):
     client, _, _ = setup
     url = config_url(client)
-    assert url.startswith("http://localhost/pnp/download/config/FOC2001X0AB/")
+    assert urlsplit(url).path.startswith("/pnp/download/config/FOC2001X0AB/")
     response = client.get(url)
     assert response.status_code == 200 and b"hostname access-sw-01" in response.data
 
@@ -134,3 +175,29 @@ def test_config_text_is_never_logged(setup, caplog):
     client.get(config_url(client))
     assert "change-me" not in caplog.text and "hostname access-sw-01" not in caplog.text
     assert 'event=download serial="FOC2001X0AB" address="127.0.0.1" hostname="access-sw-01" kind="config"' in caplog.text
+
+
+def test_the_writes_of_several_devices_finish_in_one_commit_each_with_its_own_answer(example_path, monkeypatch):
+    from pnp_service.listener import Later
+    from pnp_service.stores.base import StoreUnavailable
+
+    store = open_store(example_path, check_seconds=3600)
+    listener = Listener(store, ListenerSettings(secret=SECRET), clock=FakeClock())
+    assert listener.finishes_many_at_once
+    laters = [listener.quick_work_request(messages.work_request(protocol.Udi(pid, "V01", serial), "c1"),
+                                          "127.0.0.1", "http://127.0.0.1/")
+              for serial, pid in (("FOC2001X0AB", "C9300-24P"), ("FOC2001X0CD", "C9300-48P"))]
+    assert all(isinstance(later, Later) for later in laters)  # first contact: a status to record first
+    commits = []
+    transaction = store.db.transaction
+    monkeypatch.setattr(store.db, "transaction", lambda: commits.append(1) or transaction())
+    replies = listener.finish_many(laters)
+    assert len(commits) == 1 and [r.status for r in replies] == [200, 200]
+    assert [messages.parse_server_message(r.body).service for r in replies] == ["device-info", "device-info"]
+    assert {store.load(s).status.state for s in ("FOC2001X0AB", "FOC2001X0CD")} == {"onboarding"}
+
+    def busy(updates):
+        return [StoreUnavailable("the database is locked")] * len(updates)
+
+    monkeypatch.setattr(store, "update_many", busy)
+    assert [r.status for r in listener.finish_many(laters)] == [503, 503]  # told to come back, nothing lost

@@ -351,3 +351,55 @@ def test_tls_clients_still_in_their_handshake_are_counted_and_make_room(tmp_path
             sock.close()
     finally:
         running.stop()
+
+
+# --------------------------------------------------------------------------- batched writes
+
+
+def test_work_that_waits_while_batches_run_goes_in_one_batch_and_each_request_gets_its_own_answer():
+    """What the quick path hands over as Batched (the listener's durable writes) runs as few batches as it can: the
+    requests that arrive while BATCHES_IN_FLIGHT batches run share the next one; a batch that fails fails only its
+    own requests, and the server goes on."""
+    release = threading.Event()
+    batches: list[list[str]] = []
+
+    def run_many(items: list[str]) -> list[httpserver.QuickAnswer]:
+        batches.append(list(items))
+        if len(batches) <= httpserver.BATCHES_IN_FLIGHT:
+            release.wait(5)
+        if "boom" in items:
+            raise RuntimeError("a store that failed")
+        return [httpserver.QuickAnswer(200, f"answer to {item}".encode(), "text/plain") for item in items]
+
+    app = httpserver.Application(make_app(), lambda request: httpserver.Batched(request.path.strip("/"), run_many))
+    running = httpserver.start_in_thread(app, limits=FAST)
+    answers: dict[str, tuple[int, bytes]] = {}
+
+    def ask(name: str) -> None:
+        answers[name] = get(running.port, f"/{name}")
+
+    try:
+        first = [threading.Thread(target=ask, args=(f"first{n}",)) for n in range(httpserver.BATCHES_IN_FLIGHT)]
+        for thread in first:
+            thread.start()
+        deadline = time.monotonic() + 5
+        while len(batches) < httpserver.BATCHES_IN_FLIGHT and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waiting = [threading.Thread(target=ask, args=(f"later{n}",)) for n in range(6)]
+        for thread in waiting:
+            thread.start()
+        while len(running.server._batch) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+        for thread in first + waiting:
+            thread.join(10)
+        assert sorted(batches[-1]) == [f"later{n}" for n in range(6)] and len(batches) == 3  # one batch for six
+        assert all(answers[name] == (200, f"answer to {name}".encode()) for name in answers) and len(answers) == 8
+
+        ask("boom")
+        assert answers["boom"][0] == 500
+        ask("after")
+        assert answers["after"] == (200, b"answer to after")
+    finally:
+        release.set()
+        running.stop()

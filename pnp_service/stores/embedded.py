@@ -439,6 +439,9 @@ class _Job:
 class EmbeddedStore(StoreBase):
     """Store of the embedded mode; see the module docstring."""
 
+    #: update_many is one transaction: the server hands it the writes of many devices at once.
+    updates_many_in_one_commit = True
+
     def __init__(
         self,
         path: str,
