@@ -10,10 +10,10 @@ The rule of this file: no knowledge of PnP, YANG, HTTP or stores.
 
 from __future__ import annotations
 
-import io
 import re
 import threading
 import unicodedata
+from typing import Iterable, Iterator
 from xml.sax.saxutils import escape as _sax_escape
 
 from lxml import etree
@@ -44,9 +44,36 @@ def parser(*, large: bool = False, keep_comments: bool = False) -> etree.XMLPars
     return found
 
 
-def iterparse(data: bytes, events: tuple[str, ...] = ("end",), **options):
+class _Reading:
+    """A file over bytes already in memory, read in pieces without a copy of the whole (io.BytesIO copies it)."""
+
+    __slots__ = ("view", "position")
+
+    def __init__(self, data: bytes | bytearray):
+        self.view, self.position = memoryview(data), 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.view) if size is None or size < 0 else self.position + size
+        piece = self.view[self.position:end].tobytes()
+        self.position += len(piece)
+        return piece
+
+
+def iterparse_pieces(pieces: Iterable[bytes], events: tuple[str, ...] = ("end",), **options) -> Iterator[tuple]:
+    """:func:`iterparse` over a document that arrives in pieces (a controller's reply as it is read): the whole
+    never sits in memory at once."""
+    pull = etree.XMLPullParser(events=events, huge_tree=True, remove_comments=True, remove_pis=True, **_HARDENED,
+                               **options)
+    for piece in pieces:
+        pull.feed(piece)
+        yield from pull.read_events()
+    pull.close()
+    yield from pull.read_events()
+
+
+def iterparse(data: bytes | bytearray, events: tuple[str, ...] = ("end",), **options):
     """lxml's incremental parser over trusted but large bytes, with the same hardening as :func:`parser`."""
-    return etree.iterparse(io.BytesIO(data), events=events, huge_tree=True, remove_comments=True, remove_pis=True,
+    return etree.iterparse(_Reading(data), events=events, huge_tree=True, remove_comments=True, remove_pis=True,
                            **_HARDENED, **options)
 
 

@@ -87,6 +87,10 @@ class FakeSession:
         self.controller.gets += 1
         return f'<rpc-reply xmlns="{NETCONF_NS}">'.encode() + etree.tostring(self.controller.running) + b"</rpc-reply>"
 
+    def get_config_pieces(self, source, xpath, namespaces=None):
+        data = self.get_config_raw(source, xpath)
+        yield from (data[i:i + 1000] for i in range(0, len(data), 1000))  # in pieces, as a socket gives them
+
     def lock(self):
         self._alive()
         if self.controller.candidate_modified:

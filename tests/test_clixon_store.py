@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import os
+import socket
 import threading
 
 import pytest
@@ -818,3 +819,66 @@ def test_an_entry_that_got_work_since_the_copy_was_read_is_never_swept(open_stor
     declare(controller, "SN2", "sw2")  # declared again meanwhile: the service module wrote work into it
     controller.running.find(p("pnp")).remove(controller.device("SN2"))  # (declare() appends a second entry)
     assert store.sweep() == [] and controller.device("SN2").find(p("work")) is not None
+
+
+# --------------------------------------------------------------------------- the controller socket's framing
+
+
+def framed_session(monkeypatch):
+    """A Session over one end of a socket pair (no controller, no pyapi): the other end plays the controller."""
+    import socket
+
+    from pnp_service.stores.clixon import netconf
+
+    ours, theirs = socket.socketpair()
+    monkeypatch.setattr(netconf, "_pyapi_socket", lambda: (lambda path: ours, lambda sock, data: None))
+    return netconf.Session("/fake.sock", user="test"), theirs
+
+
+def test_a_reply_is_read_whole_in_any_pieces_and_chunks(monkeypatch):
+    session, controller = framed_session(monkeypatch)
+    reply = b'<rpc-reply xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><data>' + b"x" * 200_000 + b"</data></rpc-reply>"
+    framed = b"\n#%d\n%s\n##\n" % (len(reply), reply)
+    sender = threading.Thread(target=lambda: [controller.sendall(framed[i:i + 7777]) for i in range(0, len(framed), 7777)])
+    sender.start()
+    assert bytes(session.rpc_raw("<get/>")) == reply
+    sender.join()
+    two = b"\n#5\n<ok/>\n#11\n<more/>tail\n##\n"  # RFC 6242 allows a message in several chunks
+    controller.sendall(two)
+    assert bytes(session.rpc_raw("<get/>")) == b"<ok/><more/>tail"
+    controller.sendall(b"\n#3\n<a/\n##\n\n#4\n<b/>\n##\n")  # two messages in one receive: each read on its own
+    assert bytes(session.rpc_raw("<get/>")) == b"<a/" and bytes(session.rpc_raw("<get/>")) == b"<b/>"
+
+
+@pytest.mark.parametrize("garbage", [b"\n#abc\n", b"\n#0\n", b"\n#" + b"9" * 40])
+def test_framing_the_reader_cannot_follow_is_a_lost_connection_not_a_hang(monkeypatch, garbage):
+    session, controller = framed_session(monkeypatch)
+    controller.sendall(garbage)
+    controller.shutdown(socket.SHUT_WR)
+    with pytest.raises(StoreUnavailable, match="framing|connection lost"):
+        session.rpc_raw("<get/>")
+
+
+def test_a_controller_that_goes_away_mid_reply_is_a_lost_connection(monkeypatch):
+    session, controller = framed_session(monkeypatch)
+    controller.sendall(b"\n#100\n<rpc-reply>")
+    controller.close()
+    with pytest.raises(StoreUnavailable, match="connection lost"):
+        session.rpc_raw("<get/>")
+
+
+def test_a_large_reply_is_handed_on_in_pieces_and_an_error_reply_raises_first(monkeypatch):
+    from pnp_service.stores.clixon import RpcError
+
+    session, controller = framed_session(monkeypatch)
+    reply = b'<rpc-reply xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><data>' + b"y" * 3_000_000 + b"</data></rpc-reply>"
+    sender = threading.Thread(target=controller.sendall, args=(b"\n#%d\n%s\n##\n" % (len(reply), reply),))
+    sender.start()
+    pieces = list(session.get_config_pieces("running", "/pnp:pnp"))
+    sender.join()
+    assert b"".join(pieces) == reply and len(pieces) > 1 and max(map(len, pieces)) <= 1 << 20
+    error = (b'<rpc-reply xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><rpc-error><error-tag>lock-denied</error-tag>'
+             b"<error-message>locked</error-message></rpc-error></rpc-reply>")
+    controller.sendall(b"\n#%d\n%s\n##\n" % (len(error), error))
+    with pytest.raises(RpcError, match="locked"):
+        list(session.get_config_pieces("running", "/pnp:pnp"))

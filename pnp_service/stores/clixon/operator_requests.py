@@ -54,7 +54,7 @@ class Claim:
                 f"<template-file>{escape_text(self.template_file)}</template-file>")
 
 
-def claims_in(data: bytes) -> list[Claim]:
+def claims_in(data: bytes | bytearray) -> list[Claim]:
     """The ``/pnp/claim`` entries of a get-config reply."""
     claims = []
     for _, element in iterparse(data, tag=q("claim")):
@@ -134,7 +134,7 @@ def make_claim(session: Session, claim: Claim) -> tuple[str, str]:
 CLEARS = {"clear-unclaimed": "unclaimed", "clear-claims": "claim"}
 
 
-def clears_in(data: bytes) -> list[str]:
+def clears_in(data: bytes | bytearray) -> list[str]:
     """The clear requests (``clear-unclaimed``, ``clear-claims``) of a get-config reply."""
     return [request for _, element in iterparse(data, tag=tuple(q(r) for r in CLEARS))
             for request in (etree.QName(element).localname,)]

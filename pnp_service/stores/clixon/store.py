@@ -60,7 +60,7 @@ from ... import model
 from ...backoff import Backoff
 from ...logs import event
 from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, Declaration, DeviceRecord, Status, Unclaimed, Work, q
-from ...xmlsafe import escape_text, iterparse
+from ...xmlsafe import escape_text, iterparse, iterparse_pieces
 from ..base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Snapshot, StoreBase, StoreError,
                     StoreUnavailable, UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
 from .operator_requests import CLEARS, Claim, claims_in, clear_lists, clears_in, make_claims
@@ -128,16 +128,23 @@ class View:
             self.status.pop(change.serial, None)
 
 
-def view_from_reply(data: bytes, previous: View | None = None) -> View:
-    """Build the view from a get-config reply, element by element, freeing each as it goes.
+_VIEW_TAGS = (q("device"), q("unclaimed"), q("pnp-device"), q("stack-member"))
+
+
+def view_from_reply(data: bytes | bytearray, previous: View | None = None) -> View:
+    """Build the view from a get-config reply, element by element, freeing each as it goes."""
+    return view_from_events(iterparse(data, tag=_VIEW_TAGS), previous)
+
+
+def view_from_events(events: Iterable[tuple], previous: View | None = None) -> View:
+    """Build the view from a reply's parse events (``end`` of each element of :data:`_VIEW_TAGS`).
 
     Records that did not change are taken from ``previous`` (the same objects), so a
     refresh holds little more than one copy of running in memory.
     """
     view = View()
     old = previous or View()
-    tags = (q("device"), q("unclaimed"), q("pnp-device"), q("stack-member"))
-    for _, element in iterparse(data, tag=tags):
+    for _, element in events:
         parent = element.getparent()
         if element.tag == q("pnp-device"):
             declaration = model.declaration_from_xml(element)
@@ -284,6 +291,8 @@ class ClixonStore(StoreBase):
         self._generation = 0  # counts flushes; a refresh re-applies what was committed while it fetched
         self._recent: list[tuple[int, Change]] = []
         self._reader: Session | None = None
+        self._refresher: Session | None = None  # the full refresh's own session
+        self._refresher_lock = threading.Lock()
         self._writer: Session | None = None
         self._view = View()
         self._stop = threading.Event()
@@ -355,10 +364,24 @@ class ClixonStore(StoreBase):
                 raise
         return view_from_reply(data, previous)
 
+    def _fetch_all(self, previous: View) -> View:
+        """Everything the copy holds, parsed as the reply arrives (never whole in memory: 10 MB at 10,000 devices),
+        on a session of its own so that a device's own lookup never waits behind it."""
+        with self._refresher_lock:
+            if self._refresher is None:
+                self._refresher = self._session_factory(self.sockpath)
+            try:
+                return view_from_events(iterparse_pieces(self._refresher.get_config_pieces("running", _ALL),
+                                                         tag=_VIEW_TAGS), previous)
+            except BaseException:
+                self._refresher.close()  # a reply read halfway leaves the session out of step
+                self._refresher = None
+                raise
+
     def refresh(self) -> None:
         """Fetch declarations and ``/pnp`` from running, then swap the copy in."""
         generation = self._generation
-        fresh = self._fetch(_ALL, self._view)
+        fresh = self._fetch_all(self._view)
         with self._lock:
             for committed_at, change in self._recent:
                 if committed_at > generation:  # committed while we fetched: running had not got it yet
@@ -411,7 +434,7 @@ class ClixonStore(StoreBase):
                 raise
         return Acted(self._look_at_resets(data), self._make_claims(claims_in(data)), self._clear(clears_in(data)))
 
-    def _look_at_resets(self, data: bytes) -> list[str]:
+    def _look_at_resets(self, data: bytes | bytearray) -> list[str]:
         requested = {serial for _, element in iterparse(data, tag=q("reset"))
                      if model.is_serial(serial := model.child_text(element, "serial"))}
         new = sorted(requested - self._resets_seen)
@@ -834,6 +857,10 @@ class ClixonStore(StoreBase):
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+        with self._refresher_lock:
+            if self._refresher is not None:
+                self._refresher.close()
+                self._refresher = None
         self._drop_writer()
 
 
