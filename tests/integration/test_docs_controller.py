@@ -121,7 +121,12 @@ def test_declare_commit_watch_reset_as_written(box):
     (json_status,) = shell_block("docs/operations.md", f"pnp-service status --clixon-socket {SOCKET} --format json")
     import json
 
-    rows = {row["serial"]: row for row in json.loads(box.run(json_status).stdout)["devices"]}
+    deadline = time.time() + 15  # the listener commits what its journal holds within a moment, not before answering
+    while True:
+        rows = {row["serial"]: row for row in json.loads(box.run(json_status).stdout)["devices"]}
+        if rows[SERIAL]["state"] == "provisioned" or time.time() > deadline:
+            break
+        time.sleep(0.5)
     assert rows[SERIAL]["state"] == "provisioned" and rows[SERIAL]["hostname"] == "access-sw-01"
     replan = paste(clixon_block("docs/controller.md", "configure / apply services pnp-service:pnp-device FOC2001X0AB"))
     assert "OK" in replan and "Unknown command" not in replan
