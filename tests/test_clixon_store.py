@@ -882,3 +882,43 @@ def test_a_large_reply_is_handed_on_in_pieces_and_an_error_reply_raises_first(mo
     controller.sendall(b"\n#%d\n%s\n##\n" % (len(error), error))
     with pytest.raises(RpcError, match="locked"):
         list(session.get_config_pieces("running", "/pnp:pnp"))
+
+
+# --------------------------------------------------------------------------- many updates at once
+
+
+def test_many_updates_are_journaled_with_one_fsync_and_each_decides_on_what_came_before(open_store, controller,
+                                                                                       monkeypatch):
+    from fake_controller import declare
+
+    declare(controller, "SN2", "sw2")
+    store = open_store()
+    assert store.updates_many_in_one_commit and not open_store(write_through=True).updates_many_in_one_commit
+    appends = []
+    real_append = store._journal.append
+    monkeypatch.setattr(store._journal, "append", lambda changes: appends.append(1) or real_append(changes))
+    seen = []
+
+    def count_attempts(record):
+        seen.append(record.status.attempts if record.status else None)
+        attempts = (record.status.attempts if record.status else 0) + 1
+        return Decision(b"", Event.REQUEST, status=Status(state="onboarding", step="device-info", attempts=attempts))
+
+    def broken(record):
+        raise RuntimeError("a decision that failed")
+
+    results = store.update_many([("SN1", count_attempts), ("SN2", count_attempts), ("SN3", broken),
+                                 ("SN1", count_attempts)])
+    assert isinstance(results[2], RuntimeError) and all(isinstance(r, Decision) for i, r in enumerate(results) if i != 2)
+    assert seen == [None, None, 1]  # SN1's second message decided on its first's change
+    assert len(appends) == 2  # SN1 and SN2 together, then SN1 again: not one fsync per update
+    assert store.load("SN1").status.attempts == 2 and store.load("SN2").status.attempts == 1
+    assert store.flush() is True and controller.status("SN1").attempts == 2
+
+    def failing(changes):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store._journal, "append", failing)
+    results = store.update_many([("SN1", count_attempts), ("SN2", count_attempts)])
+    assert all(isinstance(r, OSError) for r in results)  # nothing is durable: no device hears a decision
+    assert store.load("SN1").status.attempts == 2

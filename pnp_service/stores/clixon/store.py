@@ -488,35 +488,94 @@ class ClixonStore(StoreBase):
     def update(self, serial: str, decide: Callable[[DeviceRecord], D]) -> D:
         if self.read_only:
             raise StoreError("this Clixon store was opened read-only")
-        target = self._target(serial)
-        with self._serial_locks[zlib.crc32(target.encode()) % len(self._serial_locks)]:
-            record = self._record(serial)
-            looked = self._relook_due(record) or (self.write_through and record.declaration is not None)
-            if looked:
-                self._reload(record.serial)
-                record = self._record(serial)
-            decision = decide(record)
-            if decision.recheck and not looked:
-                self._reload(record.serial)
-                record = self._record(serial)
-                decision = decide(record)
-            change = Change.of(record.serial, decision)
-            if change is None:
-                return decision
-            problem = change_problem(change)
-            if problem:
-                self._quarantine(change, problem)
-                return decision
-            if change.member_of and self._stack_full(change):
-                log.error("stack %s has %d recorded members already: %s is not recorded as another (it stays "
-                          "unclaimed)", change.member_of, STACK_MEMBERS_MAX, change.serial)
-                return decision
-            room = self._make_room(change) if change.unclaimed is not None and record.unclaimed is None else []
-            self._appends.submit([change, *room])  # fsynced (with other polls' changes) before the device hears
-            self._wake.set()
-            if self.write_through and (change.status is not None or change.member_of):
-                self._await_commit(change)  # under the serial's lock: its next message is decided after this
+        with self._serial_locks[self._lock_index(self._target(serial))]:
+            decision, changes = self._decided(serial, decide)
+            if changes:
+                self._appends.submit(changes)  # fsynced (with other polls' changes) before the device hears
+                self._wake.set()
+                change = changes[0]
+                if self.write_through and (change.status is not None or change.member_of):
+                    self._await_commit(change)  # under the serial's lock: its next message is decided after this
         return decision
+
+    @property
+    def updates_many_in_one_commit(self) -> bool:
+        """Without write-through, :meth:`update_many` journals its changes with one fsync: the server hands it the
+        writes of many devices at once.  With it, each update waits for its own commit to the controller."""
+        return not self.write_through
+
+    def update_many(self, updates: list[tuple[str, Callable[[DeviceRecord], D]]]) -> list[D | Exception]:
+        """Each update as :meth:`update`, the changes journaled together (one fsync) under every serial's lock.  A
+        device's second message in the batch, a newcomer stranger and a stack member are journaled at once: what
+        comes next is decided on them (and the caps count them)."""
+        if self.read_only:
+            raise StoreError("this Clixon store was opened read-only")
+        if self.write_through:
+            return super().update_many(updates)
+        results: list[D | Exception] = []
+        targets = [self._target(serial) for serial, _ in updates]
+        with contextlib.ExitStack() as held:
+            for index in sorted({self._lock_index(target) for target in targets}):
+                held.enter_context(self._serial_locks[index])
+            waiting: list[Change] = []
+            owners: list[int] = []  # the results whose changes wait
+            for (serial, decide), target in zip(updates, targets):
+                if target in (targets[i] for i in owners):
+                    self._journal_together(waiting, owners, results)
+                try:
+                    decision, changes = self._decided(serial, decide)
+                except Exception as exc:  # noqa: BLE001 - reported per update, as the caller asked
+                    results.append(exc)
+                    continue
+                results.append(decision)
+                if changes:
+                    waiting += changes
+                    owners.append(len(results) - 1)
+                    if len(changes) > 1 or changes[0].member_of or changes[0].unclaimed is not None:
+                        self._journal_together(waiting, owners, results)
+            self._journal_together(waiting, owners, results)
+        return results
+
+    def _journal_together(self, waiting: list[Change], owners: list[int], results: list) -> None:
+        if waiting:
+            try:
+                self._appends.submit(list(waiting))
+            except Exception as exc:  # noqa: BLE001 - none of them is durable: each caller hears why
+                for index in owners:
+                    results[index] = exc
+            self._wake.set()
+        waiting.clear()
+        owners.clear()
+
+    def _lock_index(self, target: str) -> int:
+        return zlib.crc32(target.encode()) % len(self._serial_locks)
+
+    def _decided(self, serial: str, decide: Callable[[DeviceRecord], D]) -> tuple[D, list[Change]]:
+        """Under the serial's lock: the decision, and the changes to journal for it (none when it changes nothing,
+        or the change is refused here)."""
+        record = self._record(serial)
+        looked = self._relook_due(record) or (self.write_through and record.declaration is not None)
+        if looked:
+            self._reload(record.serial)
+            record = self._record(serial)
+        decision = decide(record)
+        if decision.recheck and not looked:
+            self._reload(record.serial)
+            record = self._record(serial)
+            decision = decide(record)
+        change = Change.of(record.serial, decision)
+        if change is None:
+            return decision, []
+        problem = change_problem(change)
+        if problem:
+            self._quarantine(change, problem)
+            return decision, []
+        if change.member_of and self._stack_full(change):
+            log.error("stack %s has %d recorded members already: %s is not recorded as another (it stays "
+                      "unclaimed)", change.member_of, STACK_MEMBERS_MAX, change.serial)
+            return decision, []
+        room = self._make_room(change) if change.unclaimed is not None and record.unclaimed is None else []
+        return decision, [change, *room]
 
     def _await_commit(self, change: Change) -> None:
         """Wait (up to ``write_through_seconds``) until the flusher has committed ``change`` to running."""
