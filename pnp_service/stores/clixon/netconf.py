@@ -124,11 +124,11 @@ class Session:
         return data
 
     def _exchange(self, body: str) -> bytes | bytearray:
-        self._message_id += 1
         self._send_rpc(body)
         return self._read_message()
 
     def _send_rpc(self, body: str) -> None:
+        self._message_id += 1
         message = (
             f'<rpc xmlns="{NETCONF_NS}" xmlns:nc="{NETCONF_NS}" username="{escape_attribute(self.user)}" '
             f'message-id="{self._message_id}">{body}</rpc>'
@@ -141,7 +141,6 @@ class Session:
     def get_config_pieces(self, source: str, xpath: str, namespaces: dict[str, str] = NAMESPACES) -> Iterator[bytes]:
         """The reply in pieces as they arrive, for a reply too large to hold whole (a full refresh at 10,000 devices
         is 10 MB).  Read it to its end before this session's next RPC; an ``rpc-error`` raises before any piece."""
-        self._message_id += 1
         self._send_rpc(self._get_config_body(source, xpath, namespaces))
         pieces = self._message_pieces()
         head = b""

@@ -352,17 +352,20 @@ class ClixonStore(StoreBase):
 
     def _fetch(self, xpath: str, previous: View | None = None) -> View:
         """One get-config from running, outside every lock but the reader session's."""
+        return view_from_reply(self._read_running(xpath), previous)
+
+    def _read_running(self, xpath: str) -> bytes | bytearray:
+        """One get-config from running on the reader session (one round trip at a time); a broken session goes."""
         with self._reader_lock:
             try:
                 if self._reader is None:
                     self._reader = self._session_factory(self.sockpath)
-                data = self._reader.get_config_raw("running", xpath)
+                return self._reader.get_config_raw("running", xpath)
             except StoreUnavailable:
                 if self._reader is not None:
                     self._reader.close()
                     self._reader = None
                 raise
-        return view_from_reply(data, previous)
 
     def _fetch_all(self, previous: View) -> View:
         """Everything the copy holds, parsed as the reply arrives (never whole in memory: 10 MB at 10,000 devices),
@@ -422,16 +425,7 @@ class ClixonStore(StoreBase):
         """Read the operator's requests (one small round trip) and act on what was asked since the last read: each
         device reset is looked up at once (its record from the controller, and no older write of ours left to undo
         the reset); claims are made and lists cleared (operator_requests.py)."""
-        with self._reader_lock:
-            try:
-                if self._reader is None:
-                    self._reader = self._session_factory(self.sockpath)
-                data = self._reader.get_config_raw("running", _REQUESTS)
-            except StoreUnavailable:
-                if self._reader is not None:
-                    self._reader.close()
-                    self._reader = None
-                raise
+        data = self._read_running(_REQUESTS)
         return Acted(self._look_at_resets(data), self._make_claims(claims_in(data)), self._clear(clears_in(data)))
 
     def _look_at_resets(self, data: bytes | bytearray) -> list[str]:
