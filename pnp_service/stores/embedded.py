@@ -348,21 +348,33 @@ class StateDb:
         return _status(row[0]), _unclaimed(row[1]), row[2] or ""
 
     @staticmethod
-    def apply(connection: sqlite3.Connection, change: Change, *, has_unclaimed: bool = True,
+    def rows_of(change: Change) -> tuple[str | None, str | None, str | None]:
+        """The encoded status, unclaimed entry and its last-seen time ``change`` writes: made before any statement
+        runs, so a value that cannot be encoded fails its job without half of it written."""
+        unclaimed = change.unclaimed
+        return (_dumps(change.status) if change.status is not None else None,
+                _dumps(unclaimed) if unclaimed is not None else None,
+                model.format_time(unclaimed.last_seen) if unclaimed is not None else None)
+
+    @staticmethod
+    def apply(connection: sqlite3.Connection, change: Change,
+              rows: tuple[str | None, str | None, str | None] | None = None, *, has_unclaimed: bool = True,
               has_status: bool = True) -> None:
-        """Record ``change`` following the unclaimed rule of :class:`~pnp_service.stores.base.Change`;
-        ``has_unclaimed``/``has_status`` False: the transaction has just read that there is no such row."""
+        """Record ``change`` following the unclaimed rule of :class:`~pnp_service.stores.base.Change` (``rows``:
+        its :meth:`rows_of`); ``has_unclaimed``/``has_status`` False: the transaction has just read that there is no
+        such row."""
+        status, unclaimed, last_seen = rows if rows is not None else StateDb.rows_of(change)
         if change.member_of and connection.execute(
                 "SELECT count(*) FROM stack_member WHERE stack = ? AND serial != ?",
                 (change.member_of, change.serial)).fetchone()[0] >= STACK_MEMBERS_MAX:
             log.error("stack %s has %d recorded members already: %s is not recorded as another (it stays unclaimed)",
                       change.member_of, STACK_MEMBERS_MAX, change.serial)
             return
-        if change.status is not None:
-            connection.execute("INSERT OR REPLACE INTO status VALUES (?, ?)", (change.serial, _dumps(change.status)))
-        if change.unclaimed is not None:
+        if status is not None:
+            connection.execute("INSERT OR REPLACE INTO status VALUES (?, ?)", (change.serial, status))
+        if unclaimed is not None:
             connection.execute("INSERT OR REPLACE INTO unclaimed (serial, data, last_seen) VALUES (?, ?, ?)",
-                               (change.serial, _dumps(change.unclaimed), model.format_time(change.unclaimed.last_seen)))
+                               (change.serial, unclaimed, last_seen))
         if change.member_of:
             connection.execute("INSERT OR REPLACE INTO stack_member VALUES (?, ?)", (change.serial, change.member_of))
         if change.removes_unclaimed and has_unclaimed:
@@ -516,22 +528,21 @@ class EmbeddedStore(StoreBase):
         return job.decision
 
     def update_many(self, updates: list[tuple[str, Callable[[DeviceRecord], D]]]) -> list[D | Exception]:
-        """Every update that changes something in one commit (with this process's other changes)."""
-        results: list[D | Exception] = []
-        jobs: list[tuple[int, _Job]] = []
+        """Every update decided inside one commit (with this process's other changes).
+
+        No look outside the transaction first, as :meth:`update` does: what is handed over in many is what the
+        server found to change, and every statement costs the batch a hand-over of the interpreter's lock."""
+        jobs: list[_Job | Exception] = []
         for serial, decide in updates:
             try:
-                current = self._current_for(serial)
-                decision = decide(self._resolved(current, serial))
+                jobs.append(_Job(serial, decide, self._current_for(serial)))
             except Exception as exc:  # noqa: BLE001 - reported per update
-                results.append(exc)
-                continue
-            results.append(decision)
-            if Change.of(serial, decision) is not None:
-                jobs.append((len(results) - 1, _Job(serial, decide, current)))
-        errors = self._commits.submit_many([job for _, job in jobs])
-        for (index, job), error in zip(jobs, errors):
-            results[index] = job.decision if error is None else error  # type: ignore[assignment]
+                jobs.append(exc)
+        errors = iter(self._commits.submit_many([job for job in jobs if isinstance(job, _Job)]))
+        results: list[D | Exception] = []
+        for job in jobs:
+            error = next(errors) if isinstance(job, _Job) else job
+            results.append(job.decision if isinstance(job, _Job) and error is None else error)  # type: ignore[arg-type]
         return results
 
     def snapshot(self) -> Snapshot:
@@ -634,33 +645,29 @@ class EmbeddedStore(StoreBase):
         return self._record(current, target, status, unclaimed, serial)
 
     def _run_batch(self, jobs: list[_Job]) -> list[BaseException | None]:
+        """Decide and record every job in one transaction.  A job whose deciding fails has written nothing and fails
+        alone; a statement that fails (a full disk) fails the whole batch, rolled back."""
         errors: list[BaseException | None] = [None] * len(jobs)
         newcomer: dt.datetime | None = None  # the latest sighting of a stranger not recorded before
-        alone = len(jobs) == 1  # one job: the transaction is its savepoint
         with self.db.transaction() as connection:
             for index, job in enumerate(jobs):
-                if not alone:
-                    connection.execute("SAVEPOINT job")
                 try:
                     record = self._resolved(job.declarations, job.serial, connection)
                     job.decision = job.decide(record)
                     change = Change.of(record.serial, job.decision)
-                    if change is not None:
-                        # What the read just found absent needs no delete (a stack member's rows are another's).
-                        own = record.serial == job.serial
-                        self.db.apply(connection, change, has_unclaimed=not own or record.unclaimed is not None,
-                                      has_status=not own or record.status is not None)
-                        seen = change.unclaimed.last_seen if change.unclaimed is not None else None
-                        if record.unclaimed is None and seen is not None:
-                            newcomer = max(newcomer, seen) if newcomer else seen
-                    if not alone:
-                        connection.execute("RELEASE job")
-                except Exception as exc:
-                    if alone:
-                        raise
-                    connection.execute("ROLLBACK TO job")
-                    connection.execute("RELEASE job")
+                    rows = self.db.rows_of(change) if change is not None else None
+                except Exception as exc:  # noqa: BLE001 - this job's own failure: nothing of it was written
                     errors[index] = exc
+                    continue
+                if change is None or rows is None:
+                    continue
+                # What the read just found absent needs no delete (a stack member's rows are another's).
+                own = record.serial == job.serial
+                self.db.apply(connection, change, rows, has_unclaimed=not own or record.unclaimed is not None,
+                              has_status=not own or record.status is not None)
+                seen = change.unclaimed.last_seen if change.unclaimed is not None else None
+                if record.unclaimed is None and seen is not None:
+                    newcomer = max(newcomer, seen) if newcomer else seen
             if newcomer is not None:  # only a newcomer can grow the table
                 expired, dropped = self.db.limit_unclaimed(connection, self.unclaimed_policy, newcomer)
         if newcomer is not None and (expired or dropped):
