@@ -39,7 +39,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, NoReturn
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import unquote_to_bytes
 
 import h11
@@ -92,9 +92,10 @@ class Batched:
 #: (the WSGI app).
 Quick = Callable[[QuickRequest], "QuickAnswer | Callable[[], QuickAnswer] | Batched | None"]
 
-#: Batches of :class:`Batched` work running at once: the next batch gathers what arrives meanwhile (more than one, so
-#: that a slow batch does not hold every other answer back).
-BATCHES_IN_FLIGHT = 2
+#: Batches of :class:`Batched` work running at once: the next batch gathers what arrives meanwhile.  One: a store
+#: commits one batch at a time anyway, and a second thread deciding meanwhile only contends for the interpreter's
+#: lock (measured: 15% more server CPU per provisioning with two).
+BATCHES_IN_FLIGHT = 1
 #: Items in one batch at most: a batch is one transaction, kept short.
 BATCH_MAX = 64
 
@@ -354,148 +355,190 @@ class _Close(Exception):
     """End this connection (quietly: the reason was counted)."""
 
 
-class Connection:
-    """One client: its requests in turn, each under its deadlines."""
+class Connection(asyncio.Protocol):
+    """One client: its requests in turn, each under its deadlines.
 
-    def __init__(self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.server, self.reader, self.writer = server, reader, writer
+    The loop drives it through callbacks, with no task of its own: a request the application answers on the loop
+    (a :class:`QuickAnswer`) is read, answered and written within the callback that brought its last byte.  What
+    waits (a thread, a batch, a file transfer, a TLS handshake, a client slow to take an answer) runs in a task,
+    and the connection goes on when it ends; what the client sends meanwhile waits in h11 (a request's worth at most,
+    then reading pauses).  One timer per connection keeps its
+    deadline: it is moved only when it fires early, so a request costs no timer of its own.
+    """
+
+    def __init__(self, server: Server):
+        self.server = server
         self.limits = server.limits
+        self.loop = asyncio.get_running_loop()
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
-        self.peer = writer.get_extra_info("peername") or ()
-        self.local = writer.get_extra_info("sockname") or ()
-        self.scheme = "https" if writer.get_extra_info("sslcontext") is not None else "http"
+        self.transport: Any = None
+        self.peer: tuple = ()
+        self.local: tuple = ()
+        self.scheme = "http"
         #: Not being answered (between requests, or still reading one): may be closed to make room for another client.
         self.idle = True
         self.buffered = 0  # body bytes of the request being read
         self.evicted = False  # closed to make room: counted once, as such
         self.idle_since = time.monotonic()
+        self.closed = False  # closed by the server, or lost
+        self._registered = False
+        self._request: h11.Request | None = None  # being read
+        self._body = bytearray()
+        self._chunks = 0
+        #: What the deadline ends: "idle" (waiting for a keep-alive request's first byte), "request" (a request must
+        #: be whole by then), or None (a task is answering under deadlines of its own).
+        self._deadline_kind: str | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None  # what answers (or shakes hands) now
+        self._ahead = 0  # bytes received while the task runs
+        self._paused = False  # reading paused: the client sent too much ahead
+        self._writing_paused = False
+        self._drained: asyncio.Future | None = None
 
-    def _release_buffer(self) -> None:
-        self.server.buffered -= self.buffered
-        self.buffered = 0
+    # ------------------------------------------------------------------ the loop's callbacks
 
-    async def run(self) -> None:
-        sock = self.writer.get_extra_info("socket")
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername") or ()
+        self.local = transport.get_extra_info("sockname") or ()
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             _keepalive(sock)
-        first = True
-        try:
-            if self.server.ssl_context is not None:  # the handshake, counted and under the request deadline
-                plain = self.writer.transport
-                try:
-                    async with asyncio.timeout(self.limits.request_timeout):
-                        await self.writer.start_tls(self.server.ssl_context)
-                except (TimeoutError, ssl.SSLError, ConnectionError, OSError):
-                    STATS.closed["tls-handshake"] += 1
-                    return
-                finally:
-                    if self.writer.transport is None:  # asyncio 3.11: a client gone mid-handshake leaves none
-                        self.writer._transport = plain  # so closing it still works
-                if self.writer.transport is plain:
-                    STATS.closed["tls-handshake"] += 1
-                    return
-                self.scheme = "https"
-            while not self.server.stopping:
-                request, body = await self._read_request(first)
-                if request is None:
-                    return
-                self.idle = False
-                keep_open = await self._answer(request, body)
-                if not keep_open or self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
-                    return
-                self.h11.start_next_cycle()
-                self.idle, self.idle_since, first = True, time.monotonic(), False
-        except _Close:
-            pass
-        except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
-            if not self.evicted:
-                STATS.closed["reset"] += 1
-        finally:
-            self._release_buffer()
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+        server = self.server
+        if len(server.connections) >= self.limits.max_connections and not server._make_room():
+            STATS.refused[503] += 1
+            STATS.closed["too-many-connections"] += 1
+            transport.write(_plain(503, "503 Service Unavailable: too many connections, retry later",
+                                   (("Retry-After", "5"),)))
+            self._close()
+            return
+        server.connections.add(self)
+        STATS.open_connections += 1
+        self._registered = True
+        if server.ssl_context is not None:  # the handshake, counted and under the request deadline
+            self._task = self.loop.create_task(self._handshake(server.ssl_context))
+            self._task.add_done_callback(self._task_done)
+        else:
+            self._expect("request", self.limits.request_timeout)  # the first request: from the accept
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._task is not None:  # sent ahead of its answer: kept, up to a request's worth, until the answer is out
+            self._ahead += len(data)
+            if self._ahead > self.limits.max_header_bytes + self.limits.max_body_bytes:
+                self.transport.pause_reading()
+                self._paused = True
+        if self._deadline_kind == "idle":  # the next request began: it has the request deadline now
+            self._expect("request", self.limits.request_timeout)
+        self.h11.receive_data(data)
+        self._go_on()
+
+    def eof_received(self) -> bool:
+        self.h11.receive_data(b"")
+        self._go_on()
+        # The answer being made may still be written (the connection is closed when it is); TLS cannot half-close.
+        return self.scheme != "https"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and not self.closed and not self.evicted:
+            STATS.closed["reset"] += 1
+        self.closed = True
+        self._forget()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(ConnectionResetError("the client went away"))
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # ------------------------------------------------------------------ deadlines
+
+    def _expect(self, kind: str, seconds: float) -> None:
+        self._deadline_kind, self._deadline = kind, self.loop.time() + seconds
+        if self._timer is not None and self._timer.when() > self._deadline:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        if self.closed or self._deadline_kind is None:
+            return
+        if self.loop.time() < self._deadline:  # moved on since the timer was set
+            self._timer = self.loop.call_at(self._deadline, self._deadline_passed)
+        elif self._deadline_kind == "idle":
+            STATS.closed["idle"] += 1
+            self._close()
+        else:
+            self._refuse(408, f"408 Request Timeout: send a whole request within {self.limits.request_timeout:g} s",
+                         reason="request-timeout")
 
     # ------------------------------------------------------------------ reading
 
-    async def _read_request(self, first: bool) -> tuple[h11.Request | None, bytes]:
-        """The next whole request, or (None, b"") when the client is done or idled out."""
-        loop = asyncio.get_running_loop()
+    def _go_on(self) -> None:
+        """Read what h11 holds, answering each whole request, until more data is needed or a task answers."""
         limits = self.limits
-        chunks = 0
-        waiting = not first  # a keep-alive connection waits idle for its next request's first byte
-        deadline = loop.time() + (limits.keepalive_timeout if waiting else limits.request_timeout)
-        request: h11.Request | None = None
-        body = bytearray()
-        while True:
+        while self._task is None and not self.closed:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
-                if self.evicted:
-                    raise _Close() from None
                 status = exc.error_status_hint if exc.error_status_hint in (400, 413, 431) else 400
-                await self._refuse(status, f"{status} {_REASONS[status]}: {exc}")
+                self._refuse(status, f"{status} {_REASONS[status]}: {exc}")
+                return
             if event is h11.NEED_DATA:
                 if self.h11.they_are_waiting_for_100_continue:
-                    await self._send(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        data = await self.reader.read(65536)
-                except TimeoutError:
-                    if waiting:
-                        STATS.closed["idle"] += 1
-                        raise _Close() from None
-                    await self._refuse(408, f"408 Request Timeout: send a whole request within "
-                                       f"{limits.request_timeout:g} s", reason="request-timeout")
-                if waiting and data:  # the next request began: it has the request deadline now
-                    waiting, deadline = False, loop.time() + limits.request_timeout
-                self.h11.receive_data(data)
-                continue
+                    self.transport.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+                return
             if isinstance(event, h11.Request):
-                request = event
+                self._request, self._body, self._chunks = event, bytearray(), 0
                 # h11 bounds a head that arrives in pieces; a whole one read at once is measured here.
                 if len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers) > limits.max_header_bytes:
-                    await self._refuse(431, f"431 Request Header Fields Too Large: at most {limits.max_header_bytes} "
-                                       "bytes of request line and headers")
+                    self._refuse(431, f"431 Request Header Fields Too Large: at most {limits.max_header_bytes} "
+                                 "bytes of request line and headers")
+                    return
                 names = {name for name, _ in event.headers}
                 if b"content-length" in names and b"transfer-encoding" in names:
                     # Which one frames the body is where request smuggling lives: neither is trusted.
-                    await self._refuse(400, "400 Bad Request: Content-Length and Transfer-Encoding together")
+                    self._refuse(400, "400 Bad Request: Content-Length and Transfer-Encoding together")
+                    return
                 declared = _content_length(event)
                 if declared is not None and declared > limits.max_body_bytes:
-                    await self._refuse(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
-                chunks = 0
+                    self._refuse(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
+                    return
             elif isinstance(event, h11.Data):
-                body += event.data
+                self._body += event.data
                 self.buffered += len(event.data)
                 self.server.buffered += len(event.data)
-                chunks += 1
-                if len(body) > limits.max_body_bytes:
-                    await self._refuse(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
-                if chunks > limits.max_chunks:
-                    await self._refuse(400, f"400 Bad Request: a body in more than {limits.max_chunks} chunks")
+                self._chunks += 1
+                if len(self._body) > limits.max_body_bytes:
+                    self._refuse(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
+                    return
+                if self._chunks > limits.max_chunks:
+                    self._refuse(400, f"400 Bad Request: a body in more than {limits.max_chunks} chunks")
+                    return
                 if self.server.buffered > limits.max_buffered_bytes:
-                    await self._refuse(503, "503 Service Unavailable: busy, retry later", extra=(("Retry-After", "5"),))
-                if chunks % 64 == 0:
-                    await asyncio.sleep(0)  # many small chunks: let the other clients have the loop
+                    self._refuse(503, "503 Service Unavailable: busy, retry later", extra=(("Retry-After", "5"),))
+                    return
             elif isinstance(event, h11.EndOfMessage):
+                request, body = self._request, bytes(self._body)
+                self._request, self._body = None, bytearray()
                 self._release_buffer()
-                return request, bytes(body)
-            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                if request is not None:  # the client went away in the middle of its request
+                assert request is not None  # h11 gives a Request before its EndOfMessage
+                self._answer(request, body)
+            elif isinstance(event, h11.ConnectionClosed):
+                if self._request is not None:  # the client went away in the middle of its request
                     STATS.closed["truncated"] += 1
-                return None, b""
-
-    async def _refuse(self, status: int, message: str, reason: str = "",
-                      extra: tuple[tuple[str, str], ...] = ()) -> NoReturn:
-        """Answer with a short plain message and close the connection (raises :class:`_Close`)."""
-        STATS.refused[status] += 1
-        STATS.closed[reason or f"refused-{status}"] += 1
-        with contextlib.suppress(Exception):
-            self.writer.write(_plain(status, message, extra))
-            async with asyncio.timeout(min(5.0, self.limits.send_timeout)):
-                await self.writer.drain()
-        raise _Close()
+                self._close()
+                return
+            else:  # PAUSED: an answer is being sent (the task's end goes on)
+                return
 
     # ------------------------------------------------------------------ answering
 
@@ -515,45 +558,78 @@ class Connection:
             log.exception("quick answer failed on %s %s; answered in a thread", request.method, path)
             return None
 
-    async def _answer(self, request: h11.Request, body: bytes) -> bool:
-        server = self.server
-        loop = asyncio.get_running_loop()
-        began = loop.time()
+    def _answer(self, request: h11.Request, body: bytes) -> None:
+        """Answer a whole request: now when the application can, else in a task (reading paused until it ends)."""
+        self.idle = False
+        self._deadline_kind = None
+        began = self.loop.time()
         quick = self._quick(request, body)
         if isinstance(quick, QuickAnswer):
-            return await self._send_answer(request, _from_quick(quick), began)
-        if server.pending >= self.limits.max_pending:
-            await self._refuse(503, "503 Service Unavailable: busy, retry later", extra=(("Retry-After", "5"),))
+            head, data = self._head(request, _from_quick(quick))
+            if head is not None:
+                self.transport.write(head + data + self.h11.send(h11.EndOfMessage()))
+                self._answered(request, quick.status, len(quick.body), began)
+                self._next_request()
+            return
+        if self.server.pending >= self.limits.max_pending:
+            self._refuse(503, "503 Service Unavailable: busy, retry later", extra=(("Retry-After", "5"),))
+            return
+        self._run(self._answer_later(request, body, quick, began))
+
+    def _run(self, work: Any) -> None:
+        """Run ``work`` (a coroutine) as this connection's task; what the client sends meanwhile waits for it."""
+        self._ahead = 0
+        self._task = self.loop.create_task(work)
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._task = None
+        if task.cancelled():
+            self._close()
+            return
+        error = task.exception()
+        if isinstance(error, (ConnectionError, OSError, ssl.SSLError)):
+            if not self.closed and not self.evicted:
+                STATS.closed["reset"] += 1
+            self._close()
+        elif error is not None and not isinstance(error, _Close):
+            log.error("a connection's answer failed", exc_info=error)
+            self._close()
+        elif error is not None or self.closed:
+            self._close()
+        else:
+            if self._paused:
+                self._paused = False
+                with contextlib.suppress(RuntimeError):  # a transport closed meanwhile
+                    self.transport.resume_reading()
+            self._go_on()
+
+    async def _answer_later(self, request: h11.Request, body: bytes,
+                            quick: Callable[[], QuickAnswer] | Batched | None, began: float) -> None:
+        server = self.server
         what = f"{request.method.decode('ascii')} {request.target.partition(b'?')[0].decode('latin-1')}"
         server.pending += 1
         try:
             if isinstance(quick, Batched):
                 answer = _from_quick(await server.batched(quick))
             elif quick is not None:
-                answer = _from_quick(await loop.run_in_executor(server.pool, quick))
+                answer = _from_quick(await self.loop.run_in_executor(server.pool, quick))
             else:
                 environ = _environ(request, body, self.peer, self.local, self.scheme)
-                answer = await loop.run_in_executor(server.pool, _run_app, server.app, environ)
+                answer = await self.loop.run_in_executor(server.pool, _run_app, server.app, environ)
         except Exception:  # noqa: BLE001 - an application bug must not end the server
             log.exception("the application failed on %s", what)
-            await self._refuse(500, "500 Internal Server Error")
+            self._refuse(500, "500 Internal Server Error")
+            raise _Close() from None
         finally:
             server.pending -= 1
-        return await self._send_answer(request, answer, began)
-
-    async def _send_answer(self, request: h11.Request, answer: _Answer, began: float) -> bool:
-        server = self.server
-        loop = asyncio.get_running_loop()
-        headers = answer.headers
-        if server.stopping:
-            headers = [h for h in headers if h[0].lower() != b"connection"] + [(b"connection", b"close")]
-        try:
-            head = self.h11.send(h11.Response(status_code=answer.status, reason=answer.reason, headers=headers))
-        except h11.LocalProtocolError as exc:
+        if self.closed:  # the client went away while it was made
             if isinstance(answer.body, FileSpan):
                 answer.body.close()
-            log.error("the application's answer is not valid HTTP: %s", exc)
-            await self._refuse(500, "500 Internal Server Error")
+            raise _Close()
+        head, data = self._head(request, answer)
+        if head is None:
+            raise _Close()
         if isinstance(answer.body, FileSpan):
             try:
                 await self._send(head)
@@ -563,38 +639,77 @@ class Connection:
             await self._send_file(answer.body, request.method == b"HEAD")
             sent = answer.body.sent
         else:
-            data = b"" if request.method == b"HEAD" or not answer.body else self.h11.send(h11.Data(data=answer.body))
             await self._send(head + data + self.h11.send(h11.EndOfMessage()))
             sent = len(answer.body)
-        if server.access_log:
+        self._answered(request, answer.status, sent, began)
+        self._next_request()
+
+    def _head(self, request: h11.Request, answer: _Answer) -> tuple[bytes | None, bytes]:
+        """The answer's head and (unless a file) body as h11 frames them; (None, b"") once refused as invalid HTTP."""
+        headers = answer.headers
+        if self.server.stopping:
+            headers = [h for h in headers if h[0].lower() != b"connection"] + [(b"connection", b"close")]
+        try:
+            head = self.h11.send(h11.Response(status_code=answer.status, reason=answer.reason, headers=headers))
+        except h11.LocalProtocolError as exc:
+            if isinstance(answer.body, FileSpan):
+                answer.body.close()
+            log.error("the application's answer is not valid HTTP: %s", exc)
+            self._refuse(500, "500 Internal Server Error")
+            return None, b""
+        if isinstance(answer.body, FileSpan) or request.method == b"HEAD" or not answer.body:
+            return head, b""
+        return head, self.h11.send(h11.Data(data=answer.body))
+
+    def _answered(self, request: h11.Request, status: int, sent: int, began: float) -> None:
+        if self.server.access_log:
             # The path only: a download URL carries its signature in the query.
             event(access_log, logging.INFO, "access", address=str(self.peer[0]) if self.peer else "",
                   method=request.method.decode("ascii"),
-                  path=unquote_to_bytes(request.target.partition(b"?")[0]).decode("latin-1"), status=answer.status,
-                  bytes=sent, seconds=round(loop.time() - began, 3))
-        return not server.stopping
+                  path=unquote_to_bytes(request.target.partition(b"?")[0]).decode("latin-1"), status=status,
+                  bytes=sent, seconds=round(self.loop.time() - began, 3))
+
+    def _next_request(self) -> None:
+        """After an answer: wait for the client's next request, or close."""
+        if (self.closed or self.server.stopping or self.h11.our_state is not h11.DONE
+                or self.h11.their_state is not h11.DONE):
+            self._close()
+            return
+        self.h11.start_next_cycle()
+        self.idle, self.idle_since = True, time.monotonic()
+        self._expect("idle", self.limits.keepalive_timeout)
+        if self._writing_paused and self._task is None:  # the client has not taken the answer yet: wait for it
+            self._run(self._send(b""))
+
+    # ------------------------------------------------------------------ writing
 
     async def _send(self, data: bytes) -> None:
-        if not data:
+        """Write ``data``; returns once the client has taken enough of it (``send_timeout`` without: closed)."""
+        if data:
+            self.transport.write(data)
+        if not self._writing_paused:
             return
-        self.writer.write(data)
+        if self._drained is None or self._drained.done():
+            self._drained = self.loop.create_future()
         try:
             async with asyncio.timeout(self.limits.send_timeout):
-                await self.writer.drain()
+                await asyncio.shield(self._drained)
         except TimeoutError:
             STATS.closed["send-timeout"] += 1
             raise _Close() from None
 
     async def _send_file(self, span: FileSpan, head_only: bool) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         STATS.transfers += 1
         try:
             if not head_only and span.length:
                 self.h11.send_with_data_passthrough(h11.Data(data=_Sized(span.length)))  # type: ignore[arg-type]
-                transport = self.writer.transport
-                sock = self.writer.get_extra_info("socket")
+                transport = self.transport
+                sock = transport.get_extra_info("socket")
                 moved, queued_before = loop.time(), -1
                 while span.sent < span.length:
+                    if self.closed:
+                        raise _Close()
                     queued, capacity = _unsent(sock), _send_buffer(sock)
                     queued += transport.get_write_buffer_size()
                     # A quarter of the buffer at most in flight: how much the kernel takes of a full one varies
@@ -624,6 +739,59 @@ class Connection:
         finally:
             STATS.transfers -= 1
             span.close()
+
+    # ------------------------------------------------------------------ TLS, refusals, closing
+
+    async def _handshake(self, context: ssl.SSLContext) -> None:
+        plain = self.transport
+        try:
+            async with asyncio.timeout(self.limits.request_timeout):
+                secure = await self.loop.start_tls(plain, self, context, server_side=True)
+        except (TimeoutError, ssl.SSLError, ConnectionError, OSError):
+            secure = None
+        if secure is None:
+            STATS.closed["tls-handshake"] += 1
+            plain.close()
+            self.closed = True
+            self._forget()  # the TLS layer never tells this protocol of a connection it did not make
+            raise _Close()
+        self.transport, self.scheme = secure, "https"
+        self._expect("request", self.limits.request_timeout)
+
+    def _refuse(self, status: int, message: str, reason: str = "", extra: tuple[tuple[str, str], ...] = ()) -> None:
+        """Answer with a short plain message and close the connection."""
+        if self.closed:
+            return
+        STATS.refused[status] += 1
+        STATS.closed[reason or f"refused-{status}"] += 1
+        with contextlib.suppress(Exception):
+            self.transport.write(_plain(status, message, extra))
+        self._close()
+
+    def _close(self) -> None:
+        """Close once what was written is sent; a client that does not take it within seconds is cut."""
+        self.closed = True
+        self._deadline_kind = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.close()
+        if transport.get_write_buffer_size():
+            self.loop.call_later(min(5.0, self.limits.send_timeout), transport.abort)
+
+    def _release_buffer(self) -> None:
+        self.server.buffered -= self.buffered
+        self.buffered = 0
+
+    def _forget(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._release_buffer()
+        if self._registered:
+            self._registered = False
+            self.server.connections.discard(self)
+            STATS.open_connections -= 1
 
 
 def _from_quick(answer: QuickAnswer) -> _Answer:
@@ -732,9 +900,10 @@ class Server:
     async def serve(self, sockets: Iterable[socket.socket], started: Callable[[], None] | None = None) -> None:
         self._stop = asyncio.Event()
         asyncio.get_running_loop().set_exception_handler(_QuietLoopErrors())
-        # TLS is started by each connection itself (Connection.run): a client in its handshake is counted and evicted
-        # like any other, and a failed handshake is a counter, not a log line.
-        servers = [await asyncio.start_server(self._client, sock=sock) for sock in sockets]
+        # TLS is started by each connection itself (Connection._handshake): a client in its handshake is counted and
+        # evicted like any other, and a failed handshake is a counter, not a log line.
+        loop = asyncio.get_running_loop()
+        servers = [await loop.create_server(lambda: Connection(self), sock=sock) for sock in sockets]
         if started is not None:
             started()
         try:
@@ -755,30 +924,13 @@ class Server:
     async def _drain(self) -> None:
         for connection in list(self.connections):
             if connection.idle:
-                connection.writer.close()
+                connection._close()
         deadline = time.monotonic() + self.limits.graceful_timeout
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for connection in list(self.connections):
-            connection.writer.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.connections) >= self.limits.max_connections and not self._make_room():
-            STATS.refused[503] += 1
-            STATS.closed["too-many-connections"] += 1
-            with contextlib.suppress(Exception):
-                writer.write(_plain(503, "503 Service Unavailable: too many connections, retry later",
-                                    (("Retry-After", "5"),)))
-                writer.close()
-            return
-        connection = Connection(self, reader, writer)
-        self.connections.add(connection)
-        STATS.open_connections += 1
-        try:
-            await connection.run()
-        finally:
-            self.connections.discard(connection)
-            STATS.open_connections -= 1
+            if connection.transport is not None:
+                connection.transport.abort()
 
     def _make_room(self) -> bool:
         """Close the longest idle keep-alive connection; False when every connection is busy."""
@@ -788,7 +940,7 @@ class Server:
         oldest = min(idle, key=lambda c: c.idle_since)
         oldest.idle = False
         oldest.evicted = True
-        oldest.writer.close()
+        oldest._close()
         STATS.closed["idle-evicted"] += 1
         return True
 
