@@ -1,7 +1,7 @@
 """The event-driven HTTP/1.1 server the listener runs on: a client costs a socket, never a thread.
 
 Owns connections and nothing else.  One asyncio event loop reads every request
-with h11 under deadlines: a whole request (head and body) within
+with httptools (llhttp, Node.js's strict parser, as uvicorn uses it) under deadlines: a whole request (head and body) within
 ``request_timeout`` of its first byte (of the accept, for a connection's first
 request), an idle keep-alive connection closed after ``keepalive_timeout``, and
 every write bounded by progress (``send_timeout`` without the client taking a
@@ -39,10 +39,10 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NoReturn
 from urllib.parse import unquote_to_bytes
 
-import h11
+import httptools
 
 from .logs import event
 
@@ -248,10 +248,35 @@ class RangeNotSatisfiable(ValueError):
         self.size = size
 
 
+# --------------------------------------------------------------------------- requests and answers
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    """A whole request as a connection read it."""
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]  # names in lower case
+    http_version: bytes  # b"1.1"
+    keep_alive: bool  # what the client asked for (no "Connection: close"; HTTP/1.0 only with "keep-alive")
+    body: bytes
+
+
+#: Requests a client may send ahead of their answers (pipelining: agents never do; a flood of tiny ones is work).
+PIPELINED_MAX = 16
+
+#: Headers of the application's answer the server writes itself, from the body (Content-Length too, except for HEAD).
+_FRAMING = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELD_TEXT = rb"[\t\x20-\x7e\x80-\xff]*"  # no CR, LF or NUL: a line break in a header would split the answer
+_VALID_NAME, _VALID_TEXT = re.compile(_TOKEN), re.compile(_FIELD_TEXT)
+
+
 # --------------------------------------------------------------------------- WSGI
 
 
-def _environ(request: h11.Request, body: bytes, peer: tuple, local: tuple, scheme: str) -> dict[str, Any]:
+def _environ(request: Request, body: bytes, peer: tuple, local: tuple, scheme: str) -> dict[str, Any]:
     target = request.target
     if not target.startswith(b"/") and b"://" in target:  # absolute form: http://host/path
         target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
@@ -341,16 +366,6 @@ _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large"
             500: "Internal Server Error", 503: "Service Unavailable"}
 
 
-class _Sized:
-    """Stands for ``sendfile``'s bytes in h11's bookkeeping (h11 counts them against Content-Length)."""
-
-    def __init__(self, length: int):
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-
 class _Close(Exception):
     """End this connection (quietly: the reason was counted)."""
 
@@ -361,7 +376,7 @@ class Connection(asyncio.Protocol):
     The loop drives it through callbacks, with no task of its own: a request the application answers on the loop
     (a :class:`QuickAnswer`) is read, answered and written within the callback that brought its last byte.  What
     waits (a thread, a batch, a file transfer, a TLS handshake, a client slow to take an answer) runs in a task,
-    and the connection goes on when it ends; what the client sends meanwhile waits in h11 (a request's worth at most,
+    and the connection goes on when it ends; what the client sends meanwhile waits unread (a request's worth at most,
     then reading pauses).  One timer per connection keeps its
     deadline: it is moved only when it fires early, so a request costs no timer of its own.
     """
@@ -370,7 +385,7 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.limits = server.limits
         self.loop = asyncio.get_running_loop()
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        self._parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
         self.peer: tuple = ()
         self.local: tuple = ()
@@ -382,16 +397,26 @@ class Connection(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self.closed = False  # closed by the server, or lost
         self._registered = False
-        self._request: h11.Request | None = None  # being read
+        # The request being read (the parser's callbacks fill them in).
+        self._in_message = self._in_head = False
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0  # its request line and headers
+        self._head_fed = 0  # bytes given to the parser while its head is incomplete
         self._body = bytearray()
         self._chunks = 0
+        self._refusal: tuple[Any, ...] | None = None  # what a callback refused it with
+        self._ready: collections.deque[Request] = collections.deque()  # whole, waiting for their answers
+        self._held = bytearray()  # received while a task answers
+        self._eof = False  # the client has sent all it will
+        self._no_more = False  # an upgrade was asked for: the connection ends after its answer
+        self._keep_alive = True  # of the answer being sent
         #: What the deadline ends: "idle" (waiting for a keep-alive request's first byte), "request" (a request must
         #: be whole by then), or None (a task is answering under deadlines of its own).
         self._deadline_kind: str | None = None
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None  # what answers (or shakes hands) now
-        self._ahead = 0  # bytes received while the task runs
         self._paused = False  # reading paused: the client sent too much ahead
         self._writing_paused = False
         self._drained: asyncio.Future | None = None
@@ -426,18 +451,18 @@ class Connection(asyncio.Protocol):
         if self.closed:
             return
         if self._task is not None:  # sent ahead of its answer: kept, up to a request's worth, until the answer is out
-            self._ahead += len(data)
-            if self._ahead > self.limits.max_header_bytes + self.limits.max_body_bytes:
+            self._held += data
+            if len(self._held) > self.limits.max_header_bytes + self.limits.max_body_bytes and not self._paused:
                 self.transport.pause_reading()
                 self._paused = True
-        if self._deadline_kind == "idle":  # the next request began: it has the request deadline now
-            self._expect("request", self.limits.request_timeout)
-        self.h11.receive_data(data)
+            return
+        self._feed(data)
         self._go_on()
 
     def eof_received(self) -> bool:
-        self.h11.receive_data(b"")
-        self._go_on()
+        self._eof = True
+        if self._task is None:
+            self._go_on()
         # The answer being made may still be written (the connection is closed when it is); TLS cannot half-close.
         return self.scheme != "https"
 
@@ -482,103 +507,144 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ reading
 
-    def _go_on(self) -> None:
-        """Read what h11 holds, answering each whole request, until more data is needed or a task answers."""
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data``: each whole request joins :attr:`_ready`; a request broken or over a cap is refused."""
+        if self._no_more:
+            return  # after an upgrade request: nothing more is read
+        if self._in_head or not self._in_message:
+            self._head_fed += len(data)  # httptools holds a head's pieces itself: bounded here
+        if self._deadline_kind == "idle":  # the next request began: it has the request deadline now
+            self._expect("request", self.limits.request_timeout)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._no_more = True  # answered (the request is whole), never upgraded: the connection ends after it
+        except httptools.HttpParserError as exc:
+            refusal = self._refusal or (400, f"400 Bad Request: {exc}")
+            self._ready.clear()
+            self._refuse(*refusal)
+            return
+        if not self._in_message or not self._in_head:
+            self._head_fed = 0
+        elif self._head_fed > self.limits.max_header_bytes:
+            self._refuse(431, self._too_large_head())
+
+    def _too_large_head(self) -> str:
+        return (f"431 Request Header Fields Too Large: at most {self.limits.max_header_bytes} bytes of request line "
+                "and headers")
+
+    def _refuse_within(self, status: int, message: str) -> NoReturn:
+        """From a parser callback: stop parsing, and refuse."""
+        self._refusal = (status, message)
+        raise _Close()
+
+    # The parser's callbacks (httptools calls them from feed_data).
+
+    def on_message_begin(self) -> None:
+        self._in_message, self._in_head = True, True
+        self._url, self._headers, self._head_size = [], [], 0
+        self._body, self._chunks = bytearray(), 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.limits.max_header_bytes:
+            self._refuse_within(431, self._too_large_head())
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
         limits = self.limits
+        declared = next((value for name, value in self._headers if name == b"content-length"), None)
+        if declared is not None and int(declared) > limits.max_body_bytes:  # the parser has checked it is a number
+            self._refuse_within(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
+        expects = any(name == b"expect" and value.lower() == b"100-continue" for name, value in self._headers)
+        if expects and (declared not in (None, b"0") or self._parser.get_method() != b"GET"):
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+        if self._chunks > self.limits.max_chunks:
+            self._refuse_within(400, f"400 Bad Request: a body in more than {self.limits.max_chunks} chunks")
+
+    def on_body(self, data: bytes) -> None:
+        limits = self.limits
+        self._body += data
+        self.buffered += len(data)
+        self.server.buffered += len(data)
+        if len(self._body) > limits.max_body_bytes:
+            self._refuse_within(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
+        if self.server.buffered > limits.max_buffered_bytes:
+            self._refusal = (503, "503 Service Unavailable: busy, retry later", "", (("Retry-After", "5"),))
+            raise _Close()
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        self._ready.append(Request(parser.get_method(), b"".join(self._url), self._headers,
+                                   parser.get_http_version().encode("ascii"), parser.should_keep_alive(),
+                                   bytes(self._body)))
+        self._in_message = self._in_head = False
+        self._body = bytearray()
+        self._release_buffer()
+        if len(self._ready) > PIPELINED_MAX:
+            self._refuse_within(400, f"400 Bad Request: more than {PIPELINED_MAX} requests sent ahead of their "
+                                "answers")
+
+    def _go_on(self) -> None:
+        """Answer the whole requests read, in turn, until one waits for a task; then see whether the client is done."""
         while self._task is None and not self.closed:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint if exc.error_status_hint in (400, 413, 431) else 400
-                self._refuse(status, f"{status} {_REASONS[status]}: {exc}")
-                return
-            if event is h11.NEED_DATA:
-                if self.h11.they_are_waiting_for_100_continue:
-                    self.transport.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
-                return
-            if isinstance(event, h11.Request):
-                self._request, self._body, self._chunks = event, bytearray(), 0
-                # h11 bounds a head that arrives in pieces; a whole one read at once is measured here.
-                if len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers) > limits.max_header_bytes:
-                    self._refuse(431, f"431 Request Header Fields Too Large: at most {limits.max_header_bytes} "
-                                 "bytes of request line and headers")
-                    return
-                names = {name for name, _ in event.headers}
-                if b"content-length" in names and b"transfer-encoding" in names:
-                    # Which one frames the body is where request smuggling lives: neither is trusted.
-                    self._refuse(400, "400 Bad Request: Content-Length and Transfer-Encoding together")
-                    return
-                declared = _content_length(event)
-                if declared is not None and declared > limits.max_body_bytes:
-                    self._refuse(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
-                    return
-            elif isinstance(event, h11.Data):
-                self._body += event.data
-                self.buffered += len(event.data)
-                self.server.buffered += len(event.data)
-                self._chunks += 1
-                if len(self._body) > limits.max_body_bytes:
-                    self._refuse(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
-                    return
-                if self._chunks > limits.max_chunks:
-                    self._refuse(400, f"400 Bad Request: a body in more than {limits.max_chunks} chunks")
-                    return
-                if self.server.buffered > limits.max_buffered_bytes:
-                    self._refuse(503, "503 Service Unavailable: busy, retry later", extra=(("Retry-After", "5"),))
-                    return
-            elif isinstance(event, h11.EndOfMessage):
-                request, body = self._request, bytes(self._body)
-                self._request, self._body = None, bytearray()
-                self._release_buffer()
-                assert request is not None  # h11 gives a Request before its EndOfMessage
-                self._answer(request, body)
-            elif isinstance(event, h11.ConnectionClosed):
-                if self._request is not None:  # the client went away in the middle of its request
+            if self._ready:
+                self._answer(self._ready.popleft())
+                continue
+            if self._eof:
+                if self._in_message:  # the client went away in the middle of its request
                     STATS.closed["truncated"] += 1
-                self._close()
-                return
-            else:  # PAUSED: an answer is being sent (the task's end goes on)
-                return
+                    self._refuse(400, "400 Bad Request: the connection ended before the request was whole")
+                else:
+                    self._close()
+            return
 
     # ------------------------------------------------------------------ answering
 
-    def _quick(self, request: h11.Request, body: bytes) -> QuickAnswer | Callable[[], QuickAnswer] | Batched | None:
+    def _quick(self, request: Request) -> QuickAnswer | Callable[[], QuickAnswer] | Batched | None:
         quick = self.server.quick
-        if quick is None or len(body) > QUICK_BODY_BYTES:
+        if quick is None or len(request.body) > QUICK_BODY_BYTES:
             return None
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
         host = headers.get("host") or (f"{self.local[0]}:{self.local[1]}" if self.local else "")
         target, _, query = request.target.partition(b"?")
         path = unquote_to_bytes(target).decode("latin-1")
         try:
-            return quick(QuickRequest(request.method.decode("ascii"), path, headers, body,
+            return quick(QuickRequest(request.method.decode("ascii"), path, headers, request.body,
                                       str(self.peer[0]) if self.peer else "", self.scheme, host,
                                       int(self.local[1]) if self.local else 0, query.decode("latin-1")))
         except Exception:  # noqa: BLE001 - the WSGI app answers (and logs) what the quick path could not
             log.exception("quick answer failed on %s %s; answered in a thread", request.method, path)
             return None
 
-    def _answer(self, request: h11.Request, body: bytes) -> None:
-        """Answer a whole request: now when the application can, else in a task (reading paused until it ends)."""
+    def _answer(self, request: Request) -> None:
+        """Answer a whole request: now when the application can, else in a task."""
         self.idle = False
         self._deadline_kind = None
         began = self.loop.time()
-        quick = self._quick(request, body)
+        quick = self._quick(request)
         if isinstance(quick, QuickAnswer):
-            head, data = self._head(request, _from_quick(quick))
+            head = self._head(request, _from_quick(quick))
             if head is not None:
-                self.transport.write(head + data + self.h11.send(h11.EndOfMessage()))
+                self.transport.write(head if request.method == b"HEAD" else head + quick.body)
                 self._answered(request, quick.status, len(quick.body), began)
                 self._next_request()
             return
         if self.server.pending >= self.limits.max_pending:
             self._refuse(503, "503 Service Unavailable: busy, retry later", extra=(("Retry-After", "5"),))
             return
-        self._run(self._answer_later(request, body, quick, began))
+        self._run(self._answer_later(request, quick, began))
 
     def _run(self, work: Any) -> None:
         """Run ``work`` (a coroutine) as this connection's task; what the client sends meanwhile waits for it."""
-        self._ahead = 0
         self._task = self.loop.create_task(work)
         self._task.add_done_callback(self._task_done)
 
@@ -602,10 +668,13 @@ class Connection(asyncio.Protocol):
                 self._paused = False
                 with contextlib.suppress(RuntimeError):  # a transport closed meanwhile
                     self.transport.resume_reading()
+            held, self._held = bytes(self._held), bytearray()
+            if held:
+                self._feed(held)
             self._go_on()
 
-    async def _answer_later(self, request: h11.Request, body: bytes,
-                            quick: Callable[[], QuickAnswer] | Batched | None, began: float) -> None:
+    async def _answer_later(self, request: Request, quick: Callable[[], QuickAnswer] | Batched | None,
+                            began: float) -> None:
         server = self.server
         what = f"{request.method.decode('ascii')} {request.target.partition(b'?')[0].decode('latin-1')}"
         server.pending += 1
@@ -615,7 +684,7 @@ class Connection(asyncio.Protocol):
             elif quick is not None:
                 answer = _from_quick(await self.loop.run_in_executor(server.pool, quick))
             else:
-                environ = _environ(request, body, self.peer, self.local, self.scheme)
+                environ = _environ(request, request.body, self.peer, self.local, self.scheme)
                 answer = await self.loop.run_in_executor(server.pool, _run_app, server.app, environ)
         except Exception:  # noqa: BLE001 - an application bug must not end the server
             log.exception("the application failed on %s", what)
@@ -627,7 +696,7 @@ class Connection(asyncio.Protocol):
             if isinstance(answer.body, FileSpan):
                 answer.body.close()
             raise _Close()
-        head, data = self._head(request, answer)
+        head = self._head(request, answer)
         if head is None:
             raise _Close()
         if isinstance(answer.body, FileSpan):
@@ -639,29 +708,41 @@ class Connection(asyncio.Protocol):
             await self._send_file(answer.body, request.method == b"HEAD")
             sent = answer.body.sent
         else:
-            await self._send(head + data + self.h11.send(h11.EndOfMessage()))
+            await self._send(head if request.method == b"HEAD" else head + answer.body)
             sent = len(answer.body)
         self._answered(request, answer.status, sent, began)
         self._next_request()
 
-    def _head(self, request: h11.Request, answer: _Answer) -> tuple[bytes | None, bytes]:
-        """The answer's head and (unless a file) body as h11 frames them; (None, b"") once refused as invalid HTTP."""
-        headers = answer.headers
-        if self.server.stopping:
-            headers = [h for h in headers if h[0].lower() != b"connection"] + [(b"connection", b"close")]
-        try:
-            head = self.h11.send(h11.Response(status_code=answer.status, reason=answer.reason, headers=headers))
-        except h11.LocalProtocolError as exc:
-            if isinstance(answer.body, FileSpan):
-                answer.body.close()
-            log.error("the application's answer is not valid HTTP: %s", exc)
+    def _head(self, request: Request, answer: _Answer) -> bytes | None:
+        """The answer's status line and headers, framed by the length of its body; None once refused as not valid
+        HTTP (a header with a line break in it would split the answer in two)."""
+        self._keep_alive = (request.keep_alive and request.http_version == b"1.1" and not self.server.stopping
+                            and not self._no_more)
+        body = answer.body
+        length = body.length if isinstance(body, FileSpan) else len(body)
+        bodiless = answer.status < 200 or answer.status in (204, 304)
+        valid = 100 <= answer.status <= 999 and _VALID_TEXT.fullmatch(answer.reason)
+        lines = [b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason)]
+        for name, value in answer.headers:
+            lower = name.lower()
+            if lower in _FRAMING or (lower == b"content-length" and request.method != b"HEAD"):
+                continue  # framed here, from the body itself
+            valid = valid and _VALID_NAME.fullmatch(name) and _VALID_TEXT.fullmatch(value)
+            lines += (name, b": ", value, b"\r\n")
+        if not valid:
+            if isinstance(body, FileSpan):
+                body.close()
+            log.error("the application's answer is not valid HTTP: %r", b"".join(lines)[:300])
             self._refuse(500, "500 Internal Server Error")
-            return None, b""
-        if isinstance(answer.body, FileSpan) or request.method == b"HEAD" or not answer.body:
-            return head, b""
-        return head, self.h11.send(h11.Data(data=answer.body))
+            return None
+        if not bodiless and request.method != b"HEAD":
+            lines.append(b"content-length: %d\r\n" % length)
+        if not self._keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
-    def _answered(self, request: h11.Request, status: int, sent: int, began: float) -> None:
+    def _answered(self, request: Request, status: int, sent: int, began: float) -> None:
         if self.server.access_log:
             # The path only: a download URL carries its signature in the query.
             event(access_log, logging.INFO, "access", address=str(self.peer[0]) if self.peer else "",
@@ -671,11 +752,9 @@ class Connection(asyncio.Protocol):
 
     def _next_request(self) -> None:
         """After an answer: wait for the client's next request, or close."""
-        if (self.closed or self.server.stopping or self.h11.our_state is not h11.DONE
-                or self.h11.their_state is not h11.DONE):
+        if self.closed or not self._keep_alive:
             self._close()
             return
-        self.h11.start_next_cycle()
         self.idle, self.idle_since = True, time.monotonic()
         self._expect("idle", self.limits.keepalive_timeout)
         if self._writing_paused and self._task is None:  # the client has not taken the answer yet: wait for it
@@ -703,7 +782,6 @@ class Connection(asyncio.Protocol):
         STATS.transfers += 1
         try:
             if not head_only and span.length:
-                self.h11.send_with_data_passthrough(h11.Data(data=_Sized(span.length)))  # type: ignore[arg-type]
                 transport = self.transport
                 sock = transport.get_extra_info("socket")
                 moved, queued_before = loop.time(), -1
@@ -735,7 +813,6 @@ class Connection(asyncio.Protocol):
                         raise _Close()  # the file shrank under us
                     span.sent += sent
                     moved, queued_before = loop.time(), -1
-            await self._send(self.h11.send(h11.EndOfMessage()))
         finally:
             STATS.transfers -= 1
             span.close()
@@ -800,13 +877,6 @@ def _from_quick(answer: QuickAnswer) -> _Answer:
     headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers]
     return _Answer(answer.status, _REASONS.get(answer.status, "OK" if answer.status == 200 else "").encode(), headers,
                    answer.body)
-
-
-def _content_length(request: h11.Request) -> int | None:
-    for name, value in request.headers:
-        if name == b"content-length":
-            return int(value)  # h11 has checked it is a number
-    return None
 
 
 def _unsent(sock: Any) -> int:

@@ -8,7 +8,7 @@ Layers, lowest first (a module may import its own layer and those below; never a
   4 stores: stores.*, downloads, handoff
   5 edges: listener, app, serving, httpserver, cli, views, metrics, service_module, simulator.*, clixon_module.*, discovery,
     element_standin
-Flask, werkzeug, gunicorn and h11 only in the web edges; clixon-pyapi only in the Clixon store and the service module.
+Flask, werkzeug, gunicorn and httptools only in the web edges; clixon-pyapi only in the Clixon store and the service module.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ LAYERS = [
     {"listener", "app", "serving", "httpserver", "cli", "composition", "views", "metrics", "service_module", "simulator", "clixon_module",
      "discovery", "element_standin", "ui", "summary"},
 ]
-WEB = {"flask", "werkzeug", "gunicorn", "h11"}
+WEB = {"flask", "werkzeug", "gunicorn", "httptools"}
 WEB_EDGES = {"app", "serving", "httpserver", "cli", "composition", "ui"}
 CLIXON_EDGES = {"stores.clixon.netconf", "service_module", "clixon_module.pnp_service_module"}
 

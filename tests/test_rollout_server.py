@@ -6,6 +6,7 @@ with its defaults under a whole roll-out's load.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import socket
@@ -184,6 +185,70 @@ def test_broken_requests_get_a_short_answer_not_a_traceback(server, caplog, requ
     assert said.startswith(b"HTTP/1.1 " + status) and len(said) < 400 and b"Traceback" not in said
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert get(running.port) == (200, b"pong")
+
+
+def test_pipelined_requests_are_answered_in_order_and_a_flood_of_them_is_refused(server):
+    running, app = server()
+    sock = raw(running.port, b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na"
+                             b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                             b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nb")
+    said = read_all(sock, 1.5)  # /slow waits for its release: nothing after it may come first
+    assert said.count(b"HTTP/1.1 200") == 1 and said.endswith(b"ponga")
+    app.config["release"].set()
+    rest = read_all(sock)
+    assert rest.count(b"HTTP/1.1 200") == 2 and rest.index(b"done") < rest.index(b"pongb") and rest.endswith(b"pongb")
+    flood = raw(running.port, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n" * (httpserver.PIPELINED_MAX + 50))
+    answered = read_all(flood)
+    assert b"HTTP/1.1 400" in answered and answered.count(b"pong") <= httpserver.PIPELINED_MAX
+    assert get(running.port) == (200, b"pong")
+
+
+def test_answers_are_framed_by_the_server(server):
+    running, _ = server()
+    head = read_all(raw(running.port, b"HEAD /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n") and b"pong" not in head
+    assert b"connection: close" in head.lower()
+    old = read_all(raw(running.port, b"POST /ping HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi"), 2)
+    assert old.startswith(b"HTTP/1.1 200") and old.endswith(b"ponghi") and b"connection: close" in old.lower()
+    sock = raw(running.port, b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+    assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    sock.sendall(b"ok")
+    assert sock.recv(1000).endswith(b"pongok")
+    upgrade = read_all(raw(running.port, b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+                                         b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"), 2)
+    assert upgrade.count(b"HTTP/1.1 200") == 1 and b"connection: close" in upgrade.lower()  # answered, not upgraded
+
+
+def test_a_head_sent_in_pieces_is_bounded_while_it_arrives(server):
+    running, _ = server()
+    sock = raw(running.port, b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    for _ in range(6):
+        with contextlib.suppress(OSError):
+            sock.sendall(b"a" * 4000)
+    said = read_all(sock)
+    assert said.startswith(b"HTTP/1.1 431")
+
+
+def test_an_answer_header_with_a_line_break_is_never_sent():
+    app = Flask("split")
+
+    @app.get("/split")
+    def split() -> Response:
+        response = Response(b"x")
+        response.headers["X-Name"] = "a"
+        return response
+
+    def wsgi(environ, start_response):  # what a buggy application might do: a device's text in a header
+        def start(status, headers, exc_info=None):
+            return start_response(status, headers + [("X-Reported", "evil\r\nSet-Cookie: x=1")], exc_info)
+        return app(environ, start)
+
+    running = httpserver.start_in_thread(wsgi, limits=FAST)
+    try:
+        said = read_all(raw(running.port, b"GET /split HTTP/1.1\r\nHost: x\r\n\r\n"), 2)
+        assert said.startswith(b"HTTP/1.1 500") and b"Set-Cookie" not in said
+    finally:
+        running.stop()
 
 
 # --------------------------------------------------------------------------- caps
