@@ -31,6 +31,8 @@ from typing import Iterable, Mapping
 
 from lxml import etree
 
+from . import neighbours
+from .neighbours import Neighbour
 from .xmlsafe import clean_text, decimal, escape_attribute, parser, qname
 
 #: The PnP envelope's namespace (Cisco's; not to be confused with model.PNP_NS, this project's YANG).
@@ -261,6 +263,8 @@ class WorkResponse:
     device: DeviceInfo | None = None
     #: A device-auth response's proof.
     auth: DeviceAuth | None = None
+    #: A topology response's neighbours (what the device says is cabled to it).
+    neighbours: tuple[Neighbour, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,7 +385,8 @@ def parse_work_response(data: bytes) -> WorkResponse | Fault:
             # The schema says hashing-method; the request's element is hash-method: accept both.
             hashing=_text(body, "auth/hashing-method", namespace, 16) or _text(body, "auth/hash-method", namespace, 16),
         )
-    return WorkResponse(udi, service, correlator, success, error, details, device, auth)
+    cabled = _topology(body, namespace) if service == "topology" and success else ()
+    return WorkResponse(udi, service, correlator, success, error, details, device, auth, cabled)
 
 
 def _number(text: str) -> int | None:
@@ -428,6 +433,28 @@ def _cli_exec_details(body: etree._Element, ns: str) -> dict[str, str]:
 
 
 _DETAIL_EXTRACTORS = {"cli-exec": _cli_exec_details}
+
+
+def _topology(body: etree._Element, ns: str) -> tuple[Neighbour, ...]:
+    """The ``<topology>`` of a topology response (Cisco's pnp_topology_body.xsd): per ``<element>``, the local
+    interface and the remote device's name, interface and platform; an element without them is skipped."""
+    found = []
+    for element in body.iterfind(_qualified_path("topology/element", ns)):
+        local = element.find(qname(ns, "local"))
+        remote = element.find(qname(ns, "remote"))
+        device = _text(remote, "deviceName", ns, neighbours.MAX_NAME)
+        interface = _text(remote, "interface", ns, neighbours.MAX_NAME) or _text(remote, "shortInterface", ns,
+                                                                                 neighbours.MAX_NAME)
+        if not device or not interface:
+            continue
+        found.append(Neighbour(
+            neighbours.interface_name(_text(local, "interface", ns, neighbours.MAX_NAME)
+                                      or _text(local, "shortInterface", ns, neighbours.MAX_NAME)),
+            neighbours.device_name(device), neighbours.interface_name(interface),
+            _text(remote, "platform", ns, neighbours.MAX_NAME)))
+        if len(found) >= neighbours.MAX_NEIGHBOURS:
+            break
+    return tuple(found)
 
 
 # --------------------------------------------------------------------------- server messages
@@ -558,6 +585,11 @@ def cli_exec(env: Envelope, command: str, max_wait: str = "PT60S",
         child(exchange, "expect", expect, match="embedded")
         child(exchange, "reply", reply)
     return env.wrap(request)
+
+
+def topology(env: Envelope) -> bytes:
+    """Ask for the device's neighbours (its CDP table, as the agent sees it)."""
+    return env.wrap(service_body("request", "topology", env.correlator))
 
 
 def cli_config_apply(env: Envelope, lines: Iterable[str], action_on_fail: str = "stop") -> bytes:

@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import its own layer and those below; never above):
   0 foundation: xmlsafe, logs
-  1 protocol
+  1 protocol, neighbours
   2 model and planner: model, planner, validation, importer (pure: device lists in, declarations out)
   3 provisioner: steps, provisioner, sudi
   4 stores: stores.*, downloads, handoff
@@ -23,7 +23,7 @@ from conftest import REPO
 PACKAGE = os.path.join(REPO, "pnp_service")
 LAYERS = [
     {"xmlsafe", "logs", "backoff"},
-    {"protocol"},
+    {"protocol", "neighbours"},
     {"model", "steps", "planner", "validation", "importer"},
     {"machine", "provisioner", "sudi"},
     {"stores", "downloads", "handoff", "sightings", "behind", "timeline"},

@@ -310,3 +310,26 @@ def test_certificate_install_names_the_trustpool_and_where_to_reconnect():
     assert body.findtext(".//{*}set/{*}ntp/{*}ip-address") == "192.0.2.1"
     address = body.find(".//{*}reconnect/{*}primary-server/{*}server-address")
     assert (address.findtext("{*}ipv4"), address.findtext("{*}port")) == ("192.0.2.10", "8443")
+
+
+def test_topology_request_and_response():
+    request = etree.fromstring(protocol.topology(Envelope(UDI, "c-7")))
+    body = request[0]
+    assert body.tag == "{urn:cisco:pnp:topology}request" and body.get("correlator") == "c-7" and len(body) == 0
+    uplinks = [messages.Uplink("TenGigabitEthernet1/1/1", "DIST-SW-1.example.com", "GigabitEthernet1/0/48"),
+               messages.Uplink("TenGigabitEthernet1/1/2", "dist-sw-2", "Ethernet1/48", platform="N9K-C93180YC-FX")]
+    response = protocol.parse_work_response(messages.topology_response(UDI, "c-7", uplinks))
+    assert response.service == "topology" and response.success
+    assert response.neighbours == (
+        protocol.Neighbour("TenGigabitEthernet1/1/1", "dist-sw-1", "GigabitEthernet1/0/48", "cisco C9500-48Y4C"),
+        protocol.Neighbour("TenGigabitEthernet1/1/2", "dist-sw-2", "Ethernet1/48", "N9K-C93180YC-FX"),
+    )
+
+
+def test_a_topology_element_without_a_remote_device_or_port_is_skipped():
+    message = messages.topology_response(UDI, "c", [messages.Uplink("Te1/1/1", "dist-sw-1", "Gi1/0/48")])
+    without_name = message.replace(b"<deviceName>dist-sw-1</deviceName>", b"<deviceName> </deviceName>")
+    assert without_name != message
+    assert protocol.parse_work_response(without_name).neighbours == ()
+    failed = messages.response(UDI, "topology", "c", False, protocol.ErrorInfo("ERROR", "PnP Service Error 1", "no"))
+    assert protocol.parse_work_response(failed).neighbours == ()

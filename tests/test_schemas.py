@@ -40,6 +40,7 @@ SERVER_MESSAGES = [
     ("cli_config_apply", "lines", protocol.cli_config_apply(ENV, ["hostname a", "end"])),
     ("cli_config_persist", "persist", protocol.cli_config_persist(ENV)),
     ("capability", "empty", protocol.capability(ENV)),
+    ("topology", "request", protocol.topology(ENV)),
     ("device_auth", "challenge", protocol.device_auth(ENV, "r4nd0m-Challenge_text")),
     ("certificate_install", "trustpool", protocol.certificate_install(ENV, "http://pnp.example.invalid/ca.pem")),
     ("certificate_install", "ntp and reconnect", protocol.certificate_install(
@@ -65,6 +66,8 @@ AGENT_MESSAGES = [
     ("image-install", messages.response(UDI, "image-install", "c1")),
     ("device-auth", messages.device_auth_response(UDI, "c1", b"-----BEGIN CERTIFICATE-----", b"signature", "ECDSA")),
     ("cli-exec", messages.cli_exec_output(UDI, "c1", "show version", "Cisco IOS XE Software")),
+    ("topology", messages.topology_response(UDI, "c1", [messages.Uplink("TenGigabitEthernet1/1/1", "dist-sw-1",
+                                                                         "GigabitEthernet1/0/48")])),
 ]
 
 

@@ -19,6 +19,14 @@ def stack_spec(text: str) -> list[tuple[str, str]]:
     return members
 
 
+def neighbor_spec(text: str) -> tuple[str, str]:
+    """``DEVICE:PORT``: the upstream device and its port a simulated switch is cabled to."""
+    device, colon, port = text.rpartition(":")
+    if not colon or not device.strip() or not port.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: give the upstream device and its port, e.g. dist-sw-1:Gi1/0/48")
+    return device.strip(), port.strip()
+
+
 def _device_files(args: argparse.Namespace) -> dict[str, object]:
     """What --sudi-cert, --sudi-key and --ssh-host-key name, read (one line on a file that cannot be)."""
     files: dict[str, object] = {}
@@ -52,6 +60,8 @@ def _devices(args: argparse.Namespace) -> list:
         mode=args.mode,
         flash_free=args.flash_free,
         installer=not args.no_installer,
+        neighbors=tuple(args.neighbor),
+        topology=not args.no_topology,
     )
     specs = [(serial, "") for serial in args.serial] + list(args.device)
     devices = [SimulatedDevice(serial=serial, hostname="Switch", pid=pid or args.pid, **common) for serial, pid in specs]
@@ -148,6 +158,11 @@ def add_parsers(command) -> None:
                        help="boot packages.conf (install mode, the Catalyst 9000 default) or a .bin (default: %(default)s)")
     agent.add_argument("--flash-free", type=positive, default=8_000_000_000, help="free bytes on flash: (default: %(default)s)")
     agent.add_argument("--no-installer", action="store_true", help="the agent lacks the installer API (error 1827)")
+    agent.add_argument("--neighbor", action="append", default=[], type=neighbor_spec, metavar="DEVICE:PORT",
+                       help="the devices are cabled to this upstream device's port (repeatable: one uplink each); "
+                       "they tell it by the topology service and by 'show cdp/lldp neighbors detail'")
+    agent.add_argument("--no-topology", action="store_true",
+                       help="the agent does not answer the topology service (asked by CLI instead)")
     agent.add_argument("--verbose", action="store_true", help="with --count: a line per step of every device")
     agent.add_argument("--sudi-cert", metavar="PEM", help="the device's SUDI certificate (pnp-service sudi-lab makes one)")
     agent.add_argument("--ssh-host-key", metavar="FILE", help="play a device that speaks NETCONF with this host key "

@@ -70,6 +70,10 @@ class SimulatedDevice:
     fail_code: str = "PnP Service Error 1410"
     #: A PnP service this device answers with a fault.
     fault_service: str = ""
+    #: Where it is cabled: (upstream device, its port), one uplink each (TenGigabitEthernet1/1/1, 1/1/2, ...).
+    neighbors: tuple[tuple[str, str], ...] = ()
+    #: Whether its agent answers the topology service (else a fault: it is asked by CLI instead).
+    topology: bool = True
     # What happened to it:
     config: str | None = None
     trustpool: str = ""
@@ -85,6 +89,11 @@ class SimulatedDevice:
     @property
     def udi(self) -> protocol.Udi:
         return protocol.Udi(self.pid, "V01", self.serial)
+
+    @property
+    def uplinks(self) -> list[messages.Uplink]:
+        return [messages.Uplink(f"TenGigabitEthernet1/1/{n}", device, port)
+                for n, (device, port) in enumerate(self.neighbors, start=1)]
 
     @property
     def image_file(self) -> str:
@@ -382,6 +391,10 @@ class AgentSimulator:
                 port = request.find_text("certificateInstall/reconnect/primary-server/server-address/port") or "443"
                 device.reconnect = f"https://{'[' + host + ']' if ':' in (host or '') else host}:{port}/"
             return messages.response(udi, service, correlator), False
+        if service == "topology":
+            if not device.topology:
+                return messages.fault(udi, "Client", "unknown service topology"), False
+            return messages.topology_response(udi, correlator, device.uplinks), False
         if service in ("cli-config", "capability"):
             return messages.response(udi, service, correlator), False
         return messages.fault(udi, "Client", f"unknown service {service}"), False
@@ -435,6 +448,10 @@ class AgentSimulator:
                 marker = "*" if member.serial == device.serial else " "
                 lines.append(f"{marker}{slot}       {role:<7} 0011.2233.44{slot:02d}     15     V01      {state}")
             return output("\n".join(lines))
+        if command == "show cdp neighbors detail":
+            return output(messages.cdp_neighbors_detail(device.uplinks))
+        if command == "show lldp neighbors detail":
+            return output(messages.lldp_neighbors_detail(device.uplinks))
         if command.startswith("show crypto key mypubkey"):
             return output(_ios_key_data(device.ssh_host_key) if device.ssh_host_key else "% Key pair was not found")
         if command.startswith("crypto key generate"):

@@ -7,6 +7,7 @@ never uses this module: its side is :mod:`pnp_service.protocol`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable, Sequence
 
 from lxml import etree
@@ -145,6 +146,92 @@ def cli_exec_output(udi: Udi, correlator: str, command: str, output: str) -> byt
         _sub(_sub(log, "received"), "text", output)
 
     return response(udi, "cli-exec", correlator, True, None, build)
+
+
+@dataclasses.dataclass(frozen=True)
+class Uplink:
+    """A cable as the simulated device sees it: its own interface, the device at the other end and its port."""
+
+    local: str
+    device: str
+    port: str
+    platform: str = "cisco C9500-48Y4C"
+    mac: str = "70b3.1722.8100"
+
+
+def _short(interface: str) -> str:
+    """IOS's short form of an interface name (TenGigabitEthernet1/1/1 -> Te1/1/1)."""
+    match = re.fullmatch(r"([A-Za-z-]+?)([0-9].*)", interface)
+    if not match:
+        return interface
+    kind = match.group(1)
+    short = {"TwentyFiveGigE": "Twe", "TwoGigabitEthernet": "Tw", "HundredGigE": "Hu"}.get(kind, kind[:2])
+    return short + match.group(2)
+
+
+def topology_response(udi: Udi, correlator: str, uplinks: Sequence[Uplink]) -> bytes:
+    """A topology response (Cisco's pnp_topology_body.xsd): an element per CDP neighbour."""
+    def build(body: etree._Element) -> None:
+        topology = _sub(body, "topology")
+        for uplink in uplinks:
+            element = _sub(topology, "element")
+            local = _sub(element, "local")
+            _sub(local, "interface", uplink.local)
+            _sub(local, "shortInterface", _short(uplink.local))
+            _sub(local, "macAddress", "0011.2233.4401")
+            remote = _sub(element, "remote")
+            _sub(remote, "interface", uplink.port)
+            _sub(remote, "shortInterface", _short(uplink.port))
+            _sub(remote, "macAddress", uplink.mac)
+            _sub(remote, "deviceName", uplink.device)
+            _sub(remote, "platform", uplink.platform)
+            _sub(remote, "version", "17.9.4")
+
+    return response(udi, "topology", correlator, True, None, build)
+
+
+def cdp_neighbors_detail(uplinks: Sequence[Uplink]) -> str:
+    """``show cdp neighbors detail`` as IOS-XE 17 prints it."""
+    blocks = []
+    for uplink in uplinks:
+        blocks.append(
+            "-------------------------\n"
+            f"Device ID: {uplink.device}\n"
+            "Entry address(es): \n"
+            "  IP address: 192.0.2.1\n"
+            f"Platform: {uplink.platform},  Capabilities: Router Switch IGMP \n"
+            f"Interface: {uplink.local},  Port ID (outgoing port): {uplink.port}\n"
+            "Holdtime : 161 sec\n\n"
+            "Version :\n"
+            "Cisco IOS Software [Cupertino], Catalyst L3 Switch Software (CAT9K_IOSXE), Version 17.9.4, RELEASE "
+            "SOFTWARE (fc5)\n\n"
+            "advertisement version: 2\n"
+            "Duplex: full\n"
+            "Management address(es): \n"
+            "  IP address: 192.0.2.1\n\n")
+    return "".join(blocks) + f"\nTotal cdp entries displayed : {len(uplinks)}\n"
+
+
+def lldp_neighbors_detail(uplinks: Sequence[Uplink]) -> str:
+    """``show lldp neighbors detail`` as IOS-XE 17 prints it (its interfaces in short form)."""
+    blocks = []
+    for uplink in uplinks:
+        blocks.append(
+            "------------------------------------------------\n"
+            f"Local Intf: {_short(uplink.local)}\n"
+            f"Chassis id: {uplink.mac}\n"
+            f"Port id: {_short(uplink.port)}\n"
+            f"Port Description: {uplink.port}\n"
+            f"System Name: {uplink.device}\n\n"
+            "System Description: \n"
+            "Cisco IOS Software [Cupertino], Catalyst L3 Switch Software (CAT9K_IOSXE), Version 17.9.4, RELEASE "
+            "SOFTWARE (fc5)\n\n"
+            "Time remaining: 107 seconds\n"
+            "System Capabilities: B,R\n"
+            "Enabled Capabilities: B,R\n"
+            "Management Addresses:\n"
+            "    IP: 192.0.2.1\n\n")
+    return "".join(blocks) + f"\nTotal entries displayed: {len(uplinks)}\n"
 
 
 def fault(udi: Udi | str, code: str, string: str) -> bytes:
