@@ -376,7 +376,7 @@ class Connection(asyncio.Protocol):
     The loop drives it through callbacks, with no task of its own: a request the application answers on the loop
     (a :class:`QuickAnswer`) is read, answered and written within the callback that brought its last byte.  What
     waits (a thread, a batch, a file transfer, a TLS handshake, a client slow to take an answer) runs in a task,
-    and the connection goes on when it ends; what the client sends meanwhile waits unread (a request's worth at most,
+    and the connection goes on when it ends; what the client sends meanwhile waits unread (a head's worth at most,
     then reading pauses).  One timer per connection keeps its
     deadline: it is moved only when it fires early, so a request costs no timer of its own.
     """
@@ -450,9 +450,10 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        if self._task is not None:  # sent ahead of its answer: kept, up to a request's worth, until the answer is out
+        if self._task is not None:  # sent ahead of its answer: kept until the answer is out
             self._held += data
-            if len(self._held) > self.limits.max_header_bytes + self.limits.max_body_bytes and not self._paused:
+            # Agents never send ahead: beyond a head's worth, the kernel's buffers hold the rest (not this process).
+            if len(self._held) > self.limits.max_header_bytes and not self._paused:
                 self.transport.pause_reading()
                 self._paused = True
             return

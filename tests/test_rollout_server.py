@@ -203,6 +203,22 @@ def test_pipelined_requests_are_answered_in_order_and_a_flood_of_them_is_refused
     assert get(running.port) == (200, b"pong")
 
 
+def test_what_a_client_sends_while_its_answer_waits_is_left_in_the_kernel(server):
+    running, app = server()
+    sock = raw(running.port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.setblocking(False)
+    sent = 0
+    with contextlib.suppress(BlockingIOError):
+        for _ in range(200):
+            sent += sock.send(b"x" * 65536)
+            time.sleep(0.005)
+    time.sleep(0.2)
+    held = [len(connection._held) for connection in list(running.server.connections)]
+    assert sent > 1_000_000 and held and max(held) <= FAST.max_header_bytes + 256 * 1024  # a head, and one read
+    app.config["release"].set()
+    sock.close()
+
+
 def test_answers_are_framed_by_the_server(server):
     running, _ = server()
     head = read_all(raw(running.port, b"HEAD /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
