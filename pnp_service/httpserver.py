@@ -563,7 +563,8 @@ class Connection(asyncio.Protocol):
         if declared is not None and int(declared) > limits.max_body_bytes:  # the parser has checked it is a number
             self._refuse_within(413, f"413 Content Too Large: at most {limits.max_body_bytes} bytes")
         expects = any(name == b"expect" and value.lower() == b"100-continue" for name, value in self._headers)
-        if expects and (declared not in (None, b"0") or self._parser.get_method() != b"GET"):
+        chunked = any(name == b"transfer-encoding" for name, _ in self._headers)  # the parser allows only chunked
+        if expects and (chunked or declared not in (None, b"0")):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_chunk_header(self) -> None:
