@@ -831,7 +831,7 @@ def framed_session(monkeypatch):
     from pnp_service.stores.clixon import netconf
 
     ours, theirs = socket.socketpair()
-    monkeypatch.setattr(netconf, "_pyapi_socket", lambda: (lambda path: ours, lambda sock, data: None))
+    monkeypatch.setattr(netconf, "_pyapi_socket", lambda: lambda path: ours)
     return netconf.Session("/fake.sock", user="test"), theirs
 
 
@@ -848,6 +848,27 @@ def test_a_reply_is_read_whole_in_any_pieces_and_chunks(monkeypatch):
     assert bytes(session.rpc_raw("<get/>")) == b"<ok/><more/>tail"
     controller.sendall(b"\n#3\n<a/\n##\n\n#4\n<b/>\n##\n")  # two messages in one receive: each read on its own
     assert bytes(session.rpc_raw("<get/>")) == b"<a/" and bytes(session.rpc_raw("<get/>")) == b"<b/>"
+
+
+def test_an_rpc_goes_out_as_one_rfc6242_chunk_however_large(monkeypatch):
+    session, controller = framed_session(monkeypatch)
+    body = "<edit-config>" + "é" * 300_000 + "</edit-config>"
+    received = bytearray()
+
+    def read() -> None:
+        while not received.endswith(b"\n##\n"):
+            received.extend(controller.recv(65536))
+        controller.sendall(b"\n#6\n<ok/>\n\n##\n")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    session.rpc_raw(body)
+    reader.join()
+    header, _, rest = bytes(received).partition(b"\n")[2].partition(b"\n")
+    assert header.startswith(b"#") and int(header[1:]) == len(rest) - len(b"\n##\n")
+    message = etree.fromstring(rest[:-len(b"\n##\n")])
+    assert message.tag == "{urn:ietf:params:xml:ns:netconf:base:1.0}rpc" and message.get("message-id") == "1"
+    assert message[0].text == "é" * 300_000
 
 
 @pytest.mark.parametrize("garbage", [b"\n#abc\n", b"\n#0\n", b"\n#" + b"9" * 40])

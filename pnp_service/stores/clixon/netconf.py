@@ -84,7 +84,7 @@ def _pyapi_socket():
     if added:
         os.environ["NO_CLIXON_ARGS"] = "1"
     try:
-        from clixon.sock import create_socket, send
+        from clixon.sock import create_socket
     except ImportError as exc:
         raise StoreError(
             "clixon-pyapi is not installed in this Python; install it (pip install <clixon-pyapi source dir>, "
@@ -93,14 +93,17 @@ def _pyapi_socket():
     finally:
         if added:
             os.environ.pop("NO_CLIXON_ARGS", None)
-    return create_socket, send
+    return create_socket
+
+
+_CLOSING = b"</rpc>"
 
 
 class Session:
     """One NETCONF session on the controller socket."""
 
     def __init__(self, sockpath: str = DEFAULT_SOCKET, user: str | None = None):
-        create_socket, self._send = _pyapi_socket()
+        create_socket = _pyapi_socket()
         self.user = user or _current_user()
         try:
             self.sock = create_socket(sockpath)
@@ -129,13 +132,17 @@ class Session:
 
     def _send_rpc(self, body: str) -> None:
         self._message_id += 1
-        message = (
-            f'<rpc xmlns="{NETCONF_NS}" xmlns:nc="{NETCONF_NS}" username="{escape_attribute(self.user)}" '
-            f'message-id="{self._message_id}">{body}</rpc>'
-        )
+        opening = (f'<rpc xmlns="{NETCONF_NS}" xmlns:nc="{NETCONF_NS}" username="{escape_attribute(self.user)}" '
+                   f'message-id="{self._message_id}">').encode()
+        data = body.encode()
+        # One RFC 6242 chunk, written in its pieces: a status commit of thousands of devices is megabytes, and
+        # joining the frame (as clixon-pyapi's send does, then slicing it at every partial send) held it three
+        # times over and copied it again per send.
         try:
-            self._send(self.sock, message)
-        except Exception as exc:  # SocketClosedError, OSError: the controller went away
+            self.sock.sendall(b"\n#%d\n%s" % (len(opening) + len(data) + len(_CLOSING), opening))
+            self.sock.sendall(data)
+            self.sock.sendall(_CLOSING + b"\n##\n")
+        except OSError as exc:  # the controller went away
             raise ControllerUnavailable(f"controller connection lost: {exc}") from None
 
     def get_config_pieces(self, source: str, xpath: str, namespaces: dict[str, str] = NAMESPACES) -> Iterator[bytes]:
