@@ -624,7 +624,7 @@ class Connection(asyncio.Protocol):
                                       str(self.peer[0]) if self.peer else "", self.scheme, host,
                                       int(self.local[1]) if self.local else 0, query.decode("latin-1")))
         except Exception:  # noqa: BLE001 - the WSGI app answers (and logs) what the quick path could not
-            log.exception("quick answer failed on %s %s; answered in a thread", request.method, path)
+            log.exception("quick answer failed on %s %r; answered in a thread", request.method.decode("ascii"), path)
             return None
 
     def _answer(self, request: Request) -> None:
@@ -689,7 +689,7 @@ class Connection(asyncio.Protocol):
                 environ = _environ(request, request.body, self.peer, self.local, self.scheme)
                 answer = await self.loop.run_in_executor(server.pool, _run_app, server.app, environ)
         except Exception:  # noqa: BLE001 - an application bug must not end the server
-            log.exception("the application failed on %s", what)
+            log.exception("the application failed on %r", what)
             self._refuse(500, "500 Internal Server Error")
             raise _Close() from None
         finally:

@@ -357,13 +357,12 @@ class StateDb:
                 model.format_time(unclaimed.last_seen) if unclaimed is not None else None)
 
     @staticmethod
-    def apply(connection: sqlite3.Connection, change: Change,
-              rows: tuple[str | None, str | None, str | None] | None = None, *, has_unclaimed: bool = True,
-              has_status: bool = True) -> None:
+    def apply(connection: sqlite3.Connection, change: Change, rows: tuple[str | None, str | None, str | None], *,
+              has_unclaimed: bool = True, has_status: bool = True) -> None:
         """Record ``change`` following the unclaimed rule of :class:`~pnp_service.stores.base.Change` (``rows``:
         its :meth:`rows_of`); ``has_unclaimed``/``has_status`` False: the transaction has just read that there is no
         such row."""
-        status, unclaimed, last_seen = rows if rows is not None else StateDb.rows_of(change)
+        status, unclaimed, last_seen = rows
         if change.member_of and connection.execute(
                 "SELECT count(*) FROM stack_member WHERE stack = ? AND serial != ?",
                 (change.member_of, change.serial)).fetchone()[0] >= STACK_MEMBERS_MAX:

@@ -77,7 +77,7 @@ def _current_user() -> str:
 
 
 def _pyapi_socket():
-    """clixon-pyapi's socket functions, imported without letting it parse our command line, and without leaving
+    """clixon-pyapi's ``create_socket`` (it knows the controller socket's handshake), imported without letting it parse our command line, and without leaving
     anything in our environment for the processes we start (a restarted controller would inherit it, and its
     clixon_server.py would then ignore its own arguments)."""
     added = "clixon.sock" not in sys.modules and "NO_CLIXON_ARGS" not in os.environ
