@@ -56,6 +56,8 @@ class _ScrapeTime:
                                   value=counters.get("unclaimed_dropped", 0))
         yield CounterMetricFamily("pnp_unclaimed_expired", "Unclaimed devices forgotten after --unclaimed-days unseen",
                                   value=counters.get("unclaimed_expired", 0))
+        yield CounterMetricFamily("pnp_lookups_skipped", "Devices decided on the listener's copy because the controller "
+                                  "was too busy to answer a lookup in time", value=counters.get("lookups_skipped", 0))
 
 
 class Metrics:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 
@@ -76,6 +77,10 @@ class FakeSession:
         self.edit = None
         self.services_edit = []
 
+    @contextlib.contextmanager
+    def answer_within(self, seconds):
+        yield self
+
     def _alive(self):
         if not self.controller.up:
             raise StoreUnavailable("controller connection lost")
@@ -98,6 +103,8 @@ class FakeSession:
 
     def edit_config(self, config, default_operation="merge"):
         self._alive()
+        if not isinstance(config, str):  # the store's status commits come in pieces
+            config = b"".join(config).decode()
         root = etree.fromstring(f"<config>{config}</config>")
         self.edit = root.find(p("pnp"))
         if self.edit is None:

@@ -18,7 +18,7 @@ from pnp_service.provisioner import Decision, Event
 from pnp_service.simulator import messages
 from pnp_service.stores.base import Change, StoreError, StoreUnavailable, UnknownSerial
 from fake_controller import FakeController, FakeSession, p
-from pnp_service.stores.clixon import ClixonStore, status_edit
+from pnp_service.stores.clixon import ClixonStore, ControllerUnavailable, status_edit
 from pnp_service.stores.clixon.store import view_from_reply
 
 PNP = model.PNP_NS
@@ -133,6 +133,20 @@ def test_listeners_sharing_a_journal_keep_each_others_writes_and_adopt_only_the_
     assert sorted(adopted) == ["SN2", "SN3"] and adopted["SN2"].unclaimed.pid == "C9200L"
     first.rewrite({})
     assert "SN2" in open(journal).read()  # now the adopter's, kept by first's rewrite too
+
+
+def test_a_journal_line_names_its_owner_whatever_a_device_sent(journal):
+    # A rewrite reads each line's owner from its end, unparsed: text a device sent must not pass for the key.
+    from pnp_service.stores.clixon.journal import Journal
+
+    first, second = Journal(journal), Journal(journal)
+    first.replay(), second.replay()
+    forged = f'sw","owner":"{first.owner}"}}'
+    second.append([Change("SN2", unclaimed=Unclaimed("SN2", hostname=forged))])
+    first.rewrite({})  # drops its own lines only
+    assert forged in json.loads(open(journal).read())["value"]["hostname"]
+    second.rewrite({})
+    assert open(journal).read() == ""
 
 
 def test_torn_journal_line_is_skipped(open_store, journal):
@@ -303,6 +317,34 @@ def test_polls_are_answered_while_a_refresh_waits_for_a_slow_controller(open_sto
     refresher.join(5)
     poller.join(5)
     assert store.load("SN1").status.attempts == 4
+
+
+def test_a_lookup_gives_up_on_a_busy_controller_and_decides_on_the_copy(open_store, controller):
+    # A Clixon backend answers one request at a time: while it commits (seconds at 10,000 declared) the reading
+    # session waits, and a device's lookup must not hold the thread that decides everyone's durable work.
+    store = open_store()
+    controller.get_gate = threading.Event()
+    reading = threading.Thread(target=store.look_at_requests)  # holds the reading session, waiting
+    reading.start()
+    look_again = lambda record: Decision(b"", Event.REQUEST, status=Status(state="onboarding", attempts=7), recheck=True)
+    decided = threading.Thread(target=store.update, args=("SN1", look_again))
+    decided.start()
+    decided.join(5)
+    assert not decided.is_alive(), "a device's lookup waited for a busy controller"
+    assert store.load("SN1").status.attempts == 7 and store.counters()["lookups_skipped"] == 1
+    gets = controller.gets
+    store.update("SN1", look_again)  # the next lookups pause: no wait at all
+    assert store.counters()["lookups_skipped"] == 2 and controller.gets == gets
+    controller.get_gate.set()
+    reading.join(5)
+
+
+def test_a_session_that_waits_in_vain_says_the_controller_did_not_answer(monkeypatch):
+    session, controller = framed_session(monkeypatch)
+    with pytest.raises(ControllerUnavailable, match="did not answer within 0.2 s"):
+        with session.answer_within(0.2):
+            session.rpc_raw("<get/>")
+    controller.close()
 
 
 def test_polls_of_other_devices_do_not_wait_for_a_journal_fsync(open_store, monkeypatch):
@@ -869,6 +911,29 @@ def test_an_rpc_goes_out_as_one_rfc6242_chunk_however_large(monkeypatch):
     message = etree.fromstring(rest[:-len(b"\n##\n")])
     assert message.tag == "{urn:ietf:params:xml:ns:netconf:base:1.0}rpc" and message.get("message-id") == "1"
     assert message[0].text == "é" * 300_000
+
+
+def test_an_edit_given_in_pieces_goes_out_whole_as_one_chunk(monkeypatch):
+    # The store's status commits: thousands of pieces, megabytes in all, written a buffer at a time.
+    session, controller = framed_session(monkeypatch)
+    pieces = [b'<pnp xmlns="urn:pnp-service:pnp">'] + [b"<device><serial>S%05d</serial></device>" % i
+                                                        for i in range(20_000)] + [b"</pnp>"]
+    received = bytearray()
+
+    def read() -> None:
+        while not received.endswith(b"\n##\n"):
+            received.extend(controller.recv(65536))
+        controller.sendall(b"\n#6\n<ok/>\n\n##\n")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    session.edit_config(pieces)
+    reader.join()
+    header, _, rest = bytes(received).partition(b"\n")[2].partition(b"\n")
+    assert int(header[1:]) == len(rest) - len(b"\n##\n")
+    config = etree.fromstring(rest[:-len(b"\n##\n")]).find(".//{urn:ietf:params:xml:ns:netconf:base:1.0}config")
+    serials = [element.text for element in config.iter("{urn:pnp-service:pnp}serial")]
+    assert serials == [f"S{i:05d}" for i in range(20_000)]
 
 
 @pytest.mark.parametrize("garbage", [b"\n#abc\n", b"\n#0\n", b"\n#" + b"9" * 40])

@@ -46,8 +46,18 @@ def _line(change: Change, owner: str = "") -> str:
     return json.dumps(entry, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
+_OWNER_KEY = '"owner":"'
+
+
 def _owner_of(line: str) -> str:
-    """The owner a line names ("" for an older version's line, or one that cannot be read)."""
+    """The owner a line names ("" for an older version's line, or one that cannot be read).  Read from the line's end
+    without parsing it: ``_line`` writes the owner last, and a quote inside a value is escaped, so the last
+    ``"owner":"`` is the key's; a rewrite looks at every line of a journal that may hold tens of thousands."""
+    start = line.rfind(_OWNER_KEY)
+    if start >= 0 and line.endswith('"}\n'):
+        owner = line[start + len(_OWNER_KEY):-3]
+        if owner and '"' not in owner and "\\" not in owner:
+            return owner
     try:
         owner = json.loads(line).get("owner", "")
     except (ValueError, AttributeError):
@@ -129,11 +139,15 @@ class Journal:
             os.close(descriptor)
 
     def _lines(self) -> list[str]:
+        return list(self._read())
+
+    def _read(self) -> Iterator[str]:
+        """The journal's lines, read as they are used (a rewrite never holds the whole file)."""
         try:
             with open(self.path, encoding="utf-8") as handle:
-                return [line if line.endswith("\n") else line + "\n" for line in handle if line.strip()]
+                yield from (line if line.endswith("\n") else line + "\n" for line in handle if line.strip())
         except FileNotFoundError:
-            return []
+            return
 
     # ------------------------------------------------------------------ the journal
 
@@ -176,18 +190,25 @@ class Journal:
         :attr:`lock`."""
         self._become_owner()
         with self._exclusive():
-            self._write(self._lines(), pending)
+            self._write(self._read(), pending)
 
-    def _write(self, lines: list[str], pending: Mapping[str, Change]) -> None:
-        kept = [line for line in lines if _owner_of(line) != self.owner and self._alive(_owner_of(line))]
-        kept += [_line(change, self.owner) for change in pending.values()]
-        if not kept and not os.path.exists(self.path):
+    def _write(self, lines: Iterable[str], pending: Mapping[str, Change]) -> None:
+        """Replace the journal with the living other owners' ``lines`` and ``pending``, written as they are read."""
+        if not pending and not os.path.exists(self.path):
             return
+        alive: dict[str, bool] = {}  # one look per owner, not per line
+
+        def kept(owner: str) -> bool:
+            if owner not in alive:
+                alive[owner] = owner != self.owner and self._alive(owner)
+            return alive[owner]
+
         folder = os.path.dirname(self.path)
         descriptor, temporary = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                handle.writelines(kept)
+                handle.writelines(line for line in lines if kept(_owner_of(line)))
+                handle.writelines(_line(change, self.owner) for change in pending.values())
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, self.path)

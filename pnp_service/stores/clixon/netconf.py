@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import time
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from lxml import etree
 
@@ -97,6 +97,8 @@ def _pyapi_socket():
 
 
 _CLOSING = b"</rpc>"
+#: How much of a large RPC is written per send.
+_SEND_BUFFER = 256 * 1024
 
 
 class Session:
@@ -114,34 +116,61 @@ class Session:
         self.sock.setblocking(True)  # pyapi connects non-blocking; replies are read here (_read_message), blocking
         self._received = bytearray()  # bytes read past the last message
         self._message_id = 0
+        self._patience: float | None = None
 
-    def rpc(self, body: str) -> etree._Element:
+    @contextlib.contextmanager
+    def answer_within(self, seconds: float) -> Iterator[Session]:
+        """Round trips in the block wait at most ``seconds`` for each read: past it :class:`ControllerUnavailable`
+        says the controller did not answer, and the session is out of step (close it).  A Clixon backend answers one
+        request at a time: a commit of 10,000 declarations keeps every other session waiting for seconds."""
+        self._patience = seconds
+        self.sock.settimeout(seconds)
+        try:
+            yield self
+        finally:
+            self._patience = None
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(None)
+
+    def _lost(self, exc: OSError) -> ControllerUnavailable:
+        if isinstance(exc, TimeoutError) and self._patience is not None:
+            return ControllerUnavailable(f"the controller did not answer within {self._patience:g} s (busy with a "
+                                         "commit, or another session's request)")
+        return ControllerUnavailable(f"controller connection lost: {exc}")
+
+    def rpc(self, body: str | Sequence[bytes]) -> etree._Element:
         """Send one RPC and return the parsed ``rpc-reply``; an ``rpc-error`` raises :class:`RpcError`."""
         return self._parse(self.rpc_raw(body))
 
-    def rpc_raw(self, body: str) -> bytes | bytearray:
+    def rpc_raw(self, body: str | Sequence[bytes]) -> bytes | bytearray:
         """Send one RPC and return the reply's bytes unparsed (big replies are read incrementally)."""
         data = self._exchange(body)
         if b"rpc-error" in data[:512]:  # an error reply starts with it; parsing raises RpcError
             self._parse(data)
         return data
 
-    def _exchange(self, body: str) -> bytes | bytearray:
+    def _exchange(self, body: str | Sequence[bytes]) -> bytes | bytearray:
         self._send_rpc(body)
         return self._read_message()
 
-    def _send_rpc(self, body: str) -> None:
+    def _send_rpc(self, body: str | Sequence[bytes]) -> None:
+        """One RFC 6242 chunk; a body given in pieces (a status commit of thousands of devices is megabytes) is written
+        as it is, a send buffer at a time, never joined: clixon-pyapi's send joined the frame, sliced it again at
+        every partial send and formatted it for a debug line, which held it three times over."""
         self._message_id += 1
         opening = (f'<rpc xmlns="{NETCONF_NS}" xmlns:nc="{NETCONF_NS}" username="{escape_attribute(self.user)}" '
                    f'message-id="{self._message_id}">').encode()
-        data = body.encode()
-        # One RFC 6242 chunk, written in its pieces: a status commit of thousands of devices is megabytes, and
-        # joining the frame (as clixon-pyapi's send does, then slicing it at every partial send) held it three
-        # times over and copied it again per send.
+        pieces = [body.encode()] if isinstance(body, str) else body
+        length = len(opening) + sum(map(len, pieces)) + len(_CLOSING)
+        buffer = bytearray(b"\n#%d\n%s" % (length, opening))
         try:
-            self.sock.sendall(b"\n#%d\n%s" % (len(opening) + len(data) + len(_CLOSING), opening))
-            self.sock.sendall(data)
-            self.sock.sendall(_CLOSING + b"\n##\n")
+            for piece in pieces:
+                if len(buffer) + len(piece) > _SEND_BUFFER:
+                    self.sock.sendall(buffer)
+                    buffer.clear()
+                buffer += piece
+            buffer += _CLOSING + b"\n##\n"
+            self.sock.sendall(buffer)
         except OSError as exc:  # the controller went away
             raise ControllerUnavailable(f"controller connection lost: {exc}") from None
 
@@ -195,7 +224,7 @@ class Session:
         try:
             data = self.sock.recv(65536)
         except OSError as exc:
-            raise ControllerUnavailable(f"controller connection lost: {exc}") from None
+            raise self._lost(exc) from None
         if not data:
             raise ControllerUnavailable("controller connection lost: the controller closed it")
         self._received += data
@@ -230,7 +259,7 @@ class Session:
                     raise ControllerUnavailable("controller connection lost: the controller closed it mid-reply")
                 have += got
         except OSError as exc:
-            raise ControllerUnavailable(f"controller connection lost: {exc}") from None
+            raise self._lost(exc) from None
         finally:
             view.release()
         return data  # a bytearray: bytes-like for every reader here, and never copied again
@@ -281,11 +310,12 @@ class Session:
     def unlock(self) -> None:
         self.rpc("<unlock><target><candidate/></target></unlock>")
 
-    def edit_config(self, config: str, default_operation: str = "merge") -> None:
-        self.rpc(
-            f"<edit-config><target><candidate/></target><default-operation>{default_operation}</default-operation>"
-            f"<config>{config}</config></edit-config>"
-        )
+    def edit_config(self, config: str | Sequence[bytes], default_operation: str = "merge") -> None:
+        """Edit the candidate with ``config``: text, or pieces written one after the other (see :meth:`_send_rpc`)."""
+        opening = (f"<edit-config><target><candidate/></target><default-operation>{default_operation}"
+                   "</default-operation><config>").encode()
+        pieces = [config.encode()] if isinstance(config, str) else config
+        self.rpc([opening, *pieces, b"</config></edit-config>"])
 
     def commit(self) -> None:
         self.rpc("<commit/>")
@@ -354,7 +384,7 @@ def candidate_locked(session: Session) -> Iterator[Session]:
             session.unlock()
 
 
-def commit_edit(session: Session, config: str, default_operation: str = "merge") -> None:
+def commit_edit(session: Session, config: str | Sequence[bytes], default_operation: str = "merge") -> None:
     """lock(candidate) -> edit-config -> commit -> unlock, leaving nothing of ours in the candidate on failure."""
     with candidate_locked(session):
         session.edit_config(config, default_operation)

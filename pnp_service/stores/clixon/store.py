@@ -81,6 +81,12 @@ _RELOOKED_STATES = ("error", "provisioned")
 #: they take effect at the device's next poll.
 _REQUESTS = " | ".join(f"/pnp:pnp/pnp:{name}" for name in ("reset", "claim", *CLEARS))
 REQUESTS_SECONDS = 1.0
+#: A lookup on a device's way (a poll or an answer that asks to look again) waits this long for the controller,
+#: which answers one request at a time: a commit of 10,000 declarations keeps it busy for seconds, and the one
+#: thread that decides durable work must not wait behind it.  Past it the device is decided on the copy (as when the
+#: controller is down), and such lookups pause for LOOKUP_PAUSE_SECONDS so the next devices do not wait the same.
+LOOKUP_WAIT_SECONDS = 0.5
+LOOKUP_PAUSE_SECONDS = 2.0
 #: Write-through: how long an answer waits for its status to be committed.  Beyond it (the controller down or held
 #: by an operator's uncommitted edits) the answer goes out with the write in the journal, and a warning says so.
 WRITE_THROUGH_SECONDS = 15.0
@@ -186,48 +192,78 @@ def view_from_events(events: Iterable[tuple], previous: View | None = None) -> V
 
 def change_problem(change: Change) -> str:
     """Why the controller would refuse ``change`` for sure, before asking it (empty: nothing known)."""
+    return checked_edit(change)[0]
+
+
+def checked_edit(change: Change) -> tuple[str, bytes]:
+    """Why the controller would refuse ``change`` for sure (empty: nothing known), and else its edit under ``/pnp``
+    (:func:`rendered_edit`): rendered once, when the change is decided, and kept for the flush."""
     if not model.is_serial(change.serial):
-        return f"serial {change.serial!r} is not a valid serial number"
+        return f"serial {change.serial!r} is not a valid serial number", b""
     if change.member_of and not model.is_serial(change.member_of):
-        return f"stack {change.member_of!r} is not a valid serial number"
+        return f"stack {change.member_of!r} is not a valid serial number", b""
     try:
-        _edit_parts(change, lambda serial: True)
+        return "", rendered_edit(change)
     except ValueError as exc:  # lxml refuses text that cannot be XML
-        return f"not representable in XML: {exc}"
-    return ""
+        return f"not representable in XML: {exc}", b""
 
 
-def _edit_parts(change: Change, has_status: Callable[[str], bool]) -> list[str]:
+def rendered_edit(change: Change) -> bytes:
+    """What ``change`` writes under ``/pnp``, as UTF-8 without namespace declarations (the ``<pnp>`` around it has
+    them), but for the removal of a status (:func:`_status_removal`: it depends on what running holds at the
+    flush)."""
     serial = f"<serial>{escape_text(change.serial)}</serial>"
     parts = []
     if change.status is not None:
         element = model.status_to_xml(change.status)
         element.set(f"{{{NETCONF_NS}}}operation", "replace")
-        parts.append(f"<device>{serial}{etree.tostring(element, encoding='unicode')}</device>")
+        parts.append(f"<device>{serial}{_without_namespaces(etree.tostring(element, encoding='unicode'))}</device>")
         if change.status.last_contact is not None:  # the device took the reset (if any): its request goes
             parts.append(f'<reset nc:operation="remove">{serial}</reset>')
     if change.unclaimed is not None:
         element = model.unclaimed_to_xml(change.unclaimed)
         element.set(f"{{{NETCONF_NS}}}operation", "replace")
-        parts.append(etree.tostring(element, encoding="unicode"))
+        parts.append(_without_namespaces(etree.tostring(element, encoding="unicode")))
     if change.member_of:
         parts.append(f'<stack-member nc:operation="replace">{serial}<stack>{escape_text(change.member_of)}</stack></stack-member>')
     # The unclaimed rule; "remove" is quiet when there is nothing to remove.
     if change.removes_unclaimed:
         parts.append(f'<unclaimed nc:operation="remove">{serial}</unclaimed>')
+    return "".join(parts).encode()
+
+
+def _without_namespaces(text: str) -> str:
+    # lxml writes xmlns on each element it serialises; the one declaration on <pnp> is enough.
+    return text.replace(f' xmlns="{PNP_NS}"', "").replace(f' xmlns:nc="{NETCONF_NS}"', "")
+
+
+def _status_removal(change: Change, has_status: Callable[[str], bool]) -> bytes:
     # Only where there is one: a merge into /pnp/device would create an empty entry for every stranger.
     if change.removes_status and has_status(change.serial):
-        parts.append(f'<device>{serial}<status nc:operation="remove"/></device>')
-    return parts
+        return f'<device><serial>{escape_text(change.serial)}</serial><status nc:operation="remove"/></device>'.encode()
+    return b""
+
+
+_EDIT_OPENING = f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}">'.encode()
+_EDIT_CLOSING = b"</pnp>"
+
+
+def edit_pieces(changes: Iterable[tuple[Change, bytes]], has_status: Callable[[str], bool]) -> list[bytes]:
+    """The edit-config body that records ``changes`` (each with its :func:`rendered_edit`) under ``/pnp``, in pieces
+    the session writes one after the other: a flush of tens of thousands of statuses is never joined into one
+    string.  ``has_status`` says which serials have a status in running to remove."""
+    pieces = [_EDIT_OPENING]
+    for change, text in changes:
+        pieces.append(text)
+        if removal := _status_removal(change, has_status):
+            pieces.append(removal)
+    pieces.append(_EDIT_CLOSING)
+    return pieces
 
 
 def status_edit(changes: Iterable[Change], has_status: Callable[[str], bool] = lambda serial: True) -> str:
-    """The edit-config body that records ``changes`` under ``/pnp``; ``has_status`` says which serials have a
-    status in running to remove."""
-    body = "".join(part for change in changes for part in _edit_parts(change, has_status))
-    # lxml writes xmlns on each element; one declaration on <pnp> is enough.
-    body = body.replace(f' xmlns="{PNP_NS}"', "").replace(f' xmlns:nc="{NETCONF_NS}"', "")
-    return f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}">{body}</pnp>'
+    """The edit-config body that records ``changes`` under ``/pnp``, whole (for reading and tests)."""
+    return b"".join(edit_pieces(((change, rendered_edit(change)) for change in changes), has_status)).decode()
 
 
 def _needless(view: View, serial: str, cutoff: str) -> bool:
@@ -239,6 +275,13 @@ def _needless(view: View, serial: str, cutoff: str) -> bool:
     if status is None:
         return serial in view.empty
     return status.last_contact is not None and model.format_time(status.last_contact) < cutoff
+
+
+class _Write(NamedTuple):
+    """A change on its way to the controller, with its edit rendered once (:func:`rendered_edit`)."""
+
+    change: Change
+    edit: bytes
 
 
 class _Refused(Exception):
@@ -270,7 +313,8 @@ class ClixonStore(StoreBase):
         self._committed = threading.Condition()  # notified after each flush: write-through answers wait on it
         self._late_writes = 0  # write-through answers that went out before their commit (logged once per outage)
         self.unclaimed_policy = unclaimed_policy or UnclaimedPolicy()
-        self._counters = {"unclaimed_dropped": 0, "unclaimed_expired": 0}
+        self._counters = {"unclaimed_dropped": 0, "unclaimed_expired": 0, "lookups_skipped": 0}
+        self._lookups_paused_until = 0.0
         self._forgotten = ForgottenLog(self.unclaimed_policy)
         self._expiry_checked: dt.datetime | None = None
         self._looked: dict[str, float] = {}  # serial -> when it was last looked up on its own (monotonic)
@@ -286,8 +330,9 @@ class ClixonStore(StoreBase):
         self._serial_locks = [threading.Lock() for _ in range(64)]
         self._reader_lock = threading.Lock()  # the reading session: one round trip at a time
         self._flush_lock = threading.Lock()
-        self._appends: GroupCommit[list[Change]] = GroupCommit(self._append_batch)
+        self._appends: GroupCommit[list[_Write]] = GroupCommit(self._append_batch)
         self._pending: dict[str, Change] = {}
+        self._edits: dict[str, bytes] = {}  # each pending change's edit, rendered when it was decided
         self._generation = 0  # counts flushes; a refresh re-applies what was committed while it fetched
         self._recent: list[tuple[int, Change]] = []
         self._reader: Session | None = None
@@ -350,22 +395,30 @@ class ClixonStore(StoreBase):
         return (status is not None and status.state in _RELOOKED_STATES
                 and time.monotonic() - self._looked.get(record.serial, float("-inf")) >= RELOOK_SECONDS)
 
-    def _fetch(self, xpath: str, previous: View | None = None) -> View:
+    def _fetch(self, xpath: str, patience: float | None = None) -> View:
         """One get-config from running, outside every lock but the reader session's."""
-        return view_from_reply(self._read_running(xpath), previous)
+        return view_from_reply(self._read_running(xpath, patience))
 
-    def _read_running(self, xpath: str) -> bytes | bytearray:
-        """One get-config from running on the reader session (one round trip at a time); a broken session goes."""
-        with self._reader_lock:
-            try:
-                if self._reader is None:
-                    self._reader = self._session_factory(self.sockpath)
+    def _read_running(self, xpath: str, patience: float | None = None) -> bytes | bytearray:
+        """One get-config from running on the reader session (one round trip at a time); a broken session goes.
+        With ``patience``, waits at most that long for the session and then for each read of the reply."""
+        if not self._reader_lock.acquire(timeout=-1 if patience is None else patience):
+            raise ControllerUnavailable(f"the controller did not answer within {patience:g} s (the reading session "
+                                        "waits on it)")
+        try:
+            if self._reader is None:
+                self._reader = self._session_factory(self.sockpath)
+            if patience is None:
                 return self._reader.get_config_raw("running", xpath)
-            except StoreUnavailable:
-                if self._reader is not None:
-                    self._reader.close()
-                    self._reader = None
-                raise
+            with self._reader.answer_within(patience):
+                return self._reader.get_config_raw("running", xpath)
+        except StoreUnavailable:
+            if self._reader is not None:
+                self._reader.close()  # a reply not read to its end leaves the session out of step
+                self._reader = None
+            raise
+        finally:
+            self._reader_lock.release()
 
     def _fetch_all(self, previous: View) -> View:
         """Everything the copy holds, parsed as the reply arrives (never whole in memory: 10 MB at 10,000 devices),
@@ -392,9 +445,14 @@ class ClixonStore(StoreBase):
             self._recent = [(g, c) for g, c in self._recent if g > generation]
             self._view = fresh
 
-    def _reload(self, serial: str) -> None:
-        """Bring one serial's record up to date (one round trip); quiet when the controller cannot answer."""
+    def _reload(self, serial: str, patience: float | None = None) -> None:
+        """Bring one serial's record up to date (one round trip); quiet when the controller cannot answer.  With
+        ``patience`` (a device waits for the answer), at most that long, and not at all during a pause after a
+        lookup that waited in vain."""
         if not model.is_serial(serial):
+            return
+        if patience is not None and time.monotonic() < self._lookups_paused_until:
+            self._counters["lookups_skipped"] += 1
             return
         view = self._view
         if serial in view.declarations or serial in view.status:  # a stranger's answer asks to look too: no entry
@@ -402,8 +460,14 @@ class ClixonStore(StoreBase):
         generation = self._generation
         xpath = f"/pnp:pnp/pnp:device[pnp:serial='{serial}'] | /ctrl:services/pnp:pnp-device[pnp:serial='{serial}']"
         try:
-            fresh = self._fetch(xpath)
+            fresh = self._fetch(xpath, patience)
         except StoreUnavailable as exc:
+            if patience is not None:
+                self._lookups_paused_until = time.monotonic() + LOOKUP_PAUSE_SECONDS
+                self._counters["lookups_skipped"] += 1
+            if "did not answer within" in str(exc):  # busy, not down: expected with large commits
+                log.debug("%s decided on the last copy: %s", serial, exc)
+                return
             if str(exc) != self._reload_error:  # once per outage, not once per poll
                 log.warning("cannot reload %s from the controller, deciding on the last copy: %s", serial, exc)
             self._reload_error = str(exc)
@@ -475,6 +539,7 @@ class ClixonStore(StoreBase):
         with self._journal.lock:
             with self._lock:
                 if self._pending.pop(serial, None) is not None:
+                    del self._edits[serial]
                     self._journal.rewrite(self._pending)
 
     # ------------------------------------------------------------------ deciding
@@ -487,7 +552,7 @@ class ClixonStore(StoreBase):
             if changes:
                 self._appends.submit(changes)  # fsynced (with other polls' changes) before the device hears
                 self._wake.set()
-                change = changes[0]
+                change = changes[0].change
                 if self.write_through and (change.status is not None or change.member_of):
                     self._await_commit(change)  # under the serial's lock: its next message is decided after this
         return decision
@@ -511,7 +576,7 @@ class ClixonStore(StoreBase):
         with contextlib.ExitStack() as held:
             for index in sorted({self._lock_index(target) for target in targets}):
                 held.enter_context(self._serial_locks[index])
-            waiting: list[Change] = []
+            waiting: list[_Write] = []
             owners: list[int] = []  # the results whose changes wait
             for (serial, decide), target in zip(updates, targets):
                 if target in (targets[i] for i in owners):
@@ -525,12 +590,12 @@ class ClixonStore(StoreBase):
                 if changes:
                     waiting += changes
                     owners.append(len(results) - 1)
-                    if len(changes) > 1 or changes[0].member_of or changes[0].unclaimed is not None:
+                    if len(changes) > 1 or changes[0].change.member_of or changes[0].change.unclaimed is not None:
                         self._journal_together(waiting, owners, results)
             self._journal_together(waiting, owners, results)
         return results
 
-    def _journal_together(self, waiting: list[Change], owners: list[int], results: list) -> None:
+    def _journal_together(self, waiting: list[_Write], owners: list[int], results: list) -> None:
         if waiting:
             try:
                 self._appends.submit(list(waiting))
@@ -544,23 +609,23 @@ class ClixonStore(StoreBase):
     def _lock_index(self, target: str) -> int:
         return zlib.crc32(target.encode()) % len(self._serial_locks)
 
-    def _decided(self, serial: str, decide: Callable[[DeviceRecord], D]) -> tuple[D, list[Change]]:
+    def _decided(self, serial: str, decide: Callable[[DeviceRecord], D]) -> tuple[D, list[_Write]]:
         """Under the serial's lock: the decision, and the changes to journal for it (none when it changes nothing,
         or the change is refused here)."""
         record = self._record(serial)
         looked = self._relook_due(record) or (self.write_through and record.declaration is not None)
         if looked:
-            self._reload(record.serial)
+            self._reload(record.serial, LOOKUP_WAIT_SECONDS)
             record = self._record(serial)
         decision = decide(record)
         if decision.recheck and not looked:
-            self._reload(record.serial)
+            self._reload(record.serial, LOOKUP_WAIT_SECONDS)
             record = self._record(serial)
             decision = decide(record)
         change = Change.of(record.serial, decision)
         if change is None:
             return decision, []
-        problem = change_problem(change)
+        problem, edit = checked_edit(change)
         if problem:
             self._quarantine(change, problem)
             return decision, []
@@ -569,7 +634,7 @@ class ClixonStore(StoreBase):
                       "unclaimed)", change.member_of, STACK_MEMBERS_MAX, change.serial)
             return decision, []
         room = self._make_room(change) if change.unclaimed is not None and record.unclaimed is None else []
-        return decision, [change, *room]
+        return decision, [_Write(change, edit), *(_Write(forget, rendered_edit(forget)) for forget in room)]
 
     def _await_commit(self, change: Change) -> None:
         """Wait (up to ``write_through_seconds``) until the flusher has committed ``change`` to running."""
@@ -594,13 +659,14 @@ class ClixonStore(StoreBase):
         members.discard(change.serial)
         return len(members) >= STACK_MEMBERS_MAX
 
-    def _append_batch(self, jobs: list[list[Change]]) -> list[BaseException | None]:
+    def _append_batch(self, jobs: list[list[_Write]]) -> list[BaseException | None]:
         with self._journal.lock:
-            self._journal.append(change for changes in jobs for change in changes)
+            self._journal.append(write.change for writes in jobs for write in writes)
             with self._lock:
-                for changes in jobs:
-                    for change in changes:
+                for writes in jobs:
+                    for change, edit in writes:
                         self._pending[change.serial] = change
+                        self._edits[change.serial] = edit
         return [None] * len(jobs)
 
     def _make_room(self, newcomer: Change) -> list[Change]:
@@ -718,11 +784,12 @@ class ClixonStore(StoreBase):
         with self._flush_lock:
             with self._lock:
                 batch = dict(self._pending)
+                writes = [_Write(change, self._edits[serial]) for serial, change in batch.items()]
             if not batch:
                 return True
             refused: dict[str, str] = {}
             try:
-                self._commit_isolating(list(batch.values()), refused)
+                self._commit_isolating(writes, refused)
             except StoreUnavailable as exc:
                 self._drop_writer()
                 if str(exc) != self.last_error:
@@ -735,6 +802,7 @@ class ClixonStore(StoreBase):
                     for serial, change in batch.items():
                         if self._pending.get(serial) is change:
                             del self._pending[serial]
+                            del self._edits[serial]
                         if serial not in refused:
                             self._view.apply(change)
                             self._recent.append((self._generation, change))
@@ -747,21 +815,21 @@ class ClixonStore(StoreBase):
                 self.last_error = ""
             return not left
 
-    def _commit_isolating(self, changes: list[Change], refused: dict[str, str]) -> None:
-        """Commit ``changes``; a batch the controller refuses is split until the refused changes are found."""
-        if not changes:
+    def _commit_isolating(self, writes: list[_Write], refused: dict[str, str]) -> None:
+        """Commit ``writes``; a batch the controller refuses is split until the refused changes are found."""
+        if not writes:
             return
         try:
-            self._commit(status_edit(changes, self._view.status.__contains__))
+            self._commit(edit_pieces(writes, self._view.status.__contains__))
         except _Refused as exc:
-            if len(changes) == 1:
-                refused[changes[0].serial] = str(exc)
+            if len(writes) == 1:
+                refused[writes[0].change.serial] = str(exc)
                 return
-            middle = len(changes) // 2
-            self._commit_isolating(changes[:middle], refused)
-            self._commit_isolating(changes[middle:], refused)
+            middle = len(writes) // 2
+            self._commit_isolating(writes[:middle], refused)
+            self._commit_isolating(writes[middle:], refused)
 
-    def _commit(self, edit: str) -> None:
+    def _commit(self, edit: list[bytes]) -> None:
         if self._writer is None:
             self._writer = self._session_factory(self.sockpath)
         for attempt in range(_BUSY_TRIES):
@@ -791,13 +859,18 @@ class ClixonStore(StoreBase):
 
     def _heal(self) -> None:
         """Set aside, at start, journal entries no controller would take (written by an older version)."""
-        bad = {serial: problem for serial, change in self._pending.items() if (problem := change_problem(change))}
+        bad = {}
+        for serial, change in self._pending.items():
+            problem, self._edits[serial] = checked_edit(change)
+            if problem:
+                bad[serial] = problem
         if not bad:
             if self._pending:
                 log.info("journal %s: %d writes from before a restart wait to be committed", self._journal.path,
                          len(self._pending))
             return
         for serial, problem in bad.items():
+            del self._edits[serial]
             self._quarantine(self._pending.pop(serial), problem)
         with self._journal.lock:
             self._journal.rewrite(self._pending)
