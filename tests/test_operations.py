@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import platform
 import subprocess
 import sys
 
@@ -286,3 +288,13 @@ def test_two_listeners_of_one_user_do_not_share_or_remove_a_control_socket(tmp_p
         assert not (tmp_path / "home" / ".gunicorn").exists()  # no gunicorn.ctl to share
     finally:
         stop(second)
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc arenas")
+def test_the_listener_caps_malloc_arenas_unless_the_user_chose():
+    probe = "from pnp_service.serving import limit_malloc_arenas; print(limit_malloc_arenas())"
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+    capped = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    chosen = subprocess.run([sys.executable, "-c", probe], env={**env, "MALLOC_ARENA_MAX": "4"}, capture_output=True,
+                            text=True, check=True)
+    assert (capped.stdout.strip(), chosen.stdout.strip()) == ("True", "False")
