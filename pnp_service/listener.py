@@ -44,6 +44,7 @@ EVENT_LEVELS = {
     Event.GAVE_UP: logging.ERROR,
     Event.BROKEN_WORK: logging.ERROR,
     Event.REFUSED: logging.WARNING,
+    Event.LOCATION_REFUSED: logging.WARNING,
     Event.HELD_OFF: logging.DEBUG,
     Event.BACKOFF_ACK: logging.DEBUG,
     Event.WAIT: logging.DEBUG,

@@ -44,7 +44,7 @@ class Poll(enum.Enum):
     """The cases of a WORK-REQUEST, in the order the provisioner tests them."""
 
     UNDECLARED = "nobody declared it"
-    PROBE = "undeclared while stacks are: is it a member?"
+    PROBE = "undeclared while stacks or locations are: what is it?"
     NOT_PLANNED = "declared, its template does not render"
     REFUSED_CLAIM = "another PID, nothing proven"
     IN_ERROR = "in error"
@@ -62,7 +62,7 @@ class Answer(enum.Enum):
 
     BACKOFF_ACK = "a backoff acknowledged"
     PROOF = "a SUDI proof"
-    PROBE_ANSWER = "a stranger's device-info"
+    PROBE_ANSWER = "a stranger's answer to what it is"
     NOTHING_OUTSTANDING = "no request outstanding"
     NOT_REQUESTER = "from another address"
     ANOTHER_PID = "as another product"
@@ -79,6 +79,8 @@ class Reply(enum.StrEnum):
     REQUEST = "request"  # the due step's request, whatever its service
     CHALLENGE = "device-auth"
     PROBE = "device-info"
+    TOPOLOGY = "topology"
+    NEIGHBOURS = "cli-exec"  # show cdp/lldp neighbors detail
     BYE = "bye"
 
 
@@ -105,7 +107,8 @@ _DECLARED = (Stage.PLANNED, Stage.ONBOARDING, Stage.PROVISIONED, Stage.ERROR)
 MOVES: dict[tuple[Stage, Poll | Answer], Move] = {
     # ---------------------------------------------------------------- WORK-REQUEST
     (Stage.UNKNOWN, Poll.UNDECLARED): _move("_poll_undeclared", Reply.BACKOFF, Stage.UNKNOWN),
-    (Stage.UNKNOWN, Poll.PROBE): _move("_poll_probe", Reply.PROBE, Stage.UNKNOWN),
+    # A stranger is asked what it is (provisioner.PROBES): a stack's member, or a switch at a declared location.
+    (Stage.UNKNOWN, Poll.PROBE): _move("_poll_probe", {Reply.PROBE, Reply.TOPOLOGY, Reply.NEIGHBOURS}, Stage.UNKNOWN),
     (Stage.UNPLANNED, Poll.NOT_PLANNED): _move("_poll_not_planned", Reply.BACKOFF, Stage.UNPLANNED),
     **{(stage, Poll.REFUSED_CLAIM): _move("_poll_refused_claim", Reply.BACKOFF, stage) for stage in _DECLARED},
     (Stage.ERROR, Poll.IN_ERROR): _move("_poll_in_error", Reply.BACKOFF, Stage.ERROR),

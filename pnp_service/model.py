@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, TypeVar
 
 from lxml import etree
 
+from .neighbours import Location
 from .protocol import SERIAL_PATTERN
 from .xmlsafe import qname
 
@@ -374,9 +375,14 @@ class Unclaimed:
     address: str = ""
     first_seen: dt.datetime | None = None
     last_seen: dt.datetime | None = None
-    #: A device-info request sent to learn whether it is a member of a declared stack, and when.
+    #: The request outstanding to learn what it is (a member of a declared stack, a switch at a declared location),
+    #: when this round of questions began, and the last question of the round (provisioner.PROBES; "" once the
+    #: round ended).
     correlator: str = ""
     probed: dt.datetime | None = None
+    probe: str = ""
+    #: Why it is not provisioned by where it is plugged in (the location is another switch's, or two match).
+    note: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,6 +401,9 @@ class DeviceRecord:
     #: Serials of declared stacks and of their declared members -> the stack's declared serial, for matching a
     #: switch that calls in unknown (shared by every record of a store: never copied).
     stacks: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Declared locations (an upstream device and port, in normal form) -> the serial bound to each ("": none yet),
+    #: for matching a switch that calls in unknown by where it is plugged in (shared, never copied).
+    locations: Mapping[Location, str] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- JSON forms
@@ -829,6 +838,8 @@ def unclaimed_to_xml(entry: Unclaimed) -> etree._Element:
             ("last-seen", format_time(entry.last_seen)),
             ("correlator", entry.correlator),
             ("probed", format_time(entry.probed)),
+            ("probe", entry.probe),
+            ("note", entry.note),
         ),
     )
     return element
@@ -845,6 +856,8 @@ def unclaimed_from_xml(element: etree._Element) -> Unclaimed:
         last_seen=parse_time(child_text(element, "last-seen")),
         correlator=child_text(element, "correlator"),
         probed=parse_time(child_text(element, "probed")),
+        probe=child_text(element, "probe"),
+        note=child_text(element, "note"),
     )
 
 

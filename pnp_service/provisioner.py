@@ -55,7 +55,7 @@ import enum
 from dataclasses import replace
 from typing import Callable
 
-from . import protocol, sudi
+from . import neighbours, protocol, sudi
 from .backoff import Backoff
 from .machine import VERDICTS, Answer, Poll, Stage, TransitionError, move, stage_of
 from .model import (DeviceFacts, DeviceRecord, Handoff, HandoffProgress, State, Status, Step, Unclaimed, Work, format_time,
@@ -75,6 +75,8 @@ class Event(enum.StrEnum):
     REFUSED_CLAIM = "refused-claim"
     HELD_OFF = "sudi-held-off"
     STACK_MEMBER = "stack-member"
+    LOCATED = "located"
+    LOCATION_REFUSED = "location-refused"
     NOT_PLANNED = "not-planned"
     REQUEST = "request"
     WAIT = "wait"
@@ -140,6 +142,32 @@ class Contact:
 
 
 @dataclasses.dataclass(frozen=True)
+class Probe:
+    """One question a stranger is asked, in turn, to learn what it is."""
+
+    name: str
+    #: Asked while locations are declared (else: while stacks are).
+    locates: bool
+    #: The exec command (cli-exec) whose output lists the neighbours, and its parser.
+    command: str = ""
+    parse: Callable[[str], list[neighbours.Neighbour]] | None = None
+
+
+#: The questions, in the order they are asked, one per poll; a round ends at the first answer that settles what the
+#: stranger is, and starts again after ``contact_refresh_seconds``.  A member of a declared stack lists its serial in
+#: device-info; a switch at a declared location names the upstream device and port in its neighbours: the topology
+#: service first, and where the agent does not answer it (or lists nothing at a declared location), the CDP and then
+#: the LLDP table read with cli-exec.
+PROBES = (
+    Probe("device-info", locates=False),
+    Probe("topology", locates=True),
+    Probe("cdp", locates=True, command="show cdp neighbors detail", parse=neighbours.parse_cdp_detail),
+    Probe("lldp", locates=True, command="show lldp neighbors detail", parse=neighbours.parse_lldp_detail),
+)
+_PROBES = {probe.name: probe for probe in PROBES}
+
+
+@dataclasses.dataclass(frozen=True)
 class Decision:
     """The reply to send, and what to record first (``status`` or ``unclaimed``; None: nothing).
 
@@ -156,6 +184,8 @@ class Decision:
     recheck: bool = False
     #: The caller is the active member of this declared stack (recorded instead of a status).
     member_of: str = ""
+    #: The caller is the switch at this declared location: bound to it, it is provisioned as its declaration.
+    located_at: neighbours.Location | None = None
     #: The declared serial the status belongs to, when it is not the caller's (a stack's).
     device: str = ""
     #: The declared hostname, for the log.
@@ -163,7 +193,7 @@ class Decision:
 
     @property
     def changes(self) -> bool:
-        return self.status is not None or self.unclaimed is not None or bool(self.member_of)
+        return self.status is not None or self.unclaimed is not None or bool(self.member_of) or self.located_at is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,13 +367,24 @@ class Provisioner:
         return Decision(reply, Event.CHALLENGE, "asked for a SUDI proof", status, step=base.step)
 
     def _worth_probing(self, poll: _Poll) -> bool:
-        """Stacks are declared and this stranger was not asked lately whether it is one of their members."""
-        known = poll.record.unclaimed
-        if not poll.record.stacks:
-            return False
-        if known is None or known.probed is None:
-            return True
-        return (poll.contact.now - known.probed).total_seconds() >= self.settings.contact_refresh_seconds
+        """Stacks or locations are declared, and a question of :data:`PROBES` is left to ask this stranger."""
+        return self._next_probe(poll.record, poll.contact.now)[0] is not None
+
+    def _next_probe(self, record: DeviceRecord, now: dt.datetime) -> tuple[Probe | None, bool]:
+        """The question to ask next, and whether it begins a new round."""
+        asked = [probe for probe in PROBES if (record.locations if probe.locates else record.stacks)]
+        if not asked:
+            return None, False
+        known = record.unclaimed
+        if known is None or known.probed is None \
+                or (now - known.probed).total_seconds() >= self.settings.contact_refresh_seconds:
+            return asked[0], True
+        names = [probe.name for probe in asked]
+        last = known.probe or ("device-info" if known.correlator else "")  # an older version asked only that
+        if last not in names:
+            return None, False  # the round ended
+        following = names.index(last) + 1  # answered or not: a question polled past goes unanswered
+        return (asked[following], False) if following < len(asked) else (None, False)
 
     def _current(self, record: DeviceRecord, work: Work, request: protocol.WorkRequest, contact: Contact) -> tuple[Status, bool]:
         """The status to act on, and whether it must be written even if nothing else changes.
@@ -412,16 +453,26 @@ class Provisioner:
         return Decision(reply, Event.UNCLAIMED, detail, unclaimed=None if recent else entry)
 
     def _poll_probe(self, poll: _Poll) -> Decision:
-        """A stranger while stacks are declared: ask for device-info, which lists a stack's members."""
+        """A stranger while stacks or locations are declared: the next question of :data:`PROBES`."""
         record, request, contact = poll.record, poll.request, poll.contact
         known = record.unclaimed
+        probe, new_round = self._next_probe(record, contact.now)
+        assert probe is not None
         entry = Unclaimed(
             serial=record.serial, udi=str(request.udi), pid=request.udi.pid, hostname=request.hostname,
             address=contact.address, first_seen=known.first_seen if known and known.first_seen else contact.now,
-            last_seen=contact.now, correlator=request.correlator, probed=contact.now,
+            last_seen=contact.now, correlator=request.correlator,
+            probed=contact.now if new_round or known is None else known.probed, probe=probe.name,
+            note="" if new_round or known is None else known.note,
         )
-        return Decision(protocol.device_info(poll.envelope, "all"), Event.PROBE,
-                        "undeclared: asked for device-info, to match it to a declared stack", unclaimed=entry)
+        if probe.command:
+            reply, detail = protocol.cli_exec(poll.envelope, probe.command), f"asked for `{probe.command}`"
+        elif probe.locates:
+            reply, detail = protocol.topology(poll.envelope), "asked for its neighbours (topology)"
+        else:
+            reply, detail = protocol.device_info(poll.envelope, "all"), "asked for device-info"
+        purpose = "where it is plugged in" if probe.locates else "whether it is a declared stack's member"
+        return Decision(reply, Event.PROBE, f"undeclared: {detail}, to learn {purpose}", unclaimed=entry)
 
     def _poll_not_planned(self, poll: _Poll) -> Decision:
         why = poll.record.planning_error or "declared, but no work is planned for it"
@@ -605,9 +656,7 @@ class Provisioner:
             return Answer.BACKOFF_ACK, answer
         if isinstance(response, protocol.WorkResponse) and response.service == "device-auth":
             return Answer.PROOF, answer
-        probed = answer.record.unclaimed
-        if (work is None and probed is not None and probed.correlator and isinstance(response, protocol.WorkResponse)
-                and response.correlator == probed.correlator and response.service == "device-info"):
+        if work is None and self._is_probe_answer(answer):
             return Answer.PROBE_ANSWER, answer
         if (work is None or status is None or not status.correlator or status.revision != work.revision
                 or status.state != State.ONBOARDING):
@@ -632,6 +681,19 @@ class Provisioner:
         if response.service != step_type.service(step, status):
             return Answer.WRONG_SERVICE, answer
         return Answer.ANSWER, answer
+
+    @staticmethod
+    def _is_probe_answer(answer: _Answer) -> bool:
+        """A stranger's answer to the question outstanding: by its correlator and service, or a fault (which carries
+        no correlator) from the address the question went to."""
+        probed, response = answer.record.unclaimed, answer.response
+        if probed is None or not probed.correlator:
+            return False
+        if isinstance(response, protocol.Fault):
+            return bool(probed.probe) and answer.contact.address == probed.address
+        probe = _PROBES.get(probed.probe or "device-info")
+        service = "cli-exec" if probe is not None and probe.command else probed.probe or "device-info"
+        return probe is not None and response.correlator == probed.correlator and response.service == service
 
     def _not_the_requester(self, answer: _Answer) -> bool:
         """An answer (a fault above all: it carries no correlator) from another address than the one the outstanding
@@ -712,9 +774,19 @@ class Provisioner:
         return Decision(answer.reply, Event.PROVEN, f"SUDI proof of {proven.serial} ({proven.pid}) accepted", accepted)
 
     def _answer_probe(self, answer: _Answer) -> Decision:
-        """A stranger's device-info: if its stack lists a declared stack's serial, it is that stack's active member."""
+        """A stranger's answer to a question of :data:`PROBES`: a declared stack's member, a switch at a declared
+        location, or neither (the next question at its next poll)."""
         response, record = answer.response, answer.record
-        assert isinstance(response, protocol.WorkResponse) and record.unclaimed is not None
+        assert record.unclaimed is not None
+        probe = _PROBES[record.unclaimed.probe or "device-info"]
+        answered = replace(record.unclaimed, correlator="", last_seen=answer.contact.now)
+        if isinstance(response, protocol.Fault) or not response.success:
+            why = response.string if isinstance(response, protocol.Fault) else (response.error.message if response.error else "")
+            return Decision(answer.reply, Event.UNCLAIMED, f"{probe.name} not answered ({why or 'an error'})",
+                            unclaimed=answered)
+        if probe.locates:
+            found = list(response.neighbours) if probe.parse is None else probe.parse(response.details.get("output", ""))
+            return self._locate(answer, probe, found, answered)
         info = response.device or protocol.DeviceInfo()
         for member in info.members:
             stack = record.stacks.get(member.udi.serial)
@@ -722,8 +794,26 @@ class Provisioner:
                 return Decision(answer.reply, Event.STACK_MEMBER,
                                 f"active member of declared stack {stack} (slot {member.slot} is {member.udi.serial})",
                                 member_of=stack)
-        done = replace(record.unclaimed, correlator="", last_seen=answer.contact.now)
-        return Decision(answer.reply, Event.UNCLAIMED, "not a member of a declared stack", unclaimed=done)
+        return Decision(answer.reply, Event.UNCLAIMED, "not a member of a declared stack", unclaimed=answered)
+
+    def _locate(self, answer: _Answer, probe: Probe, found: list[neighbours.Neighbour], answered: Unclaimed) -> Decision:
+        """Bind the stranger to the one declared location its neighbours put it at, unless that location is another
+        serial's (sticky: the operator resets that one) or two match (refused with both named)."""
+        record = answer.record
+        at = neighbours.matches(found, record.locations)
+        if not at:
+            seen = ", ".join(sorted({str(n.location) for n in found})[:4]) or "none"
+            return Decision(answer.reply, Event.UNCLAIMED, f"{probe.name}: no neighbour at a declared location "
+                            f"(neighbours: {seen})", unclaimed=answered)
+        if len(at) > 1:
+            note = f"matches {len(at)} declared locations ({', '.join(map(str, at[:4]))}): refused, declare one"
+            return Decision(answer.reply, Event.LOCATION_REFUSED, note, unclaimed=replace(answered, probe="", note=note))
+        bound = record.locations[at[0]]
+        if bound and bound != record.serial:
+            note = f"at {at[0]}, whose declaration is bound to {bound}: reset {bound} to free the location"
+            return Decision(answer.reply, Event.LOCATION_REFUSED, note, unclaimed=replace(answered, probe="", note=note))
+        return Decision(answer.reply, Event.LOCATED, f"at {at[0]} ({probe.name}): provisioned as that location's "
+                        "declaration", located_at=at[0])
 
     def _answer_nothing_outstanding(self, answer: _Answer) -> Decision:
         service = answer.response.service if isinstance(answer.response, protocol.WorkResponse) else "fault"

@@ -229,8 +229,8 @@ def test_every_row_is_walked_and_each_move_keeps_to_its_row(walked):
         row = MOVES[(visit.stage, visit.case)]
         assert visit.after in row.to, visit
         service = visit.reply if visit.reply in {r.value for r in Reply} else Reply.REQUEST.value
-        if visit.reply == Reply.PROBE.value and Reply.PROBE not in row.replies:
-            service = Reply.REQUEST.value  # device-info as a step's request
+        if visit.reply in (Reply.PROBE.value, Reply.NEIGHBOURS.value) and Reply(visit.reply) not in row.replies:
+            service = Reply.REQUEST.value  # device-info or cli-exec as a step's request
         assert service in replies_of(row), visit
 
 

@@ -482,3 +482,81 @@ def test_a_step_the_work_no_longer_has_starts_the_work_over_from_its_first_step(
     first = device.record.work.steps[0]
     assert message.service == first.type == "device-info"
     assert device.status.step == first.id and device.status.attempts == 0
+
+
+# --------------------------------------------------------------------------- a switch declared by where it is plugged in
+
+from pnp_service.neighbours import Location  # noqa: E402
+from pnp_service.provisioner import Event  # noqa: E402
+
+AT_48 = Location("dist-sw-1", "GigabitEthernet1/0/48")
+UPLINK_48 = messages.Uplink("TenGigabitEthernet1/1/1", "DIST-SW-1.campus.example.net", "Gi1/0/48")
+
+
+def stranger(locations, stacks=None) -> Device:
+    device = Device(None)
+    device.record = dataclasses.replace(device.record, locations=locations, stacks=stacks or {})
+    return device
+
+
+def test_a_stranger_is_asked_its_neighbours_and_bound_to_the_location_they_name():
+    device = stranger({AT_48: ""})
+    decision, message = device.poll()
+    assert decision.event == Event.PROBE and message.service == "topology"
+    assert device.record.unclaimed.probe == "topology"
+    bound = device.respond(messages.topology_response(device.udi, device.correlator, [UPLINK_48]))
+    assert bound.event == Event.LOCATED and bound.located_at == AT_48 and bound.changes
+
+
+def test_an_agent_without_the_topology_service_is_located_through_the_cdp_then_the_lldp_table():
+    device = stranger({AT_48: ""})
+    device.poll()
+    device.respond(messages.fault(device.udi, "Client", "unknown service topology"))
+    _, message = device.poll()
+    assert message.service == "cli-exec" and device.record.unclaimed.probe == "cdp"
+    device.respond(messages.cli_exec_output(device.udi, device.correlator, "show cdp neighbors detail", ""))
+    _, message = device.poll()  # CDP lists nothing there (disabled upstream): LLDP next
+    assert message.service == "cli-exec" and device.record.unclaimed.probe == "lldp"
+    output = messages.lldp_neighbors_detail([UPLINK_48])
+    bound = device.respond(messages.cli_exec_output(device.udi, device.correlator, "show lldp neighbors detail", output))
+    assert bound.located_at == AT_48
+    decision, message = stranger({AT_48: ""}).poll()  # a new round begins with the topology service again
+    assert message.service == "topology"
+
+
+def test_a_location_bound_to_another_serial_is_refused_and_says_whom_to_reset():
+    device = stranger({AT_48: "FOC0000OTHER"})
+    device.poll()
+    refused = device.respond(messages.topology_response(device.udi, device.correlator, [UPLINK_48]))
+    assert refused.event == Event.LOCATION_REFUSED and refused.located_at is None
+    assert "FOC0000OTHER" in device.record.unclaimed.note and "reset" in device.record.unclaimed.note
+    decision, message = device.poll()  # the round ended: no more questions until contact_refresh_seconds
+    assert decision.event == Event.UNCLAIMED and message.service == "backoff"
+
+
+def test_a_switch_that_matches_two_locations_is_refused_with_both_named():
+    other = Location("dist-sw-2", "Gi1/0/1")
+    device = stranger({AT_48: "", other: ""})
+    device.poll()
+    uplinks = [UPLINK_48, messages.Uplink("TenGigabitEthernet1/1/2", "dist-sw-2", "GigabitEthernet1/0/1")]
+    refused = device.respond(messages.topology_response(device.udi, device.correlator, uplinks))
+    assert refused.event == Event.LOCATION_REFUSED and refused.located_at is None
+    assert str(AT_48) in refused.detail and str(other) in refused.detail
+
+
+def test_a_stranger_is_asked_for_stack_membership_first_then_for_its_neighbours():
+    device = stranger({AT_48: ""}, stacks={"FOC0000STACK": "FOC0000STACK"})
+    _, message = device.poll()
+    assert message.service == "device-info"
+    device.answer_device_info()
+    _, message = device.poll()
+    assert message.service == "topology"
+
+
+def test_a_fault_from_another_address_is_not_taken_for_the_strangers():
+    device = stranger({AT_48: ""})
+    device.poll()
+    response = protocol.parse_work_response(messages.fault(device.udi, "Client", "unknown service topology"))
+    elsewhere = dataclasses.replace(device.contact(), address="192.0.2.99")
+    decision = device.provisioner.on_work_response(device.record, response, elsewhere)
+    assert decision.event != Event.UNCLAIMED and decision.unclaimed is None
