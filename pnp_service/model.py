@@ -508,8 +508,33 @@ def _number(text: str, default: int = 0) -> int:
 # --------------------------------------------------------------------------- declarations
 
 
+@dataclasses.dataclass(frozen=True)
+class LocationDeclaration:
+    """A switch declared by where it is plugged in (``pnp-location``): the upstream device and port as declared, and
+    what a serial declaration says (serial "")."""
+
+    neighbor: str
+    port: str
+    declaration: Declaration
+
+    @property
+    def location(self) -> Location:
+        return Location(self.neighbor, self.port)
+
+    def for_serial(self, serial: str) -> Declaration:
+        """The declaration of the switch bound to this location."""
+        return dataclasses.replace(self.declaration, serial=serial)
+
+
+def location_from_xml(element: etree._Element) -> LocationDeclaration:
+    """Read one ``pnp-location`` element (already valid against the YANG): the grouping it shares with ``pnp-device``
+    is read by :func:`declaration_from_xml`."""
+    return LocationDeclaration(child_text(element, "neighbor").strip(), child_text(element, "port").strip(),
+                               declaration_from_xml(element))
+
+
 def declaration_from_xml(element: etree._Element) -> Declaration:
-    """Read one ``pnp-device`` element (already valid against the YANG)."""
+    """Read one ``pnp-device`` element, or the declaration of a ``pnp-location`` (already valid against the YANG)."""
     config = element.find(q("config"))
     image = element.find(q("image"))
     stack = element.find(q("stack"))

@@ -440,6 +440,10 @@ class Provisioner:
             address=contact.address,
             first_seen=known.first_seen if known and known.first_seen else contact.now,
             last_seen=contact.now,
+            # What the questions found stays: the round is not asked again before its time, the refusal shows.
+            probed=known.probed if known else None,
+            probe=known.probe if known else "",
+            note=known.note if known else "",
         )
         unchanged = known is not None and replace(known, last_seen=None) == replace(entry, last_seen=None)
         recent = (

@@ -26,7 +26,9 @@ import threading
 
 from lxml import etree
 
-from .model import CONTROLLER_NS, PNP_NS, SERVICE_NAME, Declaration, declaration_from_xml
+from .model import (CONTROLLER_NS, PNP_NS, SERVICE_NAME, Declaration, LocationDeclaration, declaration_from_xml,
+                    location_from_xml)
+from .neighbours import Location
 from .xmlsafe import iterparse, parser
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -164,16 +166,27 @@ def _fragment(data: bytes) -> str:
     return "".join(out)
 
 
-def _structure(data: bytes, source: str) -> dict[str, Declaration]:
-    """Check what libyang cannot see (the root, the namespace of services) and read the declarations.
+@dataclasses.dataclass(frozen=True)
+class Declared:
+    """What a declarations file declares: devices by serial, and switches by location (keyed by normal form)."""
+
+    declarations: dict[str, Declaration]
+    locations: dict[Location, LocationDeclaration]
+
+
+def _structure(data: bytes, source: str) -> Declared:
+    """Check what libyang cannot see (the root, the namespace of services, two locations one in normal form) and
+    read the declarations.
 
     Streams through the file, freeing each declaration's elements once read, so a large file costs
     little memory.
     """
     problems: list[Problem] = []
     declarations: dict[str, Declaration] = {}
+    locations: dict[Location, LocationDeclaration] = {}
     services = f"{{{CONTROLLER_NS}}}services"
     device = f"{{{PNP_NS}}}{SERVICE_NAME}"
+    location = f"{{{PNP_NS}}}pnp-location"
     events = iterparse(data, ("start", "end"))
     depth = 0
     try:
@@ -196,10 +209,20 @@ def _structure(data: bytes, source: str) -> dict[str, Declaration]:
                 problems.append(Problem(
                     "<pnp> is state written by pnp-service and does not belong in the declarations file "
                     "(it now lives in the state database): remove it", element.sourceline, "/pnp-service:pnp"))
-            if depth == 2 and element.tag == device and element.getparent() is not None \
+            if depth == 2 and element.tag in (device, location) and element.getparent() is not None \
                     and element.getparent().tag == services:
-                declaration = declaration_from_xml(element)
-                declarations[declaration.serial] = declaration
+                if element.tag == device:
+                    declaration = declaration_from_xml(element)
+                    declarations[declaration.serial] = declaration
+                else:
+                    at = location_from_xml(element)
+                    same = locations.get(at.location)
+                    if same is not None and (same.neighbor, same.port) != (at.neighbor, at.port):
+                        problems.append(Problem(
+                            f"pnp-location {at.neighbor} {at.port} is the same port as pnp-location {same.neighbor} "
+                            f"{same.port} (names are compared in normal form: {at.location}): keep one",
+                            element.sourceline, "/pnp-location"))
+                    locations[at.location] = at
                 element.clear()
                 parent = element.getparent()
                 while element.getprevious() is not None:
@@ -208,22 +231,33 @@ def _structure(data: bytes, source: str) -> dict[str, Declaration]:
         raise DeclarationsError(source, [Problem(f"not well-formed XML: {exc.msg}", exc.lineno)]) from None
     if problems:
         raise DeclarationsError(source, problems)
-    return declarations
+    return Declared(declarations, locations)
 
 
 def load(data: bytes, source: str) -> dict[str, Declaration]:
-    """Declarations from a file's bytes, or :class:`DeclarationsError` naming every problem found."""
+    """Declarations by serial from a file's bytes, or :class:`DeclarationsError` naming every problem found."""
+    return read(data, source).declarations
+
+
+def read(data: bytes, source: str) -> Declared:
+    """Declarations by serial and by location from a file's bytes, or :class:`DeclarationsError` naming every
+    problem found."""
     probe = data[:4096].upper()
     if b"<!DOCTYPE" in probe or b"<!ENTITY" in probe:
         raise DeclarationsError(source, [Problem("DTDs and entities are not allowed in a declarations file")])
-    declarations = _structure(data, source)
+    declared = _structure(data, source)
     problems = _shared_validator().check(_fragment(data))
     if problems:
         raise DeclarationsError(source, problems)
-    return declarations
+    return declared
 
 
 def load_file(path: str, shown: str = "") -> dict[str, Declaration]:
+    """Read and check a declarations file (see :func:`read_file`); its declarations by serial."""
+    return read_file(path, shown).declarations
+
+
+def read_file(path: str, shown: str = "") -> Declared:
     """Read and check a declarations file; a missing or unreadable one is a :class:`DeclarationsError` too.
     ``shown``: the path as the operator wrote it, for the messages."""
     shown = shown or path
@@ -234,7 +268,7 @@ def load_file(path: str, shown: str = "") -> dict[str, Declaration]:
         raise DeclarationsError(shown, [Problem("no such file (pnp-service init FILE writes a commented example)")]) from None
     except OSError as exc:
         raise DeclarationsError(shown, [Problem(f"cannot read it: {exc.strerror}")]) from None
-    return load(data, shown)
+    return read(data, shown)
 
 
-__all__ = ["DeclarationsError", "Problem", "load", "load_file", "SERVICE_NAME"]
+__all__ = ["Declared", "DeclarationsError", "Problem", "load", "load_file", "read", "read_file", "SERVICE_NAME"]

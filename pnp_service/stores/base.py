@@ -159,22 +159,28 @@ class Change:
     member_of: str = ""
     #: Forget the serial's unclaimed entry (the store makes room, or the entry expired).
     forget: bool = False
+    #: The serial is the switch at this declared location (its normal form, ``str(Location)``): bound to it.
+    located_at: str = ""
 
     def __post_init__(self) -> None:
-        if sum((self.status is not None, self.unclaimed is not None, bool(self.member_of), self.forget)) != 1:
-            raise ValueError(f"{self.serial}: a change records one of a status, an unclaimed entry, a stack membership "
-                             "or forgets an unclaimed entry")
+        kinds = (self.status is not None, self.unclaimed is not None, bool(self.member_of), self.forget,
+                 bool(self.located_at))
+        if sum(kinds) != 1:
+            raise ValueError(f"{self.serial}: a change records one of a status, an unclaimed entry, a stack membership, "
+                             "a location's binding or forgets an unclaimed entry")
 
     @classmethod
     def of(cls, serial: str, decision: Decided) -> Change | None:
         member_of = getattr(decision, "member_of", "")
-        if decision.status is None and decision.unclaimed is None and not member_of:
+        located_at = getattr(decision, "located_at", None)
+        if decision.status is None and decision.unclaimed is None and not member_of and located_at is None:
             return None
-        return cls(serial, decision.status, decision.unclaimed, member_of)
+        return cls(serial, decision.status, decision.unclaimed, member_of,
+                   located_at=str(located_at) if located_at is not None else "")
 
     @property
     def removes_unclaimed(self) -> bool:
-        return self.status is not None or bool(self.member_of) or self.forget
+        return self.status is not None or bool(self.member_of) or self.forget or bool(self.located_at)
 
     @property
     def removes_status(self) -> bool:

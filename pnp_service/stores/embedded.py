@@ -33,7 +33,8 @@ import time
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 from .. import model, validation
-from ..model import Declaration, DeviceRecord, Status, Unclaimed, Work
+from ..model import Declaration, DeviceRecord, LocationDeclaration, Status, Unclaimed, Work
+from ..neighbours import Location
 from ..planner import PlanningError, find_template_file, plan, read_template_file
 from .base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Snapshot, StoreBase, StoreError,
                    StoreUnavailable, UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
@@ -81,6 +82,10 @@ class DeclarationSet:
     stamps: tuple[Stamp, ...]
     keys: Mapping[str, tuple] = dataclasses.field(default_factory=dict)  # what each plan was made of
     stacks: Mapping[str, str] = dataclasses.field(default_factory=dict)  # declared stacks and members -> stack
+    #: Switches declared by where they are plugged in, by the normal form of the location.
+    locations: Mapping[Location, LocationDeclaration] = dataclasses.field(default_factory=dict)
+    #: The location (normal form, ``str(Location)``) -> its declaration, as bindings name them.
+    located: Mapping[str, LocationDeclaration] = dataclasses.field(default_factory=dict)
 
 
 class Declarations:
@@ -166,9 +171,18 @@ class Declarations:
         self._checked = float("-inf")
         return self.current()
 
+    def plan_for(self, declaration: Declaration) -> tuple[Work | None, str]:
+        """The work of one declaration outside the file's (a switch bound to a location), or why there is none."""
+        try:
+            return plan(declaration, lambda name: read_template_file(find_template_file(name, self.template_dirs)),
+                        self.known_step_types, self.context), ""
+        except (PlanningError, LookupError, OSError, UnicodeDecodeError) as exc:
+            return None, f"pnp-device {declaration.serial}: {exc}"
+
     def _load(self, previous: DeclarationSet | None) -> DeclarationSet:
         before = tuple(_stamp(p) for p in (self.path, *self.template_dirs))
-        declarations = validation.load_file(self.path, self.shown)
+        declared = validation.read_file(self.path, self.shown)
+        declarations = declared.declarations
         texts: dict[str, str] = {}
         used: dict[str, str] = {}
 
@@ -197,15 +211,22 @@ class Declarations:
                 plans[serial] = plan(declaration, load_template, self.known_step_types, self.context)
             except PlanningError as exc:
                 errors[serial] = str(exc)
+        for at, location in declared.locations.items():  # planned when a switch is bound; its template watched now
+            try:
+                if location.declaration.template_file:
+                    load_template(location.declaration.template_file)
+            except (LookupError, OSError, UnicodeDecodeError) as exc:
+                errors[f"location {at}"] = f"pnp-location {location.neighbor} {location.port}: {exc}"
         if self.announce:
             for message in errors.values():
                 if previous is None or message not in previous.errors.values():
                     log.error("%s", message)
-            log.info("declarations %s: %d devices, %d planned, %d with errors", self.path, len(declarations),
-                     len(plans), len(errors))
+            log.info("declarations %s: %d devices, %d planned, %d locations, %d with errors", self.path,
+                     len(declarations), len(plans), len(declared.locations), len(errors))
         watched = (self.path, *self.template_dirs, *sorted(set(used.values())))
         stamps = before + tuple(_stamp(p) for p in watched[len(before):])
-        return DeclarationSet(declarations, plans, errors, watched, stamps, keys, stacks_of(declarations))
+        return DeclarationSet(declarations, plans, errors, watched, stamps, keys, stacks_of(declarations),
+                              declared.locations, {str(at): location for at, location in declared.locations.items()})
 
 
 # --------------------------------------------------------------------------- state database
@@ -216,6 +237,7 @@ CREATE TABLE IF NOT EXISTS unclaimed (serial TEXT PRIMARY KEY, data TEXT NOT NUL
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS work (serial TEXT PRIMARY KEY, revision TEXT NOT NULL, data TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stack_member (serial TEXT PRIMARY KEY, stack TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS location_binding (serial TEXT PRIMARY KEY, location TEXT NOT NULL UNIQUE) WITHOUT ROWID;
 """
 #: Version 1 kept no column to find the longest unseen unclaimed devices by.
 _MIGRATIONS = {
@@ -376,6 +398,14 @@ class StateDb:
                                (change.serial, unclaimed, last_seen))
         if change.member_of:
             connection.execute("INSERT OR REPLACE INTO stack_member VALUES (?, ?)", (change.serial, change.member_of))
+        if change.located_at:
+            # Sticky: a location another serial holds stays its (another process may have bound it a moment ago).
+            connection.execute("DELETE FROM location_binding WHERE serial = ?", (change.serial,))
+            if not connection.execute("INSERT OR IGNORE INTO location_binding VALUES (?, ?)",
+                                      (change.serial, change.located_at)).rowcount:
+                log.warning("%s: location %s was bound to another switch a moment ago; it stays unclaimed",
+                            change.serial, change.located_at)
+                return
         if change.removes_unclaimed and has_unclaimed:
             connection.execute("DELETE FROM unclaimed WHERE serial = ?", (change.serial,))
         if change.removes_status and has_status:
@@ -397,8 +427,16 @@ class StateDb:
         return expired, dropped
 
     def delete_status(self, serial: str) -> bool:
+        """Delete the serial's status and its binding to a location (which the next switch there may take)."""
         with self.transaction() as connection:
+            connection.execute("DELETE FROM location_binding WHERE serial = ?", (serial,))
             return connection.execute("DELETE FROM status WHERE serial = ?", (serial,)).rowcount > 0
+
+    def bindings(self, connection: sqlite3.Connection | None = None) -> dict[str, str]:
+        """Location (normal form) -> the serial bound to it."""
+        if self.read_only and not self.exists:
+            return {}
+        return dict((connection or self.connection()).execute("SELECT location, serial FROM location_binding"))
 
     def sync_work(self, plans: Mapping[str, Work]) -> int:
         """Make the work table hold exactly ``plans``; returns how many rows changed."""
@@ -486,6 +524,8 @@ class EmbeddedStore(StoreBase):
         self._commits: GroupCommit[_Job] = GroupCommit(self._run_batch)
         self._synced: DeclarationSet | None = None
         self._sync_lock = threading.Lock()
+        self._bound_plans_for: DeclarationSet | None = None
+        self._bound_plans: dict[str, tuple[Declaration, Work | None, str]] = {}
         self._current()
 
     # ------------------------------------------------------------------ the Store contract
@@ -547,14 +587,21 @@ class EmbeddedStore(StoreBase):
     def snapshot(self) -> Snapshot:
         current = self._current()
         statuses, unclaimed = self.db.everything()
-        serials = sorted(set(current.declarations) | set(statuses))
-        records = tuple(self._record(current, s, statuses.get(s), None, s) for s in serials)
+        bound = {serial: current.located[at] for at, serial in self.db.bindings().items() if at in current.located}
+        serials = sorted(set(current.declarations) | set(statuses) | set(bound))
+        records = tuple(self._record(current, s, statuses.get(s), None, s) if s not in bound else
+                        self._bound_record(current, bound[s].for_serial(s), statuses.get(s)) for s in serials)
         entries = tuple(unclaimed[s] for s in sorted(unclaimed) if s not in current.declarations)
         return Snapshot(records, entries, self.problems(), declarations_known=self.declarations.readable)
 
     def reset(self, serial: str) -> str:
         current = self._current()
         status, unclaimed, _ = self.db.read(serial)
+        located = next((at for at, holder in self.db.bindings().items() if holder == serial), None)
+        if located is not None and serial not in current.declarations:
+            self.db.delete_status(serial)
+            return (f"{serial}: status cleared and location {located} freed; the next switch found there (this one "
+                    "or another) is bound to it and provisioned")
         if serial not in current.declarations:
             if status is not None:
                 self.db.delete_status(serial)
@@ -635,13 +682,41 @@ class EmbeddedStore(StoreBase):
         )
 
     def _resolved(self, current: DeclarationSet, serial: str, connection: sqlite3.Connection | None = None) -> DeviceRecord:
-        """The record ``serial`` belongs to: its own, or that of the declared stack it is a member of."""
+        """The record ``serial`` belongs to: its own, that of the declared stack it is a member of, or that of the
+        location it is bound to."""
         status, unclaimed, member_of = self.db.read(serial, connection)
         target = resolve(serial, current.declarations, current.stacks, {serial: member_of} if member_of else {})
         if target != serial:
             status, _, _ = self.db.read(target, connection)
             unclaimed = None
-        return self._record(current, target, status, unclaimed, serial)
+        record = self._record(current, target, status, unclaimed, serial)
+        if record.declaration is not None or not current.locations:
+            return record
+        bound = self.db.bindings(connection)
+        located = next((current.located.get(at) for at, holder in bound.items() if holder == serial), None)
+        if located is not None:
+            declaration = located.for_serial(serial)
+            work, error = self._bound_plan(current, declaration)
+            return dataclasses.replace(record, declaration=declaration, work=work, planning_error=error)
+        return dataclasses.replace(record, locations={at: bound.get(str(at), "") for at in current.locations})
+
+    def _bound_record(self, current: DeclarationSet, declaration: Declaration, status: Status | None) -> DeviceRecord:
+        work, error = self._bound_plan(current, declaration)
+        return DeviceRecord(declaration.serial, declaration, work, status, None, error, declaration.serial)
+
+    def _bound_plan(self, current: DeclarationSet, declaration: Declaration) -> tuple[Work | None, str]:
+        """The work of a switch bound to a location, planned once per version of the declarations."""
+        with self._sync_lock:
+            if self._bound_plans_for is not current:
+                self._bound_plans_for, self._bound_plans = current, {}
+            planned = self._bound_plans.get(declaration.serial)
+        if planned is None or planned[0] != declaration:
+            work, error = self.declarations.plan_for(declaration)
+            planned = (declaration, work, error)
+            with self._sync_lock:
+                if len(self._bound_plans) < max(64, 2 * len(current.locations)):  # bound: one per location
+                    self._bound_plans[declaration.serial] = planned
+        return planned[1], planned[2]
 
     def _run_batch(self, jobs: list[_Job]) -> list[BaseException | None]:
         """Decide and record every job in one transaction.  A job whose deciding fails has written nothing and fails
