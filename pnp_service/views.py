@@ -91,6 +91,8 @@ def _unclaimed_row(entry: model.Unclaimed) -> dict[str, str]:
     shown = dict.fromkeys(COLUMNS, "")
     shown.update(serial=entry.serial, state="unclaimed", hostname=entry.hostname, pid=entry.pid,
                  **{"last-contact": format_time(entry.last_seen)}, address=entry.address)
+    if entry.note:  # refused by location: why, and whom to reset
+        shown["last-error"] = entry.note
     return shown
 
 

@@ -76,6 +76,9 @@ HERE = {
         "sudi",
     ("docs/security.md", "pnp-service sudi-lab lab --device FOC2001X0AB:C9300-24P"): "sudi",
     ("docs/protocol.md", "pnp-service serve --datastore ds.xml --port 80 \\"): "https",
+    ("docs/location.md", "pnp-service check --datastore location-datastore.xml"): "location",
+    ("docs/location.md", "pnp-service agent --url http://127.0.0.1:8080 --serial FOC2419L0CA --neighbor "
+                         "DIST-SW-1.campus.example.net:GigabitEthernet1/0/48 --time-scale 0"): "location",
 }
 
 
@@ -371,3 +374,22 @@ def test_https_from_day_0_two_listeners(sandbox, tmp_path):
     http, https = lines("docs/protocol.md", "pnp-service serve --datastore ds.xml --port 80")
     sandbox.serve(http)
     sandbox.serve(https)
+
+
+# --------------------------------------------------------------------------- declarations by location
+
+
+def test_location_declare_check_serve_and_two_switches_at_one_port(sandbox):
+    example = find("docs/location.md", "<config>")
+    sandbox.write("location-datastore.xml", "\n".join(example.lines) + "\n")
+    check, serve = lines("docs/location.md", "pnp-service check --datastore location-datastore.xml")
+    assert "(and 1 by location)" in sandbox.run(check).stdout
+    sandbox.serve(serve)
+    first, second = lines("docs/location.md", "pnp-service agent --url http://127.0.0.1:8080 --serial FOC2419L0CA")
+    assert sandbox.run(first).stdout.splitlines()[-1] == "1 configured"
+    assert sandbox.run(second).stdout.splitlines()[-1] == "1 backed-off"
+    shown = sandbox.run("pnp-service status --datastore location-datastore.xml").stdout
+    bound = next(line for line in shown.splitlines() if line.startswith("FOC2419L0CA"))
+    refused = next(line for line in shown.splitlines() if line.startswith("FOC2419L0CB"))
+    assert "provisioned" in bound and "access-sw-7" in bound
+    assert "unclaimed" in refused and "bound to FOC2419L0CA" in refused

@@ -28,28 +28,44 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _declarations(args: argparse.Namespace):
+    return _declarations_file(args).current()
+
+
+def _declarations_file(args: argparse.Namespace):
     from ..stores.embedded import Declarations, default_template_dirs
     from ..validation import DeclarationsError
 
     try:
         return Declarations(args.datastore, default_template_dirs(args.datastore), step_registry().names(),
-                            announce=False, context=template_context(args)).current()
+                            announce=False, context=template_context(args))
     except DeclarationsError as exc:
         raise StoreError(str(exc)) from None
+
+
+#: The serial a location's declaration is rendered with by ``check`` (the switch's own is known once it is bound).
+CHECK_SERIAL = "LOCATION0"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from ..composition import needing_sudi, sudi_policy
 
-    current = _declarations(args)
+    declarations = _declarations_file(args)
+    current = declarations.current()
     problems = list(current.errors.values())
+    for location in current.locations.values():  # rendered as a bound switch would be, with a stand-in serial
+        _, error = declarations.plan_for(location.for_serial(CHECK_SERIAL))
+        if error:
+            problems.append(f"pnp-location {location.neighbor} {location.port}: "
+                            f"{error.replace(f'pnp-device {CHECK_SERIAL}: ', '')}")
     if sudi_policy(args) is None:
         problems += [f"pnp-device {serial}: asks for SUDI authentication but the listener has no --sudi-ca "
                      "(give check and serve --sudi-ca FILE)" for serial in needing_sudi(current.declarations)]
     for message in problems:
         print(f"{args.datastore}: {message}", file=sys.stderr)
     ok = len(current.plans)
-    print(f"{args.datastore}: {len(current.declarations)} devices declared, {ok} planned, {len(problems)} with errors")
+    located = f" (and {len(current.locations)} by location)" if current.locations else ""
+    print(f"{args.datastore}: {len(current.declarations)} devices declared{located}, {ok} planned, "
+          f"{len(problems)} with errors")
     return 1 if problems else 0
 
 
