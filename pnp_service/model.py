@@ -125,6 +125,8 @@ class Declaration:
     stack: bool = False
     stack_members: tuple[str, ...] = ()
     stack_size: int = 0
+    #: The location (neighbor, port, as declared) whose declaration this one was made from: its binding.
+    located: tuple[str, str] | tuple[()] = ()
 
     @property
     def has_image(self) -> bool:
@@ -523,7 +525,7 @@ class LocationDeclaration:
 
     def for_serial(self, serial: str) -> Declaration:
         """The declaration of the switch bound to this location."""
-        return dataclasses.replace(self.declaration, serial=serial)
+        return dataclasses.replace(self.declaration, serial=serial, located=(self.neighbor, self.port))
 
 
 def location_from_xml(element: etree._Element) -> LocationDeclaration:
@@ -577,7 +579,14 @@ def declaration_from_xml(element: etree._Element) -> Declaration:
         stack=stack is not None,
         stack_members=tuple(m.text.strip() for m in stack.iterfind(q("member")) if m.text) if stack is not None else (),
         stack_size=_number(child_text(stack, "members")) if stack is not None else 0,
+        located=_located(element.find(q("located"))),
     )
+
+
+def _located(element: etree._Element | None) -> tuple[str, str] | tuple[()]:
+    if element is None:
+        return ()
+    return child_text(element, "neighbor").strip(), child_text(element, "port").strip()
 
 
 def _handoff_from_xml(element: etree._Element | None) -> HandOff | None:
@@ -667,6 +676,9 @@ def declaration_to_xml(declaration: Declaration) -> etree._Element:
     if declaration.username or declaration.password:
         credentials = _add(element, "credentials")
         _add_leaves(credentials, (("username", declaration.username), ("password", declaration.password)))
+    if declaration.located:
+        located = _add(element, "located")
+        _add_leaves(located, (("neighbor", declaration.located[0]), ("port", declaration.located[1])))
     return element
 
 

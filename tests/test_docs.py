@@ -121,6 +121,7 @@ CONTROLLER: dict[tuple[str, str], str] = {
     ("docs/operations.md", f"pnp-service status --clixon-socket {SOCKET} --format json"): "controller: walkthrough",
     ("README.md", "sudo ./install.sh --controller --python /usr/bin/python3     # package, YANG, service module"):
         "controller: install",
+    ("docs/location.md", "set services pnp-location dist-sw-1 Gi1/0/48 hostname access-sw-7"): "controller: location",
 }
 
 

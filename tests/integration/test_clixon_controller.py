@@ -577,3 +577,36 @@ def test_a_declaration_deleted_before_its_device_called_in_leaves_no_entry(seria
     assert "error" not in commit().lower()
     # The controller removes the work; the listener, told of the transaction, removes the empty entry.
     wait_for(lambda: show_pnp(serial) is None, timeout=40, what="the empty /pnp/device entry removed")
+
+
+def test_a_switch_declared_by_location_in_clixon_cli_provisions_with_any_serial(serial, listener):
+    """issue 25 on a real controller: a pnp-location declared and committed in clixon_cli; a switch reporting that
+    neighbour is declared by the listener (its declaration names the location) and provisioned; a second switch
+    there is refused."""
+    store, url = listener
+    port = "Gi1/0/" + str(uuid.uuid4().int % 48 + 1)
+    second = serial + "B"
+    try:
+        cli("set", "services", "pnp-location", "it-dist-1", port, "hostname", "it-located", configure=True)
+        cli("set", "services", "pnp-location", "it-dist-1", port, "config", "line", "10", "text",
+            '"hostname {{ hostname }}"', configure=True)
+        assert "Failed" not in commit()
+        wait_for(lambda: store.load(serial).locations, what="the location in the listener's copy")
+        neighbour = (("IT-DIST-1.campus.example.net", "GigabitEthernet" + port[2:]),)
+        from pnp_service.simulator import AgentSimulator, SimulatedDevice
+
+        device = SimulatedDevice(serial, neighbors=neighbour)
+        simulator = AgentSimulator(url, time_scale=0, max_polls=60, sleep=lambda seconds: time.sleep(min(seconds, 0.5)))
+        played = simulator.run(device)
+        assert played.outcome == "configured", played
+        assert "hostname it-located" in device.config
+        declared = cli("show", "configuration", "services", "pnp-device", serial).stdout
+        assert "it-located" in declared and "<located>" in declared and port in declared
+        assert wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", what="status")
+        run_agent(url, second, neighbors=neighbour)
+        refused = lambda: store.load(second).unclaimed is not None and serial in store.load(second).unclaimed.note
+        assert wait_for(refused, what="the second switch refused, naming the first")
+    finally:
+        cli("delete", "services", "pnp-location", "it-dist-1", port, configure=True, check=False)
+        cli("delete", "pnp", "unclaimed", second, configure=True, check=False)
+        commit()

@@ -299,3 +299,24 @@ def test_pnp_claim_of_a_stranger_as_written(box):
         if os.path.exists(template):
             os.remove(template)
         forget(STRANGER)
+
+
+def test_a_location_declared_from_the_cli_as_written(box):
+    """docs/location.md's clixon_cli lines, then a switch at that port with a serial nobody typed."""
+    from pnp_service.simulator import AgentSimulator, SimulatedDevice
+
+    located = "FOC2419L0CC"
+    lines = clixon_block("docs/location.md", "set services pnp-location dist-sw-1 Gi1/0/48 hostname access-sw-7")
+    (serve,) = shell_block("docs/controller.md", f"pnp-service serve --clixon-socket {SOCKET} --port 80")
+    forget(located)
+    try:
+        out = paste(["configure", *lines, "commit", "exit"])
+        assert "Failed" not in out and "Unknown command" not in out, out
+        box.serve(serve)
+        play = AgentSimulator("http://127.0.0.1:80", time_scale=0, sleep=lambda seconds: time.sleep(min(seconds, 0.5)))
+        device = SimulatedDevice(located, neighbors=(("dist-sw-1.campus.example.net", "GigabitEthernet1/0/48"),))
+        assert play.run(device).outcome == "configured" and "hostname access-sw-7" in device.config
+        shown_until([f"show configuration services pnp-device {located}"], "access-sw-7", "<located>")
+    finally:
+        forget(located)
+        paste(["configure", "delete services pnp-location dist-sw-1 Gi1/0/48", "commit", "exit"])

@@ -59,7 +59,9 @@ from lxml import etree
 from ... import model
 from ...backoff import Backoff
 from ...logs import event
-from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, Declaration, DeviceRecord, Status, Unclaimed, Work, q
+from ...model import (CONTROLLER_NS, NETCONF_NS, PNP_NS, Declaration, DeviceRecord, LocationDeclaration, Status,
+                      Unclaimed, Work, q)
+from ...neighbours import Location
 from ...xmlsafe import escape_text, iterparse, iterparse_pieces
 from ..base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Snapshot, StoreBase, StoreError,
                     StoreUnavailable, UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
@@ -71,7 +73,8 @@ log = logging.getLogger(__name__)
 
 #: What the copy holds: not /pnp/summary (a view written from the copy) nor the operator's requests (read every
 #: second on their own).
-_ALL = "/pnp:pnp/pnp:device | /pnp:pnp/pnp:unclaimed | /pnp:pnp/pnp:stack-member | /ctrl:services/pnp:pnp-device"
+_ALL = ("/pnp:pnp/pnp:device | /pnp:pnp/pnp:unclaimed | /pnp:pnp/pnp:stack-member | /ctrl:services/pnp:pnp-device"
+        " | /ctrl:services/pnp:pnp-location")
 #: A device waiting for an operator (error) or done (provisioned) is looked up in the controller before it is
 #: answered, at most this often per device: a reset or an edit, by whatever path it came (a plain NETCONF commit
 #: announces nothing), is seen at the device's next poll.  Such devices poll every 10 or 60 minutes.
@@ -85,6 +88,7 @@ REQUESTS_SECONDS = 1.0
 #: which answers one request at a time: a commit of 10,000 declarations keeps it busy for seconds, and the one
 #: thread that decides durable work must not wait behind it.  Past it the device is decided on the copy (as when the
 #: controller is down), and such lookups pause for LOOKUP_PAUSE_SECONDS so the next devices do not wait the same.
+#: With write-through the wait is ``write_through_seconds``: there the lookup is what keeps listeners consistent.
 LOOKUP_WAIT_SECONDS = 0.5
 LOOKUP_PAUSE_SECONDS = 2.0
 #: Write-through: how long an answer waits for its status to be committed.  Beyond it (the controller down or held
@@ -119,6 +123,14 @@ class View:
     stacks: dict[str, str] = dataclasses.field(default_factory=dict)
     #: ``/pnp/device`` entries with neither work nor status (a declaration deleted before its device called in).
     empty: set[str] = dataclasses.field(default_factory=set)
+    #: Switches declared by location, and each declared location -> the serial whose declaration was made from it.
+    locations: dict[Location, LocationDeclaration] = dataclasses.field(default_factory=dict)
+    bound: dict[Location, str] = dataclasses.field(default_factory=dict)
+
+    def find_bindings(self) -> None:
+        """Which declared location each declaration made from one holds (``located``)."""
+        held = {Location(*d.located): serial for serial, d in self.declarations.items() if d.located}
+        self.bound = {at: held.get(at, "") for at in self.locations}
 
     def apply(self, change: Change) -> None:
         """Record a committed change, following the unclaimed rule."""
@@ -134,7 +146,7 @@ class View:
             self.status.pop(change.serial, None)
 
 
-_VIEW_TAGS = (q("device"), q("unclaimed"), q("pnp-device"), q("stack-member"))
+_VIEW_TAGS = (q("device"), q("unclaimed"), q("pnp-device"), q("stack-member"), q("pnp-location"))
 
 
 def view_from_reply(data: bytes | bytearray, previous: View | None = None) -> View:
@@ -156,6 +168,9 @@ def view_from_events(events: Iterable[tuple], previous: View | None = None) -> V
             declaration = model.declaration_from_xml(element)
             known = old.declarations.get(declaration.serial)
             view.declarations[declaration.serial] = known if known == declaration else declaration
+        elif element.tag == q("pnp-location"):
+            location = model.location_from_xml(element)
+            view.locations[location.location] = location
         elif parent is not None and parent.tag == q("pnp"):
             serial = model.child_text(element, "serial")
             if element.tag == q("unclaimed"):
@@ -184,6 +199,7 @@ def view_from_events(events: Iterable[tuple], previous: View | None = None) -> V
         while element.getprevious() is not None and parent is not None:
             del parent[0]
     view.stacks = stacks_of(view.declarations)
+    view.find_bindings()
     return view
 
 
@@ -320,6 +336,7 @@ class ClixonStore(StoreBase):
         self._looked: dict[str, float] = {}  # serial -> when it was last looked up on its own (monotonic)
         self._reload_error = ""
         self._resets_seen: set[str] = set()  # /pnp/reset entries already looked at
+        self._binds: dict[str, Location] = {}  # switches matched to a location, to declare (make_bindings)
         self.refresh_seconds = refresh_seconds
         self.retry_max_seconds = retry_max_seconds
         self._session_factory = session_factory or Session
@@ -374,7 +391,16 @@ class ClixonStore(StoreBase):
         record = DeviceRecord(target, view.declarations.get(target), view.work.get(target), view.status.get(target),
                               view.unclaimed.get(target) if target == serial else None, "", serial, view.stacks)
         change = self._pending.get(target)
-        return change.applied_to(record) if change is not None else record
+        if change is not None:
+            record = change.applied_to(record)
+        if record.declaration is None and view.bound:
+            at = self._binds.get(serial)
+            location = view.locations.get(at) if at is not None else None
+            if location is not None:  # matched: declared within a second or two (make_bindings); until then, wait
+                return dataclasses.replace(record, declaration=location.for_serial(serial),
+                                           planning_error=f"bound to location {at}: being declared in the controller")
+            record = dataclasses.replace(record, locations=view.bound)
+        return record
 
     def load(self, serial: str) -> DeviceRecord:
         return self._record(serial)
@@ -481,14 +507,66 @@ class ClixonStore(StoreBase):
                 current.update(getattr(fresh, table))
             if serial in fresh.declarations and fresh.declarations[serial].stack:
                 view.stacks.update(stacks_of(fresh.declarations))
+            if view.locations:
+                view.find_bindings()
             for committed_at, change in self._recent:
                 if committed_at > generation and change.serial == serial:
                     view.apply(change)
+
+    def _bind(self, serial: str, location: Location) -> None:
+        with self._lock:
+            if serial in self._binds or len(self._binds) < max(16, len(self._view.locations)):  # bound: one a location
+                self._binds[serial] = location
+
+    def make_bindings(self) -> list[str]:
+        """Declare each switch matched to a location as that location's declaration (``located`` names it), in a
+        controller commit of its own, as ``pnp claim`` does: the service module plans it in the same transaction.
+        Checked under the candidate lock: a location another declaration holds is never taken.  The serials
+        declared."""
+        with self._lock:
+            binds, self._binds = self._binds, {}
+        if not binds or self.read_only:
+            return []
+        made = []
+        with self._session() as session:
+            for serial, at in binds.items():
+                location = self._view.locations.get(at)
+                if location is None:
+                    continue  # no longer declared
+                with candidate_locked(session):
+                    held = view_from_reply(session.get_config_raw(
+                        "running", f"/ctrl:services/pnp:pnp-device[pnp:serial='{serial}'] | "
+                                   "/ctrl:services/pnp:pnp-device/pnp:located"))
+                    holder = next((s for s, d in held.declarations.items() if d.located and Location(*d.located) == at), "")
+                    if serial in held.declarations or holder:
+                        log.warning("%s not bound to %s: %s", serial, at,
+                                    f"it is bound to {holder}" if holder else "the serial is declared already")
+                        continue
+                    element = model.declaration_to_xml(location.for_serial(serial))
+                    element.set(f"{{{NETCONF_NS}}}operation", "create")
+                    services = etree.Element(f"{{{CONTROLLER_NS}}}services", nsmap={None: CONTROLLER_NS})
+                    services.append(element)
+                    try:
+                        session.edit_config(etree.tostring(services, encoding="unicode"))
+                        session.controller_commit()
+                    except RpcError as exc:
+                        if exc.busy:
+                            raise
+                        session.discard_changes()
+                        log.error("%s could not be declared as the switch at %s: %s", serial, at, exc)
+                        continue
+                log.info("%s is the switch at %s: declared as %s, provisioned from its next poll", serial, at,
+                         location.declaration.hostname or "its location's declaration")
+                made.append(serial)
+        for serial in made:
+            self._reload(serial)
+        return made
 
     def look_at_requests(self) -> Acted:
         """Read the operator's requests (one small round trip) and act on what was asked since the last read: each
         device reset is looked up at once (its record from the controller, and no older write of ours left to undo
         the reset); claims are made and lists cleared (operator_requests.py)."""
+        self.make_bindings()
         data = self._read_running(_REQUESTS)
         return Acted(self._look_at_resets(data), self._make_claims(claims_in(data)), self._clear(clears_in(data)))
 
@@ -609,21 +687,30 @@ class ClixonStore(StoreBase):
     def _lock_index(self, target: str) -> int:
         return zlib.crc32(target.encode()) % len(self._serial_locks)
 
+    @property
+    def _lookup_patience(self) -> float:
+        # Write-through: the decision is only right on the controller's record (another listener may have moved the
+        # device): it waits as long as an answer waits for its commit.
+        return self.write_through_seconds if self.write_through else LOOKUP_WAIT_SECONDS
+
     def _decided(self, serial: str, decide: Callable[[DeviceRecord], D]) -> tuple[D, list[_Write]]:
         """Under the serial's lock: the decision, and the changes to journal for it (none when it changes nothing,
         or the change is refused here)."""
         record = self._record(serial)
         looked = self._relook_due(record) or (self.write_through and record.declaration is not None)
         if looked:
-            self._reload(record.serial, LOOKUP_WAIT_SECONDS)
+            self._reload(record.serial, self._lookup_patience)
             record = self._record(serial)
         decision = decide(record)
         if decision.recheck and not looked:
-            self._reload(record.serial, LOOKUP_WAIT_SECONDS)
+            self._reload(record.serial, self._lookup_patience)
             record = self._record(serial)
             decision = decide(record)
         change = Change.of(record.serial, decision)
         if change is None:
+            return decision, []
+        if change.located_at:  # made by the requests loop: a controller commit, never on a device's way
+            self._bind(record.serial, getattr(decision, "located_at"))
             return decision, []
         problem, edit = checked_edit(change)
         if problem:
