@@ -165,6 +165,8 @@ PROBES = (
     Probe("lldp", locates=True, command="show lldp neighbors detail", parse=neighbours.parse_lldp_detail),
 )
 _PROBES = {probe.name: probe for probe in PROBES}
+#: Longest reason kept in a stranger's entry (the YANG's note leaf holds 512 characters).
+NOTE_MAX = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -810,12 +812,12 @@ class Provisioner:
             return Decision(answer.reply, Event.UNCLAIMED, f"{probe.name}: no neighbour at a declared location "
                             f"(neighbours: {seen})", unclaimed=answered)
         if len(at) > 1:
-            note = f"matches {len(at)} declared locations ({', '.join(map(str, at[:4]))}): refused, declare one"
-            return Decision(answer.reply, Event.LOCATION_REFUSED, note, unclaimed=replace(answered, probe="", note=note))
+            note = f"matches {len(at)} declared locations ({', '.join(map(str, at[:2]))}): refused, declare one"
+            return Decision(answer.reply, Event.LOCATION_REFUSED, note, unclaimed=replace(answered, probe="", note=note[:NOTE_MAX]))
         bound = record.locations[at[0]]
         if bound and bound != record.serial:
             note = f"at {at[0]}, whose declaration is bound to {bound}: reset {bound} to free the location"
-            return Decision(answer.reply, Event.LOCATION_REFUSED, note, unclaimed=replace(answered, probe="", note=note))
+            return Decision(answer.reply, Event.LOCATION_REFUSED, note, unclaimed=replace(answered, probe="", note=note[:NOTE_MAX]))
         return Decision(answer.reply, Event.LOCATED, f"at {at[0]} ({probe.name}): provisioned as that location's "
                         "declaration", located_at=at[0])
 

@@ -560,3 +560,4 @@ def test_a_fault_from_another_address_is_not_taken_for_the_strangers():
     elsewhere = dataclasses.replace(device.contact(), address="192.0.2.99")
     decision = device.provisioner.on_work_response(device.record, response, elsewhere)
     assert decision.event != Event.UNCLAIMED and decision.unclaimed is None
+

@@ -524,6 +524,7 @@ class EmbeddedStore(StoreBase):
         self._commits: GroupCommit[_Job] = GroupCommit(self._run_batch)
         self._synced: DeclarationSet | None = None
         self._sync_lock = threading.Lock()
+        self._bound_lock = threading.Lock()  # the bound switches' plans only: never held across a statement
         self._bound_plans_for: DeclarationSet | None = None
         self._bound_plans: dict[str, tuple[Declaration, Work | None, str]] = {}
         self._current()
@@ -706,14 +707,14 @@ class EmbeddedStore(StoreBase):
 
     def _bound_plan(self, current: DeclarationSet, declaration: Declaration) -> tuple[Work | None, str]:
         """The work of a switch bound to a location, planned once per version of the declarations."""
-        with self._sync_lock:
+        with self._bound_lock:
             if self._bound_plans_for is not current:
                 self._bound_plans_for, self._bound_plans = current, {}
             planned = self._bound_plans.get(declaration.serial)
         if planned is None or planned[0] != declaration:
             work, error = self.declarations.plan_for(declaration)
             planned = (declaration, work, error)
-            with self._sync_lock:
+            with self._bound_lock:
                 if len(self._bound_plans) < max(64, 2 * len(current.locations)):  # bound: one per location
                     self._bound_plans[declaration.serial] = planned
         return planned[1], planned[2]
