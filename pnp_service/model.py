@@ -126,7 +126,7 @@ class Declaration:
     stack_members: tuple[str, ...] = ()
     stack_size: int = 0
     #: The location (neighbor, port, as declared) whose declaration this one was made from: its binding.
-    located: tuple[str, str] | tuple[()] = ()
+    located: tuple[str, ...] = ()
 
     @property
     def has_image(self) -> bool:
@@ -583,7 +583,7 @@ def declaration_from_xml(element: etree._Element) -> Declaration:
     )
 
 
-def _located(element: etree._Element | None) -> tuple[str, str] | tuple[()]:
+def _located(element: etree._Element | None) -> tuple[str, ...]:
     if element is None:
         return ()
     return child_text(element, "neighbor").strip(), child_text(element, "port").strip()
@@ -608,7 +608,10 @@ def declaration_to_xml(declaration: Declaration) -> etree._Element:
     Defaults (``apply-to startup``, ``reload true``, ``reload-wait 60``, variable type ``string``) are left out,
     as an operator would write them.
     """
-    element = etree.Element(q(SERVICE_NAME), nsmap={None: PNP_NS})
+    by_location = not declaration.serial and declaration.located  # a pnp-location: its keys instead of a serial
+    element = etree.Element(q("pnp-location" if by_location else SERVICE_NAME), nsmap={None: PNP_NS})
+    if by_location:
+        _add_leaves(element, (("neighbor", declaration.located[0]), ("port", declaration.located[1])))
     _add_leaves(element, (("serial", declaration.serial), ("pid", declaration.pid), ("hostname", declaration.hostname)))
     config_leaves = [("template-file", declaration.template_file), ("url", declaration.config_url)]
     defaults_differ = declaration.apply_to != "startup" or not declaration.reload
@@ -644,17 +647,8 @@ def declaration_to_xml(declaration: Declaration) -> etree._Element:
             param = _add(step, "param")
             _add(param, "name", name)
             _add_leaves(param, (("value", value),))
-    handoff = declaration.handoff
-    if handoff is not None:
-        controller = _add(element, "controller")
-        _add_leaves(controller, (("name", handoff.name), ("address", handoff.address)))
-        if handoff.port != 830:
-            _add(controller, "port", str(handoff.port))
-        if handoff.user != "netconf":
-            _add(controller, "user", handoff.user)
-        _add_leaves(controller, (("device-profile", handoff.profile),))
-        if not handoff.check_host_key:
-            _add(controller, "check-host-key", "false")
+    if declaration.handoff is not None:
+        _add_handoff(element, declaration.handoff)
     if declaration.authentication != "none":
         _add(element, "authentication", declaration.authentication)
     for serial in declaration.sudi_serials:
@@ -676,10 +670,23 @@ def declaration_to_xml(declaration: Declaration) -> etree._Element:
     if declaration.username or declaration.password:
         credentials = _add(element, "credentials")
         _add_leaves(credentials, (("username", declaration.username), ("password", declaration.password)))
-    if declaration.located:
+    if declaration.located and not by_location:
         located = _add(element, "located")
         _add_leaves(located, (("neighbor", declaration.located[0]), ("port", declaration.located[1])))
     return element
+
+
+def _add_handoff(element: etree._Element, handoff: HandOff) -> None:
+    """The ``controller`` container of a declaration, defaults left out."""
+    controller = _add(element, "controller")
+    _add_leaves(controller, (("name", handoff.name), ("address", handoff.address)))
+    if handoff.port != 830:
+        _add(controller, "port", str(handoff.port))
+    if handoff.user != "netconf":
+        _add(controller, "user", handoff.user)
+    _add_leaves(controller, (("device-profile", handoff.profile),))
+    if not handoff.check_host_key:
+        _add(controller, "check-host-key", "false")
 
 
 def declarations_from_services(services: etree._Element | None) -> dict[str, Declaration]:

@@ -773,3 +773,49 @@ def test_a_template_beside_the_list_does_not_pass_for_a_controller_that_reads_it
     groups, devices = import_files(tmp_path)  # templates/access.j2 beside the list
     code, out, err = run("import", devices, "--groups", groups, "--clixon-cli")
     assert code == 1 and out == "" and "access.j2" in err and "controller-templates" in err
+
+
+# ----------------------------------------------------------------- switches declared by location (docs/location.md)
+
+LOCATED_CSV = """serial,location,hostname,template
+FOC2001X0AB,,access-sw-01,hostname {{ hostname }}
+,dist-sw-1:Gi1/0/48,access-sw-7,hostname {{ hostname }}
+,dist-sw-1 Gi1/0/47,access-sw-6,hostname {{ hostname }}
+"""
+
+
+def test_a_location_column_declares_switches_by_where_they_are_plugged_in():
+    imported = importer.devices_from_csv(LOCATED_CSV, "d.csv")
+    assert [item.key for item in imported] == ["FOC2001X0AB", "dist-sw-1 Gi1/0/48", "dist-sw-1 Gi1/0/47"]
+    declared = validation.read(importer.declarations_document([item.declaration for item in imported]), "out.xml")
+    assert sorted(declared.declarations) == ["FOC2001X0AB"]
+    assert sorted((l.neighbor, l.port, l.declaration.hostname) for l in declared.locations.values()) == [
+        ("dist-sw-1", "Gi1/0/47", "access-sw-6"), ("dist-sw-1", "Gi1/0/48", "access-sw-7")]
+    script = importer.clixon_cli_script(imported, replace=True)
+    assert "delete services pnp-location dist-sw-1 Gi1/0/48" in script
+    assert "set services pnp-location dist-sw-1 Gi1/0/48 hostname access-sw-7" in script
+
+
+def test_a_location_row_is_merged_and_replaced_by_its_location(tmp_path):
+    imported = importer.devices_from_csv(LOCATED_CSV, "d.csv")
+    existing = importer.declarations_document([item.declaration for item in imported])
+    renamed = importer.devices_from_csv(LOCATED_CSV.replace("access-sw-7", "access-sw-77"), "d.csv")
+    kept = importer.merge_into(existing, "ds.xml", renamed)
+    assert "dist-sw-1 Gi1/0/48" in kept.kept and not kept.added
+    replaced = importer.merge_into(existing, "ds.xml", renamed, replace=True)
+    assert "dist-sw-1 Gi1/0/48" in replaced.replaced and b"access-sw-77" in replaced.data
+
+
+@pytest.mark.parametrize("row, expected", [
+    ("FOC1,dist-sw-1:Gi1/0/1,x", "d.csv:2: location: declare a switch by serial or by location, not both"),
+    (",nonsense,x", "d.csv:2: location: 'nonsense' is not NEIGHBOR:PORT"),
+])
+def test_a_location_cell_that_cannot_be_one_is_named(row, expected):
+    problems = fails(importer.devices_from_csv, f"serial,location,hostname\n{row}\n", "d.csv")
+    assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def test_one_port_in_two_spellings_is_listed_twice():
+    text = "location,hostname\ndist-sw-1:Gi1/0/2,y\nDIST-SW-1:GigabitEthernet1/0/2,z\n"
+    problems = fails(importer.devices_from_csv, text, "d.csv")
+    assert problems == ["d.csv:3: location: location DIST-SW-1 GigabitEthernet1/0/2 is listed twice (first at d.csv:2)"]

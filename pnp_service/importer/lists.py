@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .. import validation
 from ..model import Declaration, is_serial
+from ..neighbours import Location
 from ..xmlsafe import decimal
 
 
@@ -25,7 +26,7 @@ FIELDS = ("pid", "hostname", "template", "lines", "template-file", "config-url",
 SOURCES = ("template", "lines", "template-file", "config-url")
 IMAGE_FIELDS = ("version", "url", "md5", "reload-wait")
 #: CSV columns that are fields; every variable column is ``var.NAME`` or ``var.NAME:TYPE``.
-CSV_FIELDS = ("serial", "group", "pid", "hostname", "template", "template-file", "config-url", "apply-to", "reload",
+CSV_FIELDS = ("serial", "location", "group", "pid", "hostname", "template", "template-file", "config-url", "apply-to", "reload",
               "image-version", "image-url", "image-md5", "image-reload-wait", "username", "password")
 VARIABLE_TYPES = ("string", "number", "boolean", "list")
 BUILTIN_VARIABLES = ("serial", "hostname", "pid")
@@ -141,6 +142,8 @@ class _Entry:
     serial: str | None
     groups: tuple[str, ...]
     layer: Layer
+    #: A switch declared by location instead (serial ""): the upstream device and port, as written.
+    location: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +152,11 @@ class Imported:
 
     declaration: Declaration
     where: Where
+
+    @property
+    def key(self) -> str:
+        """What names it: its serial, or its location (``NEIGHBOR PORT``)."""
+        return self.declaration.serial or " ".join(self.declaration.located)
 
 
 # --------------------------------------------------------------------------- checking one level
@@ -423,15 +431,18 @@ def _declaration(serial: str, values: Mapping[str, Any], variables: Mapping[str,
 
 def _build(entries: Sequence[_Entry], groups: Groups, problems: _Problems) -> list[Imported]:
     found: list[Imported] = []
-    seen: dict[str, Where] = {}
+    seen: dict[object, Where] = {}
     for entry in entries:
         if entry.serial is None:
             continue
-        if entry.serial in seen:
-            first = seen[entry.serial]
-            problems.add(entry.where, "serial", f"{entry.serial} is listed twice (first at {first})")
+        key: object = Location(*entry.location) if entry.location else entry.serial  # one port, however spelled
+        if key in seen:
+            first = seen[key]
+            what = f"location {' '.join(entry.location)}" if entry.location else entry.serial
+            problems.add(entry.where, "location" if entry.location else "serial",
+                         f"{what} is listed twice (first at {first})")
             continue
-        seen[entry.serial] = entry.where
+        seen[key] = entry.where
         layers = list(groups.defaults)
         known = True
         for name in entry.groups:
@@ -444,9 +455,28 @@ def _build(entries: Sequence[_Entry], groups: Groups, problems: _Problems) -> li
         if not known:
             continue
         layers.append(entry.layer)
-        found.append(Imported(_declaration(entry.serial, *_merge(layers)), entry.where))
+        declaration = _declaration(entry.serial, *_merge(layers))
+        if entry.location:
+            declaration = dataclasses.replace(declaration, located=entry.location)
+        found.append(Imported(declaration, entry.where))
     problems.raise_any()
     return found
+
+
+_LOCATION_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_LOCATION_PORT = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+
+
+def _location(value: Value, where: Where, problems: _Problems) -> tuple[str, str] | None:
+    """A ``location`` cell: ``NEIGHBOR:PORT`` or ``NEIGHBOR PORT`` (dist-sw-1:Gi1/0/48)."""
+    text = (_text(value, "location", where, problems) or "").strip()
+    neighbor, _, port = text.partition(" ") if " " in text else text.partition(":")
+    neighbor, port = neighbor.strip(), port.strip()
+    if not (_LOCATION_NAME.fullmatch(neighbor) and _LOCATION_PORT.fullmatch(port)):
+        problems.add(where, "location", f"{text!r} is not NEIGHBOR:PORT (the upstream device's name and the port the "
+                     "switch is cabled to, for example dist-sw-1:Gi1/0/48)")
+        return None
+    return neighbor, port
 
 
 def _serial(value: Value | None, where: Where, problems: _Problems) -> str | None:

@@ -106,11 +106,13 @@ def merge_into(existing: bytes, source: str, imported: Sequence[Imported], *, re
         services = etree.SubElement(root, qname(CONTROLLER_NS, "services"), nsmap={None: CONTROLLER_NS})
         services.tail = "\n"
     present = {child_text(el, "serial").strip(): el for el in services.iterfind(q(SERVICE_NAME))}
+    present |= {f'{child_text(el, "neighbor").strip()} {child_text(el, "port").strip()}': el
+                for el in services.iterfind(q("pnp-location"))}
     added, replaced, kept = [], [], []
     text = services.text or ""
     step = text if text and not text.strip() else "\n    "  # the indentation between declarations
     for item in imported:
-        serial = item.declaration.serial
+        serial = item.key
         element = _indented(declaration_to_xml(item.declaration), 2)
         old = present.get(serial)
         if old is not None:
@@ -130,7 +132,7 @@ def merge_into(existing: bytes, source: str, imported: Sequence[Imported], *, re
         services.append(element)
         added.append(serial)
     data = _serialize(root) + (b"\n" if existing.endswith(b"\n") else b"")
-    where = {item.declaration.serial: item.where for item in imported}
+    where = {item.key: item.where for item in imported}
     try:
         validation.load(data, source)
     except validation.DeclarationsError as exc:
@@ -252,15 +254,16 @@ def clixon_cli_script(imported: Sequence[Imported], *, replace: bool = False, co
         if number and number % commit_every == 0:
             out.append("commit")
         declaration = item.declaration
-        prefix = f"set services pnp-device {declaration.serial}"
+        path = f"pnp-device {declaration.serial}" if declaration.serial else f"pnp-location {item.key}"
+        prefix = f"set services {path}"
         if replace:
-            out.append(f"delete services pnp-device {declaration.serial}")
+            out.append(f"delete services {path}")
         out.append(prefix)
         for path, field, value in _cli_lines(declaration):
             try:
                 out.append(f"{prefix} {path} {cli_value(value)}" if value else f"{prefix} {path}")
             except Untypable as exc:
-                problems.add(item.where, f"{declaration.serial} {field}",
+                problems.add(item.where, f"{item.key} {field}",
                              f"{exc}: write it with --output or --netconf instead")
     problems.raise_any()
     out += ["commit"]

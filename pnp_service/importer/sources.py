@@ -15,7 +15,7 @@ import yaml
 
 from ..model import Unclaimed
 from ..planner import PlanningError, typed_value
-from .lists import CSV_FIELDS, GROUP_SEPARATORS, Groups, ImportFailed, Imported, Layer, Problem, VARIABLE_TYPES, Value, Where, _Entry, _Problems, _build, _layer, _serial, _suggest, _text, _variable_name
+from .lists import CSV_FIELDS, GROUP_SEPARATORS, Groups, ImportFailed, Imported, Layer, Problem, VARIABLE_TYPES, Value, Where, _Entry, _Problems, _build, _layer, _location, _serial, _suggest, _text, _variable_name
 
 
 # --------------------------------------------------------------------------- YAML
@@ -195,8 +195,8 @@ def _columns(header: Sequence[str], where: Where, problems: _Problems) -> list[_
                 problems.add(where, f"column {name}", "is given twice")
             seen.add(key)
         columns.append(column)
-    if not any(c is not None and c.name == "serial" and c.kind == "field" for c in columns):
-        problems.add(where, "serial", "the header has no serial column")
+    if not any(c is not None and c.name in ("serial", "location") and c.kind == "field" for c in columns):
+        problems.add(where, "serial", "the header has no serial column (nor a location column)")
     return columns
 
 
@@ -259,11 +259,20 @@ def devices_from_csv(text: str, source: str, groups: Groups | None = None) -> li
                 fields[column.name] = value
         if image:
             fields["image"] = Value(image, "", where.line)
-        serial = _serial(fields.pop("serial", None), where, problems)
+        located = fields.pop("location", None)
+        location: tuple[str, ...] = ()
+        if located is not None and "serial" in fields:
+            problems.add(where, "location", "declare a switch by serial or by location, not both")
+            continue
+        if located is not None:
+            location, serial = _location(located, where, problems) or (), None
+            serial = "" if location else None
+        else:
+            serial = _serial(fields.pop("serial", None), where, problems)
         group = fields.pop("group", None)
         names = tuple(n.strip() for n in GROUP_SEPARATORS.split(group.text) if n.strip()) if group else ()
         entries.append(_Entry(where, serial, names, _layer(fields, where, problems, what="a device",
-                                                           variables=variables)))
+                                                           variables=variables), location))
     return _build(entries, groups, problems)  # reports the rows' problems with its own
 
 

@@ -4,6 +4,7 @@ file and line."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Collection, Mapping, Sequence
 
 from .. import validation
@@ -22,7 +23,7 @@ def verify(imported: Sequence[Imported], source: str, load_template: TemplateLoa
     libyang's messages are about the generated file: each is told at the place the device was written
     (``source`` when no device is named).
     """
-    where = {item.declaration.serial: item.where for item in imported}
+    where = {item.key: item.where for item in imported}
     try:
         validation.load(declarations_document([item.declaration for item in imported]), source)
     except validation.DeclarationsError as exc:
@@ -30,7 +31,9 @@ def verify(imported: Sequence[Imported], source: str, load_template: TemplateLoa
     failed = []
     for item in imported:
         try:
-            plan(item.declaration, load_template, known_step_types, context)
+            # A location's declaration is rendered with a stand-in serial, as check does (the switch's is not known).
+            declaration = item.declaration if item.declaration.serial else replace(item.declaration, serial="LOCATION0")
+            plan(declaration, load_template, known_step_types, context)
         except PlanningError as exc:
             message = str(exc)
             for name in ("hostname", "pid"):  # built in, not a variable: say which field gives it
