@@ -44,6 +44,7 @@ class Poll(enum.Enum):
     """The cases of a WORK-REQUEST, in the order the provisioner tests them."""
 
     UNDECLARED = "nobody declared it"
+    PROVE_LOCATION = "found at a declared location that asks for SUDI: prove it first"
     PROBE = "undeclared while stacks or locations are: what is it?"
     NOT_PLANNED = "declared, its template does not render"
     REFUSED_CLAIM = "another PID, nothing proven"
@@ -61,6 +62,7 @@ class Answer(enum.Enum):
     """The cases of a WORK-RESPONSE, in the order the provisioner tests them."""
 
     BACKOFF_ACK = "a backoff acknowledged"
+    LOCATION_PROOF = "a stranger's SUDI proof, asked before its location is believed"
     PROOF = "a SUDI proof"
     PROBE_ANSWER = "a stranger's answer to what it is"
     NOTHING_OUTSTANDING = "no request outstanding"
@@ -109,6 +111,9 @@ MOVES: dict[tuple[Stage, Poll | Answer], Move] = {
     (Stage.UNKNOWN, Poll.UNDECLARED): _move("_poll_undeclared", Reply.BACKOFF, Stage.UNKNOWN),
     # A stranger is asked what it is (provisioner.PROBES): a stack's member, or a switch at a declared location.
     (Stage.UNKNOWN, Poll.PROBE): _move("_poll_probe", {Reply.PROBE, Reply.TOPOLOGY, Reply.NEIGHBOURS}, Stage.UNKNOWN),
+    # Found at a location whose declaration asks for SUDI: bound only once proven (a challenge held by another
+    # address that has not had its time to answer: come back later).
+    (Stage.UNKNOWN, Poll.PROVE_LOCATION): _move("_poll_prove_location", {Reply.CHALLENGE, Reply.BACKOFF}, Stage.UNKNOWN),
     (Stage.UNPLANNED, Poll.NOT_PLANNED): _move("_poll_not_planned", Reply.BACKOFF, Stage.UNPLANNED),
     **{(stage, Poll.REFUSED_CLAIM): _move("_poll_refused_claim", Reply.BACKOFF, stage) for stage in _DECLARED},
     (Stage.ERROR, Poll.IN_ERROR): _move("_poll_in_error", Reply.BACKOFF, Stage.ERROR),
@@ -130,6 +135,7 @@ MOVES: dict[tuple[Stage, Poll | Answer], Move] = {
     # ---------------------------------------------------------------- WORK-RESPONSE (always a bye)
     **{(stage, Answer.BACKOFF_ACK): _move("_answer_backoff_ack", Reply.BYE, stage) for stage in Stage},
     **{(stage, Answer.PROOF): _move("_answer_proof", Reply.BYE, stage) for stage in Stage},
+    (Stage.UNKNOWN, Answer.LOCATION_PROOF): _move("_answer_location_proof", Reply.BYE, Stage.UNKNOWN),
     (Stage.UNKNOWN, Answer.PROBE_ANSWER): _move("_answer_probe", Reply.BYE, Stage.UNKNOWN),
     **{(stage, Answer.NOTHING_OUTSTANDING): _move("_answer_nothing_outstanding", Reply.BYE, stage) for stage in Stage},
     (Stage.ONBOARDING, Answer.NOT_REQUESTER): _move("_answer_not_requester", Reply.BYE, Stage.ONBOARDING),

@@ -385,6 +385,12 @@ class Unclaimed:
     probe: str = ""
     #: Why it is not provisioned by where it is plugged in (the location is another switch's, or two match).
     note: str = ""
+    #: The declared location (``str(Location)``) it was found at, when that declaration asks for SUDI: the
+    #: challenge it must answer before it is bound (single use, for one address, expiring).
+    candidate: str = ""
+    challenge: str = ""
+    challenge_address: str = ""
+    challenge_expires: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,6 +412,8 @@ class DeviceRecord:
     #: Declared locations (an upstream device and port, in normal form) -> the serial bound to each ("": none yet),
     #: for matching a switch that calls in unknown by where it is plugged in (shared, never copied).
     locations: Mapping[Location, str] = dataclasses.field(default_factory=dict)
+    #: The declarations of those locations (shared, never copied): what a switch found at one must prove first.
+    location_declarations: Mapping[Location, LocationDeclaration] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- JSON forms
@@ -884,6 +892,10 @@ def unclaimed_to_xml(entry: Unclaimed) -> etree._Element:
             ("probed", format_time(entry.probed)),
             ("probe", entry.probe),
             ("note", entry.note),
+            ("candidate", entry.candidate),
+            ("challenge", entry.challenge),
+            ("challenge-address", entry.challenge_address),
+            ("challenge-expires", format_time(entry.challenge_expires)),
         ),
     )
     return element
@@ -902,6 +914,10 @@ def unclaimed_from_xml(element: etree._Element) -> Unclaimed:
         probed=parse_time(child_text(element, "probed")),
         probe=child_text(element, "probe"),
         note=child_text(element, "note"),
+        candidate=child_text(element, "candidate"),
+        challenge=child_text(element, "challenge"),
+        challenge_address=child_text(element, "challenge-address"),
+        challenge_expires=parse_time(child_text(element, "challenge-expires")),
     )
 
 

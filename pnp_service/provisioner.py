@@ -14,8 +14,10 @@ the handler here that works out the reply and the record, and the stages it may
 lead to (checked: a move the table lacks is a ``TransitionError``, never a guess):
 
 WORK-REQUEST (:class:`~pnp_service.machine.Poll`): an undeclared serial is recorded as unclaimed
-and told to back off (while stacks are declared, it is first asked for
-device-info, to learn whether it is the active member of one); a status of
+and told to back off (while stacks or locations are declared, it is first asked
+what it is: device-info for a stack's active member, its neighbours for a switch
+at a declared location; a location whose declaration asks for SUDI binds it only
+after it has answered a device-auth challenge with a genuine SUDI); a status of
 another revision starts over at the first step; a device in error, provisioned,
 or before its retry time gets a backoff (unless it says it has just reloaded:
 then it is asked at once); a device whose declaration asks for SUDI
@@ -77,6 +79,7 @@ class Event(enum.StrEnum):
     STACK_MEMBER = "stack-member"
     LOCATED = "located"
     LOCATION_REFUSED = "location-refused"
+    MUST_PROVE = "location-must-prove"
     NOT_PLANNED = "not-planned"
     REQUEST = "request"
     WAIT = "wait"
@@ -165,6 +168,9 @@ PROBES = (
     Probe("lldp", locates=True, command="show lldp neighbors detail", parse=neighbours.parse_lldp_detail),
 )
 _PROBES = {probe.name: probe for probe in PROBES}
+#: A stranger's question once it is found at a declared location whose declaration asks for ``authentication sudi``:
+#: the proof, asked before its neighbours are believed (bound only once a genuine SUDI answers the challenge).
+PROVING = "sudi"
 #: Longest reason kept in a stranger's entry (the YANG's note leaf holds 512 characters).
 NOTE_MAX = 500
 
@@ -273,6 +279,8 @@ class Provisioner:
         if poll.record.work is None:
             if poll.record.declaration is not None:
                 return Poll.NOT_PLANNED
+            if self._proving(poll.record, poll.contact.now):
+                return Poll.PROVE_LOCATION
             return Poll.PROBE if self._worth_probing(poll) else Poll.UNDECLARED
         if self._claim_refused(poll):
             return Poll.REFUSED_CLAIM
@@ -367,6 +375,45 @@ class Provisioner:
         status = replace(base, sudi=base.sudi.asked(tuple(live) + ((poll.request.correlator, address, challenge, expires),)))
         reply = protocol.device_auth(poll.envelope, challenge, ",".join(sudi.ENCRYPTION_METHODS), ",".join(sudi.HASH_METHODS))
         return Decision(reply, Event.CHALLENGE, "asked for a SUDI proof", status, step=base.step)
+
+    def _proving(self, record: DeviceRecord, now: dt.datetime) -> bool:
+        """Found at a declared location that asks for SUDI, in this round of questions: the proof is due."""
+        known = record.unclaimed
+        return (known is not None and known.probe == PROVING and bool(known.candidate) and known.probed is not None
+                and (now - known.probed).total_seconds() < self.settings.contact_refresh_seconds
+                and self.settings.sudi is not None)
+
+    def _poll_prove_location(self, poll: _Poll) -> Decision:
+        """Ask a stranger found at a location that asks for SUDI for its proof, before it is bound.
+
+        One challenge per stranger, for one address, single use, expiring: the same address polling again gets the
+        same one again; another address gets one only once the holder has had CHALLENGE_ANSWER_SECONDS to answer
+        (the genuine switch answers in seconds), else it is told when to come back.
+        """
+        policy = self.settings.sudi
+        known = poll.record.unclaimed
+        assert policy is not None and known is not None
+        now, address, request = poll.contact.now, poll.contact.address, poll.request
+        entry = replace(known, udi=str(request.udi), pid=request.udi.pid, hostname=request.hostname, address=address,
+                        last_seen=now, correlator=request.correlator)
+        expires = known.challenge_expires
+        live = bool(known.challenge) and expires is not None and expires > now
+        if live and known.challenge_address != address:
+            assert expires is not None
+            answered_in = policy.challenge_seconds - (expires - now).total_seconds()
+            if answered_in < sudi.CHALLENGE_ANSWER_SECONDS:
+                wait = max(1, int(sudi.CHALLENGE_ANSWER_SECONDS - answered_in))
+                reply = protocol.backoff(poll.envelope, "device authentication busy, try again", seconds=wait)
+                return Decision(reply, Event.HELD_OFF, f"at {known.candidate}: a challenge is out to "
+                                f"{known.challenge_address}; asked to come back in {wait}s")
+            live = False  # it had its time to answer
+        if not live:
+            entry = replace(entry, challenge=sudi.new_challenge(), challenge_address=address,
+                            challenge_expires=now + dt.timedelta(seconds=policy.challenge_seconds))
+        reply = protocol.device_auth(poll.envelope, entry.challenge, ",".join(sudi.ENCRYPTION_METHODS),
+                                     ",".join(sudi.HASH_METHODS))
+        detail = f"at {known.candidate}: asked {'again ' if live else ''}for a SUDI proof before it is bound"
+        return Decision(reply, Event.CHALLENGE, detail, unclaimed=entry)
 
     def _worth_probing(self, poll: _Poll) -> bool:
         """Stacks or locations are declared, and a question of :data:`PROBES` is left to ask this stranger."""
@@ -660,6 +707,8 @@ class Provisioner:
         response, status, work = answer.response, answer.record.status, answer.record.work
         if isinstance(response, protocol.WorkResponse) and response.service == "backoff":
             return Answer.BACKOFF_ACK, answer
+        if work is None and self._is_location_proof(answer):
+            return Answer.LOCATION_PROOF, answer
         if isinstance(response, protocol.WorkResponse) and response.service == "device-auth":
             return Answer.PROOF, answer
         if work is None and self._is_probe_answer(answer):
@@ -696,10 +745,21 @@ class Provisioner:
         if probed is None or not probed.correlator:
             return False
         if isinstance(response, protocol.Fault):
-            return bool(probed.probe) and answer.contact.address == probed.address
+            return probed.probe in _PROBES and answer.contact.address == probed.address
         probe = _PROBES.get(probed.probe or "device-info")
         service = "cli-exec" if probe is not None and probe.command else probed.probe or "device-info"
         return probe is not None and response.correlator == probed.correlator and response.service == service
+
+    @staticmethod
+    def _is_location_proof(answer: _Answer) -> bool:
+        """A stranger asked for the proof its location wants: its device-auth answer, or a fault (no correlator)
+        from the address the challenge went to."""
+        known, response = answer.record.unclaimed, answer.response
+        if known is None or known.probe != PROVING or not known.challenge:
+            return False
+        if isinstance(response, protocol.Fault):
+            return answer.contact.address == known.challenge_address
+        return response.service == "device-auth"
 
     def _not_the_requester(self, answer: _Answer) -> bool:
         """An answer (a fault above all: it carries no correlator) from another address than the one the outstanding
@@ -750,22 +810,9 @@ class Provisioner:
         # Single use, but only the address it was sent to can use it up: an answer from elsewhere is refused and
         # leaves it for the device it was sent to.
         remaining = tuple(c for c in status.sudi.challenges if c is not sent or c[1] != contact.address)
-        expires = parse_time(sent[3])
         try:
-            if sent[1] != contact.address:
-                raise sudi.SudiError(sudi.Reason.STALE, f"the challenge was sent to {sent[1]}, the answer came from {contact.address}")
-            if expires is None or contact.now > expires:
-                raise sudi.SudiError(sudi.Reason.STALE, "the challenge has expired")
-            if not response.success or response.auth is None:
-                error = response.error or protocol.ErrorInfo()
-                raise sudi.SudiError(sudi.Reason.NO_SUDI, f"the device sent no proof ({error.code or 'no code'}: "
-                                     f"{error.message or 'no SUDI'})")
-            proof = response.auth
-            proven = sudi.verify(
-                anchors=policy.anchors if policy else (), certificate_b64=proof.sudi_cert,
-                signature_b64=proof.challenge_response, challenge=sent[2], encryption=proof.encryption,
-                hashing=proof.hashing, serials=declaration.sudi_allowed, pid=declaration.pid, now=contact.now,
-            )
+            proven = _checked_proof(response, contact, sent[1], sent[2], parse_time(sent[3]), policy,
+                                    declaration.sudi_allowed, declaration.pid)
         except sudi.SudiError as exc:
             failures = next((f for a, _, f in status.sudi.throttled if a == contact.address), 0) + 1
             # Growing, but never longer than a challenge lives: behind NAT the genuine switch shares this address.
@@ -778,6 +825,38 @@ class Provisioner:
         if accepted.error.code.startswith("sudi-"):
             accepted = accepted.without_error()
         return Decision(answer.reply, Event.PROVEN, f"SUDI proof of {proven.serial} ({proven.pid}) accepted", accepted)
+
+    def _answer_location_proof(self, answer: _Answer) -> Decision:
+        """Check a stranger's proof; a genuine SUDI binds it to the location it was found at, anything else ends the
+        round (asked again after ``contact_refresh_seconds``), the reason in its entry."""
+        record, contact, response = answer.record, answer.contact, answer.response
+        known = record.unclaimed
+        assert known is not None
+        if contact.address != known.challenge_address:  # leaves the challenge for the address it was sent to
+            return self._ignore(answer, Event.STALE, f"device-auth answer from {contact.address}; the challenge went "
+                                f"to {known.challenge_address}: ignored")
+        ended = replace(known, probe="", correlator="", challenge="", challenge_address="", challenge_expires=None,
+                        last_seen=contact.now)
+        declared = next((d for at, d in record.location_declarations.items() if str(at) == known.candidate), None)
+        if declared is None:
+            return Decision(answer.reply, Event.UNCLAIMED, f"{known.candidate} is no longer declared",
+                            unclaimed=replace(ended, candidate=""))
+        at, declaration = declared.location, declared.for_serial(record.serial)
+        try:
+            if isinstance(response, protocol.Fault):
+                raise sudi.SudiError(sudi.Reason.NO_SUDI, f"the agent answered with a fault ({response.string or response.code})")
+            proven = _checked_proof(response, contact, known.challenge_address, known.challenge,
+                                    known.challenge_expires, self.settings.sudi, declaration.sudi_allowed, declaration.pid)
+        except sudi.SudiError as exc:
+            note = (f"at {at}: SUDI proof from {contact.address} refused ({exc.reason}: {exc}); not bound, asked "
+                    f"again in {self.settings.contact_refresh_seconds}s")
+            return Decision(answer.reply, Event.REFUSED, note, unclaimed=replace(ended, note=note[:NOTE_MAX]))
+        bound = record.locations.get(at, "")
+        if bound and bound != record.serial:
+            note = f"at {at}, whose declaration is bound to {bound}: reset {bound} to free the location"
+            return Decision(answer.reply, Event.LOCATION_REFUSED, note, unclaimed=replace(ended, note=note[:NOTE_MAX]))
+        return Decision(answer.reply, Event.LOCATED, f"at {at}: SUDI proof of {proven.serial} ({proven.pid}) accepted; "
+                        "provisioned as that location's declaration", located_at=at)
 
     def _answer_probe(self, answer: _Answer) -> Decision:
         """A stranger's answer to a question of :data:`PROBES`: a declared stack's member, a switch at a declared
@@ -818,6 +897,17 @@ class Provisioner:
         if bound and bound != record.serial:
             note = f"at {at[0]}, whose declaration is bound to {bound}: reset {bound} to free the location"
             return Decision(answer.reply, Event.LOCATION_REFUSED, note, unclaimed=replace(answered, probe="", note=note[:NOTE_MAX]))
+        declared = record.location_declarations.get(at[0])
+        if declared is not None and declared.declaration.authentication == "sudi" and bound != record.serial:
+            policy = self.settings.sudi
+            if policy is None or not policy.anchors:
+                note = (f"at {at[0]}, whose declaration asks for authentication sudi, but this listener has no "
+                        "--sudi-ca: nothing is bound")
+                return Decision(answer.reply, Event.LOCATION_REFUSED, note,
+                                unclaimed=replace(answered, probe="", note=note[:NOTE_MAX]))
+            note = f"at {at[0]} ({probe.name}): bound once it proves a genuine SUDI"
+            return Decision(answer.reply, Event.MUST_PROVE, note,
+                            unclaimed=replace(answered, probe=PROVING, candidate=str(at[0]), note=note))
         return Decision(answer.reply, Event.LOCATED, f"at {at[0]} ({probe.name}): provisioned as that location's "
                         "declaration", located_at=at[0])
 
@@ -923,6 +1013,24 @@ def _for(record: DeviceRecord, decision: Decision) -> Decision:
     if record.declaration is not None and record.declaration.hostname:
         decision = replace(decision, hostname=record.declaration.hostname)
     return replace(decision, device=record.serial) if record.caller and record.caller != record.serial else decision
+
+
+def _checked_proof(response: protocol.WorkResponse, contact: Contact, sent_to: str, challenge: str,
+                   expires: dt.datetime | None, policy: sudi.Policy | None, serials: tuple[str, ...],
+                   pid: str) -> sudi.Proven:
+    """Who a device-auth answer to ``challenge`` proves; raises :class:`sudi.SudiError` with the reason."""
+    if sent_to != contact.address:
+        raise sudi.SudiError(sudi.Reason.STALE, f"the challenge was sent to {sent_to}, the answer came from {contact.address}")
+    if expires is None or contact.now > expires:
+        raise sudi.SudiError(sudi.Reason.STALE, "the challenge has expired")
+    if not response.success or response.auth is None:
+        error = response.error or protocol.ErrorInfo()
+        raise sudi.SudiError(sudi.Reason.NO_SUDI, f"the device sent no proof ({error.code or 'no code'}: "
+                             f"{error.message or 'no SUDI'})")
+    proof = response.auth
+    return sudi.verify(anchors=policy.anchors if policy else (), certificate_b64=proof.sudi_cert,
+                       signature_b64=proof.challenge_response, challenge=challenge, encryption=proof.encryption,
+                       hashing=proof.hashing, serials=serials, pid=pid, now=contact.now)
 
 
 def _failed_attempt(code: str, message: str) -> Outcome:

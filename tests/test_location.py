@@ -75,3 +75,55 @@ def test_a_location_declaration_reads_like_a_serial_one(tmp_path):
     location = declared.locations[Location("dist-sw-1", "GigabitEthernet1/0/48")]
     assert (location.neighbor, location.port) == ("dist-sw-1", "Gi1/0/48")
     assert location.for_serial("FOC1").serial == "FOC1" and location.declaration.hostname == "access-sw-7"
+
+
+# --------------------------------------------------------------------------- a location that asks for SUDI
+
+AT_48_SUDI = AT_48.replace("</config>", "</config><authentication>sudi</authentication>")
+
+
+@pytest.fixture(scope="module")
+def lab_ca():
+    from pnp_service.simulator.lab_pki import LabCa
+
+    return LabCa.create("Lab"), LabCa.create("Rogue")
+
+
+def sudi_switch(ca, serial: str) -> SimulatedDevice:
+    cert, key = ca.device(serial, "C9300-24P")
+    return SimulatedDevice(serial, neighbors=(("dist-sw-1", "Gi1/0/48"),), sudi_cert=cert, sudi_key=key)
+
+
+def test_a_location_that_asks_for_sudi_believes_a_switch_only_once_it_proves_a_genuine_sudi(serve, clock, tmp_path,
+                                                                                          lab_ca):
+    from pnp_service import sudi
+
+    genuine_ca, rogue_ca = lab_ca
+    running = serve(declare(tmp_path, AT_48_SUDI), sudi=sudi.Policy(anchors=sudi.load_ca_bundle(genuine_ca.bundle())))
+
+    impostor = sudi_switch(rogue_ca, "FOC9999FAKE")  # names the right neighbour, proves nothing
+    simulator(running, clock).run(impostor)
+    assert impostor.config is None
+    entry = running.store.load("FOC9999FAKE").unclaimed
+    assert running.store.load("FOC9999FAKE").declaration is None  # not bound: the location is still free
+    assert "refused" in entry.note and "dist-sw-1 GigabitEthernet1/0/48" in entry.note
+    assert not entry.challenge and not entry.probe  # single use, and the round is over
+
+    silent = SimulatedDevice("FOC9999NONE", neighbors=(("dist-sw-1", "Gi1/0/48"),))  # no SUDI at all
+    simulator(running, clock).run(silent)
+    assert silent.config is None and running.store.load("FOC9999NONE").declaration is None
+
+    genuine = sudi_switch(genuine_ca, "FOC9999GEN1")
+    result = simulator(running, clock).run(genuine)
+    assert result.outcome == "configured", result
+    assert "hostname access-sw-7" in genuine.config
+    record = running.store.load("FOC9999GEN1")
+    assert record.declaration.located == ("dist-sw-1", "Gi1/0/48") and record.status.sudi.proven_at is not None
+
+
+def test_a_location_that_asks_for_sudi_binds_nothing_on_a_listener_without_a_sudi_ca(serve, clock, tmp_path, lab_ca):
+    running = serve(declare(tmp_path, AT_48_SUDI))
+    switch = sudi_switch(lab_ca[0], "FOC9999NOCA")
+    simulator(running, clock).run(switch)
+    assert switch.config is None and running.store.load("FOC9999NOCA").declaration is None
+    assert "--sudi-ca" in running.store.load("FOC9999NOCA").unclaimed.note

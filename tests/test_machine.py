@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO
 from pnp_service import machine, protocol, provisioner, sudi
 from pnp_service.machine import MOVES, VERDICTS, Answer, Poll, Reply, Stage, TransitionError
-from pnp_service.model import Declaration, DeviceRecord, HandOff, State, Status, Step, Work
+from pnp_service.model import Declaration, DeviceRecord, HandOff, LocationDeclaration, State, Status, Step, Work
 from pnp_service.planner import plan
 from pnp_service.provisioner import Contact, Provisioner, Settings
 from pnp_service.simulator import messages
@@ -94,6 +94,9 @@ def worlds(pki):
     secured = dataclasses.replace(plain, authentication="sudi")
     moved = dataclasses.replace(plain, handoff=HandOff(name="sw1-new"))
     quick = Settings(max_attempts=2, retry_base_seconds=5, retry_max_seconds=20)
+    # a switch declared by where it is plugged in, whose declaration asks for SUDI before it is believed
+    at = LocationDeclaration("dist-sw-1", "Gi1/0/48", dataclasses.replace(secured, serial=""))
+    located = DeviceRecord("SN1", locations={at.location: ""}, location_declarations={at.location: at})
     return {
         "stranger": (DeviceRecord("SN1"), quick),
         "stack-member": (DeviceRecord("SN1", stacks={"SN7": "STACK1"}), quick),
@@ -112,6 +115,7 @@ def worlds(pki):
         "handoff-changed": (DeviceRecord("SN1", moved, Work("a" * 16, plan(plain).steps, "b" * 16),
                                          Status(state=State.PROVISIONED, revision="c" * 16, steps_revision="b" * 16)),
                             quick),
+        "sudi-location": (located, dataclasses.replace(quick, sudi=policy)),
     }
 
 
@@ -171,6 +175,9 @@ class Agent:
             cert, private = key
             signature, method = messages.sign_challenge(private, self.challenge or "x")
             body = messages.device_auth_response(udi, correlator, cert, signature, method)
+        elif service == "topology":
+            port = self.rng.choice(["GigabitEthernet1/0/48", "GigabitEthernet1/0/47"])
+            body = messages.topology_response(udi, correlator, [messages.Uplink("Te1/1/1", "dist-sw-1", port)])
         elif service == "device-info":
             members = [(1, protocol.Udi(PID, "V01", "SN7"))] if self.rng.random() < 0.5 else []
             version = self.rng.choice(["17.9.4", "17.3.1"])

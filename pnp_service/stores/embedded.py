@@ -699,7 +699,8 @@ class EmbeddedStore(StoreBase):
             declaration = located.for_serial(serial)
             work, error = self._bound_plan(current, declaration)
             return dataclasses.replace(record, declaration=declaration, work=work, planning_error=error)
-        return dataclasses.replace(record, locations={at: bound.get(str(at), "") for at in current.locations})
+        return dataclasses.replace(record, locations={at: bound.get(str(at), "") for at in current.locations},
+                                   location_declarations=current.locations)
 
     def _bound_record(self, current: DeclarationSet, declaration: Declaration, status: Status | None) -> DeviceRecord:
         work, error = self._bound_plan(current, declaration)

@@ -50,12 +50,13 @@ def commit() -> str:
     return result.stdout + result.stderr
 
 
-def show_pnp(serial: str) -> etree._Element | None:
+def show_pnp(serial: str, entry: str = "device") -> etree._Element | None:
+    """The serial's ``/pnp/device`` (or ``/pnp/unclaimed``) entry in running, as ``show configuration`` prints it."""
     result = cli("show", "configuration", "pnp", check=False)
     if result.returncode != 0 or "<pnp" not in result.stdout:
         return None
     root = etree.fromstring(result.stdout.strip().encode())
-    for device in root.iter("{urn:pnp-service:pnp}device"):
+    for device in root.iter(f"{{urn:pnp-service:pnp}}{entry}"):
         if device.findtext("{urn:pnp-service:pnp}serial") == serial:
             return device
     return None
@@ -609,4 +610,54 @@ def test_a_switch_declared_by_location_in_clixon_cli_provisions_with_any_serial(
     finally:
         cli("delete", "services", "pnp-location", "it-dist-1", port, configure=True, check=False)
         cli("delete", "pnp", "unclaimed", second, configure=True, check=False)
+        commit()
+
+
+def test_a_location_that_asks_for_sudi_binds_only_a_proven_switch_on_a_real_controller(serial, tmp_path):
+    """issue 25's trust rule on a real controller: a pnp-location with authentication sudi declared in clixon_cli; a
+    switch that names the right neighbour but cannot prove a genuine SUDI is not bound (the controller's unclaimed
+    entry says why), and one that can is bound and provisioned."""
+    from pnp_service import sudi
+    from pnp_service.app import create_app, served
+    from pnp_service.listener import ListenerSettings
+    from pnp_service.provisioner import Settings
+    from pnp_service.simulator import AgentSimulator, SimulatedDevice
+    from pnp_service.simulator.lab_pki import LabCa
+    from pnp_service.stores.clixon import ClixonStore
+
+    port = "Gi2/0/" + str(uuid.uuid4().int % 48 + 1)
+    impostor = serial + "X"
+    ca, rogue = LabCa.create("IT"), LabCa.create("Rogue")
+    store = ClixonStore(socket_path(), journal_path=str(tmp_path / "journal"), retry_max_seconds=2)
+    app = create_app(store, ListenerSettings(secret=b"integration-secret-0123456789",
+                                             provisioning=Settings(sudi=sudi.Policy(anchors=sudi.load_ca_bundle(ca.bundle())))))
+    server = httpserver.start_in_thread(served(app))
+    neighbour = (("it-dist-2", "GigabitEthernet" + port[2:]),)
+    try:
+        cli("set", "services", "pnp-location", "it-dist-2", port, "hostname", "it-proven", configure=True)
+        cli("set", "services", "pnp-location", "it-dist-2", port, "authentication", "sudi", configure=True)
+        cli("set", "services", "pnp-location", "it-dist-2", port, "config", "line", "10", "text",
+            '"hostname {{ hostname }}"', configure=True)
+        assert "Failed" not in commit()
+        url = f"http://127.0.0.1:{server.port}"
+        wait_for(lambda: store.load(serial).locations, what="the location in the listener's copy")
+        play = lambda device: AgentSimulator(url, time_scale=0, max_polls=40,  # noqa: E731
+                                             sleep=lambda seconds: time.sleep(min(seconds, 0.2))).run(device)
+        cert, key = rogue.device(impostor, "C9300-24P")
+        spoofer = SimulatedDevice(impostor, neighbors=neighbour, sudi_cert=cert, sudi_key=key)
+        assert "device-auth" in play(spoofer).trace and spoofer.config is None
+        refused = lambda: "refused" in text(show_pnp(impostor, "unclaimed"), "note")  # noqa: E731
+        assert wait_for(refused, what="the impostor's refused proof in the controller")
+        assert store.load(impostor).declaration is None
+        cert, key = ca.device(serial, "C9300-24P")
+        genuine = SimulatedDevice(serial, neighbors=neighbour, sudi_cert=cert, sudi_key=key)
+        played = play(genuine)
+        assert played.outcome == "configured", played
+        assert "hostname it-proven" in genuine.config
+        assert wait_for(lambda: text(show_pnp(serial), "status/state") == "provisioned", what="provisioned in running")
+    finally:
+        server.stop()
+        store.close()
+        cli("delete", "services", "pnp-location", "it-dist-2", port, configure=True, check=False)
+        cli("delete", "pnp", "unclaimed", impostor, configure=True, check=False)
         commit()

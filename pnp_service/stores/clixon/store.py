@@ -399,7 +399,7 @@ class ClixonStore(StoreBase):
             if location is not None:  # matched: declared within a second or two (make_bindings); until then, wait
                 return dataclasses.replace(record, declaration=location.for_serial(serial),
                                            planning_error=f"bound to location {at}: being declared in the controller")
-            record = dataclasses.replace(record, locations=view.bound)
+            record = dataclasses.replace(record, locations=view.bound, location_declarations=view.locations)
         return record
 
     def load(self, serial: str) -> DeviceRecord:
