@@ -124,7 +124,8 @@ class FakeSession:
                 raise RpcError(f"'{element.text}' does not match enumeration", "bad-element", "application")
         services = self.controller.running.find(f"{{{model.CONTROLLER_NS}}}services")
         declared = {d.findtext(p("serial")) for d in services.iterfind(p("pnp-device"))}
-        if any(d.findtext(p("serial")) in declared for d in self.services_edit):
+        removed = {d.findtext(p("serial")) for d in self.services_edit if d.get(f"{{{NETCONF_NS}}}operation") == "remove"}
+        if any(d.findtext(p("serial")) in declared - removed for d in self.services_edit):
             raise RpcError("Data already exists; cannot create new resource", "data-exists", "application")
         pnp = self.controller.running.find(p("pnp"))
         for device in self.edit.iterfind(p("device")):
@@ -152,7 +153,12 @@ class FakeSession:
                     pnp.remove(old)
                 if entry.get(f"{{{NETCONF_NS}}}operation") != "remove":
                     pnp.append(entry)
+        for declaration in list(services.iterfind(p("pnp-device"))):
+            if declaration.findtext(p("serial")) in removed:
+                services.remove(declaration)
         for declaration in self.services_edit:
+            if declaration.findtext(p("serial")) in removed:
+                continue
             declaration.attrib.pop(f"{{{NETCONF_NS}}}operation", None)
             services.append(declaration)  # stored as it is: a plain commit runs no services
         self.controller.commits += 1
@@ -162,8 +168,13 @@ class FakeSession:
         self._alive()
         if self.controller.transaction_failure:
             raise RpcError(self.controller.transaction_failure, "operation-failed", "application")
-        added = [d.findtext(p("serial")) for d in self.services_edit]
+        added = [d.findtext(p("serial")) for d in self.services_edit if d.get(f"{{{NETCONF_NS}}}operation") != "remove"]
+        removed = [d.findtext(p("serial")) for d in self.services_edit if d.get(f"{{{NETCONF_NS}}}operation") == "remove"]
         self.commit()
+        for serial in removed:  # the controller removes what the service made for a deleted declaration
+            device = self.controller.device(serial)
+            for work in device.findall(p("work")) if device is not None else ():
+                device.remove(work)
         services = self.controller.running.find(f"{{{model.CONTROLLER_NS}}}services")
         for element in services.iterfind(p("pnp-device")):
             if element.findtext(p("serial")) in added:

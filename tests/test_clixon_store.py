@@ -17,7 +17,7 @@ from pnp_service.model import NETCONF_NS, Status, Unclaimed
 from pnp_service.provisioner import Decision, Event
 from pnp_service.simulator import messages
 from pnp_service.stores.base import Change, StoreError, StoreUnavailable, UnknownSerial
-from fake_controller import FakeController, FakeSession, p
+from fake_controller import FakeController, FakeSession, declare, p
 from pnp_service.stores.clixon import ClixonStore, ControllerUnavailable, status_edit
 from pnp_service.stores.clixon.store import view_from_reply
 
@@ -712,6 +712,26 @@ def test_pnp_service_reset_is_seen_by_every_listener_at_once(controller, tmp_pat
 
 
 # --------------------------------------------------------------------------- claims and clears made in the CLI
+
+
+def test_a_reset_of_a_switch_bound_to_a_location_frees_the_location_in_one_controller_commit(open_store, controller):
+    declare(controller, "FOC1", "access-sw-7")
+    located = etree.SubElement(declared(controller, "FOC1"), p("located"))
+    for name, value in (("neighbor", "dist-sw-1"), ("port", "Gi1/0/48")):
+        etree.SubElement(located, p(name)).text = value
+    declare(controller, "SN9", "by-serial")
+    store = open_store()
+    assert store.load("FOC1").declaration.located == ("dist-sw-1", "Gi1/0/48")
+    cli_reset(controller, "FOC1")
+    cli_reset(controller, "SN9")
+    commits = controller.controller_commits
+    acted = store.look_at_requests()
+    assert acted.resets == ["FOC1", "SN9"] and acted.freed == ["FOC1"]
+    assert controller.controller_commits == commits + 1  # the declaration and the reset request go together
+    assert declared(controller, "FOC1") is None and reset_requests(controller) == ["SN9"]
+    assert declared(controller, "SN9") is not None  # a serial's declaration is the operator's: a reset keeps it
+    record = store.load("FOC1")
+    assert record.declaration is None and record.work is None  # a stranger again: found there, it is bound anew
 
 
 def cli_claim(controller, serial: str, hostname: str, template_file: str) -> None:

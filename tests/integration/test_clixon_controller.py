@@ -586,7 +586,7 @@ def test_a_switch_declared_by_location_in_clixon_cli_provisions_with_any_serial(
     there is refused."""
     store, url = listener
     port = "Gi1/0/" + str(uuid.uuid4().int % 48 + 1)
-    second = serial + "B"
+    second, third = serial + "B", serial + "C"
     try:
         cli("set", "services", "pnp-location", "it-dist-1", port, "hostname", "it-located", configure=True)
         cli("set", "services", "pnp-location", "it-dist-1", port, "config", "line", "10", "text",
@@ -607,9 +607,17 @@ def test_a_switch_declared_by_location_in_clixon_cli_provisions_with_any_serial(
         run_agent(url, second, neighbors=neighbour)
         refused = lambda: store.load(second).unclaimed is not None and serial in store.load(second).unclaimed.note
         assert wait_for(refused, what="the second switch refused, naming the first")
+        cli("pnp", "reset", serial)  # the operator frees the location from the controller's own CLI
+        assert wait_for(lambda: "<located>" not in cli("show", "configuration", "services", "pnp-device", serial).stdout,
+                        what="the bound declaration deleted by the listener")
+        replacement = SimulatedDevice(third, neighbors=neighbour)
+        assert simulator.run(replacement).outcome == "configured"  # the next switch found there is bound
+        assert "<located>" in cli("show", "configuration", "services", "pnp-device", third).stdout
     finally:
         cli("delete", "services", "pnp-location", "it-dist-1", port, configure=True, check=False)
-        cli("delete", "pnp", "unclaimed", second, configure=True, check=False)
+        for stranger in (second, third):
+            cli("delete", "pnp", "unclaimed", stranger, configure=True, check=False)
+        cli("delete", "services", "pnp-device", third, configure=True, check=False)
         commit()
 
 

@@ -100,11 +100,13 @@ _BUSY_TRIES = 8
 
 
 class Acted(NamedTuple):
-    """What one reading of the operator's requests did: the serials reset and claimed, the entries cleared."""
+    """What one reading of the operator's requests did: the serials reset and claimed, the entries cleared, the
+    reset switches whose location was freed."""
 
     resets: list[str]
     claimed: list[str]
     cleared: dict[str, int]
+    freed: list[str] = []
 
 
 # --------------------------------------------------------------------------- the copy of running
@@ -568,7 +570,9 @@ class ClixonStore(StoreBase):
         the reset); claims are made and lists cleared (operator_requests.py)."""
         self.make_bindings()
         data = self._read_running(_REQUESTS)
-        return Acted(self._look_at_resets(data), self._make_claims(claims_in(data)), self._clear(clears_in(data)))
+        resets = self._look_at_resets(data)
+        return Acted(resets, self._make_claims(claims_in(data)), self._clear(clears_in(data)),
+                     self._free_locations(resets))
 
     def _look_at_resets(self, data: bytes | bytearray) -> list[str]:
         requested = {serial for _, element in iterparse(data, tag=q("reset"))
@@ -580,6 +584,44 @@ class ClixonStore(StoreBase):
             self._reload(serial)
             log.info("%s was reset in the controller: it starts over at its next poll", serial)
         return new
+
+    def _free_locations(self, resets: list[str]) -> list[str]:
+        """A reset switch that was bound to a location frees it, as on the embedded store: the declaration the
+        listener made from the location is deleted with the reset request, in one controller commit (the service
+        module drops its work); the next switch found there (the same one or a replacement) is bound again.
+        Checked under the candidate lock: only a declaration that still names its location is deleted."""
+        with self._lock:
+            bound = [serial for serial in resets if (d := self._view.declarations.get(serial)) is not None and d.located]
+        if not bound or self.read_only:
+            return []
+        freed = []
+        with self._session() as session:
+            for serial in bound:
+                with candidate_locked(session):
+                    held = view_from_reply(session.get_config_raw(
+                        "running", f"/ctrl:services/pnp:pnp-device[pnp:serial='{serial}']")).declarations.get(serial)
+                    if held is None or not held.located:
+                        continue
+                    edit = (f'<services xmlns="{CONTROLLER_NS}" xmlns:nc="{NETCONF_NS}"><pnp-device xmlns="{PNP_NS}" '
+                            f'nc:operation="remove"><serial>{serial}</serial></pnp-device></services>'
+                            f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}"><reset nc:operation="remove"><serial>'
+                            f"{serial}</serial></reset></pnp>")
+                    try:
+                        session.edit_config(edit)
+                        session.controller_commit()
+                    except RpcError as exc:
+                        if exc.busy:
+                            raise
+                        session.discard_changes()
+                        log.error("%s was reset, but its location %s could not be freed: %s", serial,
+                                  " ".join(held.located), exc)
+                        continue
+                log.info("%s was reset: location %s freed; the next switch found there is bound and provisioned",
+                         serial, " ".join(held.located))
+                freed.append(serial)
+        for serial in freed:
+            self._reload(serial)
+        return freed
 
     def _make_claims(self, claims: list[Claim]) -> list[str]:
         claims = [claim for claim in claims if not claim.error]
