@@ -127,3 +127,122 @@ def test_a_location_that_asks_for_sudi_binds_nothing_on_a_listener_without_a_sud
     simulator(running, clock).run(switch)
     assert switch.config is None and running.store.load("FOC9999NOCA").declaration is None
     assert "--sudi-ca" in running.store.load("FOC9999NOCA").unclaimed.note
+
+
+class ProvingStranger:
+    """One stranger found at a SUDI location, decided by the provisioner alone (the record kept as a store would)."""
+
+    def __init__(self, ca, serial: str = "FOC9999PRV1"):
+        import dataclasses
+        import datetime as dt
+
+        from pnp_service import sudi
+        from pnp_service.model import DeviceRecord, LocationDeclaration
+        from pnp_service.provisioner import Provisioner, Settings
+
+        from lxml import etree
+
+        from pnp_service.model import location_from_xml
+
+        self.location: LocationDeclaration = location_from_xml(etree.fromstring(AT_48_SUDI))
+        at = self.location.location
+        self.record = DeviceRecord(serial, locations={at: ""}, location_declarations={at: self.location})
+        self.provisioner = Provisioner(Settings(sudi=sudi.Policy(anchors=sudi.load_ca_bundle(ca.bundle()))))
+        self.now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        self.serial, self.count, self.dataclasses, self.dt = serial, 0, dataclasses, dt
+
+    def contact(self, address: str):
+        from pnp_service.provisioner import Contact
+
+        return Contact(self.now, address)
+
+    def keep(self, decision):
+        if decision.unclaimed is not None:
+            self.record = self.dataclasses.replace(self.record, unclaimed=decision.unclaimed)
+        return decision
+
+    def poll(self, address: str = "127.0.0.5"):
+        from pnp_service import protocol
+
+        self.count += 1
+        request = protocol.WorkRequest(protocol.Udi("C9300-24P", "V01", self.serial), f"c{self.count}", "Switch")
+        return self.keep(self.provisioner.on_work_request(self.record, request, self.contact(address)))
+
+    def respond(self, body: bytes, address: str = "127.0.0.5"):
+        from pnp_service import protocol
+
+        return self.keep(self.provisioner.on_work_response(self.record, protocol.parse_work_response(body),
+                                                          self.contact(address)))
+
+    def found_there(self):
+        from pnp_service.simulator import messages
+
+        asked = messages.parse_server_message(self.poll().reply)
+        assert asked.service == "topology"
+        uplink = messages.Uplink("Te1/1/1", "dist-sw-1", "GigabitEthernet1/0/48")
+        decision = self.respond(messages.topology_response(self.record_udi(), asked.correlator, [uplink]))
+        assert decision.event == "location-must-prove" and decision.located_at is None
+
+    def record_udi(self):
+        from pnp_service import protocol
+
+        return protocol.Udi("C9300-24P", "V01", self.serial)
+
+    def proof(self, key, challenge: str, correlator: str) -> bytes:
+        from pnp_service.simulator import messages
+
+        cert, private = key
+        signature, method = messages.sign_challenge(private, challenge)
+        return messages.device_auth_response(self.record_udi(), correlator, cert, signature, method)
+
+
+def challenge_of(reply: bytes) -> tuple[str, str]:
+    from pnp_service.simulator import messages
+
+    sent = messages.parse_server_message(reply)
+    assert sent.service == "device-auth", sent.service
+    return sent.find_text("deviceAuth/challenge-request"), sent.correlator
+
+
+def test_a_proof_from_another_address_is_ignored_and_leaves_the_challenge_to_the_switch_it_was_sent_to(lab_ca):
+    stranger = ProvingStranger(lab_ca[0])
+    stranger.found_there()
+    challenge, correlator = challenge_of(stranger.poll().reply)
+    key = lab_ca[0].device("FOC9999PRV1", "C9300-24P")
+    ignored = stranger.respond(stranger.proof(key, challenge, correlator), address="127.0.0.66")
+    assert ignored.event == "stale" and ignored.located_at is None and not ignored.changes
+    accepted = stranger.respond(stranger.proof(key, challenge, correlator))
+    assert accepted.event == "located" and str(accepted.located_at) == "dist-sw-1 GigabitEthernet1/0/48"
+
+
+def test_an_expired_challenge_binds_nothing_and_ends_the_round(lab_ca):
+    stranger = ProvingStranger(lab_ca[0])
+    stranger.found_there()
+    challenge, correlator = challenge_of(stranger.poll().reply)
+    stranger.now += stranger.dt.timedelta(seconds=301)  # the policy's challenge lives 300 s
+    refused = stranger.respond(stranger.proof(lab_ca[0].device("FOC9999PRV1", "C9300-24P"), challenge, correlator))
+    assert refused.event == "sudi-refused" and refused.located_at is None
+    assert "expired" in refused.unclaimed.note and not refused.unclaimed.probe and not refused.unclaimed.challenge
+    again = stranger.poll()  # the round is over (it began 301 s ago): where it is plugged in is asked anew
+    assert again.event == "probe" and b"device-auth" not in again.reply
+
+
+def test_a_second_address_waits_while_the_challenge_is_young_then_gets_one_of_its_own(lab_ca):
+    stranger = ProvingStranger(lab_ca[0])
+    stranger.found_there()
+    first, _ = challenge_of(stranger.poll().reply)
+    held = stranger.poll(address="127.0.0.77")
+    assert held.event == "sudi-held-off" and held.unclaimed is None  # nothing written for the newcomer
+    assert stranger.record.unclaimed.challenge == first
+    stranger.now += stranger.dt.timedelta(seconds=61)
+    second, _ = challenge_of(stranger.poll(address="127.0.0.77").reply)
+    assert second != first and stranger.record.unclaimed.challenge_address == "127.0.0.77"
+
+
+def test_a_forged_proof_is_refused_and_the_stranger_is_not_challenged_again_in_that_round(lab_ca):
+    stranger = ProvingStranger(lab_ca[0])
+    stranger.found_there()
+    challenge, correlator = challenge_of(stranger.poll().reply)
+    forged = stranger.respond(stranger.proof(lab_ca[1].device("FOC9999PRV1", "C9300-24P"), challenge, correlator))
+    assert forged.event == "sudi-refused" and forged.located_at is None and "refused" in forged.unclaimed.note
+    assert stranger.poll().event == "unclaimed"  # a backoff until the next round, no second challenge
