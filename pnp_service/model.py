@@ -877,48 +877,24 @@ def status_from_xml(element: etree._Element | None) -> Status | None:
 
 
 def unclaimed_to_xml(entry: Unclaimed) -> etree._Element:
+    """``/pnp/unclaimed`` of one entry: a leaf per field (``first_seen`` is ``first-seen``), in the YANG's order, empty
+    ones left out."""
     element = etree.Element(q("unclaimed"), nsmap={None: PNP_NS})
     _add(element, "serial", entry.serial)
-    _add_leaves(
-        element,
-        (
-            ("udi", entry.udi),
-            ("pid", entry.pid),
-            ("hostname", entry.hostname),
-            ("address", entry.address),
-            ("first-seen", format_time(entry.first_seen)),
-            ("last-seen", format_time(entry.last_seen)),
-            ("correlator", entry.correlator),
-            ("probed", format_time(entry.probed)),
-            ("probe", entry.probe),
-            ("note", entry.note),
-            ("candidate", entry.candidate),
-            ("challenge", entry.challenge),
-            ("challenge-address", entry.challenge_address),
-            ("challenge-expires", format_time(entry.challenge_expires)),
-        ),
-    )
+    times = _TIME_FIELDS[Unclaimed]
+    _add_leaves(element, tuple(
+        (name.replace("_", "-"), format_time(getattr(entry, name)) if name in times else getattr(entry, name))
+        for name in _FIELD_NAMES[Unclaimed] if name != "serial"))
     return element
 
 
 def unclaimed_from_xml(element: etree._Element) -> Unclaimed:
-    return Unclaimed(
-        serial=child_text(element, "serial"),
-        udi=child_text(element, "udi"),
-        pid=child_text(element, "pid"),
-        hostname=child_text(element, "hostname"),
-        address=child_text(element, "address"),
-        first_seen=parse_time(child_text(element, "first-seen")),
-        last_seen=parse_time(child_text(element, "last-seen")),
-        correlator=child_text(element, "correlator"),
-        probed=parse_time(child_text(element, "probed")),
-        probe=child_text(element, "probe"),
-        note=child_text(element, "note"),
-        candidate=child_text(element, "candidate"),
-        challenge=child_text(element, "challenge"),
-        challenge_address=child_text(element, "challenge-address"),
-        challenge_expires=parse_time(child_text(element, "challenge-expires")),
-    )
+    times = _TIME_FIELDS[Unclaimed]
+    values: dict[str, Any] = {}
+    for name in _FIELD_NAMES[Unclaimed]:
+        text = child_text(element, name.replace("_", "-"))
+        values[name] = parse_time(text) if name in times else text
+    return Unclaimed(**values)
 
 
 def device_to_xml(record: DeviceRecord) -> etree._Element:

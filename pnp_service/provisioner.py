@@ -853,8 +853,7 @@ class Provisioner:
             return Decision(answer.reply, Event.REFUSED, note, unclaimed=replace(ended, note=note[:NOTE_MAX]))
         bound = record.locations.get(at, "")
         if bound and bound != record.serial:
-            note = f"at {at}, whose declaration is bound to {bound}: reset {bound} to free the location"
-            return Decision(answer.reply, Event.LOCATION_REFUSED, note, unclaimed=replace(ended, note=note[:NOTE_MAX]))
+            return _not_bound(answer.reply, ended, _held_by(at, bound))
         return Decision(answer.reply, Event.LOCATED, f"at {at}: SUDI proof of {proven.serial} ({proven.pid}) accepted; "
                         "provisioned as that location's declaration", located_at=at)
 
@@ -891,20 +890,17 @@ class Provisioner:
             return Decision(answer.reply, Event.UNCLAIMED, f"{probe.name}: no neighbour at a declared location "
                             f"(neighbours: {seen})", unclaimed=answered)
         if len(at) > 1:
-            note = f"matches {len(at)} declared locations ({', '.join(map(str, at[:2]))}): refused, declare one"
-            return Decision(answer.reply, Event.LOCATION_REFUSED, note, unclaimed=replace(answered, probe="", note=note[:NOTE_MAX]))
+            return _not_bound(answer.reply, answered, f"matches {len(at)} declared locations "
+                              f"({', '.join(map(str, at[:2]))}): refused, declare one")
         bound = record.locations[at[0]]
         if bound and bound != record.serial:
-            note = f"at {at[0]}, whose declaration is bound to {bound}: reset {bound} to free the location"
-            return Decision(answer.reply, Event.LOCATION_REFUSED, note, unclaimed=replace(answered, probe="", note=note[:NOTE_MAX]))
+            return _not_bound(answer.reply, answered, _held_by(at[0], bound))
         declared = record.location_declarations.get(at[0])
         if declared is not None and declared.declaration.authentication == "sudi" and bound != record.serial:
             policy = self.settings.sudi
             if policy is None or not policy.anchors:
-                note = (f"at {at[0]}, whose declaration asks for authentication sudi, but this listener has no "
-                        "--sudi-ca: nothing is bound")
-                return Decision(answer.reply, Event.LOCATION_REFUSED, note,
-                                unclaimed=replace(answered, probe="", note=note[:NOTE_MAX]))
+                return _not_bound(answer.reply, answered, f"at {at[0]}, whose declaration asks for authentication "
+                                  "sudi, but this listener has no --sudi-ca: nothing is bound")
             note = f"at {at[0]} ({probe.name}): bound once it proves a genuine SUDI"
             return Decision(answer.reply, Event.MUST_PROVE, note,
                             unclaimed=replace(answered, probe=PROVING, candidate=str(at[0]), note=note))
@@ -1013,6 +1009,15 @@ def _for(record: DeviceRecord, decision: Decision) -> Decision:
     if record.declaration is not None and record.declaration.hostname:
         decision = replace(decision, hostname=record.declaration.hostname)
     return replace(decision, device=record.serial) if record.caller and record.caller != record.serial else decision
+
+
+def _not_bound(reply: bytes, entry: Unclaimed, note: str) -> Decision:
+    """A stranger at a declared location that is not bound to it: the round ends, the reason kept in its entry."""
+    return Decision(reply, Event.LOCATION_REFUSED, note, unclaimed=replace(entry, probe="", note=note[:NOTE_MAX]))
+
+
+def _held_by(at: neighbours.Location, serial: str) -> str:
+    return f"at {at}, whose declaration is bound to {serial}: reset {serial} to free the location"
 
 
 def _checked_proof(response: protocol.WorkResponse, contact: Contact, sent_to: str, challenge: str,

@@ -912,9 +912,8 @@ def test_a_reply_is_read_whole_in_any_pieces_and_chunks(monkeypatch):
     assert bytes(session.rpc_raw("<get/>")) == b"<a/" and bytes(session.rpc_raw("<get/>")) == b"<b/>"
 
 
-def test_an_rpc_goes_out_as_one_rfc6242_chunk_however_large(monkeypatch):
-    session, controller = framed_session(monkeypatch)
-    body = "<edit-config>" + "é" * 300_000 + "</edit-config>"
+def sent_chunk(controller, send) -> tuple[bytes, bytes]:
+    """Run ``send`` while the controller's end reads one framed message and answers ok: the chunk header, the rest."""
     received = bytearray()
 
     def read() -> None:
@@ -924,9 +923,16 @@ def test_an_rpc_goes_out_as_one_rfc6242_chunk_however_large(monkeypatch):
 
     reader = threading.Thread(target=read)
     reader.start()
-    session.rpc_raw(body)
+    send()
     reader.join()
     header, _, rest = bytes(received).partition(b"\n")[2].partition(b"\n")
+    return header, rest
+
+
+def test_an_rpc_goes_out_as_one_rfc6242_chunk_however_large(monkeypatch):
+    session, controller = framed_session(monkeypatch)
+    body = "<edit-config>" + "é" * 300_000 + "</edit-config>"
+    header, rest = sent_chunk(controller, lambda: session.rpc_raw(body))
     assert header.startswith(b"#") and int(header[1:]) == len(rest) - len(b"\n##\n")
     message = etree.fromstring(rest[:-len(b"\n##\n")])
     assert message.tag == "{urn:ietf:params:xml:ns:netconf:base:1.0}rpc" and message.get("message-id") == "1"
@@ -938,18 +944,7 @@ def test_an_edit_given_in_pieces_goes_out_whole_as_one_chunk(monkeypatch):
     session, controller = framed_session(monkeypatch)
     pieces = [b'<pnp xmlns="urn:pnp-service:pnp">'] + [b"<device><serial>S%05d</serial></device>" % i
                                                         for i in range(20_000)] + [b"</pnp>"]
-    received = bytearray()
-
-    def read() -> None:
-        while not received.endswith(b"\n##\n"):
-            received.extend(controller.recv(65536))
-        controller.sendall(b"\n#6\n<ok/>\n\n##\n")
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    session.edit_config(pieces)
-    reader.join()
-    header, _, rest = bytes(received).partition(b"\n")[2].partition(b"\n")
+    header, rest = sent_chunk(controller, lambda: session.edit_config(pieces))
     assert int(header[1:]) == len(rest) - len(b"\n##\n")
     config = etree.fromstring(rest[:-len(b"\n##\n")]).find(".//{urn:ietf:params:xml:ns:netconf:base:1.0}config")
     serials = [element.text for element in config.iter("{urn:pnp-service:pnp}serial")]

@@ -3,12 +3,19 @@ on the embedded store, and simulated switches reporting their neighbours."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+
 import pytest
+from lxml import etree
 
 from conftest import datastore_xml
-from pnp_service import validation
+from pnp_service import protocol, sudi, validation
+from pnp_service.model import DeviceRecord, location_from_xml
 from pnp_service.neighbours import Location
-from pnp_service.simulator import AgentSimulator, SimulatedDevice
+from pnp_service.provisioner import Contact, Provisioner, Settings
+from pnp_service.simulator import AgentSimulator, SimulatedDevice, messages
+from pnp_service.simulator.lab_pki import LabCa
 
 AT_48 = ('<pnp-location xmlns="urn:pnp-service:pnp"><neighbor>dist-sw-1</neighbor><port>Gi1/0/48</port>'
          "<hostname>access-sw-7</hostname><config><template>hostname {{ hostname }}\n</template></config>"
@@ -84,8 +91,6 @@ AT_48_SUDI = AT_48.replace("</config>", "</config><authentication>sudi</authenti
 
 @pytest.fixture(scope="module")
 def lab_ca():
-    from pnp_service.simulator.lab_pki import LabCa
-
     return LabCa.create("Lab"), LabCa.create("Rogue")
 
 
@@ -96,8 +101,6 @@ def sudi_switch(ca, serial: str) -> SimulatedDevice:
 
 def test_a_location_that_asks_for_sudi_believes_a_switch_only_once_it_proves_a_genuine_sudi(serve, clock, tmp_path,
                                                                                           lab_ca):
-    from pnp_service import sudi
-
     genuine_ca, rogue_ca = lab_ca
     running = serve(declare(tmp_path, AT_48_SUDI), sudi=sudi.Policy(anchors=sudi.load_ca_bundle(genuine_ca.bundle())))
 
@@ -133,72 +136,42 @@ class ProvingStranger:
     """One stranger found at a SUDI location, decided by the provisioner alone (the record kept as a store would)."""
 
     def __init__(self, ca, serial: str = "FOC9999PRV1"):
-        import dataclasses
-        import datetime as dt
-
-        from pnp_service import sudi
-        from pnp_service.model import DeviceRecord, LocationDeclaration
-        from pnp_service.provisioner import Provisioner, Settings
-
-        from lxml import etree
-
-        from pnp_service.model import location_from_xml
-
-        self.location: LocationDeclaration = location_from_xml(etree.fromstring(AT_48_SUDI))
-        at = self.location.location
-        self.record = DeviceRecord(serial, locations={at: ""}, location_declarations={at: self.location})
+        location = location_from_xml(etree.fromstring(AT_48_SUDI))
+        at = location.location
+        self.record = DeviceRecord(serial, locations={at: ""}, location_declarations={at: location})
         self.provisioner = Provisioner(Settings(sudi=sudi.Policy(anchors=sudi.load_ca_bundle(ca.bundle()))))
         self.now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-        self.serial, self.count, self.dataclasses, self.dt = serial, 0, dataclasses, dt
-
-    def contact(self, address: str):
-        from pnp_service.provisioner import Contact
-
-        return Contact(self.now, address)
+        self.udi = protocol.Udi("C9300-24P", "V01", serial)
+        self.count = 0
 
     def keep(self, decision):
         if decision.unclaimed is not None:
-            self.record = self.dataclasses.replace(self.record, unclaimed=decision.unclaimed)
+            self.record = dataclasses.replace(self.record, unclaimed=decision.unclaimed)
         return decision
 
     def poll(self, address: str = "127.0.0.5"):
-        from pnp_service import protocol
-
         self.count += 1
-        request = protocol.WorkRequest(protocol.Udi("C9300-24P", "V01", self.serial), f"c{self.count}", "Switch")
-        return self.keep(self.provisioner.on_work_request(self.record, request, self.contact(address)))
+        request = protocol.WorkRequest(self.udi, f"c{self.count}", "Switch")
+        return self.keep(self.provisioner.on_work_request(self.record, request, Contact(self.now, address)))
 
     def respond(self, body: bytes, address: str = "127.0.0.5"):
-        from pnp_service import protocol
-
-        return self.keep(self.provisioner.on_work_response(self.record, protocol.parse_work_response(body),
-                                                          self.contact(address)))
+        response = protocol.parse_work_response(body)
+        return self.keep(self.provisioner.on_work_response(self.record, response, Contact(self.now, address)))
 
     def found_there(self):
-        from pnp_service.simulator import messages
-
         asked = messages.parse_server_message(self.poll().reply)
         assert asked.service == "topology"
         uplink = messages.Uplink("Te1/1/1", "dist-sw-1", "GigabitEthernet1/0/48")
-        decision = self.respond(messages.topology_response(self.record_udi(), asked.correlator, [uplink]))
+        decision = self.respond(messages.topology_response(self.udi, asked.correlator, [uplink]))
         assert decision.event == "location-must-prove" and decision.located_at is None
 
-    def record_udi(self):
-        from pnp_service import protocol
-
-        return protocol.Udi("C9300-24P", "V01", self.serial)
-
     def proof(self, key, challenge: str, correlator: str) -> bytes:
-        from pnp_service.simulator import messages
-
         cert, private = key
         signature, method = messages.sign_challenge(private, challenge)
-        return messages.device_auth_response(self.record_udi(), correlator, cert, signature, method)
+        return messages.device_auth_response(self.udi, correlator, cert, signature, method)
 
 
 def challenge_of(reply: bytes) -> tuple[str, str]:
-    from pnp_service.simulator import messages
-
     sent = messages.parse_server_message(reply)
     assert sent.service == "device-auth", sent.service
     return sent.find_text("deviceAuth/challenge-request"), sent.correlator
@@ -219,7 +192,7 @@ def test_an_expired_challenge_binds_nothing_and_ends_the_round(lab_ca):
     stranger = ProvingStranger(lab_ca[0])
     stranger.found_there()
     challenge, correlator = challenge_of(stranger.poll().reply)
-    stranger.now += stranger.dt.timedelta(seconds=301)  # the policy's challenge lives 300 s
+    stranger.now += dt.timedelta(seconds=301)  # the policy's challenge lives 300 s
     refused = stranger.respond(stranger.proof(lab_ca[0].device("FOC9999PRV1", "C9300-24P"), challenge, correlator))
     assert refused.event == "sudi-refused" and refused.located_at is None
     assert "expired" in refused.unclaimed.note and not refused.unclaimed.probe and not refused.unclaimed.challenge
@@ -234,7 +207,7 @@ def test_a_second_address_waits_while_the_challenge_is_young_then_gets_one_of_it
     held = stranger.poll(address="127.0.0.77")
     assert held.event == "sudi-held-off" and held.unclaimed is None  # nothing written for the newcomer
     assert stranger.record.unclaimed.challenge == first
-    stranger.now += stranger.dt.timedelta(seconds=61)
+    stranger.now += dt.timedelta(seconds=61)
     second, _ = challenge_of(stranger.poll(address="127.0.0.77").reply)
     assert second != first and stranger.record.unclaimed.challenge_address == "127.0.0.77"
 

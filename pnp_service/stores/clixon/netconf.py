@@ -391,6 +391,20 @@ def commit_edit(session: Session, config: str | Sequence[bytes], default_operati
         session.commit()
 
 
+def controller_commit_edit(session: Session, config: str) -> RpcError | None:
+    """Edit the candidate (already locked by the caller) and commit it as the controller does, running the services;
+    the controller's refusal is returned, its edit discarded.  A busy controller raises (the caller tries later)."""
+    try:
+        session.edit_config(config)
+        session.controller_commit()
+    except RpcError as exc:
+        if exc.busy:
+            raise
+        session.discard_changes()
+        return exc
+    return None
+
+
 def fetch_declarations(session: Session, source: str, serials: list[str] | None = None) -> dict[str, model.Declaration]:
     """Declarations from a datastore: all of them, or those of ``serials`` (one round trip either way)."""
     xpath = "/ctrl:services/pnp:pnp-device"

@@ -34,7 +34,7 @@ from ... import model
 from ...model import CONTROLLER_NS, NETCONF_NS, PNP_NS, Unclaimed, q
 from ...xmlsafe import escape_text, iterparse
 from ..base import StoreUnavailable
-from .netconf import RpcError, Session, candidate_locked, commit_edit
+from .netconf import RpcError, Session, candidate_locked, commit_edit, controller_commit_edit
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +114,9 @@ def make_claim(session: Session, claim: Claim) -> tuple[str, str]:
         elif reported.pid and len(reported.pid) not in _PID_LENGTH:
             refusal = f"{claim.serial} reported a product id the declaration cannot hold: declare it by hand"
         else:
-            try:
-                session.edit_config(_declaration_xml(claim, reported))
-                session.controller_commit()
-            except RpcError as exc:
-                if exc.busy:
-                    raise
-                session.discard_changes()
-                refusal = f"the controller refused the declaration of {claim.serial}: {exc}"
+            refused = controller_commit_edit(session, _declaration_xml(claim, reported))
+            if refused is not None:
+                refusal = f"the controller refused the declaration of {claim.serial}: {refused}"
             else:
                 return "declared", (f"{claim.serial} claimed as {claim.hostname} (template file {claim.template_file}, product id "
                         f"{reported.pid or 'any'}): provisioned from its next poll")

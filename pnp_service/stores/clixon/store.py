@@ -67,7 +67,8 @@ from ..base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Sna
                     StoreUnavailable, UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
 from .operator_requests import CLEARS, Claim, claims_in, clear_lists, clears_in, make_claims
 from .journal import Journal
-from .netconf import DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, candidate_locked, commit_edit
+from .netconf import (DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, candidate_locked, commit_edit,
+                      controller_commit_edit)
 
 log = logging.getLogger(__name__)
 
@@ -548,14 +549,9 @@ class ClixonStore(StoreBase):
                     element.set(f"{{{NETCONF_NS}}}operation", "create")
                     services = etree.Element(f"{{{CONTROLLER_NS}}}services", nsmap={None: CONTROLLER_NS})
                     services.append(element)
-                    try:
-                        session.edit_config(etree.tostring(services, encoding="unicode"))
-                        session.controller_commit()
-                    except RpcError as exc:
-                        if exc.busy:
-                            raise
-                        session.discard_changes()
-                        log.error("%s could not be declared as the switch at %s: %s", serial, at, exc)
+                    refused = controller_commit_edit(session, etree.tostring(services, encoding="unicode"))
+                    if refused is not None:
+                        log.error("%s could not be declared as the switch at %s: %s", serial, at, refused)
                         continue
                 log.info("%s is the switch at %s: declared as %s, provisioned from its next poll", serial, at,
                          location.declaration.hostname or "its location's declaration")
@@ -606,15 +602,10 @@ class ClixonStore(StoreBase):
                             f'nc:operation="remove"><serial>{serial}</serial></pnp-device></services>'
                             f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}"><reset nc:operation="remove"><serial>'
                             f"{serial}</serial></reset></pnp>")
-                    try:
-                        session.edit_config(edit)
-                        session.controller_commit()
-                    except RpcError as exc:
-                        if exc.busy:
-                            raise
-                        session.discard_changes()
+                    refused = controller_commit_edit(session, edit)
+                    if refused is not None:
                         log.error("%s was reset, but its location %s could not be freed: %s", serial,
-                                  " ".join(held.located), exc)
+                                  " ".join(held.located), refused)
                         continue
                 log.info("%s was reset: location %s freed; the next switch found there is bound and provisioned",
                          serial, " ".join(held.located))
