@@ -339,6 +339,65 @@ def test_a_lookup_gives_up_on_a_busy_controller_and_decides_on_the_copy(open_sto
     reading.join(5)
 
 
+def test_a_lookup_of_several_serials_names_them_in_the_controllers_key_order():
+    # Clixon's union of key lookups drops entries whose terms are out of its key order (B, A, C selected A and C
+    # only, on the lab's controller); tests/integration looks up serials given in reverse order.
+    from pnp_service.stores.clixon.netconf import by_serials
+
+    xpath = by_serials(["/p:a", "/p:b"], ["SN3", "SN10", "SN2", "SN3"])
+    assert xpath == ("/p:a[pnp:serial='SN10'] | /p:b[pnp:serial='SN10'] | /p:a[pnp:serial='SN2'] | "
+                     "/p:b[pnp:serial='SN2'] | /p:a[pnp:serial='SN3'] | /p:b[pnp:serial='SN3']")
+
+
+def settled(store, serial: str = "SN1"):
+    store.update(serial, change(status=Status.from_flat(state="provisioned")))
+    assert store.flush() is True
+    assert store.peek(serial) is None  # due a relook: its next poll is decided in the batch, after a lookup
+
+
+def test_a_relook_skipped_on_a_busy_controller_is_not_tried_again_at_every_poll(open_store, controller):
+    store = open_store()
+    settled(store)
+    settled(store, "SN2")
+    controller.get_gate = threading.Event()
+    reading = threading.Thread(target=store.look_at_requests)  # the controller busy: the reading session waits
+    reading.start()
+    try:
+        polled = store.update("SN1", lambda record: Decision(b"", Event.REQUEST, detail=str(record.status.state)))
+        assert polled.detail == "provisioned" and store.counters()["lookups_skipped"] == 1
+        assert store.peek("SN1") is not None  # answered on the copy, on the event loop, until the relook is due again
+        assert store.peek("SN2") is not None  # during the pause that follows, no device is sent to wait in vain
+        store._lookups_paused_until = 0.0  # the pause over
+        assert store.peek("SN1") is not None and store.peek("SN2") is None
+    finally:
+        controller.get_gate.set()
+        reading.join(5)
+
+
+def test_no_relook_while_this_listeners_commit_holds_the_controller(open_store, controller, monkeypatch):
+    store = open_store()
+    settled(store)
+    committing, release = threading.Event(), threading.Event()
+    original = FakeSession.commit
+
+    def slow_commit(session, *args, **kwargs):
+        committing.set()
+        release.wait(10)
+        return original(session, *args, **kwargs)
+
+    store.update("SN2", change(status=Status(state="onboarding")))
+    monkeypatch.setattr(FakeSession, "commit", slow_commit)
+    flusher = threading.Thread(target=store.flush)
+    flusher.start()
+    try:
+        assert committing.wait(5)
+        assert store.peek("SN1") is not None  # the controller answers no one during the commit: not asked
+    finally:
+        release.set()
+        flusher.join(5)
+    assert store.peek("SN1") is None
+
+
 def test_a_session_that_waits_in_vain_says_the_controller_did_not_answer(monkeypatch):
     session, controller = framed_session(monkeypatch)
     with pytest.raises(ControllerUnavailable, match="did not answer within 0.2 s"):
@@ -520,6 +579,22 @@ def test_a_reset_made_elsewhere_is_seen_at_the_devices_next_poll(open_store, con
     monkeypatch.setattr(clixon_store, "RELOOK_SECONDS", 0.0)  # the device's next poll, minutes later
     seen = listener.update("SN1", lambda record: Decision(b"", Event.REQUEST, detail=str(record.status)))
     assert seen.detail == "None"
+
+
+def test_the_devices_of_one_batch_due_a_relook_are_looked_up_in_one_round_trip(open_store, controller):
+    listener = open_store()
+    settled = [f"SN{n}" for n in range(5)]
+    for serial in settled:
+        listener.update(serial, change(status=Status.from_flat(state="provisioned")))
+    listener.flush()
+    other = open_store(read_only=True)
+    other.reset("SN3")  # made elsewhere: seen only by looking
+    before = controller.gets
+    polls = [(serial, lambda record: Decision(b"", Event.REQUEST, detail=str(record.status))) for serial in settled]
+    seen = listener.update_many(polls)
+    assert controller.gets - before == 1
+    assert [decision.detail == "None" for decision in seen] == [serial == "SN3" for serial in settled]
+    assert all(listener.peek(serial) is not None for serial in settled)  # looked: answered on the copy for a while
 
 
 def test_a_reset_while_the_candidate_holds_uncommitted_edits_says_what_to_do(open_store, controller, monkeypatch):

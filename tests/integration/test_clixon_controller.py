@@ -369,6 +369,32 @@ def test_pnp_service_reset_on_the_controller(serial, listener, monkeypatch):
     assert unknown.returncode == 1 and "not declared" in unknown.stderr
 
 
+def test_devices_due_a_relook_in_one_batch_are_read_in_one_get_config(serial, listener, monkeypatch):
+    from pnp_service.provisioner import Decision, Event
+    from pnp_service.stores.clixon import store as clixon_store
+
+    monkeypatch.setattr(clixon_store, "RELOOK_SECONDS", 0.0)
+    store, url = listener
+    serials = [serial + "B", serial + "A"]  # out of the controller's key order (see by_serials)
+    try:
+        for each in serials:
+            drive_into_error(store, url, each)
+        assert store.flush() is True  # nothing of this listener's own in flight: the controller answers at once
+        reads = []
+        original = store._fetch
+        monkeypatch.setattr(store, "_fetch", lambda xpath, patience=None: reads.append(xpath) or original(xpath, patience))
+        seen = store.update_many([(each, lambda record: Decision(b"", Event.REQUEST, detail=(
+            f"{record.declaration is not None} {record.status.state if record.status else None}"))) for each in serials])
+        assert reads and all(each in reads[0] for each in serials)  # (with no relook interval, each is read again)
+        # The one reply held each device: both still declared and in error, as running has them.
+        assert [decision.detail for decision in seen] == ["True error", "True error"]
+    finally:
+        for each in serials:
+            for words in (("services", "pnp-device", each), ("pnp", "device", each)):
+                cli("delete", *words, configure=True, check=False)
+        commit()
+
+
 def test_an_extra_step_declared_from_the_cli_is_planned_and_served(serial, listener):
     store, url = listener
     declare(serial)

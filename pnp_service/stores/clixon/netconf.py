@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import time
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from lxml import etree
 
@@ -405,16 +405,29 @@ def controller_commit_edit(session: Session, config: str) -> RpcError | None:
     return None
 
 
+#: The paths of a serial's entries: its status and work, and its declaration.
+DEVICE_PATH = "/pnp:pnp/pnp:device"
+DECLARATION_PATH = "/ctrl:services/pnp:pnp-device"
+
+
+def by_serials(paths: Sequence[str], serials: Iterable[str]) -> str:
+    """One XPath selecting each serial's entry under each of ``paths`` (lists keyed by serial).
+
+    The terms go in the controller's key order: Clixon's union of key lookups drops entries when a term's key sorts
+    before an earlier term's (seen on the lab's controller: serials B, A, C selected A and C only)."""
+    return " | ".join(f"{path}[pnp:serial='{serial}']" for serial in sorted(set(serials)) for path in paths)
+
+
 def fetch_declarations(session: Session, source: str, serials: list[str] | None = None) -> dict[str, model.Declaration]:
     """Declarations from a datastore: all of them, or those of ``serials`` (one round trip either way)."""
-    xpath = "/ctrl:services/pnp:pnp-device"
+    xpath = DECLARATION_PATH
     if serials is not None:
         bad = [s for s in serials if not model.is_serial(s)]
         if bad:
             raise StoreError(f"not valid serial numbers: {', '.join(map(repr, bad))}")
         if not serials:
             return {}
-        xpath = " | ".join(f"{xpath}[pnp:serial='{serial}']" for serial in serials)
+        xpath = by_serials([DECLARATION_PATH], serials)
     data = session.get_config(source, xpath)
     return model.declarations_from_services(data.find(f"{{{CONTROLLER_NS}}}services"))
 

@@ -67,8 +67,8 @@ from ..base import (STACK_MEMBERS_MAX, Change, D, ForgottenLog, GroupCommit, Sna
                     StoreUnavailable, UnclaimedPolicy, UnknownSerial, resolve, stacks_of)
 from .operator_requests import CLEARS, Claim, claims_in, clear_lists, clears_in, make_claims
 from .journal import Journal
-from .netconf import (DEFAULT_SOCKET, ControllerUnavailable, RpcError, Session, candidate_locked, commit_edit,
-                      controller_commit_edit)
+from .netconf import (DECLARATION_PATH, DEFAULT_SOCKET, DEVICE_PATH, ControllerUnavailable, RpcError, Session, by_serials,
+                      candidate_locked, commit_edit, controller_commit_edit)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ _ALL = ("/pnp:pnp/pnp:device | /pnp:pnp/pnp:unclaimed | /pnp:pnp/pnp:stack-membe
 #: announces nothing), is seen at the device's next poll.  Such devices poll every 10 or 60 minutes.
 RELOOK_SECONDS = 30.0
 _RELOOKED_STATES = ("error", "provisioned")
+#: At most this many devices of one batch are looked up in one get-config (the rest one by one).
+RELOOK_BATCH_MAX = 64
 #: The operator's requests made in the controller's CLI (``pnp reset``, ``pnp claim``), read every REQUESTS_SECONDS:
 #: they take effect at the device's next poll.
 _REQUESTS = " | ".join(f"/pnp:pnp/pnp:{name}" for name in ("reset", "claim", *CLEARS))
@@ -91,6 +93,9 @@ REQUESTS_SECONDS = 1.0
 #: controller is down), and such lookups pause for LOOKUP_PAUSE_SECONDS so the next devices do not wait the same.
 #: With write-through the wait is ``write_through_seconds``: there the lookup is what keeps listeners consistent.
 LOOKUP_WAIT_SECONDS = 0.5
+#: A settled device's relook waits less: it only catches what a plain commit changed unannounced, and the copy is
+#: refreshed every ``refresh_seconds`` anyway.  It holds the batch every durable answer waits in.
+RELOOK_WAIT_SECONDS = 0.1
 LOOKUP_PAUSE_SECONDS = 2.0
 #: Write-through: how long an answer waits for its status to be committed.  Beyond it (the controller down or held
 #: by an operator's uncommitted edits) the answer goes out with the write in the journal, and a warning says so.
@@ -420,9 +425,14 @@ class ClixonStore(StoreBase):
         return record.declaration is not None and (status is None or status.state not in _RELOOKED_STATES)
 
     def _relook_due(self, record: DeviceRecord) -> bool:
+        """Whether a settled device is looked up before it is answered: not while the controller is known to be busy
+        (a lookup that waited in vain, or this listener's own commit: the controller answers no one meanwhile)."""
         status = record.status
-        return (status is not None and status.state in _RELOOKED_STATES
-                and time.monotonic() - self._looked.get(record.serial, float("-inf")) >= RELOOK_SECONDS)
+        if status is None or status.state not in _RELOOKED_STATES:
+            return False
+        now = time.monotonic()
+        return (now - self._looked.get(record.serial, float("-inf")) >= RELOOK_SECONDS
+                and now >= self._lookups_paused_until and not self._flush_lock.locked())
 
     def _fetch(self, xpath: str, patience: float | None = None) -> View:
         """One get-config from running, outside every lock but the reader session's."""
@@ -478,42 +488,52 @@ class ClixonStore(StoreBase):
         """Bring one serial's record up to date (one round trip); quiet when the controller cannot answer.  With
         ``patience`` (a device waits for the answer), at most that long, and not at all during a pause after a
         lookup that waited in vain."""
-        if not model.is_serial(serial):
-            return
-        if patience is not None and time.monotonic() < self._lookups_paused_until:
-            self._counters["lookups_skipped"] += 1
+        self._reload_all([serial], patience)
+
+    def _reload_all(self, serials: list[str], patience: float | None = None) -> None:
+        """:meth:`_reload` for several serials in one round trip: the devices of one batch that are due a relook are
+        looked up together, not one get-config each behind one another."""
+        serials = [serial for serial in serials if model.is_serial(serial)]
+        if not serials:
             return
         view = self._view
-        if serial in view.declarations or serial in view.status:  # a stranger's answer asks to look too: no entry
-            self._looked[serial] = time.monotonic()                # is kept per made-up serial
+        now = time.monotonic()
+        for serial in serials:  # looked at even when skipped: a busy controller is not asked again at every poll
+            if serial in view.declarations or serial in view.status:  # a stranger's answer asks to look too: no
+                self._looked[serial] = now                             # entry is kept per made-up serial
+        if patience is not None and now < self._lookups_paused_until:
+            self._counters["lookups_skipped"] += len(serials)
+            return
         generation = self._generation
-        xpath = f"/pnp:pnp/pnp:device[pnp:serial='{serial}'] | /ctrl:services/pnp:pnp-device[pnp:serial='{serial}']"
         try:
-            fresh = self._fetch(xpath, patience)
+            fresh = self._fetch(by_serials([DEVICE_PATH, DECLARATION_PATH], serials), patience)
         except StoreUnavailable as exc:
             if patience is not None:
                 self._lookups_paused_until = time.monotonic() + LOOKUP_PAUSE_SECONDS
-                self._counters["lookups_skipped"] += 1
+                self._counters["lookups_skipped"] += len(serials)
             if "did not answer within" in str(exc):  # busy, not down: expected with large commits
-                log.debug("%s decided on the last copy: %s", serial, exc)
+                log.debug("%s decided on the last copy: %s", ", ".join(serials), exc)
                 return
             if str(exc) != self._reload_error:  # once per outage, not once per poll
-                log.warning("cannot reload %s from the controller, deciding on the last copy: %s", serial, exc)
+                log.warning("cannot reload %s from the controller, deciding on the last copy: %s",
+                            ", ".join(serials), exc)
             self._reload_error = str(exc)
             return
         self._reload_error = ""
+        looked = set(serials)
         with self._lock:
             view = self._view
             for table in ("declarations", "work", "status"):
                 current = getattr(view, table)
-                current.pop(serial, None)
-                current.update(getattr(fresh, table))
-            if serial in fresh.declarations and fresh.declarations[serial].stack:
+                for serial in serials:
+                    current.pop(serial, None)
+                current.update((serial, entry) for serial, entry in getattr(fresh, table).items() if serial in looked)
+            if any(declaration.stack for declaration in fresh.declarations.values()):
                 view.stacks.update(stacks_of(fresh.declarations))
             if view.locations:
                 view.find_bindings()
             for committed_at, change in self._recent:
-                if committed_at > generation and change.serial == serial:
+                if committed_at > generation and change.serial in looked:
                     view.apply(change)
 
     def _bind(self, serial: str, location: Location) -> None:
@@ -687,6 +707,9 @@ class ClixonStore(StoreBase):
         with contextlib.ExitStack() as held:
             for index in sorted({self._lock_index(target) for target in targets}):
                 held.enter_context(self._serial_locks[index])
+            due = [target for target in dict.fromkeys(targets) if self._relook_due(self._record(target))]
+            if len(due) > 1:  # one round trip for the batch; each is then decided as fresh
+                self._reload_all(due[:RELOOK_BATCH_MAX], self._relook_patience)
             waiting: list[_Write] = []
             owners: list[int] = []  # the results whose changes wait
             for (serial, decide), target in zip(updates, targets):
@@ -726,13 +749,18 @@ class ClixonStore(StoreBase):
         # device): it waits as long as an answer waits for its commit.
         return self.write_through_seconds if self.write_through else LOOKUP_WAIT_SECONDS
 
+    @property
+    def _relook_patience(self) -> float:
+        return self.write_through_seconds if self.write_through else RELOOK_WAIT_SECONDS
+
     def _decided(self, serial: str, decide: Callable[[DeviceRecord], D]) -> tuple[D, list[_Write]]:
         """Under the serial's lock: the decision, and the changes to journal for it (none when it changes nothing,
         or the change is refused here)."""
         record = self._record(serial)
-        looked = self._relook_due(record) or (self.write_through and record.declaration is not None)
+        relook = self._relook_due(record)
+        looked = relook or (self.write_through and record.declaration is not None)
         if looked:
-            self._reload(record.serial, self._lookup_patience)
+            self._reload(record.serial, self._relook_patience if relook else self._lookup_patience)
             record = self._record(serial)
         decision = decide(record)
         if decision.recheck and not looked:
@@ -1012,9 +1040,8 @@ class ClixonStore(StoreBase):
             if self._writer is None:
                 self._writer = self._session_factory(self.sockpath)
             with candidate_locked(self._writer) as session:
-                xpath = " | ".join(f"/pnp:pnp/pnp:device[pnp:serial='{serial}'] | "
-                                   f"/ctrl:services/pnp:pnp-device[pnp:serial='{serial}']" for serial in serials)
-                fresh = view_from_reply(session.get_config_raw("running", xpath))
+                fresh = view_from_reply(session.get_config_raw("running", by_serials([DEVICE_PATH, DECLARATION_PATH],
+                                                                                    serials)))
                 gone = [serial for serial in serials if _needless(fresh, serial, cutoff)]
                 if gone:
                     body = "".join(f'<device nc:operation="remove"><serial>{serial}</serial></device>' for serial in gone)
