@@ -46,6 +46,15 @@ class FakeController:
         self.transaction_failure = ""  # set: the controller's transactions fail with this reason
         self.refused = 0
         self.get_gate: threading.Event | None = None  # set: get-config waits for it (a slow controller)
+        self.full_reads = 0  # get-configs read in pieces: the store's full refreshes
+        self.announced = threading.Condition()  # controller-transaction notifications, to subscribed sessions
+        self.transactions = 0
+
+    def announce_transaction(self):
+        """A controller transaction ends: each subscribed session is told."""
+        with self.announced:
+            self.transactions += 1
+            self.announced.notify_all()
 
     def session(self, sockpath):
         if not self.up:
@@ -76,6 +85,8 @@ class FakeSession:
         self.controller = controller
         self.edit = None
         self.services_edit = []
+        self.closed = False
+        self.told = 0
 
     @contextlib.contextmanager
     def answer_within(self, seconds):
@@ -92,7 +103,22 @@ class FakeSession:
         self.controller.gets += 1
         return f'<rpc-reply xmlns="{NETCONF_NS}">'.encode() + etree.tostring(self.controller.running) + b"</rpc-reply>"
 
+    def subscribe(self, stream):
+        self._alive()
+        self.told = self.controller.transactions
+
+    def next_notification(self):
+        with self.controller.announced:
+            while self.told == self.controller.transactions:
+                self.controller.announced.wait(0.05)
+                if self.closed:
+                    raise StoreUnavailable("controller connection lost: closed")
+                self._alive()
+            self.told += 1
+        return "<notification><controller-transaction/></notification>"
+
     def get_config_pieces(self, source, xpath, namespaces=None):
+        self.controller.full_reads += 1
         data = self.get_config_raw(source, xpath)
         yield from (data[i:i + 1000] for i in range(0, len(data), 1000))  # in pieces, as a socket gives them
 
@@ -190,7 +216,7 @@ class FakeSession:
         pass
 
     def close(self):
-        pass
+        self.closed = True
 
 
 def declare(controller: FakeController, serial: str, hostname: str) -> None:

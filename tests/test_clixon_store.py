@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import pytest
 from lxml import etree
@@ -19,7 +20,7 @@ from pnp_service.simulator import messages
 from pnp_service.stores.base import Change, StoreError, StoreUnavailable, UnknownSerial
 from fake_controller import FakeController, FakeSession, declare, p
 from pnp_service.stores.clixon import ClixonStore, ControllerUnavailable, status_edit
-from pnp_service.stores.clixon.store import view_from_reply
+from pnp_service.stores.clixon.store import FLUSH_PACE, view_from_reply
 
 PNP = model.PNP_NS
 
@@ -396,6 +397,40 @@ def test_no_relook_while_this_listeners_commit_holds_the_controller(open_store, 
         release.set()
         flusher.join(5)
     assert store.peek("SN1") is None
+
+
+def test_the_flusher_rests_as_long_as_its_last_commit_took(open_store, controller, monkeypatch):
+    # A commit validates the whole datastore: during a roll-out the controller must keep time for everyone else.
+    store = open_store()
+    original = FakeSession.commit
+
+    def slow_commit(session, *args, **kwargs):
+        time.sleep(0.3)
+        return original(session, *args, **kwargs)
+
+    monkeypatch.setattr(FakeSession, "commit", slow_commit)
+    assert store.flush_rest() == 0.0
+    store.update("SN1", change(status=Status(state="onboarding")))
+    assert store.flush() is True
+    assert 0.25 * FLUSH_PACE < store.flush_rest() < 1.0
+    store.close()
+    through = open_store(write_through=True, write_through_seconds=0.1)  # no flusher thread here
+    through.update("SN1", change(status=Status(state="onboarding", attempts=2)))
+    assert through.flush() is True and through.flush_rest() == 0.0  # answers wait for its commits
+
+
+def test_a_listener_reads_running_once_at_start_and_again_when_a_transaction_is_announced(tmp_path, controller):
+    store = ClixonStore("/fake.sock", journal_path=str(tmp_path / "journal"), session_factory=controller.session)
+    try:
+        time.sleep(0.3)  # the watcher subscribed before the first read: it asks for no second one
+        assert controller.full_reads == 1
+        controller.announce_transaction()
+        deadline = time.monotonic() + 5
+        while controller.full_reads < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert controller.full_reads == 2
+    finally:
+        store.close()
 
 
 def test_a_session_that_waits_in_vain_says_the_controller_did_not_answer(monkeypatch):
