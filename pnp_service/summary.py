@@ -81,16 +81,17 @@ def edit(counted: Mapping[str, int], changed: Mapping[str, Row], removed: list[s
     def leaf(name: str, value: str) -> str:
         return f"<{name}>{escape_text(value)}</{name}>"
 
-    remove, replace = ' nc:operation="remove"', "" if whole else ' nc:operation="replace"'
-    opening = ' nc:operation="replace"' if whole else ""
-    parts = [f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}"><summary{opening}>', leaf("updated", format_time(updated))]
+    replace, remove = ' nc:operation="replace"', ' nc:operation="remove"'
+    row_operation = "" if whole else replace  # a whole summary is replaced at once, rows and all
+    parts = [f'<pnp xmlns="{PNP_NS}" xmlns:nc="{NETCONF_NS}"><summary{replace if whole else ""}>',
+             leaf("updated", format_time(updated))]
     for name, value in counted.items():  # a count of nothing is left out, so show pnp reads short
         if value or name in ("declared", "unclaimed"):
             parts.append(leaf(name, str(value)))
         elif not whole:
             parts.append(f"<{name}{remove}/>")  # quiet if absent
     for serial, row in sorted(changed.items()):
-        parts.append(f"<device{replace}>{leaf('serial', serial)}")
+        parts.append(f"<device{row_operation}>{leaf('serial', serial)}")
         parts.extend(leaf(name, row[name]) for name in ROW if row.get(name))
         parts.append("</device>")
     parts.extend(f"<device{remove}>{leaf('serial', serial)}</device>" for serial in sorted(removed))

@@ -80,6 +80,8 @@ _ALL = ("/pnp:pnp/pnp:device | /pnp:pnp/pnp:unclaimed | /pnp:pnp/pnp:stack-membe
 #: answered, at most this often per device: a reset or an edit, by whatever path it came (a plain NETCONF commit
 #: announces nothing), is seen at the device's next poll.  Such devices poll every 10 or 60 minutes.
 RELOOK_SECONDS = 30.0
+#: A serial's entries in running: its status and work, and its declaration.
+_ENTRIES = (DEVICE_PATH, DECLARATION_PATH)
 _RELOOKED_STATES = ("error", "provisioned")
 #: At most this many devices of one batch are looked up in one get-config (the rest one by one).
 RELOOK_BATCH_MAX = 64
@@ -521,7 +523,7 @@ class ClixonStore(StoreBase):
             return
         generation = self._generation
         try:
-            fresh = self._fetch(by_serials([DEVICE_PATH, DECLARATION_PATH], serials), patience)
+            fresh = self._fetch(by_serials(_ENTRIES, serials), patience)
         except StoreUnavailable as exc:
             if patience is not None:
                 self._lookups_paused_until = time.monotonic() + LOOKUP_PAUSE_SECONDS
@@ -1058,8 +1060,7 @@ class ClixonStore(StoreBase):
             if self._writer is None:
                 self._writer = self._session_factory(self.sockpath)
             with candidate_locked(self._writer) as session:
-                fresh = view_from_reply(session.get_config_raw("running", by_serials([DEVICE_PATH, DECLARATION_PATH],
-                                                                                    serials)))
+                fresh = view_from_reply(session.get_config_raw("running", by_serials(_ENTRIES, serials)))
                 gone = [serial for serial in serials if _needless(fresh, serial, cutoff)]
                 if gone:
                     body = "".join(f'<device nc:operation="remove"><serial>{serial}</serial></device>' for serial in gone)
@@ -1095,14 +1096,15 @@ class ClixonStore(StoreBase):
                 log.debug("sweep of /pnp/device postponed: %s", exc)
 
     def _announcements(self) -> Session | None:
-        """A session subscribed to the controller's transactions, or None (the watch loop connects later)."""
+        """A session subscribed to the controller's transactions, or None (the controller down or refusing)."""
         try:
             watcher = self._session_factory(self.sockpath)
         except StoreUnavailable:
             return None
         try:
             watcher.subscribe("controller-transaction")
-        except (StoreUnavailable, RpcError):
+        except (StoreUnavailable, RpcError) as exc:
+            log.info("controller notifications interrupted (%s); reconnecting", exc)
             watcher.close()
             return None
         return watcher
@@ -1112,20 +1114,16 @@ class ClixonStore(StoreBase):
         session subscribed before the store's first read, which therefore missed nothing."""
         delay = 1.0
         while not self._stop.is_set():
-            watcher = subscribed
+            watcher, missed = (subscribed, False) if subscribed is not None else (self._announcements(), True)
+            subscribed = None
             if watcher is None:
-                try:
-                    watcher = self._session_factory(self.sockpath)
-                except StoreUnavailable:
-                    self._stop.wait(delay)
-                    delay = Backoff(1.0, self.retry_max_seconds).after(delay)
-                    continue
+                self._stop.wait(delay)
+                delay = Backoff(1.0, self.retry_max_seconds).after(delay)
+                continue
             self._watcher = watcher
+            if missed:
+                self._refresh_due.set()  # (re)connected: whatever happened meanwhile is read now
             try:
-                if subscribed is None:
-                    watcher.subscribe("controller-transaction")
-                    self._refresh_due.set()  # (re)connected: whatever happened meanwhile is read now
-                subscribed = None
                 delay = 1.0
                 while not self._stop.is_set():
                     if "controller-transaction" in watcher.next_notification():
