@@ -9,11 +9,13 @@ or Clixon.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import enum
 import json
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Iterable, Iterator, Mapping, TypeVar
 
 from lxml import etree
 
@@ -67,7 +69,7 @@ def parse_time(text: str) -> dt.datetime | None:
 # --------------------------------------------------------------------------- records
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ExtraStep:
     """A step the operator scheduled beside the built-in ones (``pnp-device/step``)."""
 
@@ -77,7 +79,7 @@ class ExtraStep:
     params: tuple[tuple[str, str], ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class HandOff:
     """Where a provisioned device goes under ``/ctrl:devices`` (``pnp-device/controller``)."""
 
@@ -89,7 +91,7 @@ class HandOff:
     check_host_key: bool = True
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Declaration:
     """What the operator declared for one device (``/ctrl:services/pnp-device``)."""
 
@@ -138,7 +140,7 @@ class Declaration:
         return self.sudi_serials or (self.serial, *self.stack_members)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Step:
     """One unit of work for a device, of a registered step type."""
 
@@ -150,7 +152,7 @@ class Step:
         return self.params.get(name, default)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Work:
     """The ordered steps planned from one declaration, and their digest."""
 
@@ -186,7 +188,7 @@ class Handoff(enum.StrEnum):
     FAILED = "failed"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class DeviceFacts:
     """What the device reported about itself (device-info, the SSH host key); changed only by what it reports."""
 
@@ -213,7 +215,7 @@ class DeviceFacts:
 _FACT_NAMES = frozenset(field.name for field in dataclasses.fields(DeviceFacts))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class SudiState:
     """SUDI: open challenges (correlator, address, challenge, expires), where and when the device proved itself,
     and addresses that failed a proof and are held off (address, until, failures).  Changed by a challenge, a
@@ -238,7 +240,7 @@ class SudiState:
         return dataclasses.replace(self, challenges=remaining, throttled=held)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class HandoffProgress:
     """The hand-off of a provisioned device to its controller (or the hooks), once per device and revision."""
 
@@ -270,7 +272,7 @@ class HandoffProgress:
                                    attempts=self.attempts + 1, time=now, next=retry_at)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class LastError:
     """The last thing that went wrong, where the operator sees it; empty when nothing has."""
 
@@ -283,7 +285,7 @@ class LastError:
         return bool(self.code or self.message)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Status:
     """A device's progress, as recorded by the listener: where it is in its work, and the records of what it
     reported (:class:`DeviceFacts`), proved (:class:`SudiState`), how its hand-off goes (:class:`HandoffProgress`)
@@ -366,7 +368,7 @@ _FLAT: dict[str, tuple[str, str]] = {name: ("", name) for name in _PROGRESS} | {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Unclaimed:
     """A device that called in without a declaration."""
 
@@ -393,7 +395,7 @@ class Unclaimed:
     challenge_expires: dt.datetime | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class DeviceRecord:
     """Everything the listener knows about one serial."""
 
@@ -477,15 +479,39 @@ def work_from_json(text: str) -> Work:
 
 # --------------------------------------------------------------------------- XML helpers
 
+#: Texts already read in this context (:func:`sharing_texts`), each kept once.
+_shared_texts: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("shared_texts", default=None)
+
+
+@contextlib.contextmanager
+def sharing_texts() -> Iterator[None]:
+    """Read equal texts as one string while the block runs.
+
+    A store reading 10,000 devices at once meets the same platform, step names, template and variable names on each:
+    lxml gives a new string for every text read, and those copies were most of the memory a copy of running held.
+    The pool lives as long as the block (the records keep what they use), so nothing a device sent outlives them."""
+    token = _shared_texts.set({})
+    try:
+        yield
+    finally:
+        _shared_texts.reset(token)
+
+
+def element_text(element: etree._Element) -> str:
+    """``element``'s text ("" for none), shared with equal texts inside :func:`sharing_texts`."""
+    text = element.text
+    if text is None:
+        return ""
+    shared = _shared_texts.get()
+    return text if shared is None else shared.setdefault(text, text)
+
 
 def child_text(element: etree._Element | None, *path: str) -> str:
     for name in path:
         if element is None:
             return ""
         element = element.find(q(name))
-    if element is None or element.text is None:
-        return ""
-    return element.text
+    return "" if element is None else element_text(element)
 
 
 def _add(parent: etree._Element, name: str, text: str | None = None) -> etree._Element:
@@ -518,7 +544,7 @@ def _number(text: str, default: int = 0) -> int:
 # --------------------------------------------------------------------------- declarations
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class LocationDeclaration:
     """A switch declared by where it is plugged in (``pnp-location``): the upstream device and port as declared, and
     what a serial declaration says (serial "")."""
@@ -564,7 +590,7 @@ def declaration_from_xml(element: etree._Element) -> Declaration:
         serial=child_text(element, "serial").strip(),
         pid=child_text(element, "pid").strip(),
         hostname=child_text(element, "hostname").strip(),
-        template=(template_element.text or "") if template_element is not None else None,
+        template=element_text(template_element) if template_element is not None else None,
         template_lines=lines,
         template_file=child_text(config, "template-file").strip(),
         config_url=child_text(config, "url").strip(),

@@ -63,6 +63,18 @@ def test_the_copy_holds_records_built_element_by_element(controller):
     assert set(view.declarations) == {"SN1"} and set(view.work) == {"SN1"} and view.status == {}
 
 
+def test_the_copy_keeps_equal_texts_once(controller):
+    """10,000 devices share a platform, a template and step names: the copy holds each such text once."""
+    declare(controller, "SN2", "sw2")
+    data = b"<rpc-reply>" + etree.tostring(controller.running) + b"</rpc-reply>"
+    view = view_from_reply(data)
+    first, second = view.declarations["SN1"], view.declarations["SN2"]
+    assert first.pid == second.pid and first.pid is second.pid
+    assert view.work["SN1"].steps[0].type is view.work["SN2"].steps[0].type
+    assert first.hostname != second.hostname  # what differs stays apart
+    assert model._shared_texts.get() is None  # the pool went with the refresh
+
+
 def test_polls_cost_no_round_trip(open_store, controller):
     store = open_store()
     gets = controller.gets
