@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pnp_service")
 
 
-def listener_settings(args: argparse.Namespace, policy: Policy | None) -> ListenerSettings:
-    """``serve``'s options as the listener's settings (the secret is read, or created, here)."""
+def listener_settings(args: argparse.Namespace, policy: Policy | None, secret: bytes) -> ListenerSettings:
+    """``serve``'s options as the listener's settings, with the secret that signs download URLs (:func:`secret`)."""
     from .listener import ListenerSettings
     from .provisioner import Settings
 
@@ -38,7 +38,7 @@ def listener_settings(args: argparse.Namespace, policy: Policy | None) -> Listen
                               hooks=bool(not args.clixon_socket and (args.on_provisioned or args.webhook))),
         max_body_bytes=args.max_body,
         public_url=args.public_url or "",
-        secret=secret(args),
+        secret=secret,
         image_dir=args.image_dir or "",
         max_image_transfers=args.max_image_transfers,
     )
@@ -72,7 +72,15 @@ def build_ui(args: argparse.Namespace, app: Flask) -> Flask:
     return create_ui(listener.store, listener.timeline.db if listener.timeline else None, args.ui_token, claim)
 
 
-def secret(args: argparse.Namespace) -> bytes:
+def check_serving(args: argparse.Namespace) -> None:
+    """What ``serve`` checks before it forks its workers: the SUDI CA, the store, the listener's settings (the
+    secret is created here when there is none).  It runs in a child process, so the master keeps none of it."""
+    policy = sudi_policy(args)
+    check_store(args, policy is not None)
+    listener_settings(args, policy, secret(args))
+
+
+def secret(args: argparse.Namespace, warn: bool = True) -> bytes:
     from .downloads import load_or_create_secret
 
     path = args.secret_file
@@ -82,7 +90,8 @@ def secret(args: argparse.Namespace) -> bytes:
         secret = load_or_create_secret(path)
     except OSError as exc:
         raise StoreError(f"secret file {path}: {exc.strerror} (choose one with --secret-file)") from None
-    warn_if_readable(path, "the secret that signs download URLs")
+    if warn:
+        warn_if_readable(path, "the secret that signs download URLs")
     return secret
 
 

@@ -298,3 +298,28 @@ def test_the_listener_caps_malloc_arenas_unless_the_user_chose():
     chosen = subprocess.run([sys.executable, "-c", probe], env={**env, "MALLOC_ARENA_MAX": "4"}, capture_output=True,
                             text=True, check=True)
     assert (capped.stdout.strip(), chosen.stdout.strip()) == ("True", "False")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_the_gunicorn_master_keeps_none_of_what_the_listener_loads(tmp_path):
+    """The master only watches its workers: the state database (SQLite) and cryptography (SUDI, signatures) are
+    loaded by the worker that serves, never by the master, whose memory would be held for nothing."""
+    from test_rollout_load import start_serve, stop
+
+    loaded_by_the_listener = ("/_sqlite3.", "cryptography/hazmat/bindings/_rust")
+    (tmp_path / "ds.xml").write_text(datastore_xml(
+        "<serial>SN1</serial><hostname>h1</hostname><config><template>x</template></config>"))
+    server, _, _ = start_serve(tmp_path)
+    try:
+        workers = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        assert workers, "no worker found"
+
+        def mapped(pid) -> list[str]:
+            with open(f"/proc/{pid}/maps") as maps:
+                text = maps.read()
+            return [library for library in loaded_by_the_listener if library in text]
+
+        assert mapped(workers[0]) == list(loaded_by_the_listener)
+        assert mapped(server.pid) == []
+    finally:
+        stop(server)

@@ -32,6 +32,9 @@ def _check_in_child(check) -> None:
         except StoreError as exc:
             os.write(write, str(exc).encode())
             code = 1
+        except UsageError as exc:
+            os.write(write, str(exc).encode())
+            code = 3
         except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
             os.write(write, f"{type(exc).__name__}: {exc}".encode())
             code = 2
@@ -40,7 +43,10 @@ def _check_in_child(check) -> None:
     with os.fdopen(read, "rb") as pipe:
         message = pipe.read().decode(errors="replace")
     _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    code = os.waitstatus_to_exitcode(status)
+    if code == 3:
+        raise UsageError(message)
+    if code != 0:
         raise StoreError(message or "the store check failed")
 
 
@@ -72,13 +78,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          "already (docs/operations.md, Several listeners)")
     if args.image_dir and not os.path.isdir(args.image_dir):
         raise UsageError(f"--image-dir {args.image_dir} is not a folder")
-    policy = composition.sudi_policy(args)
-    # Fail early, with the store's message, before forking workers.
+    # Fail early, with the message of the store, the SUDI CA or the options, before forking workers.
     if args.dev:
+        policy = composition.sudi_policy(args)
         composition.check_store(args, policy is not None)
+        settings = composition.listener_settings(args, policy, composition.secret(args))
     else:
-        _check_in_child(lambda: composition.check_store(args, policy is not None))
-    settings = composition.listener_settings(args, policy)
+        _check_in_child(lambda: composition.check_serving(args))
+    secret = composition.secret(args, warn=False)  # created by the check: every worker signs with it
     if not args.clixon_socket:
         warn_if_readable(args.datastore, "declarations with credentials and configurations")
     _check_port_free(args.host, args.port)
@@ -99,9 +106,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
 
     def make_app():
+        # In the worker, after the fork: the gunicorn master only watches workers, and keeps none of what the
+        # listener loads (Flask, Jinja2, the store, cryptography for SUDI) in memory of its own.
         from ..app import served
 
-        app = composition.build_app(args, settings)
+        app = composition.build_app(args, composition.listener_settings(args, composition.sudi_policy(args), secret))
         if not args.ui:
             return served(app)
         return served(app, ui=composition.build_ui(args, app), ui_port=args.ui[1])
