@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -21,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import docs_harness as docs  # noqa: E402
+from conftest import wait_until  # noqa: E402
 from docs_harness import REPO, Sandbox, find_key  # noqa: E402
 
 CONFIG = "/usr/local/etc/clixon/controller.xml"
@@ -133,6 +135,9 @@ def test_declare_commit_watch_reset_as_written(box):
     (reset,) = shell_block("docs/controller.md", f"pnp-service reset --clixon-socket {SOCKET} {SERIAL}")
     assert "starts over" in box.run(reset).stdout
     assert AgentSimulator("http://127.0.0.1:80", time_scale=0).run(SimulatedDevice(SERIAL)).outcome == "configured"
+    # As the docs say: delete by hand once the listener has committed what the device's last answers recorded.
+    wait_until(lambda: "pnp_journal_pending 0.0" in urllib.request.urlopen("http://127.0.0.1:80/metrics").read().decode(),
+               30, "the listener's journal committed")
     cli_reset = paste(clixon_block("docs/controller.md", "configure / delete pnp device FOC2001X0AB status"))
     assert "OK" in cli_reset and "Unknown command" not in cli_reset
     assert "<state>" not in paste([f"show configuration pnp device {SERIAL} status"])
