@@ -85,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = composition.listener_settings(args, policy, composition.secret(args))
     else:
         _check_in_child(lambda: composition.check_serving(args))
-    secret = composition.secret(args, warn=False)  # created by the check: every worker signs with it
+        secret = composition.secret(args, warn=False)  # created by the check: every worker signs with it
     if not args.clixon_socket:
         warn_if_readable(args.datastore, "declarations with credentials and configurations")
     _check_port_free(args.host, args.port)
