@@ -643,6 +643,7 @@ def test_a_switch_declared_by_location_in_clixon_cli_provisions_with_any_serial(
         cli("delete", "services", "pnp-location", "it-dist-1", port, configure=True, check=False)
         for stranger in (second, third):
             cli("delete", "pnp", "unclaimed", stranger, configure=True, check=False)
+            cli("delete", "pnp", "device", stranger, configure=True, check=False)  # the serial fixture's are its own
         cli("delete", "services", "pnp-device", third, configure=True, check=False)
         commit()
 
