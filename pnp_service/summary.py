@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 #: A row's leaves, in the YANG's order.
 ROW = ("state", "hostname", "step", "handoff", "error")
+_STATE = ROW.index("state")
 #: Counted states, in the YANG's order (``declared`` is their sum, ``unclaimed`` the strangers).
 COUNTED = ("planned", "onboarding", "pending", "provisioned", "error", "planning-error", "removed")
 #: A device-reported value is cut here: the summary is a view, the whole text is in ``show pnp device``.
@@ -61,7 +62,7 @@ def rows(snapshot: Snapshot) -> dict[str, Row]:
 
 
 def counts(snapshot: Snapshot, by_serial: Mapping[str, Row]) -> dict[str, int]:
-    states = Counter(row[0] for row in by_serial.values())  # ROW[0]: the state
+    states = Counter(row[_STATE] for row in by_serial.values())
     handoffs = Counter(str(r.status.handoff.state) for r in snapshot.devices
                        if r.status is not None and r.status.handoff.state)
     counted = {state: states[state] for state in COUNTED}

@@ -174,6 +174,7 @@ class Declared:
     locations: dict[Location, LocationDeclaration]
 
 
+@sharing_texts()  # a platform, a template, variable names: one string each, not one per device
 def _structure(data: bytes, source: str) -> Declared:
     """Check what libyang cannot see (the root, the namespace of services, two locations one in normal form) and
     read the declarations.
@@ -190,44 +191,43 @@ def _structure(data: bytes, source: str) -> Declared:
     events = iterparse(data, ("start", "end"))
     depth = 0
     try:
-        with sharing_texts():  # a platform, a template, variable names: one string each, not one per device
-            for kind, element in events:
-                if kind == "start":
-                    depth += 1
-                    name = etree.QName(element)
-                    if depth == 1 and (name.localname != "config" or name.namespace):
-                        problems.append(Problem(
-                            f"the root element is <{name.localname}>, expected <config> (no namespace) holding "
-                            f'<services xmlns="{CONTROLLER_NS}">', element.sourceline))
-                        break
-                    if depth == 2 and name.localname == "services" and name.namespace != CONTROLLER_NS:
-                        problems.append(Problem(
-                            f'<services> must be in the controller\'s namespace: write <services xmlns="{CONTROLLER_NS}">'
-                            + (f" (it is in {name.namespace!r})" if name.namespace else ""), element.sourceline, "/services"))
-                    continue
-                depth -= 1
-                if depth == 1 and element.tag == f"{{{PNP_NS}}}pnp" and len(element):
+        for kind, element in events:
+            if kind == "start":
+                depth += 1
+                name = etree.QName(element)
+                if depth == 1 and (name.localname != "config" or name.namespace):
                     problems.append(Problem(
-                        "<pnp> is state written by pnp-service and does not belong in the declarations file "
-                        "(it now lives in the state database): remove it", element.sourceline, "/pnp-service:pnp"))
-                if depth == 2 and element.tag in (device, location) and element.getparent() is not None \
-                        and element.getparent().tag == services:
-                    if element.tag == device:
-                        declaration = declaration_from_xml(element)
-                        declarations[declaration.serial] = declaration
-                    else:
-                        at = location_from_xml(element)
-                        same = locations.get(at.location)
-                        if same is not None and (same.neighbor, same.port) != (at.neighbor, at.port):
-                            problems.append(Problem(
-                                f"pnp-location {at.neighbor} {at.port} is the same port as pnp-location {same.neighbor} "
-                                f"{same.port} (names are compared in normal form: {at.location}): keep one",
-                                element.sourceline, "/pnp-location"))
-                        locations[at.location] = at
-                    element.clear()
-                    parent = element.getparent()
-                    while element.getprevious() is not None:
-                        del parent[0]
+                        f"the root element is <{name.localname}>, expected <config> (no namespace) holding "
+                        f'<services xmlns="{CONTROLLER_NS}">', element.sourceline))
+                    break
+                if depth == 2 and name.localname == "services" and name.namespace != CONTROLLER_NS:
+                    problems.append(Problem(
+                        f'<services> must be in the controller\'s namespace: write <services xmlns="{CONTROLLER_NS}">'
+                        + (f" (it is in {name.namespace!r})" if name.namespace else ""), element.sourceline, "/services"))
+                continue
+            depth -= 1
+            if depth == 1 and element.tag == f"{{{PNP_NS}}}pnp" and len(element):
+                problems.append(Problem(
+                    "<pnp> is state written by pnp-service and does not belong in the declarations file "
+                    "(it now lives in the state database): remove it", element.sourceline, "/pnp-service:pnp"))
+            if depth == 2 and element.tag in (device, location) and element.getparent() is not None \
+                    and element.getparent().tag == services:
+                if element.tag == device:
+                    declaration = declaration_from_xml(element)
+                    declarations[declaration.serial] = declaration
+                else:
+                    at = location_from_xml(element)
+                    same = locations.get(at.location)
+                    if same is not None and (same.neighbor, same.port) != (at.neighbor, at.port):
+                        problems.append(Problem(
+                            f"pnp-location {at.neighbor} {at.port} is the same port as pnp-location {same.neighbor} "
+                            f"{same.port} (names are compared in normal form: {at.location}): keep one",
+                            element.sourceline, "/pnp-location"))
+                    locations[at.location] = at
+                element.clear()
+                parent = element.getparent()
+                while element.getprevious() is not None:
+                    del parent[0]
     except etree.XMLSyntaxError as exc:
         raise DeclarationsError(source, [Problem(f"not well-formed XML: {exc.msg}", exc.lineno)]) from None
     if problems:

@@ -20,6 +20,10 @@ log = logging.getLogger("pnp_service")
 SERVER_MODELS = ("event", "threads")
 
 
+#: The errors a check reports as they are, by the child's exit code (anything else: 2, and named by its type).
+_CHECK_ERRORS: dict[int, type[Exception]] = {1: StoreError, 3: UsageError}
+
+
 def _check_in_child(check) -> None:
     """Run ``check`` in a short-lived child process: the gunicorn master never holds what it loads."""
     read, write = os.pipe()
@@ -29,25 +33,17 @@ def _check_in_child(check) -> None:
         code = 0
         try:
             check()
-        except StoreError as exc:
-            os.write(write, str(exc).encode())
-            code = 1
-        except UsageError as exc:
-            os.write(write, str(exc).encode())
-            code = 3
         except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
-            os.write(write, f"{type(exc).__name__}: {exc}".encode())
-            code = 2
+            code = next((code for code, kind in _CHECK_ERRORS.items() if isinstance(exc, kind)), 2)
+            os.write(write, (str(exc) if code != 2 else f"{type(exc).__name__}: {exc}").encode())
         os._exit(code)
     os.close(write)
     with os.fdopen(read, "rb") as pipe:
         message = pipe.read().decode(errors="replace")
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    if code == 3:
-        raise UsageError(message)
     if code != 0:
-        raise StoreError(message or "the store check failed")
+        raise _CHECK_ERRORS.get(code, StoreError)(message or "the store check failed")
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -169,6 +169,7 @@ def view_from_reply(data: bytes | bytearray, previous: View | None = None) -> Vi
     return view_from_events(iterparse(data, tag=_VIEW_TAGS), previous)
 
 
+@model.sharing_texts()  # equal texts across 10,000 records kept once
 def view_from_events(events: Iterable[tuple], previous: View | None = None) -> View:
     """Build the view from a reply's parse events (``end`` of each element of :data:`_VIEW_TAGS`).
 
@@ -177,43 +178,42 @@ def view_from_events(events: Iterable[tuple], previous: View | None = None) -> V
     """
     view = View()
     old = previous or View()
-    with model.sharing_texts():  # equal texts across 10,000 records kept once
-        for _, element in events:
-            parent = element.getparent()
-            if element.tag == q("pnp-device"):
-                declaration = model.declaration_from_xml(element)
-                known = old.declarations.get(declaration.serial)
-                view.declarations[declaration.serial] = known if known == declaration else declaration
-            elif element.tag == q("pnp-location"):
-                location = model.location_from_xml(element)
-                view.locations[location.location] = location
-            elif parent is not None and parent.tag == q("pnp"):
-                serial = model.child_text(element, "serial")
-                if element.tag == q("unclaimed"):
-                    view.unclaimed[serial] = model.unclaimed_from_xml(element)
-                elif element.tag == q("stack-member"):
-                    view.aliases[serial] = model.child_text(element, "stack")
-                else:
-                    work_element = element.find(q("work"))
-                    known_work = old.work.get(serial)
-                    work: Work | None
-                    if known_work is not None and work_element is not None and \
-                            model.child_text(work_element, "revision") == known_work.revision:
-                        work = known_work  # the revision digests the steps: unchanged, nothing to build
-                    else:
-                        work = model.work_from_xml(work_element)
-                    status = model.status_from_xml(element.find(q("status")))
-                    if work is not None:
-                        view.work[serial] = work
-                    if status is not None:
-                        view.status[serial] = status
-                    if work is None and status is None:
-                        view.empty.add(serial)
+    for _, element in events:
+        parent = element.getparent()
+        if element.tag == q("pnp-device"):
+            declaration = model.declaration_from_xml(element)
+            known = old.declarations.get(declaration.serial)
+            view.declarations[declaration.serial] = known if known == declaration else declaration
+        elif element.tag == q("pnp-location"):
+            location = model.location_from_xml(element)
+            view.locations[location.location] = location
+        elif parent is not None and parent.tag == q("pnp"):
+            serial = model.child_text(element, "serial")
+            if element.tag == q("unclaimed"):
+                view.unclaimed[serial] = model.unclaimed_from_xml(element)
+            elif element.tag == q("stack-member"):
+                view.aliases[serial] = model.child_text(element, "stack")
             else:
-                continue  # a device inside something else: not ours
-            element.clear()
-            while element.getprevious() is not None and parent is not None:
-                del parent[0]
+                work_element = element.find(q("work"))
+                known_work = old.work.get(serial)
+                work: Work | None
+                if known_work is not None and work_element is not None and \
+                        model.child_text(work_element, "revision") == known_work.revision:
+                    work = known_work  # the revision digests the steps: unchanged, nothing to build
+                else:
+                    work = model.work_from_xml(work_element)
+                status = model.status_from_xml(element.find(q("status")))
+                if work is not None:
+                    view.work[serial] = work
+                if status is not None:
+                    view.status[serial] = status
+                if work is None and status is None:
+                    view.empty.add(serial)
+        else:
+            continue  # a device inside something else: not ours
+        element.clear()
+        while element.getprevious() is not None and parent is not None:
+            del parent[0]
     view.stacks = stacks_of(view.declarations)
     view.find_bindings()
     return view
